@@ -1,0 +1,35 @@
+//! # coatcheck-core
+//!
+//! The I/O-free heart of coatcheck: the [`Record`] a store keeps, the [`SessionId`],
+//! time ([`Timestamp`], [`Clock`]), the [`ExpiryPolicy`], cookie signing with key rotation
+//! ([`KeyRing`], express-session's cookie format), value codecs ([`NativeCodec`],
+//! [`JsonCodec`]) and the [`SessionStore`] trait every store implements.
+//!
+//! ```
+//! use coatcheck_core::{KeyRing, SessionId};
+//!
+//! let ring = KeyRing::new(["a secret of at least thirty-two bytes!!"]).unwrap();
+//! let id = SessionId::generate();
+//! let cookie = ring.sign_cookie_value(&id);
+//! assert_eq!(ring.verify_cookie_value(&cookie).unwrap().id, id);
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod codec;
+mod error;
+mod expiry;
+mod id;
+mod record;
+mod signing;
+mod store;
+mod time;
+
+pub use codec::{Codec, EncodeError, JsonCodec, NativeCodec, MAX_DEPTH, NATIVE_FORMAT_V1};
+pub use error::{BoxError, DecodeError, StoreError};
+pub use expiry::ExpiryPolicy;
+pub use id::{InvalidSessionId, SessionId};
+pub use record::{Data, Record, SessionInfo};
+pub use signing::{KeyRing, KeyRingError, Verified, MIN_SECRET_LEN};
+pub use store::{Capabilities, SessionStore};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -1,0 +1,229 @@
+//! The store contract.
+
+use async_trait::async_trait;
+
+use crate::{Record, SessionId, SessionInfo, StoreError, Timestamp};
+
+/// What a store can do beyond the required minimum, so the conformance suite and the
+/// middleware know what to expect.
+///
+/// ```
+/// let caps = coatcheck_core::Capabilities::new().with_user_index(true);
+/// assert!(caps.user_index);
+/// assert!(!caps.native_expiry);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// `list_for_user` and `delete_for_user` work (an index on `user_id`).
+    pub user_index: bool,
+    /// The backend removes expired entries by itself (`delete_expired` may return 0).
+    pub native_expiry: bool,
+}
+
+impl Capabilities {
+    /// No optional capability.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `user_index`.
+    pub fn with_user_index(mut self, yes: bool) -> Self {
+        self.user_index = yes;
+        self
+    }
+
+    /// Sets `native_expiry`.
+    pub fn with_native_expiry(mut self, yes: bool) -> Self {
+        self.native_expiry = yes;
+        self
+    }
+}
+
+/// Where sessions live. Every coatcheck store implements this; the middleware only talks
+/// to a `dyn SessionStore`.
+///
+/// # The contract
+///
+/// - Every method is **one round trip** to the backend on its success path.
+/// - "Live" means `expires_at > now`, with `now` read from the store's [`Clock`](crate::Clock)
+///   (the application's clock, never the database's). A record that is not live is treated
+///   as absent by every method, whether or not the backend has physically removed it.
+/// - Errors are typed ([`StoreError`]): `IdTaken`, `Conflict`, `NotFound`, `Decode` for stored
+///   bytes that are unreadable, `Backend` for connection, timeout and server errors.
+/// - A store never panics on anything a backend or a stored value can contain.
+///
+/// # A worked example
+///
+/// A deliberately small store (one global lock; use `coatcheck-memory` for real) that
+/// honours the whole contract:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use coatcheck_core::*;
+///
+/// #[derive(Debug, Default)]
+/// struct TinyStore(Mutex<HashMap<SessionId, Record>>);
+///
+/// impl TinyStore {
+///     fn map(&self) -> Result<std::sync::MutexGuard<'_, HashMap<SessionId, Record>>, StoreError> {
+///         self.0.lock().map_err(|_| StoreError::backend("poisoned lock"))
+///     }
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl SessionStore for TinyStore {
+///     async fn create(&self, record: &Record) -> Result<(), StoreError> {
+///         let now = Timestamp::now();
+///         let mut map = self.map()?;
+///         match map.get(&record.id) {
+///             Some(old) if old.is_live(now) => Err(StoreError::IdTaken),
+///             _ => { map.insert(record.id.clone(), record.clone()); Ok(()) }
+///         }
+///     }
+///     async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
+///         let now = Timestamp::now();
+///         Ok(self.map()?.get(id).filter(|r| r.is_live(now)).cloned())
+///     }
+///     async fn save(&self, record: &Record) -> Result<u64, StoreError> {
+///         let now = Timestamp::now();
+///         let mut map = self.map()?;
+///         let stored = map.get_mut(&record.id).filter(|r| r.is_live(now)).ok_or(StoreError::NotFound)?;
+///         if stored.version != record.version {
+///             return Err(StoreError::Conflict);
+///         }
+///         *stored = record.clone();
+///         stored.version += 1;
+///         Ok(stored.version)
+///     }
+///     async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError> {
+///         let now = Timestamp::now();
+///         Ok(match self.map()?.get_mut(id).filter(|r| r.is_live(now)) {
+///             Some(r) => { r.expires_at = expires_at; true }
+///             None => false,
+///         })
+///     }
+///     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+///         let now = Timestamp::now();
+///         Ok(self.map()?.remove(id).is_some_and(|r| r.is_live(now)))
+///     }
+///     async fn list_for_user(&self, user: &str) -> Result<Vec<SessionInfo>, StoreError> {
+///         let now = Timestamp::now();
+///         Ok(self.map()?.values()
+///             .filter(|r| r.is_live(now) && r.user_id.as_deref() == Some(user))
+///             .map(SessionInfo::from).collect())
+///     }
+///     async fn delete_for_user(&self, user: &str, except: Option<&SessionId>) -> Result<u64, StoreError> {
+///         let now = Timestamp::now();
+///         let mut map = self.map()?;
+///         let before = map.len();
+///         map.retain(|id, r| !(r.is_live(now) && r.user_id.as_deref() == Some(user) && Some(id) != except));
+///         Ok((before - map.len()) as u64)
+///     }
+///     async fn delete_expired(&self) -> Result<u64, StoreError> {
+///         let now = Timestamp::now();
+///         let mut map = self.map()?;
+///         let before = map.len();
+///         map.retain(|_, r| r.is_live(now));
+///         Ok((before - map.len()) as u64)
+///     }
+///     fn capabilities(&self) -> Capabilities {
+///         Capabilities::new().with_user_index(true)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), StoreError> {
+/// let store = TinyStore::default();
+/// let now = Timestamp::now();
+/// let mut record = Record::new(SessionId::generate(), now, now + std::time::Duration::from_secs(60));
+/// store.create(&record).await?;
+/// record.data.insert("views".into(), 1.into());
+/// record.version = store.save(&record).await?;          // 2
+/// let mut stale = record.clone();
+/// stale.version = 1;
+/// assert!(matches!(store.save(&stale).await, Err(StoreError::Conflict)));
+/// store.delete(&record.id).await?;
+/// assert!(matches!(store.save(&record).await, Err(StoreError::NotFound))); // no resurrection
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Atomic insert-if-absent. `IdTaken` if a live record has this id; never overwrites
+    /// one. (An expired record still physically present counts as absent.)
+    async fn create(&self, record: &Record) -> Result<(), StoreError>;
+
+    /// The live record with this id, or `None` when absent or `expires_at <= now`.
+    /// Loading never creates anything.
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError>;
+
+    /// Compare-and-set on `version`: succeeds only if the stored version equals
+    /// `record.version`; stores the record (data, `expires_at`, `user_id`) with
+    /// `version + 1` and returns that new version.
+    ///
+    /// `Conflict` if the stored version differs (nothing is changed); `NotFound` if the
+    /// record is gone or expired — a save never resurrects a deleted or revoked session.
+    /// Moving `user_id` moves the session between users' indexes.
+    async fn save(&self, record: &Record) -> Result<u64, StoreError>;
+
+    /// Moves `expires_at` of a live record; data and version are untouched. Returns whether
+    /// a live record was there.
+    async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError>;
+
+    /// Removes the record. Idempotent; returns whether a live record was removed.
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError>;
+
+    /// The live sessions of `user_id`: id, `created_at`, `expires_at`, in no particular order.
+    async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError>;
+
+    /// Revokes all live sessions of `user_id`, keeping `except` (the current device) if given.
+    /// Returns how many were removed.
+    async fn delete_for_user(
+        &self,
+        user_id: &str,
+        except: Option<&SessionId>,
+    ) -> Result<u64, StoreError>;
+
+    /// Physical cleanup of expired records. A store whose backend expires entries itself
+    /// may return 0.
+    async fn delete_expired(&self) -> Result<u64, StoreError>;
+
+    /// What this store supports beyond the minimum.
+    fn capabilities(&self) -> Capabilities;
+}
+
+#[async_trait]
+impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
+    async fn create(&self, record: &Record) -> Result<(), StoreError> {
+        (**self).create(record).await
+    }
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
+        (**self).load(id).await
+    }
+    async fn save(&self, record: &Record) -> Result<u64, StoreError> {
+        (**self).save(record).await
+    }
+    async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError> {
+        (**self).touch(id, expires_at).await
+    }
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        (**self).delete(id).await
+    }
+    async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        (**self).list_for_user(user_id).await
+    }
+    async fn delete_for_user(
+        &self,
+        user_id: &str,
+        except: Option<&SessionId>,
+    ) -> Result<u64, StoreError> {
+        (**self).delete_for_user(user_id, except).await
+    }
+    async fn delete_expired(&self) -> Result<u64, StoreError> {
+        (**self).delete_expired().await
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+}
