@@ -1,1 +1,83 @@
-//! stub
+//! # coatcheck
+//!
+//! Server-side HTTP sessions for tower and axum, in the spirit of express-session: the
+//! browser holds a signed ticket (the session id in a cookie), the coat (the data) stays on
+//! the server, in memory, Redis, Postgres or MongoDB — and, unlike the usual crates, it
+//! stays right under concurrency:
+//!
+//! - **No lost updates.** Saves are compare-and-set on a version; on conflict the request's
+//!   own changes are replayed onto the fresh record ([`Session::update`] re-runs its
+//!   closure), so two overlapping requests both keep their writes.
+//! - **No resurrection.** A save after logout or revocation fails and the cookie is
+//!   cleared; the session stays gone.
+//! - **Revocation everywhere.** Sessions are indexed by user:
+//!   [`Session::logout_everywhere`], [`Session::logout_other_devices`].
+//! - **Lazy and frugal.** A request that never touches its session costs no store call;
+//!   rolling expiry writes at most once per `touch_after`.
+//! - **Express-compatible cookies**: `s:<id>.<hmac>`, so one secret list serves a Node and
+//!   a Rust app side by side, with key rotation.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use coatcheck::{KeyRing, Secure, Session, SessionLayer};
+//! use coatcheck::memory::MemoryStore;
+//!
+//! async fn views(session: Session) -> Result<String, coatcheck::SessionError> {
+//!     let n: u64 = session.update("views", |n: Option<u64>| n.unwrap_or(0) + 1).await?;
+//!     Ok(format!("You have seen this page {n} times"))
+//! }
+//!
+//! # #[tokio::main] async fn main() {
+//! let keys = KeyRing::new([std::env::var("SESSION_SECRET").expect("32+ byte secret")]).unwrap();
+//! let sessions = SessionLayer::builder(MemoryStore::new(), keys)
+//!     .secure(Secure::Never) // plain HTTP on localhost only
+//!     .build()
+//!     .unwrap();
+//! let app = Router::new().route("/", get(views)).layer(sessions);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
+//! axum::serve(listener, app).await.unwrap();
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+#[cfg(feature = "axum")]
+mod extract;
+mod layer;
+mod session;
+
+pub use config::{ConfigError, SameSite, Secure, SessionConfig, SessionLayerBuilder};
+pub use error::SessionError;
+pub use layer::{SessionLayer, SessionService};
+pub use session::Session;
+
+pub use coatcheck_core::{
+    Capabilities, Clock, Codec, Data, ExpiryPolicy, JsonCodec, KeyRing, KeyRingError,
+    ManualClock, NativeCodec, Record, SessionId, SessionInfo, SessionStore, StoreError,
+    SystemClock, Timestamp,
+};
+
+/// The core crate, for store implementors.
+pub use coatcheck_core as core;
+
+/// The in-process store.
+#[cfg(feature = "memory")]
+pub mod memory {
+    pub use coatcheck_memory::*;
+}
+/// The Redis store.
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use coatcheck_redis::*;
+}
+/// The Postgres store.
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use coatcheck_postgres::*;
+}
+/// The MongoDB store.
+#[cfg(feature = "mongo")]
+pub mod mongo {
+    pub use coatcheck_mongo::*;
+}

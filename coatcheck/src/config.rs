@@ -1,0 +1,300 @@
+//! Configuration: express-session's vocabulary, secure defaults.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coatcheck_core::{Clock, ExpiryPolicy, KeyRing, SessionId, SessionStore, SystemClock};
+
+use crate::layer::SessionLayer;
+
+/// Whether the cookie gets the `Secure` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Secure {
+    /// Always (the default).
+    #[default]
+    Always,
+    /// Never. Only for local development over plain HTTP.
+    Never,
+    /// When the request came over HTTPS: an `https` request URI, or — only with
+    /// [`SessionLayerBuilder::trust_proxy`] — `X-Forwarded-Proto: https`.
+    Auto,
+}
+
+/// The cookie's `SameSite` attribute. Always sent explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SameSite {
+    /// `SameSite=Strict`.
+    Strict,
+    /// `SameSite=Lax` (the default).
+    #[default]
+    Lax,
+    /// `SameSite=None` (requires `Secure`).
+    None,
+}
+
+/// The session layer's settings. Build them with [`SessionLayer::builder`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    /// Cookie name (default `sid`). `__Host-` and `__Secure-` prefixes are checked.
+    pub name: String,
+    /// Cookie `Path` (default `/`).
+    pub path: String,
+    /// Cookie `Domain` (default none: host-only).
+    pub domain: Option<String>,
+    /// `Secure` (default [`Secure::Always`]).
+    pub secure: Secure,
+    /// Trust `X-Forwarded-Proto` for [`Secure::Auto`] (default false).
+    pub trust_proxy: bool,
+    /// `HttpOnly` (default true).
+    pub http_only: bool,
+    /// `SameSite` (default Lax).
+    pub same_site: SameSite,
+    /// `Partitioned` (CHIPS; default false; requires `Secure`).
+    pub partitioned: bool,
+    /// Idle and absolute timeouts, browser-session cookies, touch interval.
+    pub expiry: ExpiryPolicy,
+    /// Store sessions nothing was written to (default false: no record, no cookie).
+    pub save_uninitialized: bool,
+    /// How many times a save is retried after a version conflict (default 32).
+    pub max_save_retries: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            name: "sid".into(),
+            path: "/".into(),
+            domain: None,
+            secure: Secure::Always,
+            trust_proxy: false,
+            http_only: true,
+            same_site: SameSite::Lax,
+            partitioned: false,
+            expiry: ExpiryPolicy::default(),
+            save_uninitialized: false,
+            max_save_retries: 32,
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The cookie name is empty or has characters a cookie name cannot have.
+    #[error("invalid cookie name {0:?}")]
+    InvalidName(String),
+    /// A `__Host-` cookie must be `Secure`, have `Path=/` and no `Domain`.
+    #[error("a __Host- cookie needs secure(Secure::Always), path \"/\" and no domain")]
+    HostPrefix,
+    /// A `__Secure-`, `SameSite=None` or `Partitioned` cookie must be `Secure`.
+    #[error("{0} requires the Secure attribute")]
+    NeedsSecure(&'static str),
+    /// The path or domain has characters a cookie attribute cannot have.
+    #[error("invalid cookie attribute {0:?}")]
+    InvalidAttribute(String),
+    /// The idle timeout is zero.
+    #[error("the idle timeout must be more than zero")]
+    ZeroIdleTimeout,
+}
+
+pub(crate) type IdGenerator = Arc<dyn Fn() -> SessionId + Send + Sync>;
+
+/// Builds a [`SessionLayer`]. Names follow express-session where they can.
+///
+/// ```
+/// use coatcheck::{KeyRing, SameSite, SessionLayer};
+/// use coatcheck::memory::MemoryStore;
+/// use std::time::Duration;
+///
+/// let keys = KeyRing::new(["a secret of at least thirty-two bytes!!"]).unwrap();
+/// let layer = SessionLayer::builder(MemoryStore::new(), keys)
+///     .name("__Host-sid")
+///     .same_site(SameSite::Strict)
+///     .idle_timeout(Duration::from_secs(30 * 60))
+///     .absolute_timeout(Duration::from_secs(12 * 3600))
+///     .touch_after(Duration::from_secs(60))
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+/// ```
+#[must_use]
+pub struct SessionLayerBuilder {
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) keys: KeyRing,
+    pub(crate) config: SessionConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) id_generator: IdGenerator,
+}
+
+impl fmt::Debug for SessionLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayerBuilder")
+            .field("store", &self.store)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionLayerBuilder {
+    pub(crate) fn new(store: Arc<dyn SessionStore>, keys: KeyRing) -> Self {
+        SessionLayerBuilder {
+            store,
+            keys,
+            config: SessionConfig::default(),
+            clock: Arc::new(SystemClock),
+            id_generator: Arc::new(SessionId::generate),
+        }
+    }
+
+    /// Cookie name (express: `name`). Default `sid`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+    /// Cookie `Path` (express: `cookie.path`). Default `/`.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.config.path = path.into();
+        self
+    }
+    /// Cookie `Domain` (express: `cookie.domain`). Default: none (host-only).
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        self.config.domain = Some(domain.into());
+        self
+    }
+    /// `Secure` (express: `cookie.secure`, incl. `'auto'`). Default [`Secure::Always`].
+    pub fn secure(mut self, secure: Secure) -> Self {
+        self.config.secure = secure;
+        self
+    }
+    /// Trust `X-Forwarded-Proto` for [`Secure::Auto`] (express: `proxy`). Default false.
+    pub fn trust_proxy(mut self, trust: bool) -> Self {
+        self.config.trust_proxy = trust;
+        self
+    }
+    /// `HttpOnly` (express: `cookie.httpOnly`). Default true.
+    pub fn http_only(mut self, yes: bool) -> Self {
+        self.config.http_only = yes;
+        self
+    }
+    /// `SameSite` (express: `cookie.sameSite`). Default Lax.
+    pub fn same_site(mut self, same_site: SameSite) -> Self {
+        self.config.same_site = same_site;
+        self
+    }
+    /// `Partitioned` (express: `cookie.partitioned`). Default false.
+    pub fn partitioned(mut self, yes: bool) -> Self {
+        self.config.partitioned = yes;
+        self
+    }
+    /// Idle timeout, rolling with activity (express: `cookie.maxAge` + `rolling`).
+    /// Default 24 h. Also sets `touch_after` to min(60 s, idle / 2) unless set later.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        let touch_after = self.config.expiry.touch_after;
+        let default_touch = ExpiryPolicy::new(self.config.expiry.idle_timeout).touch_after;
+        let mut p = ExpiryPolicy::new(idle)
+            .with_absolute_timeout(self.config.expiry.absolute_timeout)
+            .with_browser_session(self.config.expiry.browser_session);
+        if touch_after != default_touch {
+            p = p.with_touch_after(touch_after);
+        }
+        self.config.expiry = p;
+        self
+    }
+    /// Absolute lifetime from creation, never extended by activity. Default none.
+    pub fn absolute_timeout(mut self, absolute: Duration) -> Self {
+        self.config.expiry = self.config.expiry.with_absolute_timeout(Some(absolute));
+        self
+    }
+    /// Browser-session cookies: no `Expires`; the server still enforces the timeouts.
+    pub fn browser_session(mut self, yes: bool) -> Self {
+        self.config.expiry = self.config.expiry.with_browser_session(yes);
+        self
+    }
+    /// The least time between two touches of one session (connect-mongo: `touchAfter`).
+    pub fn touch_after(mut self, touch_after: Duration) -> Self {
+        self.config.expiry = self.config.expiry.with_touch_after(touch_after);
+        self
+    }
+    /// Store sessions nothing was written to (express: `saveUninitialized`). Default false.
+    pub fn save_uninitialized(mut self, yes: bool) -> Self {
+        self.config.save_uninitialized = yes;
+        self
+    }
+    /// How many times to retry a save after a version conflict. Default 32.
+    pub fn max_save_retries(mut self, n: u32) -> Self {
+        self.config.max_save_retries = n;
+        self
+    }
+    /// A custom id generator (express: `genid`). Ids it makes must be 16–128 base64url
+    /// characters (they are [`SessionId`]s) and unpredictable; a collision is retried.
+    pub fn id_generator(mut self, f: impl Fn() -> SessionId + Send + Sync + 'static) -> Self {
+        self.id_generator = Arc::new(f);
+        self
+    }
+    /// The clock (default: system). Share one with the store in tests.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: SessionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Checks the configuration and builds the layer.
+    pub fn build(self) -> Result<SessionLayer, ConfigError> {
+        validate(&self.config)?;
+        Ok(SessionLayer::from_builder(self))
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+fn is_attr(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b';')
+}
+
+pub(crate) fn validate(c: &SessionConfig) -> Result<(), ConfigError> {
+    if !is_token(&c.name) {
+        return Err(ConfigError::InvalidName(c.name.clone()));
+    }
+    if !is_attr(&c.path) || !c.path.starts_with('/') {
+        return Err(ConfigError::InvalidAttribute(c.path.clone()));
+    }
+    if let Some(d) = &c.domain {
+        if d.is_empty() || !is_attr(d) || d.contains(' ') {
+            return Err(ConfigError::InvalidAttribute(d.clone()));
+        }
+    }
+    if c.name.starts_with("__Host-")
+        && (c.secure != Secure::Always || c.path != "/" || c.domain.is_some())
+    {
+        return Err(ConfigError::HostPrefix);
+    }
+    if c.secure == Secure::Never {
+        if c.name.starts_with("__Secure-") {
+            return Err(ConfigError::NeedsSecure("a __Secure- cookie"));
+        }
+        if c.same_site == SameSite::None {
+            return Err(ConfigError::NeedsSecure("SameSite=None"));
+        }
+        if c.partitioned {
+            return Err(ConfigError::NeedsSecure("Partitioned"));
+        }
+    }
+    if c.expiry.idle_timeout.is_zero() {
+        return Err(ConfigError::ZeroIdleTimeout);
+    }
+    Ok(())
+}

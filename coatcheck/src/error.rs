@@ -1,0 +1,60 @@
+//! What session operations fail with.
+
+use coatcheck_core::StoreError;
+
+/// An error from a [`Session`](crate::Session) operation or from saving at the end of a
+/// request.
+///
+/// With the `axum` feature it is an `IntoResponse`, so handlers can use `?`: store
+/// failures become `500` (or `503` when concurrent saves kept conflicting), never an empty
+/// session; the body says nothing about the backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The store failed (backend down, unreadable record, ...).
+    #[error("session store failed: {0}")]
+    Store(#[from] StoreError),
+    /// A value could not be turned into JSON.
+    #[error("session value could not be serialized: {0}")]
+    Serialize(#[source] serde_json::Error),
+    /// A stored value does not have the type asked for.
+    #[error("session value {key:?} has an unexpected type: {source}")]
+    Deserialize {
+        /// The key.
+        key: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Concurrent requests kept saving the same session; the retries ran out.
+    #[error("session kept being saved concurrently; gave up after {0} attempts")]
+    TooManyConflicts(u32),
+    /// The `Session` extractor was used on a route without a `SessionLayer`.
+    #[error("no SessionLayer on this route")]
+    MissingLayer,
+}
+
+impl SessionError {
+    /// The HTTP status this error maps to.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            SessionError::TooManyConflicts(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            _ => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for SessionError {
+    fn into_response(self) -> axum_core::response::Response {
+        tracing::error!(error = %self, "session operation failed");
+        let mut res = axum_core::response::Response::new(axum_core::body::Body::from(
+            match self.status() {
+                http::StatusCode::SERVICE_UNAVAILABLE => "session busy, retry",
+                _ => "session store unavailable",
+            },
+        ));
+        *res.status_mut() = self.status();
+        res
+    }
+}

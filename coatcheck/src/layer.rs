@@ -1,0 +1,265 @@
+//! The tower layer: reads the cookie, hands the request a lazy [`Session`], writes what
+//! changed and sets the cookie before the response leaves.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use coatcheck_core::{Clock, KeyRing, SessionId, SessionStore, Timestamp};
+use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::{IdGenerator, SameSite, Secure, SessionConfig, SessionLayerBuilder};
+use crate::session::{CookieAction, Session};
+
+/// What every request of one layer shares.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) keys: KeyRing,
+    pub(crate) config: SessionConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) id_generator: IdGenerator,
+}
+
+/// The session middleware. Build it with [`SessionLayer::builder`].
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use coatcheck::{KeyRing, Secure, Session, SessionLayer};
+/// use coatcheck::memory::MemoryStore;
+///
+/// async fn handler(session: Session) -> Result<String, coatcheck::SessionError> {
+///     let n: u64 = session.update("views", |n: Option<u64>| n.unwrap_or(0) + 1).await?;
+///     Ok(n.to_string())
+/// }
+///
+/// let keys = KeyRing::new([std::env::var("SESSION_SECRET").unwrap_or_else(|_| "x".repeat(32))]).unwrap();
+/// let app: Router = Router::new()
+///     .route("/", get(handler))
+///     .layer(SessionLayer::builder(MemoryStore::new(), keys).build().unwrap());
+/// ```
+#[derive(Clone)]
+pub struct SessionLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("store", &self.shared.store)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionLayer {
+    /// A builder over `store`, signing cookies with `keys`.
+    pub fn builder(store: impl SessionStore, keys: KeyRing) -> SessionLayerBuilder {
+        SessionLayerBuilder::new(Arc::new(store), keys)
+    }
+
+    /// Like [`SessionLayer::builder`] for a store already behind an `Arc`.
+    pub fn builder_shared(store: Arc<dyn SessionStore>, keys: KeyRing) -> SessionLayerBuilder {
+        SessionLayerBuilder::new(store, keys)
+    }
+
+    pub(crate) fn from_builder(b: SessionLayerBuilder) -> Self {
+        SessionLayer {
+            shared: Arc::new(Shared {
+                store: b.store,
+                keys: b.keys,
+                config: b.config,
+                clock: b.clock,
+                id_generator: b.id_generator,
+            }),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &SessionConfig {
+        &self.shared.config
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`SessionLayer`] wraps around yours.
+#[derive(Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> fmt::Debug for SessionService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionService").finish_non_exhaustive()
+    }
+}
+
+/// The first cookie named `name` whose value verifies, and whether it needs re-signing.
+/// Headers that are not visible ASCII, pairs without `=`, and bad signatures are skipped.
+fn read_cookie(headers: &HeaderMap, name: &str, keys: &KeyRing) -> Option<(SessionId, bool)> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| k.trim() == name)
+        .find_map(|(_, v)| {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            keys.verify_cookie_value(v)
+        })
+        .map(|v| {
+            let resign = v.needs_resign();
+            (v.id, resign)
+        })
+}
+
+fn is_secure<B>(config: &SessionConfig, req: &Request<B>) -> bool {
+    match config.secure {
+        Secure::Always => true,
+        Secure::Never => false,
+        Secure::Auto => {
+            if req.uri().scheme_str() == Some("https") {
+                return true;
+            }
+            config.trust_proxy
+                && req
+                    .headers()
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(',').next())
+                    .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+        }
+    }
+}
+
+fn to_cookie_time(t: Timestamp) -> Option<cookie::time::OffsetDateTime> {
+    cookie::time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_millis()) * 1_000_000)
+        .ok()
+}
+
+fn set_cookie_header(shared: &Shared, action: &CookieAction, secure: bool) -> Option<HeaderValue> {
+    let c = &shared.config;
+    let mut builder = match action {
+        CookieAction::None => return None,
+        CookieAction::Set { id, expires_at } => {
+            let b = cookie::Cookie::build((c.name.clone(), shared.keys.sign_cookie_value(id)));
+            match shared.config.expiry.cookie_expires(*expires_at).and_then(to_cookie_time) {
+                Some(t) => b.expires(t),
+                None => b,
+            }
+        }
+        CookieAction::Clear => cookie::Cookie::build((c.name.clone(), ""))
+            .max_age(cookie::time::Duration::ZERO)
+            .expires(cookie::time::OffsetDateTime::UNIX_EPOCH),
+    };
+    builder = builder
+        .path(c.path.clone())
+        .http_only(c.http_only)
+        .secure(secure)
+        .same_site(match c.same_site {
+            SameSite::Strict => cookie::SameSite::Strict,
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::None => cookie::SameSite::None,
+        });
+    if c.partitioned {
+        builder = builder.partitioned(true);
+    }
+    if let Some(d) = &c.domain {
+        builder = builder.domain(d.clone());
+    }
+    HeaderValue::from_str(&builder.build().to_string()).ok()
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let shared = self.shared.clone();
+        let cookie = read_cookie(req.headers(), &shared.config.name, &shared.keys);
+        let secure = is_secure(&shared.config, &req);
+        let (cookie_id, resign) = match cookie {
+            Some((id, resign)) => (Some(id), resign),
+            None => (None, false),
+        };
+        let session = Session::new(shared.clone(), cookie_id, resign);
+        req.extensions_mut().insert(session.clone());
+        // The clone that was made ready is the one to call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let mut res = inner.call(req).await?;
+            // Let the handler's own copies of the handle go before writing.
+            match session.finish().await {
+                Ok(action) => {
+                    if let Some(value) = set_cookie_header(&shared, &action, secure) {
+                        let headers = res.headers_mut();
+                        headers.append(SET_COOKIE, value);
+                        if !headers.contains_key(CACHE_CONTROL) {
+                            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                        }
+                    }
+                    Ok(res)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "session could not be saved; answering with an error");
+                    let mut failed = Response::new(ResBody::default());
+                    *failed.status_mut() = e.status();
+                    failed
+                        .headers_mut()
+                        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    Ok(failed)
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_cookie_takes_first_valid_and_ignores_junk() {
+        let keys = KeyRing::new(["k".repeat(32)]).unwrap();
+        let id = SessionId::generate();
+        let good = keys.sign_cookie_value(&id);
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=b; sid=s%3Abogus.sig; junk"));
+        h.append(COOKIE, HeaderValue::from_str(&format!("x=1;sid={good}")).unwrap());
+        assert_eq!(read_cookie(&h, "sid", &keys).map(|x| x.0), Some(id));
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_bytes(b"sid=\xff\xfe").unwrap());
+        assert!(read_cookie(&h, "sid", &keys).is_none());
+    }
+}

@@ -1,0 +1,630 @@
+//! The per-request session handle.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use coatcheck_core::{Data, Record, SessionId, SessionInfo, StoreError, Timestamp};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use crate::layer::Shared;
+use crate::SessionError;
+
+type UpdateFn = Arc<dyn Fn(Option<&Value>) -> Result<Value, SessionError> + Send + Sync>;
+
+/// One change the handler made, kept so it can be replayed onto a fresher record when a
+/// concurrent request saved first.
+#[derive(Clone)]
+enum Op {
+    Set(String, Value),
+    Remove(String),
+    Clear,
+    Update(String, UpdateFn),
+}
+
+fn apply(op: &Op, data: &mut Data) -> Result<(), SessionError> {
+    match op {
+        Op::Set(k, v) => {
+            data.insert(k.clone(), v.clone());
+        }
+        Op::Remove(k) => {
+            data.shift_remove(k);
+        }
+        Op::Clear => data.clear(),
+        Op::Update(k, f) => {
+            let next = f(data.get(k))?;
+            data.insert(k.clone(), next);
+        }
+    }
+    Ok(())
+}
+
+/// What the response's cookie should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CookieAction {
+    None,
+    Set {
+        id: SessionId,
+        expires_at: Timestamp,
+    },
+    Clear,
+}
+
+#[derive(Default)]
+struct State {
+    /// The verified id from the request's cookie (not known to exist until loaded).
+    cookie_id: Option<SessionId>,
+    /// The cookie was signed with an older secret.
+    resign: bool,
+    /// The session as this request sees it: the stored record with `ops` applied.
+    record: Option<Record>,
+    /// Whether `record` exists in the store (as opposed to created by this request).
+    persisted: bool,
+    ops: Vec<Op>,
+    user_change: Option<Option<String>>,
+    expiry_at: Option<Timestamp>,
+    /// The id changed in this request (regenerate / login): the cookie must be sent.
+    id_changed: bool,
+    /// The session was destroyed: clear the cookie unless a new one is written.
+    destroyed: bool,
+    /// A store operation failed: write nothing, set no cookie.
+    failed: bool,
+}
+
+/// The session of the current request: cheap to clone, lazy, never hands out a lock.
+///
+/// Obtain it with the axum extractor (`session: Session` in a handler's arguments) or from
+/// the request extensions. Nothing is loaded until a method needs the data, and nothing is
+/// written until the handler has returned — then only what changed, before the response
+/// leaves. Values are JSON-model values; typed access goes through serde.
+///
+/// ```
+/// use coatcheck::Session;
+///
+/// async fn views(session: Session) -> Result<String, coatcheck::SessionError> {
+///     // `update` is replayed on the fresh value if another request saved in between,
+///     // so concurrent increments are never lost.
+///     let n: u64 = session.update("views", |n: Option<u64>| n.unwrap_or(0) + 1).await?;
+///     Ok(format!("{n} views"))
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    loaded: OnceCell<()>,
+    state: Mutex<State>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.state();
+        f.debug_struct("Session")
+            .field("id", &st.record.as_ref().map(|r| r.id.short_hash()))
+            .field("loaded", &self.inner.loaded.initialized())
+            .field("changes", &st.ops.len())
+            .finish()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, cookie_id: Option<SessionId>, resign: bool) -> Self {
+        Session {
+            inner: Arc::new(Inner {
+                shared,
+                loaded: OnceCell::new(),
+                state: Mutex::new(State {
+                    cookie_id,
+                    resign,
+                    ..State::default()
+                }),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding it; a poisoned lock still holds consistent state.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> Timestamp {
+        self.inner.shared.clock.now()
+    }
+
+    fn fail<T>(&self, e: impl Into<SessionError>) -> Result<T, SessionError> {
+        self.state().failed = true;
+        Err(e.into())
+    }
+
+    /// Loads the record named by the cookie, once. Unknown, expired (idle or absolute) and
+    /// unreadable ids are not adopted.
+    async fn ensure_loaded(&self) -> Result<(), SessionError> {
+        let res = self
+            .inner
+            .loaded
+            .get_or_try_init(|| async {
+                let id = self.state().cookie_id.clone();
+                let record = match id {
+                    Some(id) => self.inner.shared.store.load(&id).await?,
+                    None => None,
+                };
+                let now = self.now();
+                let policy = &self.inner.shared.config.expiry;
+                let record = record.filter(|r| {
+                    policy
+                        .absolute_deadline(r.created_at)
+                        .is_none_or(|deadline| deadline > now)
+                });
+                let mut st = self.state();
+                st.persisted = record.is_some();
+                st.record = record;
+                Ok::<(), SessionError>(())
+            })
+            .await;
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn new_record(&self) -> Record {
+        let now = self.now();
+        let policy = &self.inner.shared.config.expiry;
+        Record::new(
+            (self.inner.shared.id_generator)(),
+            now,
+            policy.expires_at(now, now),
+        )
+    }
+
+    /// Applies a change to the view and logs it for replay, creating a fresh (not yet
+    /// stored) record if there is none.
+    async fn change(&self, op: Op) -> Result<(), SessionError> {
+        self.ensure_loaded().await?;
+        let fresh = self.new_record();
+        let mut st = self.state();
+        let record = st.record.get_or_insert(fresh);
+        apply(&op, &mut record.data)?;
+        st.ops.push(op);
+        Ok(())
+    }
+
+    /// The value at `key`, deserialized into `T`.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        match self.get_value(key).await? {
+            Some(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|source| SessionError::Deserialize {
+                    key: key.to_owned(),
+                    source,
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// The raw JSON value at `key`.
+    pub async fn get_value(&self, key: &str) -> Result<Option<Value>, SessionError> {
+        self.ensure_loaded().await?;
+        Ok(self
+            .state()
+            .record
+            .as_ref()
+            .and_then(|r| r.data.get(key).cloned()))
+    }
+
+    /// Sets `key` to `value`. A session that did not exist is created when the response
+    /// leaves.
+    pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        let value = serde_json::to_value(value).map_err(SessionError::Serialize)?;
+        self.change(Op::Set(key.to_owned(), value)).await
+    }
+
+    /// Removes `key`, returning its value.
+    pub async fn remove(&self, key: &str) -> Result<Option<Value>, SessionError> {
+        let old = self.get_value(key).await?;
+        if old.is_some() {
+            self.change(Op::Remove(key.to_owned())).await?;
+        }
+        Ok(old)
+    }
+
+    /// Removes every key (the session itself, its id and user stay).
+    pub async fn clear(&self) -> Result<(), SessionError> {
+        self.ensure_loaded().await?;
+        if self.state().record.is_some() {
+            self.change(Op::Clear).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets `key` to `f(current value)` and returns the new value.
+    ///
+    /// If another request saved this session in between, `f` is run again on the fresh
+    /// value before saving, so read-modify-write updates (counters, lists) are never lost.
+    /// `f` may therefore run more than once: keep it free of side effects.
+    pub async fn update<T, F>(&self, key: &str, f: F) -> Result<T, SessionError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Fn(Option<T>) -> T + Send + Sync + 'static,
+    {
+        let owned = key.to_owned();
+        let func: UpdateFn = Arc::new(move |current: Option<&Value>| {
+            let current = current
+                .map(|v| serde_json::from_value::<T>(v.clone()))
+                .transpose()
+                .map_err(|source| SessionError::Deserialize {
+                    key: owned.clone(),
+                    source,
+                })?;
+            serde_json::to_value(f(current)).map_err(SessionError::Serialize)
+        });
+        self.change(Op::Update(key.to_owned(), func)).await?;
+        self.get(key).await?.ok_or_else(|| {
+            SessionError::Serialize(serde::de::Error::custom("update produced no value"))
+        })
+    }
+
+    /// The session id, if the session exists (in the store, or created by this request).
+    pub async fn id(&self) -> Result<Option<SessionId>, SessionError> {
+        self.ensure_loaded().await?;
+        Ok(self.state().record.as_ref().map(|r| r.id.clone()))
+    }
+
+    /// The logged-in principal, if any.
+    pub async fn user_id(&self) -> Result<Option<String>, SessionError> {
+        self.ensure_loaded().await?;
+        Ok(self.state().record.as_ref().and_then(|r| r.user_id.clone()))
+    }
+
+    /// Whether the session is stored or will be at the end of this request.
+    pub async fn exists(&self) -> Result<bool, SessionError> {
+        self.ensure_loaded().await?;
+        Ok(self.state().record.is_some())
+    }
+
+    /// New id, same data. The new record is stored first, then the old id is deleted, so
+    /// there is never a moment without a session, and the old id is dead afterwards.
+    pub async fn regenerate(&self) -> Result<(), SessionError> {
+        self.rotate(None).await
+    }
+
+    /// Logs `user_id` in: a new id (against fixation), the principal set and indexed.
+    pub async fn login(&self, user_id: impl Into<String>) -> Result<(), SessionError> {
+        self.rotate(Some(user_id.into())).await
+    }
+
+    async fn rotate(&self, user: Option<String>) -> Result<(), SessionError> {
+        self.ensure_loaded().await?;
+        let policy = self.inner.shared.config.expiry;
+        let now = self.now();
+        let (mut next, old_id) = {
+            let mut st = self.state();
+            let persisted = st.persisted;
+            let expiry_at = st.expiry_at;
+            if st.record.is_none() {
+                // Nothing stored yet: a login creates the session at the end of the request.
+                if let Some(user) = user {
+                    drop(st);
+                    let mut fresh = self.new_record();
+                    fresh.user_id = Some(user.clone());
+                    let mut st = self.state();
+                    st.record = Some(fresh);
+                    st.user_change = Some(Some(user));
+                    st.id_changed = true;
+                }
+                return Ok(());
+            }
+            if !persisted {
+                // Created by this request and not stored yet: just give it another id.
+                let new_id = (self.inner.shared.id_generator)();
+                if let Some(r) = st.record.as_mut() {
+                    r.id = new_id;
+                    if user.is_some() {
+                        r.user_id.clone_from(&user);
+                    }
+                }
+                if user.is_some() {
+                    st.user_change = Some(user);
+                }
+                st.id_changed = true;
+                return Ok(());
+            }
+            let Some(record) = st.record.as_ref() else {
+                return Ok(());
+            };
+            let mut next = record.clone();
+            if user.is_some() {
+                next.user_id = user;
+            }
+            next.version = 1;
+            next.expires_at = expiry_at
+                .unwrap_or(next.expires_at)
+                .max(policy.expires_at(next.created_at, now));
+            if let Some(deadline) = policy.absolute_deadline(next.created_at) {
+                next.expires_at = next.expires_at.min(deadline);
+            }
+            (next, record.id.clone())
+        };
+        let store = &self.inner.shared.store;
+        let mut attempts = 0;
+        loop {
+            next.id = (self.inner.shared.id_generator)();
+            match store.create(&next).await {
+                Ok(()) => break,
+                Err(StoreError::IdTaken) if attempts < 3 => attempts += 1,
+                Err(e) => return self.fail(e),
+            }
+        }
+        if let Err(e) = store.delete(&old_id).await {
+            return self.fail(e);
+        }
+        tracing::debug!(old = %old_id.short_hash(), new = %next.id.short_hash(), "session id rotated");
+        let mut st = self.state();
+        st.record = Some(next);
+        st.persisted = true;
+        st.ops.clear();
+        st.user_change = None;
+        st.expiry_at = None;
+        st.id_changed = true;
+        Ok(())
+    }
+
+    /// Deletes the session now and clears the cookie. Writing afterwards starts a new one.
+    pub async fn destroy(&self) -> Result<(), SessionError> {
+        let id = {
+            let st = self.state();
+            st.record.as_ref().map(|r| r.id.clone()).or(st.cookie_id.clone())
+        };
+        if let Some(id) = id {
+            if let Err(e) = self.inner.shared.store.delete(&id).await {
+                return self.fail(e);
+            }
+            tracing::debug!(session = %id.short_hash(), "session destroyed");
+        }
+        self.forget_local();
+        Ok(())
+    }
+
+    fn forget_local(&self) {
+        // Make sure a later access does not load the deleted record again.
+        let _ = self.inner.loaded.set(());
+        let mut st = self.state();
+        st.record = None;
+        st.persisted = false;
+        st.ops.clear();
+        st.user_change = None;
+        st.expiry_at = None;
+        st.destroyed = true;
+    }
+
+    /// Revokes every session of this session's user, on every device, this one included.
+    /// Returns how many were removed. Without a user, destroys this session only.
+    pub async fn logout_everywhere(&self) -> Result<u64, SessionError> {
+        match self.user_id().await? {
+            Some(user) => match self.inner.shared.store.delete_for_user(&user, None).await {
+                Ok(n) => {
+                    self.forget_local();
+                    Ok(n)
+                }
+                Err(e) => self.fail(e),
+            },
+            None => {
+                self.destroy().await?;
+                Ok(1)
+            }
+        }
+    }
+
+    /// Revokes every other session of this session's user, keeping this one.
+    pub async fn logout_other_devices(&self) -> Result<u64, SessionError> {
+        self.ensure_loaded().await?;
+        let (user, id) = {
+            let st = self.state();
+            match st.record.as_ref() {
+                Some(r) if st.persisted => (r.user_id.clone(), Some(r.id.clone())),
+                Some(r) => (r.user_id.clone(), None),
+                None => (None, None),
+            }
+        };
+        match user {
+            Some(user) => match self
+                .inner
+                .shared
+                .store
+                .delete_for_user(&user, id.as_ref())
+                .await
+            {
+                Ok(n) => Ok(n),
+                Err(e) => self.fail(e),
+            },
+            None => Ok(0),
+        }
+    }
+
+    /// The live sessions of this session's user (empty when nobody is logged in).
+    pub async fn list_user_sessions(&self) -> Result<Vec<SessionInfo>, SessionError> {
+        match self.user_id().await? {
+            Some(user) => match self.inner.shared.store.list_for_user(&user).await {
+                Ok(v) => Ok(v),
+                Err(e) => self.fail(e),
+            },
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Sets when this session expires, written at the end of the request (capped by the
+    /// absolute lifetime). Use it for "remember me": later activity rolls expiry forward
+    /// by the idle timeout but never shortens it. To end a session now, use
+    /// [`Session::destroy`].
+    pub async fn set_expiry(&self, expires_at: Timestamp) -> Result<(), SessionError> {
+        self.ensure_loaded().await?;
+        let fresh = self.new_record();
+        let mut st = self.state();
+        let r = st.record.get_or_insert(fresh);
+        r.expires_at = expires_at;
+        st.expiry_at = Some(expires_at);
+        Ok(())
+    }
+
+    /// Like [`Session::set_expiry`], relative to now.
+    pub async fn set_expiry_in(&self, d: Duration) -> Result<(), SessionError> {
+        self.set_expiry(self.now() + d).await
+    }
+
+    /// Writes what changed, once the handler has returned. Called by the layer.
+    pub(crate) async fn finish(&self) -> Result<CookieAction, SessionError> {
+        let shared = &self.inner.shared;
+        let policy = shared.config.expiry;
+        let now = self.now();
+        let (record, persisted, dirty, id_changed, resign, destroyed, failed) = {
+            let st = self.state();
+            (
+                st.record.clone(),
+                st.persisted,
+                !st.ops.is_empty() || st.user_change.is_some() || st.expiry_at.is_some(),
+                st.id_changed,
+                st.resign,
+                st.destroyed,
+                st.failed,
+            )
+        };
+        if failed {
+            return Ok(CookieAction::None);
+        }
+        let loaded = self.inner.loaded.initialized();
+        let Some(mut record) = record else {
+            if destroyed {
+                return Ok(CookieAction::Clear);
+            }
+            if loaded && shared.config.save_uninitialized {
+                let record = self.new_record();
+                return self.create_new(record).await;
+            }
+            return Ok(CookieAction::None);
+        };
+        let cap = |t: Timestamp, created: Timestamp| match policy.absolute_deadline(created) {
+            Some(d) => t.min(d),
+            None => t,
+        };
+        if !persisted {
+            let explicit = self.state().expiry_at;
+            record.expires_at = cap(
+                explicit.unwrap_or_else(|| policy.expires_at(record.created_at, now)),
+                record.created_at,
+            );
+            return self.create_new(record).await;
+        }
+        let persistent_cookie = !policy.browser_session;
+        if dirty {
+            return self.save_with_retries(record, id_changed || resign || persistent_cookie).await;
+        }
+        if let Some(next) = policy.touch_due(record.created_at, record.expires_at, now) {
+            return match shared.store.touch(&record.id, next).await {
+                Ok(true) => Ok(if id_changed || resign || persistent_cookie {
+                    CookieAction::Set { id: record.id, expires_at: next }
+                } else {
+                    CookieAction::None
+                }),
+                // Revoked or expired in the meantime: it stays gone.
+                Ok(false) => Ok(CookieAction::Clear),
+                Err(e) => self.fail(e),
+            };
+        }
+        Ok(if id_changed || resign {
+            CookieAction::Set { id: record.id, expires_at: record.expires_at }
+        } else {
+            CookieAction::None
+        })
+    }
+
+    async fn create_new(&self, mut record: Record) -> Result<CookieAction, SessionError> {
+        let store = &self.inner.shared.store;
+        let mut attempts = 0;
+        loop {
+            match store.create(&record).await {
+                Ok(()) => {
+                    tracing::debug!(session = %record.id.short_hash(), "session created");
+                    return Ok(CookieAction::Set { id: record.id, expires_at: record.expires_at });
+                }
+                Err(StoreError::IdTaken) if attempts < 3 => {
+                    attempts += 1;
+                    record.id = (self.inner.shared.id_generator)();
+                }
+                Err(e) => return self.fail(e),
+            }
+        }
+    }
+
+    async fn save_with_retries(
+        &self,
+        mut record: Record,
+        send_cookie: bool,
+    ) -> Result<CookieAction, SessionError> {
+        let shared = &self.inner.shared;
+        let policy = shared.config.expiry;
+        let (ops, user_change, expiry_at) = {
+            let st = self.state();
+            (st.ops.clone(), st.user_change.clone(), st.expiry_at)
+        };
+        let max = shared.config.max_save_retries;
+        let mut attempt = 0u32;
+        loop {
+            let now = self.now();
+            let rolled = record.expires_at.max(policy.expires_at(record.created_at, now));
+            record.expires_at = match (expiry_at, policy.absolute_deadline(record.created_at)) {
+                (Some(t), Some(d)) => t.min(d),
+                (Some(t), None) => t,
+                (None, _) => rolled,
+            };
+            match shared.store.save(&record).await {
+                Ok(_) => {
+                    return Ok(if send_cookie {
+                        CookieAction::Set { id: record.id, expires_at: record.expires_at }
+                    } else {
+                        CookieAction::None
+                    });
+                }
+                Err(StoreError::NotFound) => {
+                    tracing::debug!(session = %record.id.short_hash(), "session was revoked; not saved");
+                    return Ok(CookieAction::Clear);
+                }
+                Err(StoreError::Conflict) if attempt < max => {
+                    attempt += 1;
+                    backoff(attempt).await;
+                    let fresh = match shared.store.load(&record.id).await {
+                        Ok(Some(fresh)) => fresh,
+                        Ok(None) => return Ok(CookieAction::Clear),
+                        Err(e) => return self.fail(e),
+                    };
+                    let mut next = fresh;
+                    for op in &ops {
+                        if let Err(e) = apply(op, &mut next.data) {
+                            return self.fail(e);
+                        }
+                    }
+                    if let Some(u) = &user_change {
+                        next.user_id.clone_from(u);
+                    }
+                    record = next;
+                }
+                Err(StoreError::Conflict) => return self.fail(SessionError::TooManyConflicts(max + 1)),
+                Err(e) => return self.fail(e),
+            }
+        }
+    }
+}
+
+/// Randomised exponential backoff: up to 1, 2, 4 ... 32 ms.
+async fn backoff(attempt: u32) {
+    let ceiling = 1u64 << attempt.min(5);
+    let mut b = [0u8; 8];
+    let r = getrandom::fill(&mut b).map(|_| u64::from_le_bytes(b)).unwrap_or(0);
+    let micros = r % (ceiling * 1000);
+    tokio::time::sleep(Duration::from_micros(micros)).await;
+}
