@@ -1,0 +1,217 @@
+//! Identifiers, table layouts and every SQL statement of the store, built once at
+//! construction from validated names.
+//!
+//! The seam for other layouts: a [`Layout`] produces a [`Statements`] whose parameters and
+//! result columns have the same order and types whatever the table looks like (see the
+//! field docs). The express-compatible layout (connect-pg-simple's
+//! `session(sid varchar, sess json, expire timestamp(6))`) becomes one more variant whose
+//! statements map those columns onto these shapes (e.g. `1::int8 AS version`,
+//! `convert_to(sess::text, 'UTF8') AS data`, `expire AT TIME ZONE 'UTC'`), with no change to
+//! the store itself.
+
+use crate::ConfigError;
+
+/// Longest identifier Postgres keeps (`NAMEDATALEN - 1`).
+pub(crate) const MAX_IDENT_LEN: usize = 63;
+
+/// Key of the transaction-scoped advisory lock every `migrate()` holds (ASCII "coatchk\0"),
+/// shared by all coatcheck tables of a database so that concurrent migrations of tables in
+/// one new schema serialise too.
+pub(crate) const MIGRATE_LOCK_KEY: i64 = 0x636f_6174_6368_6b00;
+
+/// Checks `name` against `^[A-Za-z_][A-Za-z0-9_]{0,62}$`.
+pub(crate) fn validate_ident(what: &'static str, name: &str) -> Result<(), ConfigError> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if first_ok && rest_ok && name.len() <= MAX_IDENT_LEN {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidIdentifier {
+            what,
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// A validated identifier, double-quoted (validation already excludes quotes; quoting keeps
+/// reserved words and upper case working and literal).
+fn quote(ident: &str) -> String {
+    format!("\"{ident}\"")
+}
+
+/// FNV-1a, 32 bits: a stable short tag for shortened index names.
+fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// `{table}_{suffix}`, or, when that exceeds 63 bytes (Postgres would truncate it and two
+/// long table names could collide), a prefix of the table name, a hash of the whole name and
+/// the suffix.
+pub(crate) fn index_name(table: &str, suffix: &str) -> String {
+    let full = format!("{table}_{suffix}");
+    if full.len() <= MAX_IDENT_LEN {
+        return full;
+    }
+    let keep = MAX_IDENT_LEN - suffix.len() - 10; // "_" + 8 hex + "_"
+    let prefix = table.get(..keep).unwrap_or(table);
+    format!("{prefix}_{:08x}_{suffix}", fnv1a(table))
+}
+
+/// How sessions are laid out in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub(crate) enum Layout {
+    /// The native layout: `id text primary key, version bigint, data bytea, user_id text,
+    /// created_at timestamptz, expires_at timestamptz`, indexes on `expires_at` and
+    /// (partial) on `user_id`.
+    #[default]
+    Native,
+}
+
+/// Every statement of a store, built once.
+///
+/// Parameter and result shapes are fixed whatever the layout (timestamps are
+/// `timestamptz`, ids and users `text`, data `bytea`, versions `int8`).
+#[derive(Debug, Clone)]
+pub(crate) struct Statements {
+    /// The schema name, unquoted (for the existence check of `migrate`).
+    pub schema: String,
+    /// `CREATE SCHEMA "schema"`.
+    pub create_schema: String,
+    /// DDL run by `migrate` after the lock, as one simple-protocol batch.
+    pub migrate_ddl: String,
+    /// `$1 id, $2 version, $3 data, $4 user_id, $5 created_at, $6 expires_at, $7 now`;
+    /// affects one row when inserted (or an expired row replaced), none when the id is live.
+    pub create: String,
+    /// `$1 id, $2 now` → `version, data, user_id, created_at, expires_at`.
+    pub load: String,
+    /// `$1 id, $2 expected version, $3 data, $4 user_id, $5 expires_at, $6 now` →
+    /// `version` (the new one), no row when the compare-and-set failed.
+    pub save: String,
+    /// `$1 id, $2 now` → `version` of the live row: tells `Conflict` from `NotFound`.
+    pub save_probe: String,
+    /// `$1 id, $2 expires_at, $3 now`; affects one row when live.
+    pub touch: String,
+    /// `$1 id, $2 now` → `live bool` of the removed row, no row when absent.
+    pub delete: String,
+    /// `$1 user, $2 now` → `id, created_at, expires_at`.
+    pub list_for_user: String,
+    /// `$1 user, $2 now, $3 except id (nullable)`; rows affected = live sessions removed.
+    pub delete_for_user: String,
+    /// `$1 now, $2 batch size`; rows affected = expired rows removed in this batch.
+    pub delete_expired_batch: String,
+}
+
+impl Statements {
+    pub(crate) fn new(layout: Layout, schema: &str, table: &str) -> Self {
+        match layout {
+            Layout::Native => Self::native(schema, table),
+        }
+    }
+
+    fn native(schema: &str, table: &str) -> Self {
+        let t = format!("{}.{}", quote(schema), quote(table));
+        let expires_idx = quote(&index_name(table, "expires_at_idx"));
+        let user_idx = quote(&index_name(table, "user_id_idx"));
+        Statements {
+            schema: schema.to_owned(),
+            create_schema: format!("CREATE SCHEMA IF NOT EXISTS {}", quote(schema)),
+            migrate_ddl: format!(
+                "CREATE TABLE IF NOT EXISTS {t} (\
+                 \n    id text COLLATE \"C\" PRIMARY KEY,\
+                 \n    version bigint NOT NULL,\
+                 \n    data bytea NOT NULL,\
+                 \n    user_id text COLLATE \"C\",\
+                 \n    created_at timestamptz NOT NULL,\
+                 \n    expires_at timestamptz NOT NULL\
+                 \n);\
+                 \nCREATE INDEX IF NOT EXISTS {expires_idx} ON {t} (expires_at);\
+                 \nCREATE INDEX IF NOT EXISTS {user_idx} ON {t} (user_id) WHERE user_id IS NOT NULL;"
+            ),
+            create: format!(
+                "INSERT INTO {t} AS s (id, version, data, user_id, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, data = EXCLUDED.data, \
+                 user_id = EXCLUDED.user_id, created_at = EXCLUDED.created_at, \
+                 expires_at = EXCLUDED.expires_at \
+                 WHERE s.expires_at <= $7"
+            ),
+            load: format!(
+                "SELECT version, data, user_id, created_at, expires_at FROM {t} \
+                 WHERE id = $1 AND expires_at > $2"
+            ),
+            save: format!(
+                "UPDATE {t} SET data = $3, user_id = $4, expires_at = $5, version = version + 1 \
+                 WHERE id = $1 AND version = $2 AND expires_at > $6 RETURNING version"
+            ),
+            save_probe: format!("SELECT version FROM {t} WHERE id = $1 AND expires_at > $2"),
+            touch: format!(
+                "UPDATE {t} SET expires_at = $2 WHERE id = $1 AND expires_at > $3"
+            ),
+            delete: format!("DELETE FROM {t} WHERE id = $1 RETURNING expires_at > $2"),
+            list_for_user: format!(
+                "SELECT id, created_at, expires_at FROM {t} \
+                 WHERE user_id = $1 AND expires_at > $2"
+            ),
+            delete_for_user: format!(
+                "DELETE FROM {t} WHERE user_id = $1 AND expires_at > $2 \
+                 AND id IS DISTINCT FROM $3"
+            ),
+            delete_expired_batch: format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE expires_at <= $1 \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        for ok in ["a", "_", "sessions", "Sessions_2", "_x9", &"a".repeat(63)] {
+            assert!(validate_ident("table", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "9a",
+            "a-b",
+            "a b",
+            "a\"b",
+            "x\"; DROP TABLE users; --",
+            "a;b",
+            "a'b",
+            "é",
+            "a.b",
+            &"a".repeat(64),
+        ] {
+            assert!(validate_ident("table", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn index_names_fit_and_differ() {
+        assert_eq!(index_name("sessions", "user_id_idx"), "sessions_user_id_idx");
+        let a = "a".repeat(60) + "xyz";
+        let b = "a".repeat(60) + "xyw";
+        let ia = index_name(&a, "expires_at_idx");
+        let ib = index_name(&b, "expires_at_idx");
+        assert!(ia.len() <= MAX_IDENT_LEN && ib.len() <= MAX_IDENT_LEN);
+        assert_ne!(ia, ib);
+        assert!(validate_ident("index", &ia).is_ok());
+    }
+
+    #[test]
+    fn statements_quote_names() {
+        let s = Statements::new(Layout::Native, "app", "Sess");
+        assert!(s.load.contains("FROM \"app\".\"Sess\" WHERE"));
+        assert!(s.migrate_ddl.contains("\"Sess_expires_at_idx\""));
+    }
+}

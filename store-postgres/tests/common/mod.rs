@@ -1,0 +1,123 @@
+//! Helpers shared by the integration tests: each test gets its own schema on the server
+//! from `DATABASE_URL` (or testcontainers), dropped when the test's store is dropped.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coatcheck_conformance::{harness, Backend};
+use coatcheck_core::{Capabilities, Record, SessionId, SessionInfo, SessionStore, StoreError, Timestamp};
+use coatcheck_postgres::{PostgresStore, PostgresStoreBuilder};
+use sqlx::Connection as _;
+
+/// The server's URL; the tests that call this have checked `harness::require` first.
+pub async fn url() -> String {
+    harness::url(Backend::Postgres)
+        .await
+        .expect("checked by harness::require")
+}
+
+/// A store on its own fresh schema (table `sessions`), migrated; the schema is dropped with
+/// the store.
+pub async fn scoped_store() -> Scoped {
+    scoped_with(PostgresStore::builder()).await
+}
+
+/// Like [`scoped_store`] with a builder's settings (schema and table are overridden).
+pub async fn scoped_with(builder: PostgresStoreBuilder) -> Scoped {
+    let url = url().await;
+    let schema = harness::unique_name("cc");
+    let store = builder
+        .schema(&schema)
+        .table("sessions")
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy(&url)
+        .expect("valid config");
+    store.migrate().await.expect("migrate");
+    Scoped { store, guard: SchemaGuard { url, schema } }
+}
+
+/// A store pointed at a closed port, answering fast.
+pub async fn unreachable_store() -> PostgresStore {
+    PostgresStore::builder()
+        .table(harness::unique_name("cc"))
+        .acquire_timeout(Duration::from_millis(1500))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/x")
+        .expect("valid config")
+}
+
+/// Drops its schema (CASCADE) when dropped, even while a failing test unwinds.
+#[derive(Debug)]
+pub struct SchemaGuard {
+    pub url: String,
+    pub schema: String,
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread with
+        // a runtime of its own.
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| e.to_string())?;
+                sqlx::raw_sql(&sql).execute(&mut conn).await.map_err(|e| e.to_string())?;
+                conn.close().await.map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) | Err(e) = done.map_err(|_| "cleanup thread panicked".to_string()) {
+            eprintln!("could not drop test schema {}: {e}", self.schema);
+        }
+    }
+}
+
+/// A real [`PostgresStore`] whose schema is dropped when it is.
+#[derive(Debug)]
+pub struct Scoped {
+    pub store: PostgresStore,
+    pub guard: SchemaGuard,
+}
+
+impl std::ops::Deref for Scoped {
+    type Target = PostgresStore;
+    fn deref(&self) -> &PostgresStore {
+        &self.store
+    }
+}
+
+#[async_trait]
+impl SessionStore for Scoped {
+    async fn create(&self, record: &Record) -> Result<(), StoreError> {
+        self.store.create(record).await
+    }
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
+        self.store.load(id).await
+    }
+    async fn save(&self, record: &Record) -> Result<u64, StoreError> {
+        self.store.save(record).await
+    }
+    async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError> {
+        self.store.touch(id, expires_at).await
+    }
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        self.store.delete(id).await
+    }
+    async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        self.store.list_for_user(user_id).await
+    }
+    async fn delete_for_user(&self, user_id: &str, except: Option<&SessionId>) -> Result<u64, StoreError> {
+        self.store.delete_for_user(user_id, except).await
+    }
+    async fn delete_expired(&self) -> Result<u64, StoreError> {
+        self.store.delete_expired().await
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.store.capabilities()
+    }
+}
