@@ -1,0 +1,65 @@
+//! Errors of this crate that are not [`StoreError`](coatcheck_core::StoreError)s.
+
+use std::time::Duration;
+
+/// Building a [`RedisStore`](crate::RedisStore) failed.
+///
+/// ```
+/// use coatcheck_redis::{BuildError, RedisStore};
+///
+/// match RedisStore::connect_lazy("not a url") {
+///     Err(BuildError::InvalidUrl(_)) => {}
+///     other => panic!("expected InvalidUrl, got {other:?}"),
+/// }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A Redis URL (or the client configuration built from it) was not accepted.
+    #[error("invalid Redis URL or client configuration: {0}")]
+    InvalidUrl(#[source] redis::RedisError),
+    /// The first connection (eager constructors only) could not be established.
+    #[error("could not connect to Redis: {0}")]
+    Connect(#[source] redis::RedisError),
+    /// A cluster constructor was given no node URL.
+    #[error("a Redis Cluster needs at least one node URL")]
+    NoClusterNodes,
+}
+
+/// The source of a [`StoreError::Backend`](coatcheck_core::StoreError::Backend) when an
+/// operation ran past the store's
+/// [`operation_timeout`](crate::RedisStoreBuilder::operation_timeout).
+///
+/// ```
+/// use coatcheck_redis::OperationTimedOut;
+/// use std::time::Duration;
+///
+/// let e = OperationTimedOut::new(Duration::from_secs(5));
+/// assert_eq!(e.after(), Duration::from_secs(5));
+/// assert_eq!(e.to_string(), "Redis operation did not complete within 5s");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("Redis operation did not complete within {after:?}")]
+pub struct OperationTimedOut {
+    after: Duration,
+}
+
+impl OperationTimedOut {
+    /// An operation gave up after `after`.
+    pub fn new(after: Duration) -> Self {
+        OperationTimedOut { after }
+    }
+
+    /// How long the operation was given.
+    pub fn after(&self) -> Duration {
+        self.after
+    }
+}
+
+/// A reply from Redis that none of this crate's commands or scripts can produce: a protocol
+/// or version mismatch, kept as the source of a `Backend` error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unexpected reply from Redis to {what}")]
+pub(crate) struct UnexpectedReply {
+    pub(crate) what: &'static str,
+}

@@ -1,0 +1,751 @@
+//! [`RedisStore`], its builder and the [`SessionStore`] implementation.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coatcheck_core::{
+    Capabilities, Clock, Codec, DecodeError, NativeCodec, Record, SessionId, SessionInfo,
+    SessionStore, StoreError, SystemClock, Timestamp,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, RedisError, ScriptInvocation, Value};
+
+use crate::conn::{Leases, Source, Topology};
+use crate::error::{BuildError, OperationTimedOut};
+use crate::native::Native;
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "sess:";
+
+/// The default bound on one store operation, see
+/// [`RedisStoreBuilder::operation_timeout`].
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How stored sessions look. The native layout is the only one today; the
+/// express-session–compatible layout (a plain string `sess:<id>` holding express-session's
+/// JSON, written with `SET ... EX`) will be another variant, chosen at construction, with
+/// the store's methods dispatching on it.
+#[derive(Debug, Clone)]
+enum Format {
+    Native(Native),
+}
+
+/// What every operation needs: the connection, the key layout, the clock.
+pub(crate) struct Ctx {
+    source: Source,
+    prefix: String,
+    index_prefix: String,
+    clock: Arc<dyn Clock>,
+    operation_timeout: Option<Duration>,
+}
+
+fn map_redis_error(e: RedisError) -> StoreError {
+    if e.code() == Some("WRONGTYPE") {
+        StoreError::Decode(DecodeError::with_source(
+            "the session key holds a value that is not a coatcheck session",
+            e,
+        ))
+    } else {
+        StoreError::backend(e)
+    }
+}
+
+impl Ctx {
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub(crate) fn topology(&self) -> Topology {
+        self.source.topology()
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `{prefix}user:`, the start of every user index key.
+    pub(crate) fn index_prefix(&self) -> &str {
+        &self.index_prefix
+    }
+
+    pub(crate) fn session_key(&self, id: &SessionId) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + id.as_str().len());
+        k.push_str(&self.prefix);
+        k.push_str(id.as_str());
+        k
+    }
+
+    /// `{prefix}user:{user}`, byte for byte: any user id is a literal part of one key,
+    /// never a pattern.
+    pub(crate) fn index_key(&self, user: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.index_prefix.len() + user.len());
+        k.extend_from_slice(self.index_prefix.as_bytes());
+        k.extend_from_slice(user);
+        k
+    }
+
+    pub(crate) async fn invoke(&self, inv: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let (mut conn, lease) = self.source.conn().await?;
+        match inv.invoke_async::<Value>(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.source.failed(lease, &e).await;
+                Err(map_redis_error(e))
+            }
+        }
+    }
+
+    pub(crate) async fn query(&self, cmd: &Cmd) -> Result<Value, StoreError> {
+        let (mut conn, lease) = self.source.conn().await?;
+        match cmd.query_async::<Value>(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.source.failed(lease, &e).await;
+                Err(map_redis_error(e))
+            }
+        }
+    }
+
+    /// Cluster only: adds `id` to the user's index and keeps the set alive at least until
+    /// `expires_at`.
+    pub(crate) async fn index_add(
+        &self,
+        user: &[u8],
+        id: &SessionId,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut inv = crate::scripts::INDEX_ADD_SCRIPT.prepare_invoke();
+        inv.key(self.index_key(user))
+            .arg(id.as_str())
+            .arg(expires_at.as_millis())
+            .arg(now.as_millis());
+        self.invoke(&inv).await.map(drop)
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.operation_timeout {
+            None => fut.await,
+            Some(limit) => match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::backend(OperationTimedOut::new(limit))),
+            },
+        }
+    }
+}
+
+/// A coatcheck [`SessionStore`] on Redis or Redis Cluster.
+///
+/// Cheap to clone (all clones share one connection). See the [crate docs](crate) for the
+/// key layout, the commands each method sends and how to choose a connection.
+///
+/// ```no_run
+/// use coatcheck_core::SessionStore;
+/// use coatcheck_redis::RedisStore;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // One shared multiplexed connection (the fast default), keys `sess:<id>`.
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// assert!(store.capabilities().user_index);
+///
+/// // Or configured:
+/// let store = RedisStore::builder()
+///     .prefix("myapp:sess:")
+///     .codec(coatcheck_core::JsonCodec)
+///     .connect("redis://127.0.0.1:6379")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    ctx: Arc<Ctx>,
+    format: Format,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("connection", &self.ctx.source)
+            .field("prefix", &self.ctx.prefix)
+            .field("format", &self.format)
+            .field("clock", &self.ctx.clock)
+            .field("operation_timeout", &self.ctx.operation_timeout)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// A builder, for a prefix, codec, clock or timeouts other than the defaults.
+    ///
+    /// ```
+    /// let builder = coatcheck_redis::RedisStore::builder().prefix("app1:");
+    /// let store = builder.connect_lazy("redis://127.0.0.1:6379").unwrap();
+    /// assert_eq!(store.prefix(), "app1:");
+    /// ```
+    pub fn builder() -> RedisStoreBuilder {
+        RedisStoreBuilder::default()
+    }
+
+    /// Connects to one Redis node through a [`ConnectionManager`] (one multiplexed socket
+    /// that reconnects by itself), with the default prefix `sess:`. Fails if the server does
+    /// not answer now; [`RedisStore::connect_lazy`] connects on first use instead.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), coatcheck_redis::BuildError> {
+    /// let store = coatcheck_redis::RedisStore::connect("redis://127.0.0.1:6379/0").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<RedisStore, BuildError> {
+        RedisStore::builder().connect(url).await
+    }
+
+    /// Like [`RedisStore::connect`], but connects on first use: an application can start
+    /// while Redis is still down (its session operations fail with `Backend` until it is up).
+    ///
+    /// ```
+    /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1:6379").unwrap();
+    /// ```
+    pub fn connect_lazy(url: &str) -> Result<RedisStore, BuildError> {
+        RedisStore::builder().connect_lazy(url)
+    }
+
+    /// Uses an existing [`ConnectionManager`] (shared with the rest of the application if
+    /// you like: it is multiplexed).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let manager = redis::aio::ConnectionManager::new(client).await?;
+    /// let store = coatcheck_redis::RedisStore::from_connection_manager(manager);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_connection_manager(manager: ConnectionManager) -> RedisStore {
+        RedisStore::builder().connection_manager(manager)
+    }
+
+    /// Uses a deadpool-redis pool. The store leases one pooled connection (see
+    /// [`RedisStoreBuilder::pool_connections`]) and multiplexes every operation over it, so
+    /// operations are still one round trip and pipeline under concurrency.
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:6379")
+    ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+    /// let store = coatcheck_redis::RedisStore::from_pool(pool);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_pool(pool: deadpool_redis::Pool) -> RedisStore {
+        RedisStore::builder().pool(pool)
+    }
+
+    /// Connects to a Redis Cluster given some of its nodes' URLs.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), coatcheck_redis::BuildError> {
+    /// let store = coatcheck_redis::RedisStore::connect_cluster([
+    ///     "redis://10.0.0.1:6379",
+    ///     "redis://10.0.0.2:6379",
+    /// ])
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_cluster<I, S>(urls: I) -> Result<RedisStore, BuildError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        RedisStore::builder().connect_cluster(urls).await
+    }
+
+    /// Uses an existing cluster connection.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:7001"])?;
+    /// let conn = client.get_async_connection().await?;
+    /// let store = coatcheck_redis::RedisStore::from_cluster_connection(conn);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_cluster_connection(conn: ClusterConnection) -> RedisStore {
+        RedisStore::builder().cluster_connection(conn)
+    }
+
+    /// Uses a deadpool-redis cluster pool, leased like [`RedisStore::from_pool`].
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = deadpool_redis::cluster::Config::from_urls(vec!["redis://127.0.0.1:7001".to_string()])
+    ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+    /// let store = coatcheck_redis::RedisStore::from_cluster_pool(pool);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_cluster_pool(pool: deadpool_redis::cluster::Pool) -> RedisStore {
+        RedisStore::builder().cluster_pool(pool)
+    }
+
+    /// The key prefix.
+    ///
+    /// ```
+    /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
+    /// assert_eq!(store.prefix(), "sess:");
+    /// ```
+    pub fn prefix(&self) -> &str {
+        &self.ctx.prefix
+    }
+
+    /// Whether this store talks to a Redis Cluster (and so updates user indexes with a
+    /// separate command, see the crate docs).
+    ///
+    /// ```
+    /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
+    /// assert!(!store.is_cluster());
+    /// ```
+    pub fn is_cluster(&self) -> bool {
+        self.ctx.topology() == Topology::Cluster
+    }
+
+    /// The key under which the session `id` is stored: `{prefix}{id}`.
+    ///
+    /// ```
+    /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
+    /// let id = coatcheck_core::SessionId::parse("AAAAAAAAAAAAAAAAAAAA").unwrap();
+    /// assert_eq!(store.session_key(&id), "sess:AAAAAAAAAAAAAAAAAAAA");
+    /// ```
+    pub fn session_key(&self, id: &SessionId) -> String {
+        self.ctx.session_key(id)
+    }
+
+    /// The key of `user_id`'s index set: `{prefix}user:{user_id}` (the user id verbatim).
+    ///
+    /// ```
+    /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
+    /// assert_eq!(store.user_index_key("alice"), b"sess:user:alice".to_vec());
+    /// ```
+    pub fn user_index_key(&self, user_id: &str) -> Vec<u8> {
+        self.ctx.index_key(user_id.as_bytes())
+    }
+}
+
+/// Configures a [`RedisStore`]; finish with one of the connection methods.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use coatcheck_redis::RedisStore;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::builder()
+///     .prefix("shop:sess:")
+///     .codec(coatcheck_core::NativeCodec)
+///     .clock(coatcheck_core::SystemClock)
+///     .connection_timeout(Duration::from_secs(1))
+///     .response_timeout(Duration::from_secs(2))
+///     .operation_timeout(Some(Duration::from_secs(5)))
+///     .connect("redis://127.0.0.1:6379")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    prefix: String,
+    codec: Arc<dyn Codec>,
+    clock: Arc<dyn Clock>,
+    operation_timeout: Option<Duration>,
+    connection_timeout: Duration,
+    response_timeout: Duration,
+    reconnect_retries: usize,
+    pool_connections: usize,
+}
+
+impl Default for RedisStoreBuilder {
+    fn default() -> Self {
+        RedisStoreBuilder {
+            prefix: DEFAULT_PREFIX.to_owned(),
+            codec: Arc::new(NativeCodec),
+            clock: Arc::new(SystemClock),
+            operation_timeout: Some(DEFAULT_OPERATION_TIMEOUT),
+            connection_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(2),
+            reconnect_retries: 2,
+            pool_connections: 1,
+        }
+    }
+}
+
+impl RedisStoreBuilder {
+    /// The key prefix (default `sess:`). Sessions live at `{prefix}{id}`, user indexes at
+    /// `{prefix}user:{user id}`. Any string works; give each application (and each test) its
+    /// own.
+    ///
+    /// ```
+    /// let b = coatcheck_redis::RedisStore::builder().prefix("tenant-7:sess:");
+    /// ```
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The codec of the `d` (data) field; default [`NativeCodec`].
+    ///
+    /// ```
+    /// let b = coatcheck_redis::RedisStore::builder().codec(coatcheck_core::JsonCodec);
+    /// ```
+    pub fn codec(mut self, codec: impl Codec) -> Self {
+        self.codec = Arc::new(codec);
+        self
+    }
+
+    /// The clock that decides what is live (`expires_at > now`); default [`SystemClock`].
+    ///
+    /// ```
+    /// use coatcheck_core::{ManualClock, Timestamp};
+    /// let b = coatcheck_redis::RedisStore::builder().clock(ManualClock::new(Timestamp::now()));
+    /// ```
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Bound on one whole store operation (connection wait, pool checkout, retries,
+    /// every command); past it the operation fails with a `Backend` error whose source is
+    /// [`OperationTimedOut`]. Default 5 s; `None` disables it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = coatcheck_redis::RedisStore::builder().operation_timeout(Some(Duration::from_secs(2)));
+    /// ```
+    pub fn operation_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.operation_timeout = limit;
+        self
+    }
+
+    /// Connection timeout for connections the store opens itself (`connect*` methods);
+    /// default 1 s.
+    ///
+    /// ```
+    /// let b = coatcheck_redis::RedisStore::builder().connection_timeout(std::time::Duration::from_millis(500));
+    /// ```
+    pub fn connection_timeout(mut self, d: Duration) -> Self {
+        self.connection_timeout = d;
+        self
+    }
+
+    /// Response timeout for connections the store opens itself (`connect*` methods);
+    /// default 2 s.
+    ///
+    /// ```
+    /// let b = coatcheck_redis::RedisStore::builder().response_timeout(std::time::Duration::from_secs(1));
+    /// ```
+    pub fn response_timeout(mut self, d: Duration) -> Self {
+        self.response_timeout = d;
+        self
+    }
+
+    /// How often a [`ConnectionManager`] the store opens itself retries a failed reconnect
+    /// (with a short exponential backoff) before failing the waiting operations; default 2.
+    /// Kept low so that a dead server turns into errors quickly.
+    ///
+    /// ```
+    /// let b = coatcheck_redis::RedisStore::builder().reconnect_retries(3);
+    /// ```
+    pub fn reconnect_retries(mut self, n: usize) -> Self {
+        self.reconnect_retries = n;
+        self
+    }
+
+    /// How many connections to lease from a deadpool-redis pool (default 1, at least 1).
+    /// Each is multiplexed; more than one only helps when a single socket saturates.
+    ///
+    /// ```
+    /// let b = coatcheck_redis::RedisStore::builder().pool_connections(2);
+    /// ```
+    pub fn pool_connections(mut self, n: usize) -> Self {
+        self.pool_connections = n.max(1);
+        self
+    }
+
+    /// The [`ConnectionManagerConfig`] the `connect*` methods use: the timeouts above and a
+    /// reconnect backoff of 50 ms doubling up to 500 ms, `reconnect_retries` times.
+    ///
+    /// ```
+    /// let config = coatcheck_redis::RedisStore::builder().connection_manager_config();
+    /// ```
+    pub fn connection_manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(self.reconnect_retries)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+    }
+
+    /// Connects now through a [`ConnectionManager`]; fails if the server does not answer.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), coatcheck_redis::BuildError> {
+    /// let store = coatcheck_redis::RedisStore::builder().connect("redis://127.0.0.1").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(self, url: &str) -> Result<RedisStore, BuildError> {
+        let client = redis::Client::open(url).map_err(BuildError::InvalidUrl)?;
+        let manager = ConnectionManager::new_with_config(client, self.connection_manager_config())
+            .await
+            .map_err(BuildError::Connect)?;
+        Ok(self.connection_manager(manager))
+    }
+
+    /// A [`ConnectionManager`] that connects on first use. Only the URL is checked now.
+    ///
+    /// ```
+    /// let store = coatcheck_redis::RedisStore::builder().connect_lazy("redis://127.0.0.1").unwrap();
+    /// ```
+    pub fn connect_lazy(self, url: &str) -> Result<RedisStore, BuildError> {
+        let client = redis::Client::open(url).map_err(BuildError::InvalidUrl)?;
+        let manager =
+            ConnectionManager::new_lazy_with_config(client, self.connection_manager_config())
+                .map_err(BuildError::InvalidUrl)?;
+        Ok(self.connection_manager(manager))
+    }
+
+    /// Uses an existing [`ConnectionManager`] (its own timeouts apply).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager = redis::Client::open("redis://127.0.0.1")?.get_connection_manager().await?;
+    /// let store = coatcheck_redis::RedisStore::builder().prefix("a:").connection_manager(manager);
+    /// # Ok(()) }
+    /// ```
+    pub fn connection_manager(self, manager: ConnectionManager) -> RedisStore {
+        self.finish(Source::Manager(manager))
+    }
+
+    /// Uses a deadpool-redis pool: leases [`pool_connections`](Self::pool_connections)
+    /// connections once and multiplexes over them (see the crate docs, "Pool").
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1")
+    ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+    /// let store = coatcheck_redis::RedisStore::builder().pool(pool);
+    /// # Ok(()) }
+    /// ```
+    pub fn pool(self, pool: deadpool_redis::Pool) -> RedisStore {
+        let n = self.pool_connections;
+        self.finish(Source::Pool(Leases::new(pool, n)))
+    }
+
+    fn cluster_client<I, S>(&self, urls: I) -> Result<ClusterClient, BuildError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let urls: Vec<String> = urls
+            .into_iter()
+            .map(|u| u.as_ref().trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(BuildError::NoClusterNodes);
+        }
+        ClusterClient::builder(urls)
+            .connection_timeout(self.connection_timeout)
+            .response_timeout(self.response_timeout)
+            .retries(self.reconnect_retries.try_into().unwrap_or(u32::MAX))
+            .min_retry_wait(50)
+            .max_retry_wait(500)
+            .build()
+            .map_err(BuildError::InvalidUrl)
+    }
+
+    fn cluster_config(&self) -> ClusterConfig {
+        ClusterConfig::new()
+            .set_connection_timeout(self.connection_timeout)
+            .set_response_timeout(self.response_timeout)
+    }
+
+    /// Connects to a Redis Cluster now, given some of its nodes.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), coatcheck_redis::BuildError> {
+    /// let store = coatcheck_redis::RedisStore::builder()
+    ///     .connect_cluster(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002"])
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_cluster<I, S>(self, urls: I) -> Result<RedisStore, BuildError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let client = self.cluster_client(urls)?;
+        let conn = client
+            .get_async_connection_with_config(self.cluster_config())
+            .await
+            .map_err(BuildError::Connect)?;
+        Ok(self.cluster_connection(conn))
+    }
+
+    /// A cluster connection that connects in the background; only the URLs are checked now.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = coatcheck_redis::RedisStore::builder()
+    ///     .connect_cluster_lazy(["redis://127.0.0.1:7001"])
+    ///     .unwrap();
+    /// assert!(store.is_cluster());
+    /// # }
+    /// ```
+    pub fn connect_cluster_lazy<I, S>(self, urls: I) -> Result<RedisStore, BuildError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let client = self.cluster_client(urls)?;
+        let conn = client.get_pending_async_connection_with_config(self.cluster_config());
+        Ok(self.cluster_connection(conn))
+    }
+
+    /// Uses an existing cluster connection (its own timeouts apply).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let conn = redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:7001"])?
+    ///     .get_async_connection()
+    ///     .await?;
+    /// let store = coatcheck_redis::RedisStore::builder().cluster_connection(conn);
+    /// # Ok(()) }
+    /// ```
+    pub fn cluster_connection(self, conn: ClusterConnection) -> RedisStore {
+        self.finish(Source::Cluster(conn))
+    }
+
+    /// Uses a deadpool-redis cluster pool, leased like [`pool`](Self::pool).
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = deadpool_redis::cluster::Config::from_urls(vec!["redis://127.0.0.1:7001".to_string()])
+    ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+    /// let store = coatcheck_redis::RedisStore::builder().cluster_pool(pool);
+    /// # Ok(()) }
+    /// ```
+    pub fn cluster_pool(self, pool: deadpool_redis::cluster::Pool) -> RedisStore {
+        let n = self.pool_connections;
+        self.finish(Source::ClusterPool(Leases::new(pool, n)))
+    }
+
+    fn finish(self, source: Source) -> RedisStore {
+        let index_prefix = format!("{}user:", self.prefix);
+        RedisStore {
+            ctx: Arc::new(Ctx {
+                source,
+                prefix: self.prefix,
+                index_prefix,
+                clock: self.clock,
+                operation_timeout: self.operation_timeout,
+            }),
+            format: Format::Native(Native { codec: self.codec }),
+        }
+    }
+}
+
+fn log_failure(op: &'static str, id: Option<&SessionId>, e: &StoreError) {
+    let session = id.map(SessionId::short_hash);
+    match e {
+        StoreError::Backend(_) => {
+            tracing::warn!(op, session = session.as_deref(), error = %e, "coatcheck-redis: backend error");
+        }
+        StoreError::Decode(_) => {
+            tracing::warn!(op, session = session.as_deref(), error = %e, "coatcheck-redis: unreadable stored session");
+        }
+        _ => {
+            tracing::debug!(op, session = session.as_deref(), error = %e, "coatcheck-redis: refused");
+        }
+    }
+}
+
+fn logged<T>(op: &'static str, id: Option<&SessionId>, r: Result<T, StoreError>) -> Result<T, StoreError> {
+    if let Err(e) = &r {
+        log_failure(op, id, e);
+    }
+    r
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn create(&self, record: &Record) -> Result<(), StoreError> {
+        let cx = &*self.ctx;
+        let r = match &self.format {
+            Format::Native(f) => cx.bounded(f.create(cx, record)).await,
+        };
+        logged("create", Some(&record.id), r)
+    }
+
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
+        let cx = &*self.ctx;
+        let r = match &self.format {
+            Format::Native(f) => cx.bounded(f.load(cx, id)).await,
+        };
+        logged("load", Some(id), r)
+    }
+
+    async fn save(&self, record: &Record) -> Result<u64, StoreError> {
+        let cx = &*self.ctx;
+        let r = match &self.format {
+            Format::Native(f) => cx.bounded(f.save(cx, record)).await,
+        };
+        logged("save", Some(&record.id), r)
+    }
+
+    async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError> {
+        let cx = &*self.ctx;
+        let r = match &self.format {
+            Format::Native(f) => cx.bounded(f.touch(cx, id, expires_at)).await,
+        };
+        logged("touch", Some(id), r)
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let cx = &*self.ctx;
+        let r = match &self.format {
+            Format::Native(f) => cx.bounded(f.delete(cx, id)).await,
+        };
+        logged("delete", Some(id), r)
+    }
+
+    async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        let cx = &*self.ctx;
+        let r = match &self.format {
+            Format::Native(f) => cx.bounded(f.list_for_user(cx, user_id)).await,
+        };
+        logged("list_for_user", None, r)
+    }
+
+    async fn delete_for_user(
+        &self,
+        user_id: &str,
+        except: Option<&SessionId>,
+    ) -> Result<u64, StoreError> {
+        let cx = &*self.ctx;
+        let r = match &self.format {
+            Format::Native(f) => cx.bounded(f.delete_for_user(cx, user_id, except)).await,
+        };
+        logged("delete_for_user", None, r)
+    }
+
+    /// Redis expires keys itself (`PEXPIREAT`): nothing to do, no round trip, returns 0.
+    async fn delete_expired(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .with_user_index(true)
+            .with_native_expiry(true)
+    }
+}
