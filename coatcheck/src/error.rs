@@ -48,12 +48,11 @@ impl SessionError {
 impl axum_core::response::IntoResponse for SessionError {
     fn into_response(self) -> axum_core::response::Response {
         tracing::error!(error = %self, "session operation failed");
-        let mut res = axum_core::response::Response::new(axum_core::body::Body::from(
-            match self.status() {
+        let mut res =
+            axum_core::response::Response::new(axum_core::body::Body::from(match self.status() {
                 http::StatusCode::SERVICE_UNAVAILABLE => "session busy, retry",
                 _ => "session store unavailable",
-            },
-        ));
+            }));
         *res.status_mut() = self.status();
         res
     }

@@ -162,7 +162,12 @@ fn set_cookie_header(shared: &Shared, action: &CookieAction, secure: bool) -> Op
         CookieAction::None => return None,
         CookieAction::Set { id, expires_at } => {
             let b = cookie::Cookie::build((c.name.clone(), shared.keys.sign_cookie_value(id)));
-            match shared.config.expiry.cookie_expires(*expires_at).and_then(to_cookie_time) {
+            match shared
+                .config
+                .expiry
+                .cookie_expires(*expires_at)
+                .and_then(to_cookie_time)
+            {
                 Some(t) => b.expires(t),
                 None => b,
             }
@@ -255,8 +260,14 @@ mod tests {
         let id = SessionId::generate();
         let good = keys.sign_cookie_value(&id);
         let mut h = HeaderMap::new();
-        h.append(COOKIE, HeaderValue::from_static("a=b; sid=s%3Abogus.sig; junk"));
-        h.append(COOKIE, HeaderValue::from_str(&format!("x=1;sid={good}")).unwrap());
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("a=b; sid=s%3Abogus.sig; junk"),
+        );
+        h.append(
+            COOKIE,
+            HeaderValue::from_str(&format!("x=1;sid={good}")).unwrap(),
+        );
         assert_eq!(read_cookie(&h, "sid", &keys).map(|x| x.0), Some(id));
         let mut h = HeaderMap::new();
         h.append(COOKIE, HeaderValue::from_bytes(b"sid=\xff\xfe").unwrap());

@@ -198,12 +198,14 @@ impl Session {
     /// The value at `key`, deserialized into `T`.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
         match self.get_value(key).await? {
-            Some(v) => serde_json::from_value(v)
-                .map(Some)
-                .map_err(|source| SessionError::Deserialize {
-                    key: key.to_owned(),
-                    source,
-                }),
+            Some(v) => {
+                serde_json::from_value(v)
+                    .map(Some)
+                    .map_err(|source| SessionError::Deserialize {
+                        key: key.to_owned(),
+                        source,
+                    })
+            }
             None => Ok(None),
         }
     }
@@ -379,7 +381,10 @@ impl Session {
     pub async fn destroy(&self) -> Result<(), SessionError> {
         let id = {
             let st = self.state();
-            st.record.as_ref().map(|r| r.id.clone()).or(st.cookie_id.clone())
+            st.record
+                .as_ref()
+                .map(|r| r.id.clone())
+                .or(st.cookie_id.clone())
         };
         if let Some(id) = id {
             if let Err(e) = self.inner.shared.store.delete(&id).await {
@@ -522,12 +527,17 @@ impl Session {
         }
         let persistent_cookie = !policy.browser_session;
         if dirty {
-            return self.save_with_retries(record, id_changed || resign || persistent_cookie).await;
+            return self
+                .save_with_retries(record, id_changed || resign || persistent_cookie)
+                .await;
         }
         if let Some(next) = policy.touch_due(record.created_at, record.expires_at, now) {
             return match shared.store.touch(&record.id, next).await {
                 Ok(true) => Ok(if id_changed || resign || persistent_cookie {
-                    CookieAction::Set { id: record.id, expires_at: next }
+                    CookieAction::Set {
+                        id: record.id,
+                        expires_at: next,
+                    }
                 } else {
                     CookieAction::None
                 }),
@@ -537,7 +547,10 @@ impl Session {
             };
         }
         Ok(if id_changed || resign {
-            CookieAction::Set { id: record.id, expires_at: record.expires_at }
+            CookieAction::Set {
+                id: record.id,
+                expires_at: record.expires_at,
+            }
         } else {
             CookieAction::None
         })
@@ -550,7 +563,10 @@ impl Session {
             match store.create(&record).await {
                 Ok(()) => {
                     tracing::debug!(session = %record.id.short_hash(), "session created");
-                    return Ok(CookieAction::Set { id: record.id, expires_at: record.expires_at });
+                    return Ok(CookieAction::Set {
+                        id: record.id,
+                        expires_at: record.expires_at,
+                    });
                 }
                 Err(StoreError::IdTaken) if attempts < 3 => {
                     attempts += 1;
@@ -576,7 +592,9 @@ impl Session {
         let mut attempt = 0u32;
         loop {
             let now = self.now();
-            let rolled = record.expires_at.max(policy.expires_at(record.created_at, now));
+            let rolled = record
+                .expires_at
+                .max(policy.expires_at(record.created_at, now));
             record.expires_at = match (expiry_at, policy.absolute_deadline(record.created_at)) {
                 (Some(t), Some(d)) => t.min(d),
                 (Some(t), None) => t,
@@ -585,7 +603,10 @@ impl Session {
             match shared.store.save(&record).await {
                 Ok(_) => {
                     return Ok(if send_cookie {
-                        CookieAction::Set { id: record.id, expires_at: record.expires_at }
+                        CookieAction::Set {
+                            id: record.id,
+                            expires_at: record.expires_at,
+                        }
                     } else {
                         CookieAction::None
                     });
@@ -613,7 +634,9 @@ impl Session {
                     }
                     record = next;
                 }
-                Err(StoreError::Conflict) => return self.fail(SessionError::TooManyConflicts(max + 1)),
+                Err(StoreError::Conflict) => {
+                    return self.fail(SessionError::TooManyConflicts(max + 1))
+                }
                 Err(e) => return self.fail(e),
             }
         }
@@ -624,7 +647,9 @@ impl Session {
 async fn backoff(attempt: u32) {
     let ceiling = 1u64 << attempt.min(5);
     let mut b = [0u8; 8];
-    let r = getrandom::fill(&mut b).map(|_| u64::from_le_bytes(b)).unwrap_or(0);
+    let r = getrandom::fill(&mut b)
+        .map(|_| u64::from_le_bytes(b))
+        .unwrap_or(0);
     let micros = r % (ceiling * 1000);
     tokio::time::sleep(Duration::from_micros(micros)).await;
 }

@@ -68,7 +68,8 @@ async fn ids_of<S: SessionStore>(store: &S, user: &str) -> HashSet<SessionId> {
 /// create then load returns the same record: every field, times to the millisecond.
 pub async fn create_then_load_returns_every_field<S: SessionStore>(store: S) {
     let mut r = with_user(fresh_record(), "user-1");
-    r.data.insert("nested".into(), json!({"a": [1, 2.5, "x", null, true]}));
+    r.data
+        .insert("nested".into(), json!({"a": [1, 2.5, "x", null, true]}));
     store.create(&r).await.expect("create");
     let back = must_load(&store, &r.id).await;
     assert_eq!(back, r);
@@ -83,7 +84,10 @@ pub async fn load_of_unknown_id_is_none_and_creates_nothing<S: SessionStore>(sto
     let r = fresh_record();
     assert!(store.load(&r.id).await.expect("load").is_none());
     assert!(store.load(&r.id).await.expect("load again").is_none());
-    assert!(!store.delete(&r.id).await.expect("delete"), "load created a record");
+    assert!(
+        !store.delete(&r.id).await.expect("delete"),
+        "load created a record"
+    );
     assert!(!store.touch(&r.id, r.expires_at).await.expect("touch"));
     // Had load created anything, this create would be IdTaken.
     store.create(&r).await.expect("create after load");
@@ -160,7 +164,10 @@ pub async fn save_with_stale_version_is_conflict<S: SessionStore>(store: S) {
     }
     let mut ahead = r.clone();
     ahead.version = r.version + 5;
-    assert!(matches!(store.save(&ahead).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        store.save(&ahead).await,
+        Err(StoreError::Conflict)
+    ));
     assert_eq!(must_load(&store, &r.id).await, r);
 }
 
@@ -181,7 +188,10 @@ pub async fn save_after_delete_is_not_found_and_does_not_resurrect<S: SessionSto
     let r2 = with_user(fresh_record(), "resurrect-user");
     store.create(&r2).await.expect("create");
     if store.capabilities().user_index {
-        store.delete_for_user("resurrect-user", None).await.expect("revoke");
+        store
+            .delete_for_user("resurrect-user", None)
+            .await
+            .expect("revoke");
         assert!(matches!(store.save(&r2).await, Err(StoreError::NotFound)));
         assert!(store.load(&r2.id).await.expect("load").is_none());
     }
@@ -210,7 +220,10 @@ pub async fn expired_record_is_never_returned<S: SessionStore>(store: S) {
 
     let now = Timestamp::now();
     let exactly_now = Record::new(SessionId::generate(), now - HOUR, now);
-    store.create(&exactly_now).await.expect("create expiring now");
+    store
+        .create(&exactly_now)
+        .await
+        .expect("create expiring now");
     assert!(store.load(&exactly_now.id).await.expect("load").is_none());
 
     let now = Timestamp::now();
@@ -243,11 +256,17 @@ pub async fn touch_moves_expiry_only<S: SessionStore>(store: S) {
 /// touch of a missing or expired id is false and creates nothing.
 pub async fn touch_of_missing_or_expired_is_false<S: SessionStore>(store: S) {
     let missing = SessionId::generate();
-    assert!(!store.touch(&missing, Timestamp::now() + HOUR).await.expect("touch"));
+    assert!(!store
+        .touch(&missing, Timestamp::now() + HOUR)
+        .await
+        .expect("touch"));
     assert!(store.load(&missing).await.expect("load").is_none());
     let past = expired_record(Duration::from_millis(1));
     store.create(&past).await.expect("create");
-    assert!(!store.touch(&past.id, Timestamp::now() + HOUR).await.expect("touch"));
+    assert!(!store
+        .touch(&past.id, Timestamp::now() + HOUR)
+        .await
+        .expect("touch"));
     assert!(store.load(&past.id).await.expect("load").is_none());
 }
 
@@ -305,7 +324,10 @@ pub async fn list_for_user_returns_only_live_sessions_of_that_user<S: SessionSto
     expected.sort_by(|a, b| a.id.cmp(&b.id));
     got.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(got, expected);
-    assert_eq!(ids_of(&store, "bob").await, HashSet::from([theirs.id.clone()]));
+    assert_eq!(
+        ids_of(&store, "bob").await,
+        HashSet::from([theirs.id.clone()])
+    );
     assert!(ids_of(&store, "nobody").await.is_empty());
     // A deleted session leaves the list.
     store.delete(&mine[0].id).await.expect("delete");
@@ -327,17 +349,26 @@ pub async fn delete_for_user_removes_all_or_all_but_one<S: SessionStore>(store: 
         .await
         .expect("delete_for_user except");
     assert_eq!(n, 3);
-    assert_eq!(ids_of(&store, "alice").await, HashSet::from([alice[2].id.clone()]));
+    assert_eq!(
+        ids_of(&store, "alice").await,
+        HashSet::from([alice[2].id.clone()])
+    );
     assert_eq!(must_load(&store, &alice[2].id).await, alice[2]);
     for r in [&alice[0], &alice[1], &alice[3]] {
         assert!(store.load(&r.id).await.expect("load").is_none());
     }
     assert_eq!(must_load(&store, &bob.id).await, bob);
-    let n = store.delete_for_user("alice", None).await.expect("delete_for_user");
+    let n = store
+        .delete_for_user("alice", None)
+        .await
+        .expect("delete_for_user");
     assert_eq!(n, 1);
     assert!(ids_of(&store, "alice").await.is_empty());
     assert!(store.load(&alice[2].id).await.expect("load").is_none());
-    assert_eq!(store.delete_for_user("alice", None).await.expect("again"), 0);
+    assert_eq!(
+        store.delete_for_user("alice", None).await.expect("again"),
+        0
+    );
     assert_eq!(must_load(&store, &bob.id).await, bob);
 }
 
@@ -355,7 +386,10 @@ pub async fn save_moving_user_id_moves_index<S: SessionStore>(store: S) {
     r.version = store.save(&r).await.expect("switch");
     assert!(ids_of(&store, "carol").await.is_empty());
     assert_eq!(ids_of(&store, "dave").await, HashSet::from([r.id.clone()]));
-    assert_eq!(store.delete_for_user("carol", None).await.expect("revoke"), 0);
+    assert_eq!(
+        store.delete_for_user("carol", None).await.expect("revoke"),
+        0
+    );
     assert!(store.load(&r.id).await.expect("load").is_some());
     r.user_id = None;
     r.version = store.save(&r).await.expect("logout");
@@ -415,7 +449,8 @@ pub async fn concurrent_counter_increments_are_exact<S: SessionStore>(store: S) 
 /// non-integral floats round-trip exactly.
 pub async fn large_and_exotic_data_round_trips<S: SessionStore>(store: S) {
     let mut big = fresh_record();
-    big.data.insert("blob".into(), Value::String("x".repeat(1 << 20)));
+    big.data
+        .insert("blob".into(), Value::String("x".repeat(1 << 20)));
     store.create(&big).await.expect("create 1 MiB");
     assert_eq!(must_load(&store, &big.id).await, big);
 
@@ -429,14 +464,20 @@ pub async fn large_and_exotic_data_round_trips<S: SessionStore>(store: S) {
 
     let mut exotic = fresh_record();
     let mut data = Data::new();
-    data.insert("ключ 🔑".into(), json!("значение ✓ 日本語 \u{0} \"quoted\" \\ "));
+    data.insert(
+        "ключ 🔑".into(),
+        json!("значение ✓ 日本語 \u{0} \"quoted\" \\ "),
+    );
     data.insert("max".into(), json!(i64::MAX));
     data.insert("min".into(), json!(i64::MIN));
     data.insert("umax".into(), json!(u64::MAX));
     data.insert("pi".into(), json!(std::f64::consts::PI));
     data.insert("small".into(), json!(-1.5e-300));
     data.insert("half".into(), json!(0.5));
-    data.insert("nested".into(), json!({"a": {"b": {"c": [1, [2, [3, {"d": null}]]]}}, "e": []}));
+    data.insert(
+        "nested".into(),
+        json!({"a": {"b": {"c": [1, [2, [3, {"d": null}]]]}}, "e": []}),
+    );
     data.insert("".into(), json!("empty key"));
     data.insert("$where".into(), json!({"$gt": 1}));
     data.insert("dot.ted".into(), json!(true));
@@ -478,9 +519,30 @@ pub async fn awkward_user_ids_and_edge_ids_match_literally<S: SessionStore>(stor
     let long: String = "ü".repeat(128); // 256 bytes, 128 characters
     let long_ascii = "u".repeat(256);
     let users = [
-        "*", "?", "[a]", "[", "]", "'", "\"", "\\", "{", "}", "%", ":", "a*", "a?", "a b",
-        "user:1", "user%", "'; DROP TABLE sessions; --", "{$ne: null}", "名前 ✓", "\\*", "",
-        long.as_str(), long_ascii.as_str(),
+        "*",
+        "?",
+        "[a]",
+        "[",
+        "]",
+        "'",
+        "\"",
+        "\\",
+        "{",
+        "}",
+        "%",
+        ":",
+        "a*",
+        "a?",
+        "a b",
+        "user:1",
+        "user%",
+        "'; DROP TABLE sessions; --",
+        "{$ne: null}",
+        "名前 ✓",
+        "\\*",
+        "",
+        long.as_str(),
+        long_ascii.as_str(),
     ];
     let mut by_user = Vec::new();
     for u in users {
@@ -496,12 +558,19 @@ pub async fn awkward_user_ids_and_edge_ids_match_literally<S: SessionStore>(stor
             .expect("create decoy");
     }
     for (u, id) in &by_user {
-        assert_eq!(ids_of(&store, u).await, HashSet::from([id.clone()]), "user {u:?}");
+        assert_eq!(
+            ids_of(&store, u).await,
+            HashSet::from([id.clone()]),
+            "user {u:?}"
+        );
     }
     // Revoking a pattern-like user removes exactly that user's session.
     assert_eq!(store.delete_for_user("*", None).await.expect("revoke *"), 1);
     assert_eq!(store.delete_for_user("%", None).await.expect("revoke %"), 1);
-    assert_eq!(store.delete_for_user("a?", None).await.expect("revoke a?"), 1);
+    assert_eq!(
+        store.delete_for_user("a?", None).await.expect("revoke a?"),
+        1
+    );
     assert_eq!(ids_of(&store, "a*").await.len(), 1);
     assert_eq!(ids_of(&store, "abc").await.len(), 1);
     assert_eq!(ids_of(&store, "x").await.len(), 1);
@@ -513,12 +582,23 @@ pub async fn namespaces_are_isolated<S: SessionStore>(a: S, b: S) {
     a.create(&r).await.expect("create in a");
     assert!(b.load(&r.id).await.expect("load in b").is_none());
     assert!(!b.delete(&r.id).await.expect("delete in b"));
-    assert!(!b.touch(&r.id, r.expires_at + HOUR).await.expect("touch in b"));
+    assert!(!b
+        .touch(&r.id, r.expires_at + HOUR)
+        .await
+        .expect("touch in b"));
     assert!(matches!(b.save(&r).await, Err(StoreError::NotFound)));
     b.create(&r).await.expect("same id in b is free");
     if a.capabilities().user_index && b.capabilities().user_index {
-        assert_eq!(b.delete_for_user("shared-user", None).await.expect("revoke in b"), 1);
-        assert_eq!(ids_of(&a, "shared-user").await, HashSet::from([r.id.clone()]));
+        assert_eq!(
+            b.delete_for_user("shared-user", None)
+                .await
+                .expect("revoke in b"),
+            1
+        );
+        assert_eq!(
+            ids_of(&a, "shared-user").await,
+            HashSet::from([r.id.clone()])
+        );
     }
     assert_eq!(must_load(&a, &r.id).await, r);
 }

@@ -134,7 +134,8 @@ mod containers {
         Mongo(ContainerAsync<testcontainers_modules::mongo::Mongo>),
     }
 
-    static STARTED: OnceLock<tokio::sync::Mutex<HashMap<Backend, Option<String>>>> = OnceLock::new();
+    static STARTED: OnceLock<tokio::sync::Mutex<HashMap<Backend, Option<String>>>> =
+        OnceLock::new();
     static KEEP: OnceLock<Mutex<Vec<Held>>> = OnceLock::new();
 
     /// Whether a Docker engine answers (`DOCKER_HOST` or the default socket).

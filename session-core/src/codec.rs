@@ -24,7 +24,9 @@ fn check_depth(data: &Data) -> Result<(), EncodeError> {
     if data.values().all(|v| depth_ok(v, MAX_DEPTH - 1)) {
         Ok(())
     } else {
-        Err(EncodeError(format!("session values nest deeper than {MAX_DEPTH} levels")))
+        Err(EncodeError(format!(
+            "session values nest deeper than {MAX_DEPTH} levels"
+        )))
     }
 }
 
@@ -85,7 +87,9 @@ impl Codec for NativeCodec {
                 }
             }
             Some((b'{', _)) => JsonCodec.decode(bytes),
-            Some((b, _)) => Err(DecodeError::new(format!("unknown session format byte 0x{b:02x}"))),
+            Some((b, _)) => Err(DecodeError::new(format!(
+                "unknown session format byte 0x{b:02x}"
+            ))),
             None => Err(DecodeError::new("empty session data")),
         }
     }
@@ -114,7 +118,7 @@ mod tests {
 
     fn sample() -> Data {
         let v = json!({
-            "views": 3, "max": i64::MAX, "min": i64::MIN, "umax": u64::MAX, "pi": 3.141592653589793,
+            "views": 3, "max": i64::MAX, "min": i64::MIN, "umax": u64::MAX, "pi": std::f64::consts::PI,
             "tiny": 1e-300, "neg": -0.5, "s": "héllo ✓ 🎉", "null": null, "t": true,
             "nested": {"a": [1, 2, {"b": "c"}], "e": {}}, "ключ": "значение"
         });
@@ -131,7 +135,10 @@ mod tests {
         assert_eq!(bytes[0], NATIVE_FORMAT_V1);
         let back = NativeCodec.decode(&bytes).unwrap();
         assert_eq!(back, data);
-        assert_eq!(back.keys().collect::<Vec<_>>(), data.keys().collect::<Vec<_>>());
+        assert_eq!(
+            back.keys().collect::<Vec<_>>(),
+            data.keys().collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -144,7 +151,17 @@ mod tests {
 
     #[test]
     fn garbage_is_a_decode_error() {
-        for bad in [&b""[..], b"\x00", b"\x01", b"\x01\xc1", b"\x01\x91\x01", b"\x02abc", b"{", b"[1]", b"\x01\x81\x01\x02"] {
+        for bad in [
+            &b""[..],
+            b"\x00",
+            b"\x01",
+            b"\x01\xc1",
+            b"\x01\x91\x01",
+            b"\x02abc",
+            b"{",
+            b"[1]",
+            b"\x01\x81\x01\x02",
+        ] {
             assert!(NativeCodec.decode(bad).is_err(), "{bad:?}");
         }
         assert!(JsonCodec.decode(b"[1,2]").is_err());

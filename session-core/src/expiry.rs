@@ -144,8 +144,15 @@ mod tests {
         assert_eq!(p.touch_due(t(0), t(100), t(9)), None);
         assert_eq!(p.touch_due(t(0), t(100), t(10)), Some(t(110)));
         let every = p.with_touch_after(Duration::ZERO);
-        assert_eq!(every.touch_due(t(0), t(100), t(0)), None, "no change, no touch");
-        assert_eq!(every.touch_due(t(0), t(100), Timestamp::from_millis(1)), Some(Timestamp::from_millis(100_001)));
+        assert_eq!(
+            every.touch_due(t(0), t(100), t(0)),
+            None,
+            "no change, no touch"
+        );
+        assert_eq!(
+            every.touch_due(t(0), t(100), Timestamp::from_millis(1)),
+            Some(Timestamp::from_millis(100_001))
+        );
     }
 
     #[test]

@@ -146,7 +146,15 @@ mod tests {
         assert!(SessionId::parse(&"a".repeat(16)).is_ok());
         assert!(SessionId::parse(&"-_".repeat(64)).is_ok());
         assert!(SessionId::parse(&"a".repeat(129)).is_err());
-        for bad in ["aaaaaaaaaaaaaaa=", "aaaaaaaaaaaaaaa+", "aaaaaaaaaaaaaaa/", "aaaaaaaaaaaaaaa.", "aaaaaaaaaaaaaaaé", "aaaaaaa aaaaaaaa", "aaaaaaa*aaaaaaaa"] {
+        for bad in [
+            "aaaaaaaaaaaaaaa=",
+            "aaaaaaaaaaaaaaa+",
+            "aaaaaaaaaaaaaaa/",
+            "aaaaaaaaaaaaaaa.",
+            "aaaaaaaaaaaaaaaé",
+            "aaaaaaa aaaaaaaa",
+            "aaaaaaa*aaaaaaaa",
+        ] {
             assert!(SessionId::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(SessionId::parse(""), Err(InvalidSessionId::Length(0)));

@@ -202,7 +202,10 @@ mod tests {
         let ring = KeyRing::new_allowing_weak(["interop-secret"]).unwrap();
         let id = SessionId::parse(REAL_ID).unwrap();
         assert_eq!(ring.sign(&id), format!("s:{REAL_ID}.{REAL_SIG}"));
-        assert_eq!(ring.sign_cookie_value(&id), format!("s%3A{REAL_ID}.{REAL_SIG}"));
+        assert_eq!(
+            ring.sign_cookie_value(&id),
+            format!("s%3A{REAL_ID}.{REAL_SIG}")
+        );
     }
 
     #[test]
@@ -214,7 +217,9 @@ mod tests {
         assert_eq!(v.id.as_str(), REAL_ID);
         assert!(!v.needs_resign());
         // also undecoded
-        assert!(ring.verify_cookie_value(&format!("s:{REAL_ID}.{REAL_SIG}")).is_some());
+        assert!(ring
+            .verify_cookie_value(&format!("s:{REAL_ID}.{REAL_SIG}"))
+            .is_some());
     }
 
     #[test]
@@ -223,7 +228,10 @@ mod tests {
             KeyRing::new(["interop-secret"]).unwrap_err(),
             KeyRingError::TooShort { index: 0, len: 14 }
         );
-        assert_eq!(KeyRing::new(Vec::<&str>::new()).unwrap_err(), KeyRingError::Empty);
+        assert_eq!(
+            KeyRing::new(Vec::<&str>::new()).unwrap_err(),
+            KeyRingError::Empty
+        );
         assert!(KeyRing::new_allowing_weak([""]).is_err());
         assert!(KeyRing::new(["x".repeat(32)]).is_ok());
     }
@@ -238,11 +246,17 @@ mod tests {
             let mut bytes = good.clone().into_bytes();
             bytes[i] ^= 0x01;
             if let Ok(s) = String::from_utf8(bytes) {
-                assert!(ring.verify_cookie_value(&s).is_none(), "byte {i} changed: {s}");
+                assert!(
+                    ring.verify_cookie_value(&s).is_none(),
+                    "byte {i} changed: {s}"
+                );
             }
         }
         assert!(ring.verify_cookie_value(id.as_str()).is_none(), "unsigned");
-        assert!(ring.verify_cookie_value(&good[..good.len() - 1]).is_none(), "truncated");
+        assert!(
+            ring.verify_cookie_value(&good[..good.len() - 1]).is_none(),
+            "truncated"
+        );
         assert!(ring.verify_cookie_value("s:").is_none());
         assert!(ring.verify_cookie_value("%ZZ").is_none());
         assert!(ring.verify_cookie_value("%FF%FE").is_none());
@@ -256,7 +270,12 @@ mod tests {
         let v = ab.verify_cookie_value(&a.sign_cookie_value(&id)).unwrap();
         assert_eq!(v.key_index, 1);
         assert!(v.needs_resign());
-        assert_eq!(ab.verify_cookie_value(&ab.sign_cookie_value(&id)).unwrap().key_index, 0);
+        assert_eq!(
+            ab.verify_cookie_value(&ab.sign_cookie_value(&id))
+                .unwrap()
+                .key_index,
+            0
+        );
         assert!(a.verify_cookie_value(&ab.sign_cookie_value(&id)).is_none());
     }
 

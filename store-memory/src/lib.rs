@@ -447,13 +447,20 @@ mod tests {
     use coatcheck_core::ManualClock;
 
     fn rec(now: Timestamp, ttl_ms: u64) -> Record {
-        Record::new(SessionId::generate(), now, now + Duration::from_millis(ttl_ms))
+        Record::new(
+            SessionId::generate(),
+            now,
+            now + Duration::from_millis(ttl_ms),
+        )
     }
 
     #[tokio::test]
     async fn capacity_evicts_expired_first_then_soonest_to_expire() {
         let clock = ManualClock::new(Timestamp::from_millis(1_000_000));
-        let store = MemoryStore::builder().capacity(4).clock(clock.clone()).build();
+        let store = MemoryStore::builder()
+            .capacity(4)
+            .clock(clock.clone())
+            .build();
         let now = clock.now();
         let dying = rec(now, 10);
         let soon = rec(now, 1_000);
@@ -469,7 +476,10 @@ mod tests {
         let b = rec(clock.now(), 50_000);
         store.create(&b).await.unwrap();
         assert_eq!(store.evictions(), 1);
-        assert!(store.load(&soon.id).await.unwrap().is_none(), "soonest to expire went");
+        assert!(
+            store.load(&soon.id).await.unwrap().is_none(),
+            "soonest to expire went"
+        );
         for r in [&later[0], &later[1], &a, &b] {
             assert!(store.load(&r.id).await.unwrap().is_some());
         }
