@@ -386,9 +386,9 @@ fn connection_lost(e: &sqlx::Error, retry: Retry) -> bool {
 /// everything else `Backend` with the source kept.
 fn store_error(e: sqlx::Error) -> StoreError {
     match e {
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
-            StoreError::Decode(DecodeError::with_source("unreadable column in session row", e))
-        }
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => StoreError::Decode(
+            DecodeError::with_source("unreadable column in session row", e),
+        ),
         e => StoreError::backend(e),
     }
 }
@@ -431,11 +431,13 @@ impl PostgresStore {
 
     /// Creates the schema (if absent), the table and its indexes, idempotently.
     ///
-    /// One transaction holding a transaction-scoped advisory lock
+    /// One transaction (one round trip) holding a transaction-scoped advisory lock
     /// (`pg_advisory_xact_lock`), so that instances starting at once run it one after the
     /// other instead of racing in `CREATE ... IF NOT EXISTS` (which can otherwise fail with
-    /// a unique violation in the catalogs). Run it at startup, or apply the DDL from the
-    /// README with your own migration tool instead.
+    /// a unique violation in the catalogs). The schema is created only when absent (so a
+    /// role without the CREATE privilege on the database can migrate into an existing
+    /// schema). Run it at startup, or apply the DDL from the README with your own migration
+    /// tool instead.
     ///
     /// ```no_run
     /// # async fn f(store: coatcheck_postgres::PostgresStore) -> Result<(), coatcheck_postgres::MigrateError> {
@@ -444,33 +446,13 @@ impl PostgresStore {
     /// # Ok(()) }
     /// ```
     pub async fn migrate(&self) -> Result<(), MigrateError> {
-        let sql = &self.inner.sql;
-        let mut tx = self.inner.pool.begin().await.map_err(MigrateError)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(sql::MIGRATE_LOCK_KEY)
-            .execute(&mut *tx)
+        // One query string, one round trip: Postgres runs a multi-statement simple query as
+        // one implicit transaction, so the advisory lock taken by its first statement is held
+        // until the DDL commits, and an error rolls everything back.
+        sqlx::raw_sql(&self.inner.sql.migrate)
+            .execute(&self.inner.pool)
             .await
             .map_err(MigrateError)?;
-        // `CREATE SCHEMA IF NOT EXISTS` needs the CREATE privilege on the database even when
-        // the schema exists: look first, so an application role without it can migrate into
-        // an existing schema.
-        let schema_exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-                .bind(&sql.schema)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(MigrateError)?;
-        if !schema_exists {
-            sqlx::raw_sql(&sql.create_schema)
-                .execute(&mut *tx)
-                .await
-                .map_err(MigrateError)?;
-        }
-        sqlx::raw_sql(&sql.migrate_ddl)
-            .execute(&mut *tx)
-            .await
-            .map_err(MigrateError)?;
-        tx.commit().await.map_err(MigrateError)?;
         tracing::debug!(table = %self.inner.qualified_name, "session table migrated");
         Ok(())
     }
@@ -527,7 +509,12 @@ impl Inner {
 
     /// Runs one statement, re-sending it (on another connection) while its connection turns
     /// out to be one the server terminated; at most `attempts` times in all.
-    async fn run<T, F, Fut>(&self, op: &'static str, retry: Retry, mut f: F) -> Result<T, StoreError>
+    async fn run<T, F, Fut>(
+        &self,
+        op: &'static str,
+        retry: Retry,
+        mut f: F,
+    ) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
@@ -687,7 +674,10 @@ impl SessionStore for PostgresStore {
         let probe = inner.sql.save_probe.as_str();
         let live: Option<i64> = inner
             .run("save", Retry::ReadOnly, move || {
-                sqlx::query_scalar(probe).bind(id).bind(now).fetch_optional(pool)
+                sqlx::query_scalar(probe)
+                    .bind(id)
+                    .bind(now)
+                    .fetch_optional(pool)
             })
             .await?;
         let short = record.id.short_hash();
@@ -714,7 +704,11 @@ impl SessionStore for PostgresStore {
         );
         let done = inner
             .run("touch", Retry::IfNotRun, move || {
-                sqlx::query(sql).bind(key).bind(expires).bind(now).execute(pool)
+                sqlx::query(sql)
+                    .bind(key)
+                    .bind(expires)
+                    .bind(now)
+                    .execute(pool)
             })
             .await?
             .rows_affected();
@@ -729,7 +723,10 @@ impl SessionStore for PostgresStore {
         // whether it was live.
         let live: Option<bool> = inner
             .run("delete", Retry::IfNotRun, move || {
-                sqlx::query_scalar(sql).bind(key).bind(now).fetch_optional(pool)
+                sqlx::query_scalar(sql)
+                    .bind(key)
+                    .bind(now)
+                    .fetch_optional(pool)
             })
             .await?;
         Ok(live.unwrap_or(false))
@@ -776,7 +773,11 @@ impl SessionStore for PostgresStore {
         );
         let done = inner
             .run("delete_for_user", Retry::IfNotRun, move || {
-                sqlx::query(sql).bind(user_id).bind(now).bind(keep).execute(pool)
+                sqlx::query(sql)
+                    .bind(user_id)
+                    .bind(now)
+                    .bind(keep)
+                    .execute(pool)
             })
             .await?
             .rows_affected();

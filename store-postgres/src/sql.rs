@@ -79,12 +79,9 @@ pub(crate) enum Layout {
 /// `timestamptz`, ids and users `text`, data `bytea`, versions `int8`).
 #[derive(Debug, Clone)]
 pub(crate) struct Statements {
-    /// The schema name, unquoted (for the existence check of `migrate`).
-    pub schema: String,
-    /// `CREATE SCHEMA "schema"`.
-    pub create_schema: String,
-    /// DDL run by `migrate` after the lock, as one simple-protocol batch.
-    pub migrate_ddl: String,
+    /// What `migrate` sends: one simple-protocol query string, which Postgres runs as one
+    /// implicit transaction (all or nothing) holding a transaction-scoped advisory lock.
+    pub migrate: String,
     /// `$1 id, $2 version, $3 data, $4 user_id, $5 created_at, $6 expires_at, $7 now`;
     /// affects one row when inserted (or an expired row replaced), none when the id is live.
     pub create: String,
@@ -115,14 +112,19 @@ impl Statements {
     }
 
     fn native(schema: &str, table: &str) -> Self {
-        let t = format!("{}.{}", quote(schema), quote(table));
+        let qschema = quote(schema);
+        let t = format!("{qschema}.{}", quote(table));
         let expires_idx = quote(&index_name(table, "expires_at_idx"));
         let user_idx = quote(&index_name(table, "user_id_idx"));
         Statements {
-            schema: schema.to_owned(),
-            create_schema: format!("CREATE SCHEMA IF NOT EXISTS {}", quote(schema)),
-            migrate_ddl: format!(
-                "CREATE TABLE IF NOT EXISTS {t} (\
+            migrate: format!(
+                "SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY});\
+                 \nDO $coatcheck$ BEGIN\
+                 \n    IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '{schema}') THEN\
+                 \n        CREATE SCHEMA {qschema};\
+                 \n    END IF;\
+                 \nEND $coatcheck$;\
+                 \nCREATE TABLE IF NOT EXISTS {t} (\
                  \n    id text COLLATE \"C\" PRIMARY KEY,\
                  \n    version bigint NOT NULL,\
                  \n    data bytea NOT NULL,\
@@ -198,7 +200,10 @@ mod tests {
 
     #[test]
     fn index_names_fit_and_differ() {
-        assert_eq!(index_name("sessions", "user_id_idx"), "sessions_user_id_idx");
+        assert_eq!(
+            index_name("sessions", "user_id_idx"),
+            "sessions_user_id_idx"
+        );
         let a = "a".repeat(60) + "xyz";
         let b = "a".repeat(60) + "xyw";
         let ia = index_name(&a, "expires_at_idx");
@@ -212,6 +217,7 @@ mod tests {
     fn statements_quote_names() {
         let s = Statements::new(Layout::Native, "app", "Sess");
         assert!(s.load.contains("FROM \"app\".\"Sess\" WHERE"));
-        assert!(s.migrate_ddl.contains("\"Sess_expires_at_idx\""));
+        assert!(s.migrate.contains("\"Sess_expires_at_idx\""));
+        assert!(s.migrate.contains("nspname = 'app'"));
     }
 }

@@ -107,7 +107,10 @@ mod tests {
             assert_eq!(PgTs::from_pg_micros(t.to_pg_micros()), t, "{ms}");
         }
         assert_eq!(PgTs(Timestamp::from_millis(PG_EPOCH_MS)).to_pg_micros(), 0);
-        assert_eq!(PgTs(Timestamp::from_millis(PG_EPOCH_MS + 1)).to_pg_micros(), 1000);
+        assert_eq!(
+            PgTs(Timestamp::from_millis(PG_EPOCH_MS + 1)).to_pg_micros(),
+            1000
+        );
     }
 
     #[test]
@@ -119,7 +122,7 @@ mod tests {
         assert_eq!(PgTs::from_pg_micros(PG_INFINITY), max);
         assert_eq!(PgTs::from_pg_micros(PG_NEG_INFINITY), min);
         // Within i64 microseconds but past what Postgres stores: clamped, not an error.
-        let far = PgTs(Timestamp::from_millis(9_000_000_000_000_000));
+        let far = PgTs(Timestamp::from_millis(9_224_318_100_000_000));
         assert_eq!(far.to_pg_micros(), PG_INFINITY);
     }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coatcheck_conformance::{harness, Backend};
-use coatcheck_core::{Capabilities, Record, SessionId, SessionInfo, SessionStore, StoreError, Timestamp};
+use coatcheck_core::{
+    Capabilities, Record, SessionId, SessionInfo, SessionStore, StoreError, Timestamp,
+};
 use coatcheck_postgres::{PostgresStore, PostgresStoreBuilder};
 use sqlx::Connection as _;
 
@@ -34,7 +36,10 @@ pub async fn scoped_with(builder: PostgresStoreBuilder) -> Scoped {
         .connect_lazy(&url)
         .expect("valid config");
     store.migrate().await.expect("migrate");
-    Scoped { store, guard: SchemaGuard { url, schema } }
+    Scoped {
+        store,
+        guard: SchemaGuard { url, schema },
+    }
 }
 
 /// A store pointed at a closed port, answering fast.
@@ -65,8 +70,13 @@ impl Drop for SchemaGuard {
                 .build()
                 .map_err(|e| e.to_string())?;
             rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| e.to_string())?;
-                sqlx::raw_sql(&sql).execute(&mut conn).await.map_err(|e| e.to_string())?;
+                let mut conn = sqlx::PgConnection::connect(&url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::raw_sql(&sql)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 conn.close().await.map_err(|e| e.to_string())
             })
         })
@@ -111,7 +121,11 @@ impl SessionStore for Scoped {
     async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
         self.store.list_for_user(user_id).await
     }
-    async fn delete_for_user(&self, user_id: &str, except: Option<&SessionId>) -> Result<u64, StoreError> {
+    async fn delete_for_user(
+        &self,
+        user_id: &str,
+        except: Option<&SessionId>,
+    ) -> Result<u64, StoreError> {
         self.store.delete_for_user(user_id, except).await
     }
     async fn delete_expired(&self) -> Result<u64, StoreError> {
