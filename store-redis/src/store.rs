@@ -46,7 +46,7 @@ pub(crate) struct Ctx {
 fn map_redis_error(e: RedisError) -> StoreError {
     if e.code() == Some("WRONGTYPE") {
         StoreError::Decode(DecodeError::with_source(
-            "the session key holds a value that is not a coatcheck session",
+            "a key of this store holds a value of the wrong type (not a session hash or user index set)",
             e,
         ))
     } else {
