@@ -242,8 +242,8 @@ impl PostgresStoreBuilder {
     /// For the store to recover by itself from connections the server terminated, it
     /// retries a statement whose connection the server reported as terminated (SQLSTATE
     /// `57P01`, `57P02`, `57P03`: the statement did not run) and, for read-only statements,
-    /// one lost to an I/O error, up to `max_connections + 1` times; sqlx discards each dead
-    /// connection as it fails. This keeps sqlx's `test_before_acquire` ping (one more round
+    /// one lost to an I/O error, up to `max_connections + 1` times and only while the pool's
+    /// acquire timeout has not passed; sqlx discards each dead connection as it fails. This keeps sqlx's `test_before_acquire` ping (one more round
     /// trip per operation) unnecessary: pools built by
     /// [`connect_lazy`](Self::connect_lazy) turn it off.
     ///
@@ -266,6 +266,7 @@ impl PostgresStoreBuilder {
             return Err(ConfigError::ZeroCleanupBatch);
         }
         let attempts = pool.options().get_max_connections().saturating_add(1);
+        let retry_window = pool.options().get_acquire_timeout();
         let statements = Statements::new(self.layout, &self.schema, &self.table);
         Ok(PostgresStore {
             inner: Arc::new(Inner {
@@ -275,6 +276,7 @@ impl PostgresStoreBuilder {
                 clock: self.clock,
                 cleanup_batch: i64::from(self.cleanup_batch),
                 attempts,
+                retry_window,
                 qualified_name: format!("{}.{}", self.schema, self.table),
             }),
         })
@@ -348,6 +350,8 @@ struct Inner {
     cleanup_batch: i64,
     /// Attempts per statement when connections turn out to be terminated.
     attempts: u32,
+    /// No retry starts later than this after the first attempt (the pool's acquire timeout).
+    retry_window: Duration,
     /// `schema.table`, for logs.
     qualified_name: String,
 }
@@ -508,7 +512,8 @@ impl Inner {
     }
 
     /// Runs one statement, re-sending it (on another connection) while its connection turns
-    /// out to be one the server terminated; at most `attempts` times in all.
+    /// out to be one the server terminated: at most `attempts` times in all, and no new
+    /// attempt once the pool's acquire timeout has passed since the first.
     async fn run<T, F, Fut>(
         &self,
         op: &'static str,
@@ -519,11 +524,16 @@ impl Inner {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
+        let started = std::time::Instant::now();
         let mut attempt = 1;
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
-                Err(e) if attempt < self.attempts && connection_lost(&e, retry) => {
+                Err(e)
+                    if attempt < self.attempts
+                        && connection_lost(&e, retry)
+                        && started.elapsed() < self.retry_window =>
+                {
                     tracing::debug!(op, attempt, error = %e, "connection lost; retrying on another");
                     attempt += 1;
                 }
