@@ -7,10 +7,14 @@ use std::time::Duration;
 /// ```
 /// use coatcheck_redis::{BuildError, RedisStore};
 ///
-/// match RedisStore::connect_lazy("not a url") {
-///     Err(BuildError::InvalidUrl(_)) => {}
-///     other => panic!("expected InvalidUrl, got {other:?}"),
-/// }
+/// // Outside a Tokio runtime the lazy constructors refuse instead of panicking.
+/// let lazy = RedisStore::connect_lazy("redis://127.0.0.1");
+/// assert!(matches!(lazy, Err(BuildError::NoRuntime)));
+///
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// let _inside = rt.enter();
+/// let bad = RedisStore::connect_lazy("not a url");
+/// assert!(matches!(bad, Err(BuildError::InvalidUrl(_))));
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -24,6 +28,9 @@ pub enum BuildError {
     /// A cluster constructor was given no node URL.
     #[error("a Redis Cluster needs at least one node URL")]
     NoClusterNodes,
+    /// A constructor that spawns background tasks was called outside a Tokio runtime.
+    #[error("coatcheck-redis needs a Tokio runtime: build the store inside one")]
+    NoRuntime,
 }
 
 /// The source of a [`StoreError::Backend`](coatcheck_core::StoreError::Backend) when an

@@ -1,6 +1,4 @@
-//! # coatcheck-redis
-//!
-//! docs come later
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -13,7 +11,9 @@ mod store;
 pub use error::{BuildError, OperationTimedOut};
 pub use store::{RedisStore, RedisStoreBuilder, DEFAULT_OPERATION_TIMEOUT, DEFAULT_PREFIX};
 
-/// The redis-rs and deadpool-redis versions this crate is built against, for building
-/// connections and pools to hand to [`RedisStore`].
-pub use deadpool_redis;
+/// The redis-rs crate this store is built on, to build a `ConnectionManager`,
+/// `ClusterConnection` or client configuration to hand to [`RedisStore`].
 pub use redis;
+
+/// The deadpool-redis crate this store accepts pools of.
+pub use deadpool_redis;

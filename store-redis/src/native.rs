@@ -14,9 +14,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use coatcheck_core::{
-    Codec, DecodeError, Record, SessionId, SessionInfo, StoreError, Timestamp,
-};
+use coatcheck_core::{Codec, DecodeError, Record, SessionId, SessionInfo, StoreError, Timestamp};
 use futures_util::stream::{self, StreamExt as _};
 use redis::Value;
 
@@ -27,6 +25,11 @@ use crate::store::Ctx;
 
 /// How many per-session commands a cluster `list_for_user`/`delete_for_user` keeps in flight.
 const CLUSTER_FAN_OUT: usize = 64;
+
+/// Field/value pairs of a hash, raw.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+/// A listed session, raw: id, created (`c`), expires (`e`).
+type RawInfo = (Vec<u8>, Vec<u8>, Vec<u8>);
 
 /// The native format: a hash per session, data through a [`Codec`].
 #[derive(Debug, Clone)]
@@ -97,8 +100,8 @@ impl Outcome {
             Some(1) => Some(bytes(user).ok_or_else(|| unexpected(what))?),
             _ => None,
         };
-        let old_expires = bytes(old_e)
-            .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()));
+        let old_expires =
+            bytes(old_e).and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()));
         Ok(Outcome {
             code,
             user,
@@ -136,12 +139,17 @@ fn parse_num<T: std::str::FromStr>(raw: &[u8], field: &str) -> Result<T, StoreEr
 }
 
 /// A reply of field/value pairs (HGETALL: an array in RESP2, a map in RESP3).
-fn pairs(v: Value) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+fn pairs(v: Value) -> Result<Pairs, StoreError> {
     const WHAT: &str = "HGETALL";
     match v {
         Value::Map(m) => m
             .into_iter()
-            .map(|(k, v)| Ok((bytes(k).ok_or_else(|| unexpected(WHAT))?, bytes(v).ok_or_else(|| unexpected(WHAT))?)))
+            .map(|(k, v)| {
+                Ok((
+                    bytes(k).ok_or_else(|| unexpected(WHAT))?,
+                    bytes(v).ok_or_else(|| unexpected(WHAT))?,
+                ))
+            })
             .collect(),
         other => {
             let flat = array(other).ok_or_else(|| unexpected(WHAT))?;
@@ -192,7 +200,11 @@ impl Native {
         }
     }
 
-    pub(crate) async fn load(&self, cx: &Ctx, id: &SessionId) -> Result<Option<Record>, StoreError> {
+    pub(crate) async fn load(
+        &self,
+        cx: &Ctx,
+        id: &SessionId,
+    ) -> Result<Option<Record>, StoreError> {
         let reply = cx
             .query(redis::cmd("HGETALL").arg(cx.session_key(id)))
             .await?;
@@ -229,10 +241,9 @@ impl Native {
         let version: u64 = parse_num(&v, "v")?;
         let data = self.codec.decode(&d)?;
         let user_id = match u {
-            Some(u) => Some(
-                String::from_utf8(u)
-                    .map_err(|e| StoreError::Decode(DecodeError::with_source("session user id is not UTF-8", e)))?,
-            ),
+            Some(u) => Some(String::from_utf8(u).map_err(|e| {
+                StoreError::Decode(DecodeError::with_source("session user id is not UTF-8", e))
+            })?),
             None => None,
         };
         let mut record = Record::new(id.clone(), created_at, expires_at);
@@ -344,15 +355,15 @@ impl Native {
     ) -> Result<Vec<SessionInfo>, StoreError> {
         let now = cx.now();
         let index = cx.index_key(user.as_bytes());
-        let triples: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = match cx.topology() {
+        let triples: Vec<RawInfo> = match cx.topology() {
             Topology::Single => {
                 let mut inv = scripts::LIST_FOR_USER_SCRIPT.prepare_invoke();
                 inv.key(index)
                     .arg(now.as_millis())
                     .arg(cx.prefix())
                     .arg(user);
-                let flat = array(cx.invoke(&inv).await?)
-                    .ok_or_else(|| unexpected("list script"))?;
+                let flat =
+                    array(cx.invoke(&inv).await?).ok_or_else(|| unexpected("list script"))?;
                 if flat.len() % 3 != 0 {
                     return Err(unexpected("list script"));
                 }
@@ -390,7 +401,7 @@ impl Native {
         user: &str,
         index: &[u8],
         now: Timestamp,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<RawInfo>, StoreError> {
         let members = self.members(cx, index).await?;
         let checks = stream::iter(members)
             .map(|(raw, id)| async move {
@@ -398,7 +409,13 @@ impl Native {
                     return Ok::<_, StoreError>((raw, None));
                 };
                 let reply = cx
-                    .query(redis::cmd("HMGET").arg(cx.session_key(&id)).arg("u").arg("c").arg("e"))
+                    .query(
+                        redis::cmd("HMGET")
+                            .arg(cx.session_key(&id))
+                            .arg("u")
+                            .arg("c")
+                            .arg("e"),
+                    )
                     .await;
                 let fields = match reply {
                     Ok(v) => array(v).ok_or_else(|| unexpected("HMGET"))?,
@@ -423,7 +440,10 @@ impl Native {
                 if !live {
                     return Ok((raw, None));
                 }
-                Ok((raw.clone(), Some((raw, c.unwrap_or_default(), e.unwrap_or_default()))))
+                Ok((
+                    raw.clone(),
+                    Some((raw, c.unwrap_or_default(), e.unwrap_or_default())),
+                ))
             })
             .buffer_unordered(CLUSTER_FAN_OUT)
             .collect::<Vec<_>>()
@@ -489,7 +509,9 @@ impl Native {
                 let results = stream::iter(members)
                     .filter(|(_, id)| std::future::ready(id.is_none() || id.as_ref() != except))
                     .map(|(raw, id)| async move {
-                        let Some(id) = id else { return Ok::<_, StoreError>((raw, 0)) };
+                        let Some(id) = id else {
+                            return Ok::<_, StoreError>((raw, 0));
+                        };
                         let mut inv = scripts::DELETE_IF_USER_SCRIPT.prepare_invoke();
                         inv.key(cx.session_key(&id)).arg(now.as_millis()).arg(user);
                         let code = int(&cx.invoke(&inv).await?)
@@ -516,8 +538,12 @@ impl Native {
                     }
                 }
                 if !gone.is_empty() {
-                    cx.query(redis::cmd("SREM").arg(&index).arg(gone.into_iter().collect::<Vec<_>>()))
-                        .await?;
+                    cx.query(
+                        redis::cmd("SREM")
+                            .arg(&index)
+                            .arg(gone.into_iter().collect::<Vec<_>>()),
+                    )
+                    .await?;
                 }
                 match first_err {
                     Some(e) => Err(e),

@@ -232,8 +232,7 @@ pub(crate) static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CREA
 pub(crate) static SAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SAVE));
 pub(crate) static TOUCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(TOUCH));
 pub(crate) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(DELETE));
-pub(crate) static LIST_FOR_USER_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| script(LIST_FOR_USER));
+pub(crate) static LIST_FOR_USER_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(LIST_FOR_USER));
 pub(crate) static DELETE_FOR_USER_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| script(DELETE_FOR_USER));
 pub(crate) static INDEX_ADD_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(INDEX_ADD));

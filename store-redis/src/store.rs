@@ -185,9 +185,11 @@ impl RedisStore {
     /// A builder, for a prefix, codec, clock or timeouts other than the defaults.
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let builder = coatcheck_redis::RedisStore::builder().prefix("app1:");
     /// let store = builder.connect_lazy("redis://127.0.0.1:6379").unwrap();
     /// assert_eq!(store.prefix(), "app1:");
+    /// # }
     /// ```
     pub fn builder() -> RedisStoreBuilder {
         RedisStoreBuilder::default()
@@ -210,7 +212,9 @@ impl RedisStore {
     /// while Redis is still down (its session operations fail with `Backend` until it is up).
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1:6379").unwrap();
+    /// # }
     /// ```
     pub fn connect_lazy(url: &str) -> Result<RedisStore, BuildError> {
         RedisStore::builder().connect_lazy(url)
@@ -293,8 +297,10 @@ impl RedisStore {
     /// The key prefix.
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
     /// assert_eq!(store.prefix(), "sess:");
+    /// # }
     /// ```
     pub fn prefix(&self) -> &str {
         &self.ctx.prefix
@@ -304,8 +310,10 @@ impl RedisStore {
     /// separate command, see the crate docs).
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
     /// assert!(!store.is_cluster());
+    /// # }
     /// ```
     pub fn is_cluster(&self) -> bool {
         self.ctx.topology() == Topology::Cluster
@@ -314,9 +322,11 @@ impl RedisStore {
     /// The key under which the session `id` is stored: `{prefix}{id}`.
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
     /// let id = coatcheck_core::SessionId::parse("AAAAAAAAAAAAAAAAAAAA").unwrap();
     /// assert_eq!(store.session_key(&id), "sess:AAAAAAAAAAAAAAAAAAAA");
+    /// # }
     /// ```
     pub fn session_key(&self, id: &SessionId) -> String {
         self.ctx.session_key(id)
@@ -325,8 +335,10 @@ impl RedisStore {
     /// The key of `user_id`'s index set: `{prefix}user:{user_id}` (the user id verbatim).
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
     /// assert_eq!(store.user_index_key("alice"), b"sess:user:alice".to_vec());
+    /// # }
     /// ```
     pub fn user_index_key(&self, user_id: &str) -> Vec<u8> {
         self.ctx.index_key(user_id.as_bytes())
@@ -493,6 +505,7 @@ impl RedisStoreBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn connect(self, url: &str) -> Result<RedisStore, BuildError> {
+        require_runtime()?;
         let client = redis::Client::open(url).map_err(BuildError::InvalidUrl)?;
         let manager = ConnectionManager::new_with_config(client, self.connection_manager_config())
             .await
@@ -501,11 +514,16 @@ impl RedisStoreBuilder {
     }
 
     /// A [`ConnectionManager`] that connects on first use. Only the URL is checked now.
+    /// Must be called within a Tokio runtime (the manager spawns its reconnect task);
+    /// outside one it returns [`BuildError::NoRuntime`].
     ///
     /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck_redis::RedisStore::builder().connect_lazy("redis://127.0.0.1").unwrap();
+    /// # }
     /// ```
     pub fn connect_lazy(self, url: &str) -> Result<RedisStore, BuildError> {
+        require_runtime()?;
         let client = redis::Client::open(url).map_err(BuildError::InvalidUrl)?;
         let manager =
             ConnectionManager::new_lazy_with_config(client, self.connection_manager_config())
@@ -583,6 +601,7 @@ impl RedisStoreBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        require_runtime()?;
         let client = self.cluster_client(urls)?;
         let conn = client
             .get_async_connection_with_config(self.cluster_config())
@@ -592,6 +611,8 @@ impl RedisStoreBuilder {
     }
 
     /// A cluster connection that connects in the background; only the URLs are checked now.
+    /// Must be called within a Tokio runtime; outside one it returns
+    /// [`BuildError::NoRuntime`].
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -606,6 +627,7 @@ impl RedisStoreBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        require_runtime()?;
         let client = self.cluster_client(urls)?;
         let conn = client.get_pending_async_connection_with_config(self.cluster_config());
         Ok(self.cluster_connection(conn))
@@ -654,6 +676,13 @@ impl RedisStoreBuilder {
     }
 }
 
+/// The lazy constructors spawn tasks: refuse (instead of panicking) outside a runtime.
+fn require_runtime() -> Result<(), BuildError> {
+    tokio::runtime::Handle::try_current()
+        .map(drop)
+        .map_err(|_| BuildError::NoRuntime)
+}
+
 fn log_failure(op: &'static str, id: Option<&SessionId>, e: &StoreError) {
     let session = id.map(SessionId::short_hash);
     match e {
@@ -669,7 +698,11 @@ fn log_failure(op: &'static str, id: Option<&SessionId>, e: &StoreError) {
     }
 }
 
-fn logged<T>(op: &'static str, id: Option<&SessionId>, r: Result<T, StoreError>) -> Result<T, StoreError> {
+fn logged<T>(
+    op: &'static str,
+    id: Option<&SessionId>,
+    r: Result<T, StoreError>,
+) -> Result<T, StoreError> {
     if let Err(e) = &r {
         log_failure(op, id, e);
     }

@@ -96,9 +96,10 @@ coatcheck_conformance::suite!(
     requires = Backend::RedisCluster,
     cluster_pooled(),
     unreachable = async {
-        let pool = deadpool_redis::cluster::Config::from_urls(vec!["redis://127.0.0.1:1".to_owned()])
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .expect("cluster pool");
+        let pool =
+            deadpool_redis::cluster::Config::from_urls(vec!["redis://127.0.0.1:1".to_owned()])
+                .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                .expect("cluster pool");
         RedisStore::from_cluster_pool(pool)
     }
 );

@@ -69,7 +69,11 @@ async fn timed<T>(
 }
 
 /// 8 tasks doing create → load → save → touch → delete until `stop`.
-fn traffic(store: &RedisStore, stats: &Arc<Stats>, stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+fn traffic(
+    store: &RedisStore,
+    stats: &Arc<Stats>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..8)
         .map(|i| {
             let store = store.clone();
@@ -111,7 +115,10 @@ async fn works(store: &RedisStore) {
     assert_eq!(store.load(&r.id).await.expect("load").as_ref(), Some(&r));
     r.data.insert("views".into(), json!(9));
     r.version = store.save(&r).await.expect("save");
-    assert!(store.touch(&r.id, r.expires_at + HOUR).await.expect("touch"));
+    assert!(store
+        .touch(&r.id, r.expires_at + HOUR)
+        .await
+        .expect("touch"));
     assert_eq!(store.list_for_user("after").await.expect("list").len(), 1);
     assert_eq!(store.delete_for_user("after", None).await.expect("dfu"), 1);
     assert!(store.load(&r.id).await.expect("load").is_none());
@@ -143,26 +150,67 @@ async fn killed_and_restarted(store: RedisStore, server: &mut PrivateRedis, labe
     let tasks = traffic(&store, &stats, &stop);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (ok_before, err_before) = stats.snapshot();
-    assert!(ok_before > 0, "{label}: no traffic got through before the kill");
+    assert!(
+        ok_before > 0,
+        "{label}: no traffic got through before the kill"
+    );
     assert_eq!(err_before, 0, "{label}: errors before the kill");
 
     server.kill();
     let killed_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, err_down) = stats.snapshot();
-    assert!(err_down > 0, "{label}: no Backend errors while the server was down");
+    assert!(
+        err_down > 0,
+        "{label}: no Backend errors while the server was down"
+    );
     stop_traffic(&stop, tasks).await;
 
     // Every operation, directly: Backend, quickly.
     let r = record(Some("u"));
     for (what, res) in [
-        ("create", tokio::time::timeout(BOUND, store.create(&r)).await.map(|r| r.map(drop))),
-        ("load", tokio::time::timeout(BOUND, store.load(&r.id)).await.map(|r| r.map(drop))),
-        ("save", tokio::time::timeout(BOUND, store.save(&r)).await.map(|r| r.map(drop))),
-        ("touch", tokio::time::timeout(BOUND, store.touch(&r.id, r.expires_at)).await.map(|r| r.map(drop))),
-        ("delete", tokio::time::timeout(BOUND, store.delete(&r.id)).await.map(|r| r.map(drop))),
-        ("list_for_user", tokio::time::timeout(BOUND, store.list_for_user("u")).await.map(|r| r.map(drop))),
-        ("delete_for_user", tokio::time::timeout(BOUND, store.delete_for_user("u", None)).await.map(|r| r.map(drop))),
+        (
+            "create",
+            tokio::time::timeout(BOUND, store.create(&r))
+                .await
+                .map(|r| r.map(drop)),
+        ),
+        (
+            "load",
+            tokio::time::timeout(BOUND, store.load(&r.id))
+                .await
+                .map(|r| r.map(drop)),
+        ),
+        (
+            "save",
+            tokio::time::timeout(BOUND, store.save(&r))
+                .await
+                .map(|r| r.map(drop)),
+        ),
+        (
+            "touch",
+            tokio::time::timeout(BOUND, store.touch(&r.id, r.expires_at))
+                .await
+                .map(|r| r.map(drop)),
+        ),
+        (
+            "delete",
+            tokio::time::timeout(BOUND, store.delete(&r.id))
+                .await
+                .map(|r| r.map(drop)),
+        ),
+        (
+            "list_for_user",
+            tokio::time::timeout(BOUND, store.list_for_user("u"))
+                .await
+                .map(|r| r.map(drop)),
+        ),
+        (
+            "delete_for_user",
+            tokio::time::timeout(BOUND, store.delete_for_user("u", None))
+                .await
+                .map(|r| r.map(drop)),
+        ),
     ] {
         match res {
             Ok(Err(StoreError::Backend(e))) => eprintln!("{label}: {what} while down: {e}"),
@@ -189,7 +237,10 @@ async fn killed_and_restarted(store: RedisStore, server: &mut PrivateRedis, labe
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop_traffic(&stop, tasks).await;
     let (ok, err) = stats.snapshot();
-    assert!(ok > 0 && err == 0, "{label}: after restart {ok} ok, {err} errors");
+    assert!(
+        ok > 0 && err == 0,
+        "{label}: after restart {ok} ok, {err} errors"
+    );
 }
 
 async fn frozen_then_thawed(store: RedisStore, server: &mut PrivateRedis, label: &str) {
@@ -199,7 +250,10 @@ async fn frozen_then_thawed(store: RedisStore, server: &mut PrivateRedis, label:
     let start = Instant::now();
     match tokio::time::timeout(BOUND, store.load(&r.id)).await {
         Ok(Err(StoreError::Backend(e))) => {
-            eprintln!("{label}: load on a hung server after {:?}: {e}", start.elapsed())
+            eprintln!(
+                "{label}: load on a hung server after {:?}: {e}",
+                start.elapsed()
+            )
         }
         other => panic!("{label}: load on a hung server: expected Backend, got {other:?}"),
     }

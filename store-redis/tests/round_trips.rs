@@ -38,10 +38,16 @@ async fn warm_up(store: &RedisStore) {
     store.create(&r).await.expect("create");
     store.load(&r.id).await.expect("load");
     r.version = store.save(&r).await.expect("save");
-    store.touch(&r.id, r.expires_at + HOUR).await.expect("touch");
+    store
+        .touch(&r.id, r.expires_at + HOUR)
+        .await
+        .expect("touch");
     store.list_for_user("warm").await.expect("list");
     store.delete(&r.id).await.expect("delete");
-    store.delete_for_user("warm", None).await.expect("delete_for_user");
+    store
+        .delete_for_user("warm", None)
+        .await
+        .expect("delete_for_user");
 }
 
 async fn single_node_counts(store: RedisStore, rec: &mut Recorder, label: &str) {
@@ -64,13 +70,23 @@ async fn single_node_counts(store: RedisStore, rec: &mut Recorder, label: &str) 
     expect!("create", store.create(&r), ["EVALSHA"]).expect("create");
     let loaded = expect!("load", store.load(&r.id), ["HGETALL"]).expect("load");
     assert_eq!(loaded.as_ref(), Some(&r));
-    expect!("load (absent)", store.load(&SessionId::generate()), ["HGETALL"]).expect("load");
+    expect!(
+        "load (absent)",
+        store.load(&SessionId::generate()),
+        ["HGETALL"]
+    )
+    .expect("load");
     r.data.insert("views".into(), json!(2));
     r.version = expect!("save", store.save(&r), ["EVALSHA"]).expect("save");
     let mut stale = r.clone();
     stale.version = 1;
     assert!(expect!("save (conflict)", store.save(&stale), ["EVALSHA"]).is_err());
-    assert!(expect!("touch", store.touch(&r.id, r.expires_at + HOUR), ["EVALSHA"]).expect("touch"));
+    assert!(expect!(
+        "touch",
+        store.touch(&r.id, r.expires_at + HOUR),
+        ["EVALSHA"]
+    )
+    .expect("touch"));
     assert!(expect!("delete", store.delete(&r.id), ["EVALSHA"]).expect("delete"));
 
     // With a user: the index is kept by the same script.
@@ -84,14 +100,32 @@ async fn single_node_counts(store: RedisStore, rec: &mut Recorder, label: &str) 
     a.version = expect!("save moving user", store.save(&a), ["EVALSHA"]).expect("save");
     a.user_id = Some("alice".into());
     a.version = expect!("save moving user back", store.save(&a), ["EVALSHA"]).expect("save");
-    assert!(expect!("touch with user", store.touch(&a.id, a.expires_at + HOUR), ["EVALSHA"]).expect("touch"));
-    let listed = expect!("list_for_user (2 sessions)", store.list_for_user("alice"), ["EVALSHA"]).expect("list");
+    assert!(expect!(
+        "touch with user",
+        store.touch(&a.id, a.expires_at + HOUR),
+        ["EVALSHA"]
+    )
+    .expect("touch"));
+    let listed = expect!(
+        "list_for_user (2 sessions)",
+        store.list_for_user("alice"),
+        ["EVALSHA"]
+    )
+    .expect("list");
     assert_eq!(listed.len(), 2);
     assert!(expect!("delete with user", store.delete(&b.id), ["EVALSHA"]).expect("delete"));
-    let n = expect!("delete_for_user", store.delete_for_user("alice", None), ["EVALSHA"]).expect("dfu");
+    let n = expect!(
+        "delete_for_user",
+        store.delete_for_user("alice", None),
+        ["EVALSHA"]
+    )
+    .expect("dfu");
     assert_eq!(n, 1);
     let no: [&str; 0] = [];
-    assert_eq!(expect!("delete_expired", store.delete_expired(), no).expect("de"), 0);
+    assert_eq!(
+        expect!("delete_expired", store.delete_expired(), no).expect("de"),
+        0
+    );
 
     // After SCRIPT FLUSH (as after a server restart): NOSCRIPT, SCRIPT LOAD, EVALSHA.
     let c = record(None);
@@ -100,10 +134,24 @@ async fn single_node_counts(store: RedisStore, rec: &mut Recorder, label: &str) 
         .get_multiplexed_async_connection()
         .await
         .expect("conn");
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut flush).await.expect("flush");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut flush)
+        .await
+        .expect("flush");
     rec.take().await;
-    expect!("create after SCRIPT FLUSH", store.create(&c), ["EVALSHA", "SCRIPT", "EVALSHA"]).expect("create");
-    expect!("create (script cached again)", store.create(&record(None)), ["EVALSHA"]).expect("create");
+    expect!(
+        "create after SCRIPT FLUSH",
+        store.create(&c),
+        ["EVALSHA", "SCRIPT", "EVALSHA"]
+    )
+    .expect("create");
+    expect!(
+        "create (script cached again)",
+        store.create(&record(None)),
+        ["EVALSHA"]
+    )
+    .expect("create");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -185,7 +233,11 @@ async fn cluster_round_trips() {
         .get_multiplexed_async_connection()
         .await
         .expect("probe");
-    let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut probe).await.expect("nodes");
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut probe)
+        .await
+        .expect("nodes");
     let mut recorders = Vec::new();
     for line in nodes.lines().filter(|l| l.contains("master")) {
         let addr = line.split_whitespace().nth(1).expect("addr");
@@ -205,7 +257,12 @@ async fn cluster_round_trips() {
             let seen = rec.take().await;
             show(&format!("cluster: {}", $what), &seen);
             let want: Vec<String> = $cmds.iter().map(|s: &&str| s.to_string()).collect();
-            assert_eq!(sorted(client_commands(&seen)), sorted(want), "cluster: {}", $what);
+            assert_eq!(
+                sorted(client_commands(&seen)),
+                sorted(want),
+                "cluster: {}",
+                $what
+            );
             out
         }};
     }
@@ -214,29 +271,84 @@ async fn cluster_round_trips() {
     expect!("create", store.create(&r), ["EVALSHA"]).expect("create");
     expect!("load", store.load(&r.id), ["HGETALL"]).expect("load");
     r.version = expect!("save", store.save(&r), ["EVALSHA"]).expect("save");
-    expect!("touch", store.touch(&r.id, r.expires_at + HOUR), ["EVALSHA"]).expect("touch");
+    expect!(
+        "touch",
+        store.touch(&r.id, r.expires_at + HOUR),
+        ["EVALSHA"]
+    )
+    .expect("touch");
     expect!("delete", store.delete(&r.id), ["EVALSHA"]).expect("delete");
 
     let mut a = record(Some("alice"));
     let b = record(Some("alice"));
-    expect!("create with user (+ index)", store.create(&a), ["EVALSHA", "EVALSHA"]).expect("create");
+    expect!(
+        "create with user (+ index)",
+        store.create(&a),
+        ["EVALSHA", "EVALSHA"]
+    )
+    .expect("create");
     store.create(&b).await.expect("create");
     rec.take().await;
     a.version = expect!("save with user, same expiry", store.save(&a), ["EVALSHA"]).expect("save");
     a.expires_at = a.expires_at + HOUR;
-    a.version = expect!("save with user, later expiry (+ index)", store.save(&a), ["EVALSHA", "EVALSHA"]).expect("save");
+    a.version = expect!(
+        "save with user, later expiry (+ index)",
+        store.save(&a),
+        ["EVALSHA", "EVALSHA"]
+    )
+    .expect("save");
     a.user_id = Some("bob".into());
-    a.version = expect!("save moving user (+ index)", store.save(&a), ["EVALSHA", "EVALSHA"]).expect("save");
+    a.version = expect!(
+        "save moving user (+ index)",
+        store.save(&a),
+        ["EVALSHA", "EVALSHA"]
+    )
+    .expect("save");
     a.user_id = Some("alice".into());
-    a.version = expect!("save moving user back (+ index)", store.save(&a), ["EVALSHA", "EVALSHA"]).expect("save");
-    expect!("touch with user, later (+ index)", store.touch(&a.id, a.expires_at + HOUR), ["EVALSHA", "EVALSHA"]).expect("touch");
-    expect!("touch with user, earlier", store.touch(&a.id, a.expires_at), ["EVALSHA"]).expect("touch");
+    a.version = expect!(
+        "save moving user back (+ index)",
+        store.save(&a),
+        ["EVALSHA", "EVALSHA"]
+    )
+    .expect("save");
+    expect!(
+        "touch with user, later (+ index)",
+        store.touch(&a.id, a.expires_at + HOUR),
+        ["EVALSHA", "EVALSHA"]
+    )
+    .expect("touch");
+    expect!(
+        "touch with user, earlier",
+        store.touch(&a.id, a.expires_at),
+        ["EVALSHA"]
+    )
+    .expect("touch");
     // bob's set still names `a` (pruned on read): SMEMBERS, one HMGET, SREM of the stale id.
-    let bobs = expect!("list_for_user (1 stale)", store.list_for_user("bob"), ["SMEMBERS", "HMGET", "SREM"]).expect("list");
+    let bobs = expect!(
+        "list_for_user (1 stale)",
+        store.list_for_user("bob"),
+        ["SMEMBERS", "HMGET", "SREM"]
+    )
+    .expect("list");
     assert!(bobs.is_empty());
-    let listed = expect!("list_for_user (2 sessions)", store.list_for_user("alice"), ["SMEMBERS", "HMGET", "HMGET"]).expect("list");
+    let listed = expect!(
+        "list_for_user (2 sessions)",
+        store.list_for_user("alice"),
+        ["SMEMBERS", "HMGET", "HMGET"]
+    )
+    .expect("list");
     assert_eq!(listed.len(), 2);
-    expect!("delete with user (+ SREM)", store.delete(&b.id), ["EVALSHA", "SREM"]).expect("delete");
-    let n = expect!("delete_for_user (1 session)", store.delete_for_user("alice", None), ["SMEMBERS", "EVALSHA", "SREM"]).expect("dfu");
+    expect!(
+        "delete with user (+ SREM)",
+        store.delete(&b.id),
+        ["EVALSHA", "SREM"]
+    )
+    .expect("delete");
+    let n = expect!(
+        "delete_for_user (1 session)",
+        store.delete_for_user("alice", None),
+        ["SMEMBERS", "EVALSHA", "SREM"]
+    )
+    .expect("dfu");
     assert_eq!(n, 1);
 }
