@@ -1,1 +1,688 @@
-//! stub
+//! # coatcheck-mongo
+//!
+//! A MongoDB [`SessionStore`] for coatcheck, on the official `mongodb` driver.
+//!
+//! One document per session in one collection (default `sessions`):
+//!
+//! ```text
+//! { _id: "<session id>", version: <int64>, data: <binary: the codec's bytes>,
+//!   user_id: "<user>" (absent when none), created_at: <date>, expires_at: <date> }
+//! ```
+//!
+//! with a TTL index on `expires_at` (`expireAfterSeconds: 0`) so that the server removes
+//! expired sessions by itself, and a sparse index on `user_id` for listing and revoking a
+//! user's sessions. The TTL monitor runs only about once a minute, so every read and write
+//! also filters on `expires_at > now` (`now` from the store's [`Clock`]): an expired
+//! session is never returned, saved or touched, even while it is still physically there.
+//!
+//! Saves are compare-and-set on `version` (one `update_one` with `$inc`), so concurrent
+//! writers never lose an update.
+//!
+//! ```no_run
+//! use coatcheck_mongo::MongoStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Parses the URL, bounds server selection and connecting to 3 s unless the URL says
+//! // otherwise, and ensures the indexes.
+//! let store = MongoStore::connect("mongodb://127.0.0.1:27017", "myapp").await?;
+//! # let _ = store;
+//! # Ok(()) }
+//! ```
+//!
+//! With a client you already have, a collection name, a codec or a clock of your own, use
+//! the [builder](MongoStore::builder).
+//!
+//! See the crate's README for the exact operations each method issues.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod layout;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coatcheck_core::{
+    Capabilities, Clock, Codec, NativeCodec, Record, SessionId, SessionInfo, SessionStore,
+    StoreError, SystemClock, Timestamp,
+};
+use mongodb::bson::{doc, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection, Database};
+
+use crate::layout::{date, Layout, LayoutError, NativeLayout, F_ID};
+
+/// The collection used when none is given.
+pub const DEFAULT_COLLECTION: &str = "sessions";
+
+/// Server selection timeout applied by [`MongoStore::connect`] and
+/// [`MongoStore::connect_with_options`] when the options do not set one (the driver's own
+/// default is 30 s, which would make an unreachable server hang every request that long).
+pub const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connect timeout applied by [`MongoStore::connect`] and
+/// [`MongoStore::connect_with_options`] when the options do not set one.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Setting a store up failed: bad URL or names, or the indexes could not be ensured.
+///
+/// Errors of the store's operations are [`StoreError`]s; this type is only returned by
+/// constructors and [`MongoStore::ensure_indexes`].
+///
+/// ```
+/// use coatcheck_mongo::{MongoStore, SetupError};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let err = MongoStore::connect("not a mongodb url", "app").await.unwrap_err();
+/// assert!(matches!(err, SetupError::Options(_)));
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The connection string or client options were rejected.
+    #[error("invalid MongoDB connection options: {0}")]
+    Options(#[source] mongodb::error::Error),
+    /// The database or collection name is not one MongoDB accepts.
+    #[error("invalid MongoDB {what} name {name:?}: {why}")]
+    InvalidName {
+        /// `"database"` or `"collection"`.
+        what: &'static str,
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        why: &'static str,
+    },
+    /// Creating the TTL or user index failed (server unreachable, or an index with the same
+    /// key but other options already exists).
+    #[error("could not ensure the session indexes: {0}")]
+    Indexes(#[source] mongodb::error::Error),
+}
+
+/// A [`SessionStore`] on a MongoDB collection.
+///
+/// Cheap to clone: clones share the driver's connection pool. Build one per application
+/// (not per request) with [`MongoStore::connect`] or [`MongoStore::builder`].
+///
+/// ```no_run
+/// use coatcheck_core::{Record, SessionId, SessionStore, Timestamp};
+/// use coatcheck_mongo::MongoStore;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = MongoStore::connect("mongodb://127.0.0.1:27017", "myapp").await?;
+/// let now = Timestamp::now();
+/// let mut record = Record::new(SessionId::generate(), now, now + Duration::from_secs(3600));
+/// record.user_id = Some("alice".into());
+/// store.create(&record).await?;
+/// record.data.insert("views".into(), 1.into());
+/// record.version = store.save(&record).await?; // 2
+/// assert_eq!(store.list_for_user("alice").await?.len(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MongoStore {
+    collection: Collection<Document>,
+    layout: Arc<dyn Layout>,
+    codec: Arc<dyn Codec>,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for MongoStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MongoStore")
+            .field("namespace", &self.collection.namespace().to_string())
+            .field("layout", &self.layout)
+            .field("codec", &self.codec)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+/// Builds a [`MongoStore`] on a client you already have. See [`MongoStore::builder`].
+///
+/// ```
+/// use coatcheck_core::JsonCodec;
+/// use coatcheck_mongo::MongoStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Creating a client does no I/O; neither does `build`.
+/// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
+/// let store = MongoStore::builder(&client, "myapp")
+///     .collection("web_sessions")
+///     .codec(JsonCodec)
+///     .build()?;
+/// assert_eq!(store.collection_name(), "web_sessions");
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct MongoStoreBuilder {
+    client: Client,
+    database: String,
+    collection: String,
+    codec: Arc<dyn Codec>,
+    clock: Arc<dyn Clock>,
+}
+
+impl MongoStoreBuilder {
+    /// The collection name (default [`DEFAULT_COLLECTION`], `sessions`).
+    pub fn collection(mut self, name: impl Into<String>) -> Self {
+        self.collection = name.into();
+        self
+    }
+
+    /// The codec for the `data` field (default [`NativeCodec`]).
+    pub fn codec(mut self, codec: impl Codec) -> Self {
+        self.codec = Arc::new(codec);
+        self
+    }
+
+    /// The clock "now" is read from when deciding liveness (default [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Builds the store. No I/O: call [`MongoStore::ensure_indexes`] once at startup (or use
+    /// [`build_with_indexes`](Self::build_with_indexes)).
+    pub fn build(self) -> Result<MongoStore, SetupError> {
+        check_database_name(&self.database)?;
+        check_collection_name(&self.collection)?;
+        let collection = self
+            .client
+            .database(&self.database)
+            .collection::<Document>(&self.collection);
+        Ok(MongoStore {
+            collection,
+            layout: Arc::new(NativeLayout),
+            codec: self.codec,
+            clock: self.clock,
+        })
+    }
+
+    /// Builds the store and ensures its indexes (one `createIndexes` command).
+    pub async fn build_with_indexes(self) -> Result<MongoStore, SetupError> {
+        let store = self.build()?;
+        store.ensure_indexes().await?;
+        Ok(store)
+    }
+}
+
+fn check_database_name(name: &str) -> Result<(), SetupError> {
+    let bad = |why| {
+        Err(SetupError::InvalidName {
+            what: "database",
+            name: name.to_owned(),
+            why,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() >= 64 {
+        return bad("it must be shorter than 64 bytes");
+    }
+    if name
+        .chars()
+        .any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'))
+    {
+        return bad("it contains one of / \\ . space \" $ or NUL");
+    }
+    Ok(())
+}
+
+fn check_collection_name(name: &str) -> Result<(), SetupError> {
+    let bad = |why| {
+        Err(SetupError::InvalidName {
+            what: "collection",
+            name: name.to_owned(),
+            why,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.contains('$') || name.contains('\0') {
+        return bad("it contains `$` or NUL");
+    }
+    if name.starts_with("system.") {
+        return bad("the `system.` prefix is reserved");
+    }
+    Ok(())
+}
+
+/// Whether a driver error is a duplicate key error (E11000).
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    const DUPLICATE_KEY: [i32; 2] = [11000, 11001];
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => DUPLICATE_KEY.contains(&w.code),
+        ErrorKind::Command(c) => DUPLICATE_KEY.contains(&c.code),
+        _ => false,
+    }
+}
+
+fn backend(e: mongodb::error::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+impl From<LayoutError> for StoreError {
+    fn from(e: LayoutError) -> Self {
+        match e {
+            LayoutError::Encode(e) => StoreError::Encode(e),
+        }
+    }
+}
+
+impl MongoStore {
+    /// Connects to `url`, uses `database` and the `sessions` collection, and ensures the
+    /// indexes.
+    ///
+    /// Unless the URL sets them (`serverSelectionTimeoutMS`, `connectTimeoutMS`), server
+    /// selection and connecting are bounded by [`DEFAULT_SERVER_SELECTION_TIMEOUT`] and
+    /// [`DEFAULT_CONNECT_TIMEOUT`], so an unreachable server turns into
+    /// [`StoreError::Backend`] within seconds instead of hanging requests.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), coatcheck_mongo::SetupError> {
+    /// let store = coatcheck_mongo::MongoStore::connect(
+    ///     "mongodb://127.0.0.1:27017/?serverSelectionTimeoutMS=1000",
+    ///     "myapp",
+    /// )
+    /// .await?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str, database: &str) -> Result<Self, SetupError> {
+        let options = ClientOptions::parse(url)
+            .await
+            .map_err(SetupError::Options)?;
+        Self::connect_with_options(options, database).await
+    }
+
+    /// Like [`connect`](Self::connect), with client options you built yourself (credentials,
+    /// TLS, pool size, timeouts). Server selection and connect timeouts you left unset get the
+    /// defaults above. Ensures the indexes.
+    ///
+    /// ```no_run
+    /// use mongodb::options::ClientOptions;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut options = ClientOptions::parse("mongodb://db.internal:27017").await?;
+    /// options.server_selection_timeout = Some(Duration::from_secs(2));
+    /// options.max_pool_size = Some(50);
+    /// let store = coatcheck_mongo::MongoStore::connect_with_options(options, "myapp").await?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with_options(
+        options: ClientOptions,
+        database: &str,
+    ) -> Result<Self, SetupError> {
+        let client = Self::client_with_defaults(options)?;
+        Self::builder(&client, database).build_with_indexes().await
+    }
+
+    /// A driver client from `options`, with [`DEFAULT_SERVER_SELECTION_TIMEOUT`] and
+    /// [`DEFAULT_CONNECT_TIMEOUT`] filled in where unset. No I/O.
+    ///
+    /// ```
+    /// use mongodb::options::ClientOptions;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let options = ClientOptions::parse("mongodb://127.0.0.1:27017").await?;
+    /// let client = coatcheck_mongo::MongoStore::client_with_defaults(options)?;
+    /// let store = coatcheck_mongo::MongoStore::builder(&client, "myapp").build()?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub fn client_with_defaults(mut options: ClientOptions) -> Result<Client, SetupError> {
+        options
+            .server_selection_timeout
+            .get_or_insert(DEFAULT_SERVER_SELECTION_TIMEOUT);
+        options
+            .connect_timeout
+            .get_or_insert(DEFAULT_CONNECT_TIMEOUT);
+        Client::with_options(options).map_err(SetupError::Options)
+    }
+
+    /// A builder on an existing client (cloned; clones share one connection pool), for
+    /// choosing the collection, codec and clock. The client's own timeouts apply: set
+    /// `server_selection_timeout` on it if you do not want the driver's 30 s default (or make
+    /// it with [`client_with_defaults`](Self::client_with_defaults)).
+    ///
+    /// ```
+    /// use coatcheck_core::ManualClock;
+    /// use coatcheck_core::Timestamp;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
+    /// let store = coatcheck_mongo::MongoStore::builder(&client, "tests")
+    ///     .collection("sessions_under_test")
+    ///     .clock(ManualClock::new(Timestamp::from_millis(0)))
+    ///     .build()?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(client: &Client, database: &str) -> MongoStoreBuilder {
+        MongoStoreBuilder {
+            client: client.clone(),
+            database: database.to_owned(),
+            collection: DEFAULT_COLLECTION.to_owned(),
+            codec: Arc::new(NativeCodec),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// A store on `database.collection` of an existing client, with the default codec and
+    /// clock. No I/O; call [`ensure_indexes`](Self::ensure_indexes) once at startup.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
+    /// let store = coatcheck_mongo::MongoStore::from_client(&client, "myapp", "sessions")?;
+    /// assert_eq!(store.collection_name(), "sessions");
+    /// # Ok(()) }
+    /// ```
+    pub fn from_client(
+        client: &Client,
+        database: &str,
+        collection: &str,
+    ) -> Result<Self, SetupError> {
+        Self::builder(client, database)
+            .collection(collection)
+            .build()
+    }
+
+    /// Creates the TTL index on `expires_at` (`expireAfterSeconds: 0`) and the sparse index on
+    /// `user_id`, in one `createIndexes` command. Idempotent: an identical index is left as
+    /// it is. Fails with [`SetupError::Indexes`] when the server is unreachable or an index
+    /// on the same key exists with other options.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
+    /// let store = coatcheck_mongo::MongoStore::from_client(&client, "myapp", "sessions")?;
+    /// store.ensure_indexes().await?;
+    /// store.ensure_indexes().await?; // again: nothing changes
+    /// # Ok(()) }
+    /// ```
+    pub async fn ensure_indexes(&self) -> Result<(), SetupError> {
+        self.collection
+            .create_indexes(self.layout.indexes())
+            .await
+            .map_err(SetupError::Indexes)?;
+        tracing::debug!(namespace = %self.collection.namespace(), "session indexes ensured");
+        Ok(())
+    }
+
+    /// The collection the sessions live in, for inspection, backups or tests.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
+    /// let store = coatcheck_mongo::MongoStore::from_client(&client, "myapp", "sessions")?;
+    /// assert_eq!(store.collection().name(), "sessions");
+    /// # Ok(()) }
+    /// ```
+    pub fn collection(&self) -> &Collection<Document> {
+        &self.collection
+    }
+
+    /// The collection's name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
+    /// let store = coatcheck_mongo::MongoStore::builder(&client, "myapp").build()?;
+    /// assert_eq!(store.collection_name(), coatcheck_mongo::DEFAULT_COLLECTION);
+    /// # Ok(()) }
+    /// ```
+    pub fn collection_name(&self) -> &str {
+        self.collection.name()
+    }
+
+    /// The database the collection is in.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
+    /// let store = coatcheck_mongo::MongoStore::builder(&client, "myapp").build()?;
+    /// assert_eq!(store.database().name(), "myapp");
+    /// # Ok(()) }
+    /// ```
+    pub fn database(&self) -> Database {
+        self.collection
+            .client()
+            .database(&self.collection.namespace().db)
+    }
+
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// `{expires_at: {$gt: now}}` merged into `filter`.
+    fn live(&self, mut filter: Document, now: Timestamp) -> Document {
+        filter.insert(self.layout.expires_field(), doc! { "$gt": date(now) });
+        filter
+    }
+
+    fn user_field(&self) -> Result<&'static str, StoreError> {
+        self.layout
+            .user_field()
+            .ok_or_else(|| StoreError::backend("this document layout keeps no user id"))
+    }
+
+    /// The failure path of `save`: is a live record with this id there at all?
+    async fn conflict_or_not_found(
+        &self,
+        id: &SessionId,
+        now: Timestamp,
+    ) -> Result<StoreError, StoreError> {
+        let found = self
+            .collection
+            .find_one(self.live(doc! { F_ID: id.as_str() }, now))
+            .projection(doc! { F_ID: 1 })
+            .await
+            .map_err(backend)?;
+        Ok(if found.is_some() {
+            tracing::debug!(session = %id.short_hash(), "save: version conflict");
+            StoreError::Conflict
+        } else {
+            tracing::debug!(session = %id.short_hash(), "save: no live session");
+            StoreError::NotFound
+        })
+    }
+}
+
+#[async_trait]
+impl SessionStore for MongoStore {
+    async fn create(&self, record: &Record) -> Result<(), StoreError> {
+        let document = self.layout.to_document(record, &*self.codec)?;
+        match self.collection.insert_one(&document).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => {
+                // Failure path only. The id may be held by an expired document the TTL monitor
+                // has not removed yet, which counts as absent: replace it, but only if it is
+                // still expired. `upsert` covers a document removed in between; a live one
+                // makes the upsert's insert fail on `_id`, which means the id is taken.
+                let now = self.now();
+                let filter = doc! {
+                    F_ID: record.id.as_str(),
+                    self.layout.expires_field(): { "$lte": date(now) },
+                };
+                match self
+                    .collection
+                    .replace_one(filter, &document)
+                    .upsert(true)
+                    .await
+                {
+                    Ok(r) if r.matched_count == 1 || r.upserted_id.is_some() => {
+                        tracing::debug!(session = %record.id.short_hash(), "create: replaced an expired document");
+                        Ok(())
+                    }
+                    Ok(_) => Err(StoreError::IdTaken),
+                    Err(e) if is_duplicate_key(&e) => {
+                        tracing::debug!(session = %record.id.short_hash(), "create: id taken");
+                        Err(StoreError::IdTaken)
+                    }
+                    Err(e) => Err(backend(e)),
+                }
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
+        let now = self.now();
+        let found = self
+            .collection
+            .find_one(self.live(doc! { F_ID: id.as_str() }, now))
+            .await
+            .map_err(backend)?;
+        match found {
+            None => Ok(None),
+            Some(d) => match self.layout.from_document(&d, &*self.codec) {
+                Ok(r) if r.id == *id => Ok(Some(r)),
+                Ok(_) => Err(StoreError::Decode(coatcheck_core::DecodeError::new(
+                    "stored `_id` differs from the requested id",
+                ))),
+                Err(e) => {
+                    tracing::warn!(session = %id.short_hash(), error = %e, "stored session is unreadable");
+                    Err(StoreError::Decode(e))
+                }
+            },
+        }
+    }
+
+    async fn save(&self, record: &Record) -> Result<u64, StoreError> {
+        let now = self.now();
+        let update = self.layout.save_update(record, &*self.codec)?;
+        let (Some(extra), Some(next)) = (
+            self.layout.save_filter(record),
+            record.version.checked_add(1),
+        ) else {
+            // A version no stored document can have: nothing matches.
+            return Err(self.conflict_or_not_found(&record.id, now).await?);
+        };
+        let mut filter = doc! { F_ID: record.id.as_str() };
+        filter.extend(extra);
+        let result = self
+            .collection
+            .update_one(self.live(filter, now), update)
+            .await
+            .map_err(backend)?;
+        if result.matched_count == 1 {
+            Ok(next)
+        } else {
+            Err(self.conflict_or_not_found(&record.id, now).await?)
+        }
+    }
+
+    async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError> {
+        let now = self.now();
+        let result = self
+            .collection
+            .update_one(
+                self.live(doc! { F_ID: id.as_str() }, now),
+                doc! { "$set": { self.layout.expires_field(): date(expires_at) } },
+            )
+            .await
+            .map_err(backend)?;
+        Ok(result.matched_count == 1)
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let now = self.now();
+        let result = self
+            .collection
+            .delete_one(self.live(doc! { F_ID: id.as_str() }, now))
+            .await
+            .map_err(backend)?;
+        Ok(result.deleted_count == 1)
+    }
+
+    async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        let now = self.now();
+        let field = self.user_field()?;
+        let mut cursor = self
+            .collection
+            .find(self.live(doc! { field: user_id }, now))
+            .projection(self.layout.info_projection())
+            .await
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        while cursor.advance().await.map_err(backend)? {
+            let d = cursor.deserialize_current().map_err(backend)?;
+            out.push(self.layout.info_from_document(&d)?);
+        }
+        Ok(out)
+    }
+
+    async fn delete_for_user(
+        &self,
+        user_id: &str,
+        except: Option<&SessionId>,
+    ) -> Result<u64, StoreError> {
+        let now = self.now();
+        let field = self.user_field()?;
+        let mut filter = doc! { field: user_id };
+        if let Some(keep) = except {
+            filter.insert(F_ID, doc! { "$ne": keep.as_str() });
+        }
+        let result = self
+            .collection
+            .delete_many(self.live(filter, now))
+            .await
+            .map_err(backend)?;
+        Ok(result.deleted_count)
+    }
+
+    async fn delete_expired(&self) -> Result<u64, StoreError> {
+        let now = self.now();
+        let result = self
+            .collection
+            .delete_many(doc! { self.layout.expires_field(): { "$lte": date(now) } })
+            .await
+            .map_err(backend)?;
+        Ok(result.deleted_count)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .with_user_index(self.layout.user_field().is_some())
+            .with_native_expiry(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(check_collection_name("sessions").is_ok());
+        assert!(check_collection_name("").is_err());
+        assert!(check_collection_name("a$b").is_err());
+        assert!(check_collection_name("system.sessions").is_err());
+        assert!(check_database_name("app").is_ok());
+        assert!(check_database_name("a.b").is_err());
+        assert!(check_database_name(&"d".repeat(64)).is_err());
+    }
+}

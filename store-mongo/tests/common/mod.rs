@@ -1,0 +1,114 @@
+//! Shared helpers of the store's integration tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coatcheck_conformance::{harness, Backend};
+use coatcheck_core::{
+    Capabilities, Record, SessionId, SessionInfo, SessionStore, StoreError, Timestamp,
+};
+use coatcheck_mongo::MongoStore;
+use mongodb::options::ClientOptions;
+use mongodb::Client;
+
+/// The database every test collection lives in.
+pub const DB: &str = "coatcheck_test";
+
+/// A closed port: nothing listens on 1.
+pub const UNREACHABLE_URL: &str = "mongodb://127.0.0.1:1/?directConnection=true";
+
+/// The server's URL (env or testcontainers); `None` when the test should be skipped.
+pub async fn url() -> Option<String> {
+    if harness::require(Some(Backend::Mongo)).await {
+        harness::url(Backend::Mongo).await
+    } else {
+        None
+    }
+}
+
+/// A client on the test server with the store's default timeouts.
+pub async fn client(url: &str) -> Client {
+    let options = ClientOptions::parse(url).await.expect("MONGODB_URL parses");
+    MongoStore::client_with_defaults(options).expect("client")
+}
+
+/// A store on a fresh collection of its own, indexes ensured; the collection is dropped
+/// when the store is.
+pub async fn scratch() -> Scratch {
+    let url = harness::url(Backend::Mongo)
+        .await
+        .expect("checked by `requires`");
+    let client = client(&url).await;
+    let store = MongoStore::builder(&client, DB)
+        .collection(harness::unique_name("cc"))
+        .build_with_indexes()
+        .await
+        .expect("store with indexes");
+    Scratch(store)
+}
+
+/// A store pointed at a closed port, with a 2 s server selection timeout. No I/O here.
+pub async fn unreachable() -> MongoStore {
+    let mut options = ClientOptions::parse(UNREACHABLE_URL).await.expect("parses");
+    options.server_selection_timeout = Some(Duration::from_secs(2));
+    options.connect_timeout = Some(Duration::from_secs(2));
+    let client = Client::with_options(options).expect("client");
+    MongoStore::from_client(&client, DB, "unreachable").expect("store")
+}
+
+/// A [`MongoStore`] on a throwaway collection, dropped (best effort) with the store.
+#[derive(Debug)]
+pub struct Scratch(pub MongoStore);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let collection = self.0.collection().clone();
+        if let Ok(handle) = Handle::try_current() {
+            if handle.runtime_flavor() == RuntimeFlavor::MultiThread {
+                tokio::task::block_in_place(|| {
+                    let _ = handle.block_on(tokio::time::timeout(
+                        Duration::from_secs(5),
+                        collection.drop(),
+                    ));
+                });
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for Scratch {
+    async fn create(&self, record: &Record) -> Result<(), StoreError> {
+        self.0.create(record).await
+    }
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
+        self.0.load(id).await
+    }
+    async fn save(&self, record: &Record) -> Result<u64, StoreError> {
+        self.0.save(record).await
+    }
+    async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError> {
+        self.0.touch(id, expires_at).await
+    }
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        self.0.delete(id).await
+    }
+    async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        self.0.list_for_user(user_id).await
+    }
+    async fn delete_for_user(
+        &self,
+        user_id: &str,
+        except: Option<&SessionId>,
+    ) -> Result<u64, StoreError> {
+        self.0.delete_for_user(user_id, except).await
+    }
+    async fn delete_expired(&self) -> Result<u64, StoreError> {
+        self.0.delete_expired().await
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+}
