@@ -643,9 +643,14 @@ impl Session {
     }
 }
 
-/// Randomised exponential backoff: up to 1, 2, 4 ... 32 ms.
+/// After the first conflict, retry at once (the other request has just finished saving);
+/// after that, randomised exponential backoff: up to 1, 2, 4 ... 32 ms.
 async fn backoff(attempt: u32) {
-    let ceiling = 1u64 << attempt.min(5);
+    if attempt <= 1 {
+        tokio::task::yield_now().await;
+        return;
+    }
+    let ceiling = 1u64 << (attempt - 2).min(5);
     let mut b = [0u8; 8];
     let r = getrandom::fill(&mut b)
         .map(|_| u64::from_le_bytes(b))
