@@ -37,6 +37,7 @@ enum Format {
 /// What every operation needs: the connection, the key layout, the clock.
 pub(crate) struct Ctx {
     source: Source,
+    topology: Topology,
     prefix: String,
     index_prefix: String,
     clock: Arc<dyn Clock>,
@@ -60,7 +61,7 @@ impl Ctx {
     }
 
     pub(crate) fn topology(&self) -> Topology {
-        self.source.topology()
+        self.topology
     }
 
     pub(crate) fn prefix(&self) -> &str {
@@ -306,8 +307,9 @@ impl RedisStore {
         &self.ctx.prefix
     }
 
-    /// Whether this store talks to a Redis Cluster (and so updates user indexes with a
-    /// separate command, see the crate docs).
+    /// Whether this store talks to a Redis Cluster, or was told to use
+    /// [`single_key_scripts`](RedisStoreBuilder::single_key_scripts): then it updates user
+    /// indexes with separate commands (see the crate docs).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -373,6 +375,7 @@ pub struct RedisStoreBuilder {
     response_timeout: Duration,
     reconnect_retries: usize,
     pool_connections: usize,
+    single_key_scripts: bool,
 }
 
 impl Default for RedisStoreBuilder {
@@ -386,6 +389,7 @@ impl Default for RedisStoreBuilder {
             response_timeout: Duration::from_secs(2),
             reconnect_retries: 2,
             pool_connections: 1,
+            single_key_scripts: false,
         }
     }
 }
@@ -479,6 +483,27 @@ impl RedisStoreBuilder {
     /// ```
     pub fn pool_connections(mut self, n: usize) -> Self {
         self.pool_connections = n.max(1);
+        self
+    }
+
+    /// Only run scripts that touch the one key they declare, and keep user indexes with
+    /// separate commands, as on a cluster (automatic there). On a single node the store
+    /// otherwise updates the index set inside the session's script (one round trip, atomic),
+    /// which builds the index key inside the script; turn this on when the "single node" is
+    /// really a sharding proxy (Envoy, Twemproxy, a multi-shard managed Redis) that routes a
+    /// script by its first key. Default off.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = coatcheck_redis::RedisStore::builder()
+    ///     .single_key_scripts(true)
+    ///     .connect_lazy("redis://proxy.internal:6379")
+    ///     .unwrap();
+    /// assert!(store.is_cluster());
+    /// # }
+    /// ```
+    pub fn single_key_scripts(mut self, yes: bool) -> Self {
+        self.single_key_scripts = yes;
         self
     }
 
@@ -663,9 +688,15 @@ impl RedisStoreBuilder {
 
     fn finish(self, source: Source) -> RedisStore {
         let index_prefix = format!("{}user:", self.prefix);
+        let topology = if self.single_key_scripts {
+            Topology::Cluster
+        } else {
+            source.topology()
+        };
         RedisStore {
             ctx: Arc::new(Ctx {
                 source,
+                topology,
                 prefix: self.prefix,
                 index_prefix,
                 clock: self.clock,

@@ -103,3 +103,14 @@ coatcheck_conformance::suite!(
         RedisStore::from_cluster_pool(pool)
     }
 );
+
+// A single node driven as if it were a cluster (index kept by separate commands), as behind a
+// sharding proxy.
+coatcheck_conformance::suite!(redis_single_key_scripts, requires = Backend::Redis, async {
+    RedisStore::builder()
+        .prefix(prefix())
+        .single_key_scripts(true)
+        .connect(&single_url().await)
+        .await
+        .expect("connect to Redis")
+});
