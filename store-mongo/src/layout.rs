@@ -30,7 +30,7 @@ pub(crate) trait Layout: Send + Sync + fmt::Debug + 'static {
     fn to_document(&self, record: &Record, codec: &dyn Codec) -> Result<Document, LayoutError>;
 
     /// A stored document back to a record.
-    fn from_document(&self, doc: &Document, codec: &dyn Codec) -> Result<Record, DecodeError>;
+    fn decode_document(&self, doc: &Document, codec: &dyn Codec) -> Result<Record, DecodeError>;
 
     /// Extra filter terms for a compare-and-set `save` (beyond `_id` and liveness), or
     /// `None` when the record's version cannot be stored at all (then nothing can match).
@@ -43,7 +43,7 @@ pub(crate) trait Layout: Send + Sync + fmt::Debug + 'static {
     fn info_projection(&self) -> Document;
 
     /// One projected document to a [`SessionInfo`].
-    fn info_from_document(&self, doc: &Document) -> Result<SessionInfo, DecodeError>;
+    fn decode_info(&self, doc: &Document) -> Result<SessionInfo, DecodeError>;
 
     /// The indexes this layout needs.
     fn indexes(&self) -> Vec<IndexModel>;
@@ -144,7 +144,7 @@ fn read_user(doc: &Document) -> Result<Option<String>, DecodeError> {
     }
 }
 
-fn read_data<'d>(doc: &'d Document) -> Result<&'d [u8], DecodeError> {
+fn read_data(doc: &Document) -> Result<&[u8], DecodeError> {
     match field(doc, F_DATA)? {
         Bson::Binary(b) => Ok(&b.bytes),
         other => Err(wrong_type(F_DATA, other, "binary data")),
@@ -180,7 +180,7 @@ impl Layout for NativeLayout {
         Ok(d)
     }
 
-    fn from_document(&self, doc: &Document, codec: &dyn Codec) -> Result<Record, DecodeError> {
+    fn decode_document(&self, doc: &Document, codec: &dyn Codec) -> Result<Record, DecodeError> {
         let id = read_id(doc)?;
         let version = read_version(doc)?;
         let created_at = read_date(doc, F_CREATED)?;
@@ -223,7 +223,7 @@ impl Layout for NativeLayout {
         doc! { F_ID: 1, F_CREATED: 1, F_EXPIRES: 1 }
     }
 
-    fn info_from_document(&self, doc: &Document) -> Result<SessionInfo, DecodeError> {
+    fn decode_info(&self, doc: &Document) -> Result<SessionInfo, DecodeError> {
         Ok(SessionInfo::new(
             read_id(doc)?,
             read_date(doc, F_CREATED)?,
@@ -269,12 +269,15 @@ mod tests {
         let r = record();
         let d = NativeLayout.to_document(&r, &NativeCodec).unwrap();
         assert_eq!(d.get_i64(F_VERSION).unwrap(), 7);
-        assert_eq!(NativeLayout.from_document(&d, &NativeCodec).unwrap(), r);
+        assert_eq!(NativeLayout.decode_document(&d, &NativeCodec).unwrap(), r);
         let mut anon = r.clone();
         anon.user_id = None;
         let d = NativeLayout.to_document(&anon, &NativeCodec).unwrap();
         assert!(!d.contains_key(F_USER));
-        assert_eq!(NativeLayout.from_document(&d, &NativeCodec).unwrap(), anon);
+        assert_eq!(
+            NativeLayout.decode_document(&d, &NativeCodec).unwrap(),
+            anon
+        );
     }
 
     #[test]
@@ -311,7 +314,10 @@ mod tests {
         );
         cases.push(d);
         for d in cases {
-            assert!(NativeLayout.from_document(&d, &NativeCodec).is_err(), "{d}");
+            assert!(
+                NativeLayout.decode_document(&d, &NativeCodec).is_err(),
+                "{d}"
+            );
         }
     }
 

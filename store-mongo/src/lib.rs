@@ -558,7 +558,7 @@ impl SessionStore for MongoStore {
             .map_err(backend)?;
         match found {
             None => Ok(None),
-            Some(d) => match self.layout.from_document(&d, &*self.codec) {
+            Some(d) => match self.layout.decode_document(&d, &*self.codec) {
                 Ok(r) if r.id == *id => Ok(Some(r)),
                 Ok(_) => Err(StoreError::Decode(coatcheck_core::DecodeError::new(
                     "stored `_id` differs from the requested id",
@@ -630,7 +630,7 @@ impl SessionStore for MongoStore {
         let mut out = Vec::new();
         while cursor.advance().await.map_err(backend)? {
             let d = cursor.deserialize_current().map_err(backend)?;
-            out.push(self.layout.info_from_document(&d)?);
+            out.push(self.layout.decode_info(&d)?);
         }
         Ok(out)
     }

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use coatcheck_conformance::harness;
-use coatcheck_core::{ManualClock, Record, SessionId, SessionStore, StoreError, Timestamp};
+use coatcheck_core::{Clock, ManualClock, Record, SessionId, SessionStore, StoreError, Timestamp};
 use coatcheck_mongo::{MongoStore, SetupError};
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Bson, DateTime, Document};
 use serde_json::json;
@@ -15,6 +15,9 @@ use serde_json::json;
 use common::{scratch, Scratch, DB, UNREACHABLE_URL};
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// One way of spoiling a stored document.
+type Spoil = Box<dyn Fn(&mut Document)>;
 
 fn live_record(user: Option<&str>) -> Record {
     let now = Timestamp::now();
@@ -227,9 +230,9 @@ async fn create_replaces_an_expired_leftover_but_never_a_live_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrongly_shaped_documents_are_decode_errors() {
-    let Some(url) = common::url().await else {
+    if common::url().await.is_none() {
         return;
-    };
+    }
     let store = scratch().await;
     let good = live_record(Some("shape-user"));
     store.create(&good).await.expect("create");
@@ -241,7 +244,7 @@ async fn wrongly_shaped_documents_are_decode_errors() {
         subtype: BinarySubtype::Generic,
         bytes: b"\xff\x00 not a session".to_vec(),
     };
-    let mut variants: Vec<(&str, Box<dyn Fn(&mut Document)>)> = vec![
+    let mut variants: Vec<(&str, Spoil)> = vec![
         (
             "no version",
             Box::new(|d: &mut Document| drop(d.remove("version"))),
@@ -359,7 +362,6 @@ async fn wrongly_shaped_documents_are_decode_errors() {
         .await
         .expect("insert raw");
     assert_eq!(store.load(&id).await.expect("load"), None);
-    drop(url);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
