@@ -187,9 +187,11 @@ impl Session {
     /// stored) record if there is none.
     async fn change(&self, op: Op) -> Result<(), SessionError> {
         self.ensure_loaded().await?;
-        let fresh = self.new_record();
         let mut st = self.state();
-        let record = st.record.get_or_insert(fresh);
+        let record = match st.record.as_mut() {
+            Some(r) => r,
+            None => st.record.insert(self.new_record()),
+        };
         apply(&op, &mut record.data)?;
         st.ops.push(op);
         Ok(())
@@ -469,9 +471,11 @@ impl Session {
     /// [`Session::destroy`].
     pub async fn set_expiry(&self, expires_at: Timestamp) -> Result<(), SessionError> {
         self.ensure_loaded().await?;
-        let fresh = self.new_record();
         let mut st = self.state();
-        let r = st.record.get_or_insert(fresh);
+        let r = match st.record.as_mut() {
+            Some(r) => r,
+            None => st.record.insert(self.new_record()),
+        };
         r.expires_at = expires_at;
         st.expiry_at = Some(expires_at);
         Ok(())
@@ -488,9 +492,10 @@ impl Session {
         let policy = shared.config.expiry;
         let now = self.now();
         let (record, persisted, dirty, id_changed, resign, destroyed, failed) = {
-            let st = self.state();
+            let mut st = self.state();
             (
-                st.record.clone(),
+                // The request is over: take the record rather than copy it.
+                st.record.take(),
                 st.persisted,
                 !st.ops.is_empty() || st.user_change.is_some() || st.expiry_at.is_some(),
                 st.id_changed,
@@ -585,8 +590,8 @@ impl Session {
         let shared = &self.inner.shared;
         let policy = shared.config.expiry;
         let (ops, user_change, expiry_at) = {
-            let st = self.state();
-            (st.ops.clone(), st.user_change.clone(), st.expiry_at)
+            let mut st = self.state();
+            (std::mem::take(&mut st.ops), st.user_change.take(), st.expiry_at)
         };
         let max = shared.config.max_save_retries;
         let mut attempt = 0u32;
