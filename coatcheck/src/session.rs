@@ -530,12 +530,22 @@ impl Session {
             );
             return self.create_new(record).await;
         }
-        let persistent_cookie = !policy.browser_session;
         if dirty {
-            return self
-                .save_with_retries(record, id_changed || resign || persistent_cookie)
-                .await;
+            // A persistent cookie's Expires follows the session's expiry, but re-sending it
+            // is only worth it when expiry moved by at least `touch_after`, as for a touch.
+            let before = record.expires_at;
+            return Ok(match self.save_with_retries(record).await? {
+                CookieAction::Set { expires_at, .. }
+                    if !(id_changed || resign)
+                        && (policy.browser_session
+                            || expires_at.duration_since(before) < policy.touch_after) =>
+                {
+                    CookieAction::None
+                }
+                other => other,
+            });
         }
+        let persistent_cookie = !policy.browser_session;
         if let Some(next) = policy.touch_due(record.created_at, record.expires_at, now) {
             return match shared.store.touch(&record.id, next).await {
                 Ok(true) => Ok(if id_changed || resign || persistent_cookie {
@@ -582,16 +592,18 @@ impl Session {
         }
     }
 
-    async fn save_with_retries(
-        &self,
-        mut record: Record,
-        send_cookie: bool,
-    ) -> Result<CookieAction, SessionError> {
+    /// Saves with compare-and-set, replaying this request's changes on a conflict. Returns
+    /// `Set` with the saved expiry, or `Clear` when the session was revoked meanwhile.
+    async fn save_with_retries(&self, mut record: Record) -> Result<CookieAction, SessionError> {
         let shared = &self.inner.shared;
         let policy = shared.config.expiry;
         let (ops, user_change, expiry_at) = {
             let mut st = self.state();
-            (std::mem::take(&mut st.ops), st.user_change.take(), st.expiry_at)
+            (
+                std::mem::take(&mut st.ops),
+                st.user_change.take(),
+                st.expiry_at,
+            )
         };
         let max = shared.config.max_save_retries;
         let mut attempt = 0u32;
@@ -607,13 +619,9 @@ impl Session {
             };
             match shared.store.save(&record).await {
                 Ok(_) => {
-                    return Ok(if send_cookie {
-                        CookieAction::Set {
-                            id: record.id,
-                            expires_at: record.expires_at,
-                        }
-                    } else {
-                        CookieAction::None
+                    return Ok(CookieAction::Set {
+                        id: record.id,
+                        expires_at: record.expires_at,
                     });
                 }
                 Err(StoreError::NotFound) => {
