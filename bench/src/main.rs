@@ -102,7 +102,7 @@ impl Rng {
         let _ = getrandom::fill(&mut b);
         Rng(u64::from_le_bytes(b) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -137,7 +137,7 @@ pub async fn run_once(
             let mut rng = Rng::new();
             let mut lat = Vec::with_capacity(4096);
             while Instant::now() < deadline {
-                let n = (rng.next() % keyspace as u64) as usize;
+                let n = (rng.next_u64() % keyspace as u64) as usize;
                 let t0 = Instant::now();
                 work.once(n).await?;
                 lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);

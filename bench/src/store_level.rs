@@ -173,7 +173,7 @@ impl<S: tower_sessions::SessionStore> Work for Tower<S> {
 
 pub fn unique(base: &str) -> String {
     let mut rng = crate::Rng::new();
-    format!("{base}_{:012x}", rng.next() & 0xffff_ffff_ffff)
+    format!("{base}_{:012x}", rng.next_u64() & 0xffff_ffff_ffff)
 }
 
 pub async fn lean_pg_pool(url: &str, max: u32) -> Result<sqlx::PgPool, BoxErr> {
@@ -189,7 +189,8 @@ pub async fn fred_pool(
 ) -> Result<tower_sessions_redis_store::fred::prelude::Pool, BoxErr> {
     use tower_sessions_redis_store::fred::prelude::*;
     let pool = Pool::new(Config::from_url(url)?, None, None, None, 6)?;
-    let _ = pool.connect();
+    // The connection task runs in the background; wait_for_connect is what we await.
+    drop(pool.connect());
     pool.wait_for_connect().await?;
     Ok(pool)
 }

@@ -413,7 +413,9 @@ pub async fn concurrent_counter_increments_are_exact<S: SessionStore>(store: S) 
         let id = id.clone();
         tasks.push(tokio::spawn(async move {
             let mut conflicts = 0u64;
+            let mut rng = u64::from(t as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
             for _ in 0..EACH {
+                let mut streak = 0u32;
                 loop {
                     let mut rec = must_load(&*store, &id).await;
                     let n = rec.data["counter"].as_u64().expect("counter is a number");
@@ -425,10 +427,15 @@ pub async fn concurrent_counter_increments_are_exact<S: SessionStore>(store: S) 
                         }
                         Err(StoreError::Conflict) => {
                             conflicts += 1;
-                            // Back off a little, as the middleware does, so 64 writers on one
-                            // key make progress without a storm of retries.
-                            let jitter = (t * 7 + conflicts * 13) % 5;
-                            tokio::time::sleep(Duration::from_millis(jitter)).await;
+                            streak += 1;
+                            // Randomised exponential backoff, as a real client would do, so
+                            // 64 writers on one key make progress on slow servers too
+                            // instead of a storm of retries.
+                            rng ^= rng << 13;
+                            rng ^= rng >> 7;
+                            rng ^= rng << 17;
+                            let ceiling_us = 500u64 << streak.min(6);
+                            tokio::time::sleep(Duration::from_micros(rng % ceiling_us)).await;
                         }
                         Err(e) => panic!("save failed: {e}"),
                     }
