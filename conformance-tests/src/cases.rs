@@ -417,6 +417,7 @@ pub async fn concurrent_counter_increments_are_exact<S: SessionStore>(store: S) 
             for _ in 0..EACH {
                 let mut streak = 0u32;
                 loop {
+                    let started = std::time::Instant::now();
                     let mut rec = must_load(&*store, &id).await;
                     let n = rec.data["counter"].as_u64().expect("counter is a number");
                     rec.data.insert("counter".into(), json!(n + 1));
@@ -434,7 +435,10 @@ pub async fn concurrent_counter_increments_are_exact<S: SessionStore>(store: S) 
                             rng ^= rng << 13;
                             rng ^= rng >> 7;
                             rng ^= rng << 17;
-                            let ceiling_us = 500u64 << streak.min(6);
+                            // Scaled by how long this attempt took, so a slow server gets
+                            // proportionally more room than a fast one.
+                            let attempt_us = started.elapsed().as_micros() as u64;
+                            let ceiling_us = attempt_us.max(200) << streak.min(6);
                             tokio::time::sleep(Duration::from_micros(rng % ceiling_us)).await;
                         }
                         Err(e) => panic!("save failed: {e}"),
