@@ -820,10 +820,18 @@ async fn rolling_cookie_is_resent_only_when_expiry_moved_by_touch_after() {
     let c = send(&app, "POST", "/set/a/1", None).await.cookie();
     app.clock.advance(Duration::from_secs(1));
     let r = send(&app, "POST", "/set/a/2", Some(&c)).await;
-    assert!(r.set_cookie.is_empty(), "expiry moved 1 s: {:?}", r.set_cookie);
+    assert!(
+        r.set_cookie.is_empty(),
+        "expiry moved 1 s: {:?}",
+        r.set_cookie
+    );
     app.clock.advance(Duration::from_secs(120));
     let r = send(&app, "POST", "/set/a/3", Some(&c)).await;
-    assert_eq!(r.set_cookie.len(), 1, "expiry moved 2 min: the cookie follows");
+    assert_eq!(
+        r.set_cookie.len(),
+        1,
+        "expiry moved 2 min: the cookie follows"
+    );
     assert_eq!(r.cookie(), c, "same id, same signature");
     assert_eq!(send(&app, "GET", "/get/a", Some(&c)).await.body, "\"3\"");
 }
