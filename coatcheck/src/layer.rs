@@ -224,7 +224,6 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let mut res = inner.call(req).await?;
-            // Let the handler's own copies of the handle go before writing.
             match session.finish().await {
                 Ok(action) => {
                     if let Some(value) = set_cookie_header(&shared, &action, secure) {

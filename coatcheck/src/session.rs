@@ -347,12 +347,7 @@ impl Session {
                 next.user_id = user;
             }
             next.version = 1;
-            next.expires_at = expiry_at
-                .unwrap_or(next.expires_at)
-                .max(policy.expires_at(next.created_at, now));
-            if let Some(deadline) = policy.absolute_deadline(next.created_at) {
-                next.expires_at = next.expires_at.min(deadline);
-            }
+            next.expires_at = policy.on_write(next.created_at, next.expires_at, expiry_at, now);
             (next, record.id.clone())
         };
         let store = &self.inner.shared.store;
@@ -381,6 +376,11 @@ impl Session {
 
     /// Deletes the session now and clears the cookie. Writing afterwards starts a new one.
     pub async fn destroy(&self) -> Result<(), SessionError> {
+        self.destroy_counted().await.map(drop)
+    }
+
+    /// [`Session::destroy`], telling whether a stored session was removed.
+    async fn destroy_counted(&self) -> Result<bool, SessionError> {
         let id = {
             let st = self.state();
             st.record
@@ -388,14 +388,16 @@ impl Session {
                 .map(|r| r.id.clone())
                 .or(st.cookie_id.clone())
         };
+        let mut removed = false;
         if let Some(id) = id {
-            if let Err(e) = self.inner.shared.store.delete(&id).await {
-                return self.fail(e);
-            }
+            removed = match self.inner.shared.store.delete(&id).await {
+                Ok(removed) => removed,
+                Err(e) => return self.fail(e),
+            };
             tracing::debug!(session = %id.short_hash(), "session destroyed");
         }
         self.forget_local();
-        Ok(())
+        Ok(removed)
     }
 
     fn forget_local(&self) {
@@ -421,10 +423,7 @@ impl Session {
                 }
                 Err(e) => self.fail(e),
             },
-            None => {
-                self.destroy().await?;
-                Ok(1)
-            }
+            None => Ok(u64::from(self.destroy_counted().await?)),
         }
     }
 
@@ -518,16 +517,10 @@ impl Session {
             }
             return Ok(CookieAction::None);
         };
-        let cap = |t: Timestamp, created: Timestamp| match policy.absolute_deadline(created) {
-            Some(d) => t.min(d),
-            None => t,
-        };
         if !persisted {
             let explicit = self.state().expiry_at;
-            record.expires_at = cap(
-                explicit.unwrap_or_else(|| policy.expires_at(record.created_at, now)),
-                record.created_at,
-            );
+            record.expires_at =
+                policy.on_write(record.created_at, record.expires_at, explicit, now);
             return self.create_new(record).await;
         }
         if dirty {
@@ -608,15 +601,8 @@ impl Session {
         let max = shared.config.max_save_retries;
         let mut attempt = 0u32;
         loop {
-            let now = self.now();
-            let rolled = record
-                .expires_at
-                .max(policy.expires_at(record.created_at, now));
-            record.expires_at = match (expiry_at, policy.absolute_deadline(record.created_at)) {
-                (Some(t), Some(d)) => t.min(d),
-                (Some(t), None) => t,
-                (None, _) => rolled,
-            };
+            record.expires_at =
+                policy.on_write(record.created_at, record.expires_at, expiry_at, self.now());
             match shared.store.save(&record).await {
                 Ok(_) => {
                     return Ok(CookieAction::Set {

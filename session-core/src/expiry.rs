@@ -107,6 +107,34 @@ impl ExpiryPolicy {
             .then_some(next)
     }
 
+    /// The `expires_at` a write at `now` stores: `explicit` if the application set one,
+    /// otherwise the later of `current` and the rolled idle expiry (a write never shortens a
+    /// session by itself); in both cases capped at the absolute deadline.
+    ///
+    /// ```
+    /// use coatcheck_core::{ExpiryPolicy, Timestamp};
+    /// use std::time::Duration;
+    ///
+    /// let p = ExpiryPolicy::new(Duration::from_secs(100)).with_absolute_timeout(Some(Duration::from_secs(150)));
+    /// let t = |s: i64| Timestamp::from_millis(s * 1000);
+    /// assert_eq!(p.on_write(t(0), t(100), None, t(10)), t(110));
+    /// assert_eq!(p.on_write(t(0), t(500), None, t(10)), t(150), "capped");
+    /// assert_eq!(p.on_write(t(0), t(100), Some(t(20)), t(10)), t(20), "explicit wins");
+    /// ```
+    pub fn on_write(
+        &self,
+        created_at: Timestamp,
+        current: Timestamp,
+        explicit: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Timestamp {
+        let t = explicit.unwrap_or_else(|| current.max(self.expires_at(created_at, now)));
+        match self.absolute_deadline(created_at) {
+            Some(deadline) => t.min(deadline),
+            None => t,
+        }
+    }
+
     /// What the cookie's `Expires` should say: `None` for a browser-session cookie.
     pub fn cookie_expires(&self, expires_at: Timestamp) -> Option<Timestamp> {
         (!self.browser_session).then_some(expires_at)

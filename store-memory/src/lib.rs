@@ -222,6 +222,14 @@ impl Inner {
         }
     }
 
+    /// The ids the index holds for `user` (possibly stale: callers check each record).
+    fn user_ids(&self, user: &str) -> Vec<SessionId> {
+        self.user_shard(user)
+            .get(user)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Removes a record already taken out of its shard from the index and the count.
     fn forget(&self, record: &Record) {
         self.len.fetch_sub(1, Ordering::Relaxed);
@@ -385,11 +393,7 @@ impl SessionStore for MemoryStore {
     async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
         let inner = &self.inner;
         let now = inner.clock.now();
-        let ids: Vec<SessionId> = inner
-            .user_shard(user_id)
-            .get(user_id)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let ids = inner.user_ids(user_id);
         Ok(ids
             .iter()
             .filter_map(|id| {
@@ -409,11 +413,7 @@ impl SessionStore for MemoryStore {
     ) -> Result<u64, StoreError> {
         let inner = &self.inner;
         let now = inner.clock.now();
-        let ids: Vec<SessionId> = inner
-            .user_shard(user_id)
-            .get(user_id)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let ids = inner.user_ids(user_id);
         let mut removed = 0;
         for id in ids.iter().filter(|id| Some(*id) != except) {
             let mut shard = inner.shard(id);
