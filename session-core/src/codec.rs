@@ -19,7 +19,7 @@ fn depth_ok(v: &serde_json::Value, budget: usize) -> bool {
     }
 }
 
-fn check_depth(data: &Data) -> Result<(), EncodeError> {
+pub(crate) fn check_depth(data: &Data) -> Result<(), EncodeError> {
     // The map itself is one level.
     if data.values().all(|v| depth_ok(v, MAX_DEPTH - 1)) {
         Ok(())

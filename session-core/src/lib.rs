@@ -19,6 +19,7 @@
 mod codec;
 mod error;
 mod expiry;
+mod express;
 mod id;
 mod record;
 mod signing;
@@ -28,6 +29,10 @@ mod time;
 pub use codec::{Codec, EncodeError, JsonCodec, NativeCodec, MAX_DEPTH, NATIVE_FORMAT_V1};
 pub use error::{BoxError, DecodeError, StoreError};
 pub use expiry::ExpiryPolicy;
+pub use express::{
+    content_version, is_express_reserved, ExpressFormat, ExpressMaxAge, ExpressSession,
+    EXPRESS_RESERVED_KEYS,
+};
 pub use id::{InvalidSessionId, SessionId};
 pub use record::{Data, Record, SessionInfo};
 pub use signing::{KeyRing, KeyRingError, Verified, MIN_SECRET_LEN};

@@ -19,6 +19,12 @@ pub struct Capabilities {
     pub user_index: bool,
     /// The backend removes expired entries by itself (`delete_expired` may return 0).
     pub native_expiry: bool,
+    /// `save` returns an opaque new version (a content hash, as in express-compatible mode)
+    /// instead of the old version + 1. Compare-and-set still holds; counting does not.
+    pub opaque_versions: bool,
+    /// The store keeps no creation time (express-compatible mode): `created_at` reads as the
+    /// Unix epoch, and an absolute timeout cannot be enforced.
+    pub no_creation_time: bool,
 }
 
 impl Capabilities {
@@ -36,6 +42,18 @@ impl Capabilities {
     /// Sets `native_expiry`.
     pub fn with_native_expiry(mut self, yes: bool) -> Self {
         self.native_expiry = yes;
+        self
+    }
+
+    /// Sets `opaque_versions`.
+    pub fn with_opaque_versions(mut self, yes: bool) -> Self {
+        self.opaque_versions = yes;
+        self
+    }
+
+    /// Sets `no_creation_time`.
+    pub fn with_no_creation_time(mut self, yes: bool) -> Self {
+        self.no_creation_time = yes;
         self
     }
 }
@@ -160,7 +178,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Compare-and-set on `version`: succeeds only if the stored version equals
     /// `record.version`; stores the record (data, `expires_at`, `user_id`) with
-    /// `version + 1` and returns that new version.
+    /// `version + 1` and returns that new version. (A store with
+    /// [`Capabilities::opaque_versions`] returns a new opaque version instead of a count.)
     ///
     /// `Conflict` if the stored version differs (nothing is changed); `NotFound` if the
     /// record is gone or expired — a save never resurrects a deleted or revoked session.
