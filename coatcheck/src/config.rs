@@ -61,6 +61,10 @@ pub struct SessionConfig {
     pub save_uninitialized: bool,
     /// How many times a save is retried after a version conflict (default 32).
     pub max_save_retries: u32,
+    /// Refuse session keys express-session drops or owns (`cookie`, `id`, `save`, ...; see
+    /// [`coatcheck_core::EXPRESS_RESERVED_KEYS`]). Set by
+    /// [`SessionLayerBuilder::express_compatible`]; default false.
+    pub express_reserved_keys: bool,
 }
 
 impl Default for SessionConfig {
@@ -77,6 +81,7 @@ impl Default for SessionConfig {
             expiry: ExpiryPolicy::default(),
             save_uninitialized: false,
             max_save_retries: 32,
+            express_reserved_keys: false,
         }
     }
 }
@@ -100,6 +105,10 @@ pub enum ConfigError {
     /// The idle timeout is zero.
     #[error("the idle timeout must be more than zero")]
     ZeroIdleTimeout,
+    /// An absolute timeout needs the session's creation time, which this store does not keep
+    /// (express-compatible mode: Express records none).
+    #[error("this store keeps no creation time, so an absolute timeout cannot be enforced")]
+    AbsoluteTimeoutUnsupported,
 }
 
 pub(crate) type IdGenerator = Arc<dyn Fn() -> SessionId + Send + Sync>;
@@ -241,6 +250,37 @@ impl SessionLayerBuilder {
         self.clock = Arc::new(clock);
         self
     }
+    /// Shares sessions with an Express app (express-session): the cookie is `connect.sid`,
+    /// keys express-session drops (`cookie`, `id`, `save`, `regenerate`, ...) are refused
+    /// with [`SessionError::ReservedKey`](crate::SessionError::ReservedKey), and no absolute
+    /// timeout is set (Express keeps no creation time). Pair it with a store in
+    /// express-compatible mode and the Node app's secret list (weak secrets need
+    /// [`KeyRing::new_allowing_weak`]). Everything else stays configurable: set the same
+    /// `path`, `domain`, `same_site`, `secure` and idle timeout (`cookie.maxAge`) as the
+    /// Node app.
+    ///
+    /// Concurrency with Node is last-write-wins: express-session takes no locks and keeps no
+    /// version, so a Node write can overwrite a concurrent Rust write (and the reverse), as
+    /// between two Node processes. Rust-to-Rust saves stay compare-and-set.
+    ///
+    /// ```
+    /// use coatcheck::{KeyRing, SessionLayer};
+    /// use coatcheck::memory::MemoryStore;
+    ///
+    /// let keys = KeyRing::new_allowing_weak(["keyboard cat"]).unwrap();
+    /// let layer = SessionLayer::builder(MemoryStore::new(), keys)
+    ///     .express_compatible()
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(layer.config().name, "connect.sid");
+    /// ```
+    pub fn express_compatible(mut self) -> Self {
+        self.config.name = "connect.sid".into();
+        self.config.express_reserved_keys = true;
+        self.config.expiry.absolute_timeout = None;
+        self
+    }
+
     /// Replaces the whole configuration.
     pub fn config(mut self, config: SessionConfig) -> Self {
         self.config = config;
@@ -250,6 +290,11 @@ impl SessionLayerBuilder {
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<SessionLayer, ConfigError> {
         validate(&self.config)?;
+        if self.config.expiry.absolute_timeout.is_some()
+            && self.store.capabilities().no_creation_time
+        {
+            return Err(ConfigError::AbsoluteTimeoutUnsupported);
+        }
         Ok(SessionLayer::from_builder(self))
     }
 }

@@ -29,6 +29,10 @@ pub enum SessionError {
     /// Concurrent requests kept saving the same session; the retries ran out.
     #[error("session kept being saved concurrently; gave up after {0} attempts")]
     TooManyConflicts(u32),
+    /// In express-compatible mode, a key express-session drops or owns
+    /// ([`coatcheck_core::EXPRESS_RESERVED_KEYS`]); nothing was changed.
+    #[error("session key {0:?} is reserved by express-session")]
+    ReservedKey(String),
     /// The `Session` extractor was used on a route without a `SessionLayer`.
     #[error("no SessionLayer on this route")]
     MissingLayer,

@@ -186,6 +186,13 @@ impl Session {
     /// Applies a change to the view and logs it for replay, creating a fresh (not yet
     /// stored) record if there is none.
     async fn change(&self, op: Op) -> Result<(), SessionError> {
+        if let Op::Set(key, _) | Op::Update(key, _) = &op {
+            if self.inner.shared.config.express_reserved_keys
+                && coatcheck_core::is_express_reserved(key)
+            {
+                return Err(SessionError::ReservedKey(key.clone()));
+            }
+        }
         self.ensure_loaded().await?;
         let mut st = self.state();
         let record = match st.record.as_mut() {

@@ -835,3 +835,92 @@ async fn rolling_cookie_is_resent_only_when_expiry_moved_by_touch_after() {
     assert_eq!(r.cookie(), c, "same id, same signature");
     assert_eq!(send(&app, "GET", "/get/a", Some(&c)).await.body, "\"3\"");
 }
+
+#[tokio::test]
+async fn express_preset_uses_connect_sid_and_refuses_reserved_keys() {
+    let clock = ManualClock::new(Timestamp::now());
+    let store = Counting::with(MemoryStore::builder().clock(clock.clone()).build());
+    let keys = KeyRing::new_allowing_weak(["keyboard cat"]).unwrap();
+    let layer = SessionLayer::builder(store.clone(), keys)
+        .express_compatible()
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    assert_eq!(layer.config().name, "connect.sid");
+    let app = App {
+        router: router(layer),
+        store,
+        clock,
+    };
+    let r = send(&app, "POST", "/set/counter/1", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let cookie = r
+        .set_cookie
+        .iter()
+        .find(|c| c.starts_with("connect.sid=s%3A"))
+        .expect("express-session's cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let writes = app.store.writes.load(Ordering::SeqCst);
+    for key in ["cookie", "id", "save", "regenerate", "resetMaxAge"] {
+        let r = send(&app, "POST", &format!("/set/{key}/x"), Some(&cookie)).await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{key}");
+        assert!(r.set_cookie.is_empty());
+    }
+    assert_eq!(app.store.writes.load(Ordering::SeqCst), writes, "nothing written");
+    let r = send(&app, "GET", "/get/counter", Some(&cookie)).await;
+    assert_eq!(r.body, "\"1\"", "the session is intact");
+}
+
+/// A store that keeps no creation time (express-compatible mode) cannot enforce an absolute
+/// timeout: building such a layer is an error, not a silently ignored setting.
+#[tokio::test]
+async fn absolute_timeout_is_refused_on_a_store_without_creation_time() {
+    #[derive(Debug, Clone, Default)]
+    struct NoCreationTime(MemoryStore);
+    #[async_trait]
+    impl SessionStore for NoCreationTime {
+        async fn create(&self, r: &Record) -> Result<(), StoreError> {
+            self.0.create(r).await
+        }
+        async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
+            self.0.load(id).await
+        }
+        async fn save(&self, r: &Record) -> Result<u64, StoreError> {
+            self.0.save(r).await
+        }
+        async fn touch(&self, id: &SessionId, e: Timestamp) -> Result<bool, StoreError> {
+            self.0.touch(id, e).await
+        }
+        async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+            self.0.delete(id).await
+        }
+        async fn list_for_user(&self, u: &str) -> Result<Vec<SessionInfo>, StoreError> {
+            self.0.list_for_user(u).await
+        }
+        async fn delete_for_user(
+            &self,
+            u: &str,
+            e: Option<&SessionId>,
+        ) -> Result<u64, StoreError> {
+            self.0.delete_for_user(u, e).await
+        }
+        async fn delete_expired(&self) -> Result<u64, StoreError> {
+            self.0.delete_expired().await
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities().with_no_creation_time(true)
+        }
+    }
+    let keys = KeyRing::new([SECRET]).unwrap();
+    let err = SessionLayer::builder(NoCreationTime::default(), keys.clone())
+        .absolute_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap_err();
+    assert_eq!(err, coatcheck::ConfigError::AbsoluteTimeoutUnsupported);
+    assert!(SessionLayer::builder(NoCreationTime::default(), keys)
+        .build()
+        .is_ok());
+}
