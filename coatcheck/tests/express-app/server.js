@@ -27,12 +27,23 @@ function makeStore(kind) {
     case 'redis': {
       const { createClient } = require('redis');
       const { RedisStore } = require('connect-redis');
-      const client = createClient({ url: env('REDIS_URL') });
-      client.on('error', (err) => console.error('express-app: redis client error:', err));
+      // node-redis retries forever by default, so an unreachable server would hang the start-up;
+      // give up after a few seconds until the first connection has succeeded.
+      let connectedOnce = false;
+      const client = createClient({
+        url: env('REDIS_URL'),
+        socket: {
+          reconnectStrategy: (retries, cause) =>
+            !connectedOnce && retries >= 12 ? cause : Math.min(50 * (retries + 1), 1000),
+        },
+      });
+      client.on('error', (err) => console.error('express-app: redis client error:', err.message));
       const store = new RedisStore({ client, prefix: env('REDIS_PREFIX', 'sess:') });
       return {
         store,
-        ready: client.connect(),
+        ready: client.connect().then(() => {
+          connectedOnce = true;
+        }),
         close: async () => {
           if (client.isOpen) await client.close();
         },
