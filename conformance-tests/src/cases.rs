@@ -16,6 +16,11 @@ use serde_json::{json, Value};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// Prints a visible `skipped: case: why` line (not captured by libtest).
+pub fn skip_case(case: &str, why: &str) {
+    skip(case, why);
+}
+
 fn skip(case: &str, why: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "skipped: {case}: {why}");

@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod cases;
+pub mod express;
 pub mod harness;
 
 pub use harness::Backend;

@@ -65,6 +65,11 @@ pub enum StoreError {
     /// The record could not be encoded for storage (or exceeds what the backend accepts).
     #[error("session could not be encoded: {0}")]
     Encode(#[from] crate::EncodeError),
+    /// The store cannot do this in its configuration (for example `list_for_user` on a store
+    /// in express-compatible mode without a user index; see
+    /// [`Capabilities`](crate::Capabilities)).
+    #[error("not supported by this store: {0}")]
+    Unsupported(&'static str),
     /// The backend failed: connection, timeout, server error. The source is kept.
     #[error("session store backend failed: {0}")]
     Backend(#[source] BoxError),

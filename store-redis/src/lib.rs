@@ -4,6 +4,7 @@
 
 mod conn;
 mod error;
+mod express;
 mod native;
 mod scripts;
 mod store;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coatcheck_core::{
-    Capabilities, Clock, Codec, DecodeError, NativeCodec, Record, SessionId, SessionInfo,
+    Capabilities, Clock, Codec, DecodeError, ExpressFormat, NativeCodec, Record, SessionId, SessionInfo,
     SessionStore, StoreError, SystemClock, Timestamp,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -16,6 +16,7 @@ use redis::{Cmd, RedisError, ScriptInvocation, Value};
 
 use crate::conn::{Leases, Source, Topology};
 use crate::error::{BuildError, OperationTimedOut};
+use crate::express::Express;
 use crate::native::Native;
 
 /// The default key prefix.
@@ -25,13 +26,12 @@ pub const DEFAULT_PREFIX: &str = "sess:";
 /// [`RedisStoreBuilder::operation_timeout`].
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How stored sessions look. The native layout is the only one today; the
-/// express-session–compatible layout (a plain string `sess:<id>` holding express-session's
-/// JSON, written with `SET ... EX`) will be another variant, chosen at construction, with
-/// the store's methods dispatching on it.
+/// How stored sessions look, chosen at construction: the native hash layout, or
+/// connect-redis's (a string `sess:<id>` holding express-session's JSON).
 #[derive(Debug, Clone)]
 enum Format {
     Native(Native),
+    Express(Express),
 }
 
 /// What every operation needs: the connection, the key layout, the clock.
@@ -376,6 +376,7 @@ pub struct RedisStoreBuilder {
     reconnect_retries: usize,
     pool_connections: usize,
     single_key_scripts: bool,
+    express: Option<ExpressFormat>,
 }
 
 impl Default for RedisStoreBuilder {
@@ -390,6 +391,7 @@ impl Default for RedisStoreBuilder {
             reconnect_retries: 2,
             pool_connections: 1,
             single_key_scripts: false,
+            express: None,
         }
     }
 }
@@ -404,6 +406,28 @@ impl RedisStoreBuilder {
     /// ```
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// Express-compatible mode: sessions are stored exactly as connect-redis stores them
+    /// (a string `{prefix}{id}` holding express-session's JSON, `SET ... EX`, touch =
+    /// `EXPIRE`), so an Express app using connect-redis with the same prefix (its default is
+    /// also `sess:`) shares them. See the crate docs, "Express-compatible mode", for what
+    /// bends to Express: no user index, no creation time, last-write-wins against Node.
+    /// The codec setting is ignored in this mode.
+    ///
+    /// ```
+    /// use coatcheck_core::{ExpressFormat, SessionStore};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = coatcheck_redis::RedisStore::builder()
+    ///     .express(ExpressFormat::new())
+    ///     .connect_lazy("redis://127.0.0.1:6379")
+    ///     .unwrap();
+    /// assert!(!store.capabilities().user_index);
+    /// # }
+    /// ```
+    pub fn express(mut self, format: ExpressFormat) -> Self {
+        self.express = Some(format);
         self
     }
 
@@ -702,7 +726,10 @@ impl RedisStoreBuilder {
                 clock: self.clock,
                 operation_timeout: self.operation_timeout,
             }),
-            format: Format::Native(Native { codec: self.codec }),
+            format: match self.express {
+                Some(format) => Format::Express(Express { format }),
+                None => Format::Native(Native { codec: self.codec }),
+            },
         }
     }
 }
@@ -713,6 +740,9 @@ fn require_runtime() -> Result<(), BuildError> {
         .map(drop)
         .map_err(|_| BuildError::NoRuntime)
 }
+
+const NO_INDEX: &str =
+    "connect-redis keeps no per-user index, so express-compatible mode cannot list or revoke a user's sessions";
 
 fn log_failure(op: &'static str, id: Option<&SessionId>, e: &StoreError) {
     let session = id.map(SessionId::short_hash);
@@ -746,6 +776,7 @@ impl SessionStore for RedisStore {
         let cx = &*self.ctx;
         let r = match &self.format {
             Format::Native(f) => cx.bounded(f.create(cx, record)).await,
+            Format::Express(f) => cx.bounded(f.create(cx, record)).await,
         };
         logged("create", Some(&record.id), r)
     }
@@ -754,6 +785,7 @@ impl SessionStore for RedisStore {
         let cx = &*self.ctx;
         let r = match &self.format {
             Format::Native(f) => cx.bounded(f.load(cx, id)).await,
+            Format::Express(f) => cx.bounded(f.load(cx, id)).await,
         };
         logged("load", Some(id), r)
     }
@@ -762,6 +794,7 @@ impl SessionStore for RedisStore {
         let cx = &*self.ctx;
         let r = match &self.format {
             Format::Native(f) => cx.bounded(f.save(cx, record)).await,
+            Format::Express(f) => cx.bounded(f.save(cx, record)).await,
         };
         logged("save", Some(&record.id), r)
     }
@@ -770,6 +803,7 @@ impl SessionStore for RedisStore {
         let cx = &*self.ctx;
         let r = match &self.format {
             Format::Native(f) => cx.bounded(f.touch(cx, id, expires_at)).await,
+            Format::Express(f) => cx.bounded(f.touch(cx, id, expires_at)).await,
         };
         logged("touch", Some(id), r)
     }
@@ -778,6 +812,7 @@ impl SessionStore for RedisStore {
         let cx = &*self.ctx;
         let r = match &self.format {
             Format::Native(f) => cx.bounded(f.delete(cx, id)).await,
+            Format::Express(f) => cx.bounded(f.delete(cx, id)).await,
         };
         logged("delete", Some(id), r)
     }
@@ -786,6 +821,7 @@ impl SessionStore for RedisStore {
         let cx = &*self.ctx;
         let r = match &self.format {
             Format::Native(f) => cx.bounded(f.list_for_user(cx, user_id)).await,
+            Format::Express(_) => Err(StoreError::Unsupported(NO_INDEX)),
         };
         logged("list_for_user", None, r)
     }
@@ -798,6 +834,7 @@ impl SessionStore for RedisStore {
         let cx = &*self.ctx;
         let r = match &self.format {
             Format::Native(f) => cx.bounded(f.delete_for_user(cx, user_id, except)).await,
+            Format::Express(_) => Err(StoreError::Unsupported(NO_INDEX)),
         };
         logged("delete_for_user", None, r)
     }
@@ -808,8 +845,14 @@ impl SessionStore for RedisStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new()
-            .with_user_index(true)
-            .with_native_expiry(true)
+        match self.format {
+            Format::Native(_) => Capabilities::new()
+                .with_user_index(true)
+                .with_native_expiry(true),
+            Format::Express(_) => Capabilities::new()
+                .with_native_expiry(true)
+                .with_opaque_versions(true)
+                .with_no_creation_time(true),
+        }
     }
 }

@@ -114,3 +114,36 @@ coatcheck_conformance::suite!(redis_single_key_scripts, requires = Backend::Redi
         .await
         .expect("connect to Redis")
 });
+
+// Express-compatible mode (connect-redis's layout), on a single node and on a cluster.
+coatcheck_conformance::express_suite!(
+    redis_express,
+    requires = Backend::Redis,
+    async {
+        RedisStore::builder()
+            .prefix(prefix())
+            .express(coatcheck_core::ExpressFormat::new())
+            .connect(&single_url().await)
+            .await
+            .expect("connect to Redis")
+    },
+    unreachable = async {
+        RedisStore::builder()
+            .express(coatcheck_core::ExpressFormat::new())
+            .connect_lazy("redis://127.0.0.1:1")
+            .expect("valid URL")
+    }
+);
+
+coatcheck_conformance::express_suite!(
+    redis_cluster_express,
+    requires = Backend::RedisCluster,
+    async {
+        RedisStore::builder()
+            .prefix(prefix())
+            .express(coatcheck_core::ExpressFormat::new())
+            .connect_cluster(cluster_urls().await)
+            .await
+            .expect("connect to Redis Cluster")
+    }
+);
