@@ -51,7 +51,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coatcheck_core::{
-    Capabilities, Clock, Codec, DecodeError, EncodeError, NativeCodec, Record, SessionId,
+    Capabilities, Clock, Codec, DecodeError, EncodeError, ExpressFormat, NativeCodec, Record, SessionId,
     SessionInfo, SessionStore, StoreError, SystemClock, Timestamp,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -66,6 +66,8 @@ use crate::ts::PgTs;
 pub const DEFAULT_SCHEMA: &str = "public";
 /// The table used when none is configured.
 pub const DEFAULT_TABLE: &str = "coatcheck_sessions";
+/// The default table in express-compatible mode: connect-pg-simple's `session`.
+pub const EXPRESS_TABLE: &str = "session";
 /// How long an operation waits for a pool connection before failing with `Backend`
 /// (pools built by [`PostgresStoreBuilder::connect_lazy`]).
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -155,8 +157,8 @@ pub struct MigrateError(#[source] pub sqlx::Error);
 #[must_use]
 pub struct PostgresStoreBuilder {
     schema: String,
-    table: String,
-    layout: Layout,
+    table: Option<String>,
+    express: Option<ExpressFormat>,
     codec: Arc<dyn Codec>,
     clock: Arc<dyn Clock>,
     acquire_timeout: Duration,
@@ -169,8 +171,8 @@ impl Default for PostgresStoreBuilder {
     fn default() -> Self {
         PostgresStoreBuilder {
             schema: DEFAULT_SCHEMA.to_owned(),
-            table: DEFAULT_TABLE.to_owned(),
-            layout: Layout::Native,
+            table: None,
+            express: None,
             codec: Arc::new(NativeCodec),
             clock: Arc::new(SystemClock),
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
@@ -189,14 +191,48 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// The table name ([`DEFAULT_TABLE`] by default). Validated as an identifier when the
+    /// The table name ([`DEFAULT_TABLE`] by default; [`EXPRESS_TABLE`] in express mode).
+    /// Validated as an identifier when the
     /// store is built; used double-quoted, so `Sessions` and `sessions` are two tables.
     pub fn table(mut self, table: impl Into<String>) -> Self {
-        self.table = table.into();
+        self.table = Some(table.into());
         self
     }
 
-    /// How session data becomes the `data` column ([`NativeCodec`] by default).
+    /// Express-compatible mode: sessions live in connect-pg-simple's table (default
+    /// `session`: `sid varchar`, `sess json`, `expire timestamp(6)`), written and read with
+    /// its SQL semantics, so an Express app using connect-pg-simple on the same table shares
+    /// them. `migrate()` creates that table as connect-pg-simple does, plus an index on the
+    /// principal (`sess ->> 'userId'`), which gives this mode a user index: logging a user
+    /// out everywhere reaches the sessions Node logged in too. The principal key must be an
+    /// identifier (`^[A-Za-z_][A-Za-z0-9_]*$`).
+    ///
+    /// `expire` has no time zone: it is written and compared in the connection's `TimeZone`,
+    /// as connect-pg-simple does; keep the server's default (UTC is the sane choice) or set
+    /// the same `TimeZone` on both apps' connections. Express keeps no creation time and no
+    /// version: `created_at` reads as the Unix epoch, versions are content hashes of `sess`
+    /// (Rust saves stay compare-and-set; a Node write is last-write-wins).
+    ///
+    /// ```
+    /// use coatcheck_core::{ExpressFormat, SessionStore};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), coatcheck_postgres::ConfigError> {
+    /// let store = coatcheck_postgres::PostgresStore::builder()
+    ///     .express(ExpressFormat::new())
+    ///     .connect_lazy("postgres://app@localhost/app")?;
+    /// assert_eq!(store.qualified_table_name(), "public.session");
+    /// assert!(store.capabilities().user_index);
+    /// # Ok(()) }
+    /// ```
+    pub fn express(mut self, format: ExpressFormat) -> Self {
+        self.express = Some(format);
+        self
+    }
+
+    /// The codec of the `data` column; default [`NativeCodec`]. Ignored in express mode.
+    ///
+    /// ```
+    /// let b = coatcheck_postgres::PostgresStore::builder().codec(coatcheck_core::JsonCodec);
+    /// ```
     pub fn codec(mut self, codec: impl Codec) -> Self {
         self.codec = Arc::new(codec);
         self
@@ -260,24 +296,41 @@ impl PostgresStoreBuilder {
     /// # drop(store); Ok(()) }
     /// ```
     pub fn build(self, pool: PgPool) -> Result<PostgresStore, ConfigError> {
+        let table = match (&self.table, &self.express) {
+            (Some(t), _) => t.clone(),
+            (None, Some(_)) => EXPRESS_TABLE.to_owned(),
+            (None, None) => DEFAULT_TABLE.to_owned(),
+        };
         sql::validate_ident("schema", &self.schema)?;
-        sql::validate_ident("table", &self.table)?;
+        sql::validate_ident("table", &table)?;
+        let layout = match &self.express {
+            None => Layout::Native,
+            Some(f) => {
+                if let Some(k) = &f.user_key {
+                    sql::validate_ident("express user key", k)?;
+                }
+                Layout::Express {
+                    user_key: f.user_key.clone(),
+                }
+            }
+        };
         if self.cleanup_batch == 0 {
             return Err(ConfigError::ZeroCleanupBatch);
         }
         let attempts = pool.options().get_max_connections().saturating_add(1);
         let retry_window = pool.options().get_acquire_timeout();
-        let statements = Statements::new(self.layout, &self.schema, &self.table);
+        let statements = Statements::new(layout, &self.schema, &table);
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 pool,
                 sql: statements,
                 codec: self.codec,
+                express: self.express,
                 clock: self.clock,
                 cleanup_batch: i64::from(self.cleanup_batch),
                 attempts,
                 retry_window,
-                qualified_name: format!("{}.{}", self.schema, self.table),
+                qualified_name: format!("{}.{}", self.schema, table),
             }),
         })
     }
@@ -306,7 +359,9 @@ impl PostgresStoreBuilder {
         }
         // Validate before building a pool that would only be thrown away.
         sql::validate_ident("schema", &self.schema)?;
-        sql::validate_ident("table", &self.table)?;
+        if let Some(table) = &self.table {
+            sql::validate_ident("table", table)?;
+        }
         let options = PgConnectOptions::from_str(url)
             .map_err(ConfigError::InvalidUrl)?
             .application_name(&self.application_name);
@@ -346,6 +401,8 @@ struct Inner {
     pool: PgPool,
     sql: Statements,
     codec: Arc<dyn Codec>,
+    /// Express-compatible mode: the session is express-session's JSON in `sess`.
+    express: Option<ExpressFormat>,
     clock: Arc<dyn Clock>,
     cleanup_batch: i64,
     /// Attempts per statement when connections turn out to be terminated.
@@ -548,6 +605,12 @@ impl Inner {
     fn decode_row(&self, id: &SessionId, row: &PgRow) -> Result<Record, StoreError> {
         let version: i64 = row.try_get(0).map_err(store_error)?;
         let data: &[u8] = row.try_get(1).map_err(store_error)?;
+        if let Some(format) = &self.express {
+            let expires_at: PgTs = row.try_get(4).map_err(store_error)?;
+            return Ok(format
+                .decode(data)?
+                .into_record(id.clone(), expires_at.0, version as u64));
+        }
         let user_id: Option<String> = row.try_get(2).map_err(store_error)?;
         let created_at: PgTs = row.try_get(3).map_err(store_error)?;
         let expires_at: PgTs = row.try_get(4).map_err(store_error)?;
@@ -586,6 +649,46 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The bytes of the data column: the codec's, or express-session's JSON.
+    fn encode(&self, record: &Record, now: Timestamp) -> Result<Vec<u8>, StoreError> {
+        match &self.express {
+            Some(f) => Ok(f.encode(record, now)?.into_bytes()),
+            None => Ok(self.codec.encode(&record.data)?),
+        }
+    }
+
+    /// The version as bound: a count (refused past `i64::MAX`), or in express mode a content
+    /// hash whose 64 bits travel as they are.
+    fn version_param(&self, version: u64) -> Result<i64, StoreError> {
+        if self.express.is_some() {
+            Ok(version as i64)
+        } else {
+            version_param(version)
+        }
+    }
+
+    fn user_index(&self) -> Result<(), StoreError> {
+        match &self.express {
+            Some(f) if f.user_key.is_none() => Err(StoreError::Unsupported(
+                "express mode without a principal key has no user index",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn version_from_db(&self, version: i64) -> Result<u64, StoreError> {
+        if self.express.is_some() {
+            return Ok(version as u64);
+        }
+        u64::try_from(version).map_err(|_| {
+            StoreError::Decode(DecodeError::new(format!(
+                "negative session version {version}"
+            )))
+        })
+    }
+}
+
 fn version_param(version: u64) -> Result<i64, StoreError> {
     i64::try_from(version)
         .map_err(|_| StoreError::Encode(EncodeError(format!("version {version} exceeds bigint"))))
@@ -595,9 +698,9 @@ fn version_param(version: u64) -> Result<i64, StoreError> {
 impl SessionStore for PostgresStore {
     async fn create(&self, record: &Record) -> Result<(), StoreError> {
         let inner = &*self.inner;
-        let bytes = inner.codec.encode(&record.data)?;
-        let version = version_param(record.version)?;
         let now = inner.now();
+        let bytes = inner.encode(record, now.0)?;
+        let version = inner.version_param(record.version)?;
         let (sql, pool, id, data, user) = (
             inner.sql.create.as_str(),
             &inner.pool,
@@ -650,9 +753,9 @@ impl SessionStore for PostgresStore {
 
     async fn save(&self, record: &Record) -> Result<u64, StoreError> {
         let inner = &*self.inner;
-        let bytes = inner.codec.encode(&record.data)?;
-        let version = version_param(record.version)?;
         let now = inner.now();
+        let bytes = inner.encode(record, now.0)?;
+        let version = inner.version_param(record.version)?;
         let (sql, pool, id, data, user) = (
             inner.sql.save.as_str(),
             &inner.pool,
@@ -674,11 +777,7 @@ impl SessionStore for PostgresStore {
             })
             .await?;
         if let Some(new_version) = saved {
-            return u64::try_from(new_version).map_err(|_| {
-                StoreError::Decode(DecodeError::new(format!(
-                    "negative session version {new_version}"
-                )))
-            });
+            return inner.version_from_db(new_version);
         }
         // Failure path only: was it a version mismatch on a live row, or no live row?
         let probe = inner.sql.save_probe.as_str();
@@ -744,6 +843,7 @@ impl SessionStore for PostgresStore {
 
     async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
         let inner = &*self.inner;
+        inner.user_index()?;
         let now = inner.now();
         let (sql, pool) = (inner.sql.list_for_user.as_str(), &inner.pool);
         let rows = inner
@@ -775,6 +875,7 @@ impl SessionStore for PostgresStore {
         except: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
         let inner = &*self.inner;
+        inner.user_index()?;
         let now = inner.now();
         let (sql, pool, keep) = (
             inner.sql.delete_for_user.as_str(),
@@ -799,6 +900,12 @@ impl SessionStore for PostgresStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().with_user_index(true)
+        match &self.inner.express {
+            None => Capabilities::new().with_user_index(true),
+            Some(f) => Capabilities::new()
+                .with_user_index(f.user_key.is_some())
+                .with_opaque_versions(true)
+                .with_no_creation_time(true),
+        }
     }
 }

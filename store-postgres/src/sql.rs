@@ -1,13 +1,15 @@
 //! Identifiers, table layouts and every SQL statement of the store, built once at
 //! construction from validated names.
 //!
-//! The seam for other layouts: a [`Layout`] produces a [`Statements`] whose parameters and
-//! result columns have the same order and types whatever the table looks like (see the
-//! field docs). The express-compatible layout (connect-pg-simple's
-//! `session(sid varchar, sess json, expire timestamp(6))`) becomes one more variant whose
-//! statements map those columns onto these shapes (e.g. `1::int8 AS version`,
-//! `convert_to(sess::text, 'UTF8') AS data`, `expire AT TIME ZONE 'UTC'`), with no change to
-//! the store itself.
+//! A [`Layout`] produces a [`Statements`] whose parameters and result columns have the same
+//! order and types whatever the table looks like (see the field docs). The express layout
+//! (connect-pg-simple's `session(sid varchar, sess json, expire timestamp(6))`) maps its
+//! columns onto these shapes: the data travels as the UTF-8 bytes of the JSON
+//! (`convert_from`/`convert_to`), the version is the first 64 bits of `md5(sess::text)`
+//! (a content hash, since Express keeps no version), `expire` is written as
+//! connect-pg-simple writes it (`to_timestamp` of whole seconds, rounded up, into a
+//! `timestamp` without time zone, i.e. in the connection's `TimeZone`) and compared in that
+//! same domain, so both apps must use the same `TimeZone`.
 
 use crate::ConfigError;
 
@@ -63,7 +65,7 @@ pub(crate) fn index_name(table: &str, suffix: &str) -> String {
 }
 
 /// How sessions are laid out in the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub(crate) enum Layout {
     /// The native layout: `id text primary key, version bigint, data bytea, user_id text,
@@ -71,6 +73,9 @@ pub(crate) enum Layout {
     /// (partial) on `user_id`.
     #[default]
     Native,
+    /// connect-pg-simple's table; the principal, when mapped, is `sess ->> user_key`
+    /// (validated as an identifier, so it can be a literal in the SQL and its index).
+    Express { user_key: Option<String> },
 }
 
 /// Every statement of a store, built once.
@@ -108,6 +113,90 @@ impl Statements {
     pub(crate) fn new(layout: Layout, schema: &str, table: &str) -> Self {
         match layout {
             Layout::Native => Self::native(schema, table),
+            Layout::Express { user_key } => Self::express(schema, table, user_key.as_deref()),
+        }
+    }
+
+    fn express(schema: &str, table: &str, user_key: Option<&str>) -> Self {
+        let qschema = quote(schema);
+        let t = format!("{qschema}.{}", quote(table));
+        // connect-pg-simple's own index name for its default table: `IDX_session_expire`.
+        let expire_idx = quote(&index_name(&format!("IDX_{table}"), "expire"));
+        let user_idx = quote(&index_name(&format!("IDX_{table}"), "user"));
+        let hash = "('x' || substr(md5(sess::text), 1, 16))::bit(64)::int8";
+        // connect-pg-simple's `to_timestamp(ceil(seconds))`; an expiry already past at write
+        // time is kept exact, so rounding up never brings an expired session back to life.
+        let secs = |p: &str, now: &str| {
+            format!(
+                "(CASE WHEN {p} <= {now} THEN {p}::timestamp \
+                 ELSE to_timestamp(ceil(extract(epoch FROM {p})))::timestamp END)"
+            )
+        };
+        // Without a principal key, no row matches a user (and capabilities say no index).
+        let user = match user_key {
+            Some(k) => format!("(sess ->> '{k}')"),
+            None => "(NULL::text)".to_owned(),
+        };
+        let user_index = match user_key {
+            Some(_) => format!("\nCREATE INDEX IF NOT EXISTS {user_idx} ON {t} ({user});"),
+            None => String::new(),
+        };
+        Statements {
+            migrate: format!(
+                "SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY});\
+                 \nDO $coatcheck$ BEGIN\
+                 \n    IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '{schema}') THEN\
+                 \n        CREATE SCHEMA {qschema};\
+                 \n    END IF;\
+                 \nEND $coatcheck$;\
+                 \nCREATE TABLE IF NOT EXISTS {t} (\
+                 \n    \"sid\" varchar NOT NULL COLLATE \"default\" PRIMARY KEY,\
+                 \n    \"sess\" json NOT NULL,\
+                 \n    \"expire\" timestamp(6) NOT NULL\
+                 \n);\
+                 \nCREATE INDEX IF NOT EXISTS {expire_idx} ON {t} (expire);{user_index}"
+            ),
+            // $2 version, $4 user and $5 created are bound but not stored (the principal is in
+            // sess; Express keeps no version or creation time).
+            create: format!(
+                "INSERT INTO {t} AS s (sid, sess, expire) \
+                 VALUES ($1, convert_from($3, 'UTF8')::json, {e}) \
+                 ON CONFLICT (sid) DO UPDATE SET sess = EXCLUDED.sess, expire = EXCLUDED.expire \
+                 WHERE s.expire <= $7::timestamp",
+                e = secs("$6::timestamptz", "$7::timestamptz")
+            ),
+            load: format!(
+                "SELECT {hash}, convert_to(sess::text, 'UTF8'), NULL::text, \
+                 to_timestamp(0), expire::timestamptz FROM {t} \
+                 WHERE sid = $1 AND expire > $2::timestamp"
+            ),
+            save: format!(
+                "UPDATE {t} SET sess = convert_from($3, 'UTF8')::json, expire = {e} \
+                 WHERE sid = $1 AND {hash} = $2 AND expire > $6::timestamp RETURNING {hash}",
+                e = secs("$5::timestamptz", "$6::timestamptz")
+            ),
+            save_probe: format!(
+                "SELECT 0::int8 FROM {t} WHERE sid = $1 AND expire > $2::timestamp"
+            ),
+            touch: format!(
+                "UPDATE {t} SET expire = {e} WHERE sid = $1 AND expire > $3::timestamp",
+                e = secs("$2::timestamptz", "$3::timestamptz")
+            ),
+            delete: format!(
+                "DELETE FROM {t} WHERE sid = $1 RETURNING expire > $2::timestamp"
+            ),
+            list_for_user: format!(
+                "SELECT sid::text, to_timestamp(0), expire::timestamptz FROM {t} \
+                 WHERE {user} = $1 AND expire > $2::timestamp"
+            ),
+            delete_for_user: format!(
+                "DELETE FROM {t} WHERE {user} = $1 AND expire > $2::timestamp \
+                 AND sid IS DISTINCT FROM $3"
+            ),
+            delete_expired_batch: format!(
+                "DELETE FROM {t} WHERE sid IN (SELECT sid FROM {t} WHERE expire <= $1::timestamp \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ),
         }
     }
 

@@ -8,3 +8,37 @@ coatcheck_conformance::suite!(
     async { common::scoped_store().await },
     unreachable = async { common::unreachable_store().await }
 );
+
+// Express-compatible mode: connect-pg-simple's table, with the principal index.
+coatcheck_conformance::express_suite!(
+    postgres_express,
+    requires = coatcheck_conformance::Backend::Postgres,
+    async {
+        common::scoped_with(
+            coatcheck_postgres::PostgresStore::builder()
+                .express(coatcheck_core::ExpressFormat::new()),
+        )
+        .await
+    },
+    unreachable = async {
+        coatcheck_postgres::PostgresStore::builder()
+            .express(coatcheck_core::ExpressFormat::new())
+            .acquire_timeout(std::time::Duration::from_millis(1500))
+            .connect_lazy("postgres://postgres@127.0.0.1:1/x")
+            .expect("valid config")
+    }
+);
+
+// Without a principal key there is no user index: listing and revoking say so.
+#[tokio::test]
+async fn express_without_user_key_says_unsupported() {
+    if !coatcheck_conformance::harness::require(Some(coatcheck_conformance::Backend::Postgres)).await {
+        return;
+    }
+    let store = common::scoped_with(
+        coatcheck_postgres::PostgresStore::builder()
+            .express(coatcheck_core::ExpressFormat::new().user_key(None)),
+    )
+    .await;
+    coatcheck_conformance::express::express_without_user_index_says_unsupported(store).await;
+}
