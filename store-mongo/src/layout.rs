@@ -2,9 +2,8 @@
 //!
 //! The store talks to the collection only through a [`Layout`]: which field holds the expiry
 //! (the TTL index key and the `$gt: now` filter), which holds the user, how a record becomes a
-//! document and back, and what a `save` writes. Today there is one layout, [`NativeLayout`];
-//! the express-compatible layout (connect-mongo's `{_id, expires, session: <JSON string>}`)
-//! plugs in here later without touching the store's operations.
+//! document and back, and what a `save` writes: [`NativeLayout`], and connect-mongo's
+//! `{_id, expires, session: <JSON string>}` in `crate::express`.
 
 use std::fmt;
 use std::time::Duration;
@@ -47,6 +46,12 @@ pub(crate) trait Layout: Send + Sync + fmt::Debug + 'static {
 
     /// The indexes this layout needs.
     fn indexes(&self) -> Vec<IndexModel>;
+
+    /// The field whose whole content the version is a hash of (express layout), or `None`
+    /// when the layout stores a version counter.
+    fn content_field(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Turning a record into a document failed.

@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod express;
 mod layout;
 
 use std::fmt;
@@ -46,14 +47,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coatcheck_core::{
+    content_version, ExpressFormat,
     Capabilities, Clock, Codec, NativeCodec, Record, SessionId, SessionInfo, SessionStore,
     StoreError, SystemClock, Timestamp,
 };
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database};
 
+use crate::express::ExpressLayout;
 use crate::layout::{date, Layout, LayoutError, NativeLayout, F_ID};
 
 /// The collection used when none is given.
@@ -169,9 +172,33 @@ pub struct MongoStoreBuilder {
     collection: String,
     codec: Arc<dyn Codec>,
     clock: Arc<dyn Clock>,
+    express: Option<ExpressFormat>,
 }
 
 impl MongoStoreBuilder {
+    /// Express-compatible mode: documents as connect-mongo (default options) writes them,
+    /// `{_id, expires: Date, session: "<express-session JSON>"}`, with its TTL index on
+    /// `expires`, so an Express app using connect-mongo on the same collection (its default
+    /// is also `sessions`) shares them. No user index (the principal is inside a JSON
+    /// string), no creation time; a Rust save is a compare-and-set on the stored string
+    /// (two round trips), a Node write is last-write-wins. The codec setting is ignored.
+    ///
+    /// ```
+    /// use coatcheck_core::{ExpressFormat, SessionStore};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
+    /// let store = coatcheck_mongo::MongoStore::builder(&client, "shared")
+    ///     .express(ExpressFormat::new())
+    ///     .build()?;
+    /// assert!(!store.capabilities().user_index);
+    /// # Ok(()) }
+    /// ```
+    pub fn express(mut self, format: ExpressFormat) -> Self {
+        self.express = Some(format);
+        self
+    }
+
     /// The collection name (default [`DEFAULT_COLLECTION`], `sessions`).
     pub fn collection(mut self, name: impl Into<String>) -> Self {
         self.collection = name.into();
@@ -201,7 +228,13 @@ impl MongoStoreBuilder {
             .collection::<Document>(&self.collection);
         Ok(MongoStore {
             collection,
-            layout: Arc::new(NativeLayout),
+            layout: match self.express {
+                Some(format) => Arc::new(ExpressLayout {
+                    format,
+                    clock: self.clock.clone(),
+                }),
+                None => Arc::new(NativeLayout),
+            },
             codec: self.codec,
             clock: self.clock,
         })
@@ -382,6 +415,7 @@ impl MongoStore {
             collection: DEFAULT_COLLECTION.to_owned(),
             codec: Arc::new(NativeCodec),
             clock: Arc::new(SystemClock),
+            express: None,
         }
     }
 
@@ -486,10 +520,52 @@ impl MongoStore {
     fn user_field(&self) -> Result<&'static str, StoreError> {
         self.layout
             .user_field()
-            .ok_or_else(|| StoreError::backend("this document layout keeps no user id"))
+            .ok_or(StoreError::Unsupported(
+                "connect-mongo's layout keeps the principal inside a JSON string: no user index",
+            ))
     }
 
     /// The failure path of `save`: is a live record with this id there at all?
+    /// Compare-and-set on the stored content (express layout): read the live document's
+    /// content, compare its hash with the record's version, then update only if the content
+    /// is still that same string.
+    async fn save_on_content(
+        &self,
+        record: &Record,
+        field: &'static str,
+        update: Document,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let current = self
+            .collection
+            .find_one(self.live(doc! { F_ID: record.id.as_str() }, now))
+            .projection(doc! { field: 1 })
+            .await
+            .map_err(backend)?;
+        let Some(current) = current else {
+            return Err(StoreError::NotFound);
+        };
+        let text = express::session_text(&current)?;
+        if content_version(text.as_bytes()) != record.version {
+            return Err(StoreError::Conflict);
+        }
+        let new_version = match update.get_document("$set").ok().and_then(|s| s.get(field)) {
+            Some(Bson::String(new)) => content_version(new.as_bytes()),
+            _ => return Err(StoreError::backend("express save update lacks its content")),
+        };
+        let filter = self.live(doc! { F_ID: record.id.as_str(), field: text }, now);
+        let result = self
+            .collection
+            .update_one(filter, update)
+            .await
+            .map_err(backend)?;
+        if result.matched_count == 1 {
+            Ok(new_version)
+        } else {
+            Err(self.conflict_or_not_found(&record.id, now).await?)
+        }
+    }
+
     async fn conflict_or_not_found(
         &self,
         id: &SessionId,
@@ -574,6 +650,9 @@ impl SessionStore for MongoStore {
     async fn save(&self, record: &Record) -> Result<u64, StoreError> {
         let now = self.now();
         let update = self.layout.save_update(record, &*self.codec)?;
+        if let Some(field) = self.layout.content_field() {
+            return self.save_on_content(record, field, update, now).await;
+        }
         let (Some(extra), Some(next)) = (
             self.layout.save_filter(record),
             record.version.checked_add(1),
@@ -665,9 +744,12 @@ impl SessionStore for MongoStore {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let express = self.layout.content_field().is_some();
         Capabilities::new()
             .with_user_index(self.layout.user_field().is_some())
             .with_native_expiry(true)
+            .with_opaque_versions(express)
+            .with_no_creation_time(express)
     }
 }
 

@@ -11,3 +11,11 @@ coatcheck_conformance::suite!(
     async { crate::common::scratch().await },
     unreachable = async { crate::common::unreachable().await },
 );
+
+// Express-compatible mode: connect-mongo's documents.
+coatcheck_conformance::express_suite!(
+    mongo_express,
+    requires = Backend::Mongo,
+    async { crate::common::scratch_with(Some(coatcheck_core::ExpressFormat::new())).await },
+    unreachable = async { crate::common::unreachable().await },
+);

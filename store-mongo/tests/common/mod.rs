@@ -36,12 +36,20 @@ pub async fn client(url: &str) -> Client {
 /// A store on a fresh collection of its own, indexes ensured; the collection is dropped
 /// when the store is.
 pub async fn scratch() -> Scratch {
+    scratch_with(None).await
+}
+
+/// Like [`scratch`], in express-compatible mode when a format is given.
+pub async fn scratch_with(express: Option<coatcheck_core::ExpressFormat>) -> Scratch {
     let url = harness::url(Backend::Mongo)
         .await
         .expect("checked by `requires`");
     let client = client(&url).await;
-    let store = MongoStore::builder(&client, DB)
-        .collection(harness::unique_name("cc"))
+    let mut builder = MongoStore::builder(&client, DB).collection(harness::unique_name("cc"));
+    if let Some(format) = express {
+        builder = builder.express(format);
+    }
+    let store = builder
         .build_with_indexes()
         .await
         .expect("store with indexes");
