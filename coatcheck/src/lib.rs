@@ -53,8 +53,9 @@ pub use layer::{SessionLayer, SessionService};
 pub use session::Session;
 
 pub use coatcheck_core::{
-    Capabilities, Clock, Codec, Data, ExpiryPolicy, JsonCodec, KeyRing, KeyRingError, ManualClock,
-    NativeCodec, Record, SessionId, SessionInfo, SessionStore, StoreError, SystemClock, Timestamp,
+    Capabilities, Clock, Codec, Data, ExpiryPolicy, ExpressFormat, ExpressMaxAge, JsonCodec,
+    KeyRing, KeyRingError, ManualClock, NativeCodec, Record, SessionId, SessionInfo, SessionStore,
+    StoreError, SystemClock, Timestamp,
 };
 
 /// The core crate, for store implementors.

@@ -869,7 +869,11 @@ async fn express_preset_uses_connect_sid_and_refuses_reserved_keys() {
         assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{key}");
         assert!(r.set_cookie.is_empty());
     }
-    assert_eq!(app.store.writes.load(Ordering::SeqCst), writes, "nothing written");
+    assert_eq!(
+        app.store.writes.load(Ordering::SeqCst),
+        writes,
+        "nothing written"
+    );
     let r = send(&app, "GET", "/get/counter", Some(&cookie)).await;
     assert_eq!(r.body, "\"1\"", "the session is intact");
 }
@@ -900,11 +904,7 @@ async fn absolute_timeout_is_refused_on_a_store_without_creation_time() {
         async fn list_for_user(&self, u: &str) -> Result<Vec<SessionInfo>, StoreError> {
             self.0.list_for_user(u).await
         }
-        async fn delete_for_user(
-            &self,
-            u: &str,
-            e: Option<&SessionId>,
-        ) -> Result<u64, StoreError> {
+        async fn delete_for_user(&self, u: &str, e: Option<&SessionId>) -> Result<u64, StoreError> {
             self.0.delete_for_user(u, e).await
         }
         async fn delete_expired(&self) -> Result<u64, StoreError> {

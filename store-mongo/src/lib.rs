@@ -47,14 +47,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coatcheck_core::{
-    content_version, ExpressFormat,
-    Capabilities, Clock, Codec, NativeCodec, Record, SessionId, SessionInfo, SessionStore,
-    StoreError, SystemClock, Timestamp,
+    content_version, Capabilities, Clock, Codec, ExpressFormat, NativeCodec, Record, SessionId,
+    SessionInfo, SessionStore, StoreError, SystemClock, Timestamp,
 };
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database};
+
+/// The MongoDB driver this store is built on, for building clients and options.
+pub use mongodb;
 
 use crate::express::ExpressLayout;
 use crate::layout::{date, Layout, LayoutError, NativeLayout, F_ID};
@@ -518,11 +520,9 @@ impl MongoStore {
     }
 
     fn user_field(&self) -> Result<&'static str, StoreError> {
-        self.layout
-            .user_field()
-            .ok_or(StoreError::Unsupported(
-                "connect-mongo's layout keeps the principal inside a JSON string: no user index",
-            ))
+        self.layout.user_field().ok_or(StoreError::Unsupported(
+            "connect-mongo's layout keeps the principal inside a JSON string: no user index",
+        ))
     }
 
     /// The failure path of `save`: is a live record with this id there at all?
