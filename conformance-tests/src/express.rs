@@ -101,7 +101,10 @@ pub async fn express_save_is_compare_and_set<S: SessionStore>(store: S) {
 
     let mut stale = loaded.clone();
     stale.data.insert("views".into(), json!(100));
-    assert!(matches!(store.save(&stale).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        store.save(&stale).await,
+        Err(StoreError::Conflict)
+    ));
     let mut invented = back.clone();
     invented.version = back.version.wrapping_add(1);
     assert!(matches!(
@@ -119,7 +122,11 @@ pub async fn express_expired_session_is_gone_and_not_resurrected<S: SessionStore
     assert!(store.load(&past.id).await.expect("load").is_none());
 
     let now = Timestamp::now();
-    let mut soon = Record::new(SessionId::generate(), now, now + Duration::from_millis(1000));
+    let mut soon = Record::new(
+        SessionId::generate(),
+        now,
+        now + Duration::from_millis(1000),
+    );
     store.create(&soon).await.expect("create");
     let loaded = must_load(&store, &soon.id).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -292,7 +299,10 @@ pub async fn express_user_index_matches_literally<S: SessionStore>(store: S) {
     );
     assert!(store.load(&ids[0]).await.expect("load").is_none());
     assert!(store.load(&second.id).await.expect("load").is_some());
-    assert!(store.load(&ids[1]).await.expect("load").is_some(), "al% untouched");
+    assert!(
+        store.load(&ids[1]).await.expect("load").is_some(),
+        "al% untouched"
+    );
 }
 
 /// Without a user index, listing and revoking are `Unsupported`, never a silent empty answer.

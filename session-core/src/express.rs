@@ -286,7 +286,10 @@ impl ExpressFormat {
                 iso(record.expires_at),
             ),
             ExpressMaxAge::Remaining => {
-                let ms = record.expires_at.as_millis().saturating_sub(now.as_millis());
+                let ms = record
+                    .expires_at
+                    .as_millis()
+                    .saturating_sub(now.as_millis());
                 let rounded = ms.saturating_add(500).div_euclid(1000).saturating_mul(1000);
                 (Value::from(rounded.max(0)), iso(record.expires_at))
             }
@@ -381,7 +384,10 @@ mod tests {
 
     #[test]
     fn iso_matches_javascript() {
-        assert_eq!(iso(Timestamp::from_millis(0)), json!("1970-01-01T00:00:00.000Z"));
+        assert_eq!(
+            iso(Timestamp::from_millis(0)),
+            json!("1970-01-01T00:00:00.000Z")
+        );
         assert_eq!(
             iso(Timestamp::from_millis(1_795_332_315_940)),
             json!("2026-11-22T07:25:15.940Z")
@@ -431,16 +437,17 @@ mod tests {
         let get = |f: ExpressFormat| -> Value {
             serde_json::from_str::<Value>(&f.encode(&r, now).unwrap()).unwrap()["cookie"].clone()
         };
-        assert_eq!(get(ExpressFormat::new())["originalMaxAge"], json!(1_800_000));
+        assert_eq!(
+            get(ExpressFormat::new())["originalMaxAge"],
+            json!(1_800_000)
+        );
         let c = get(ExpressFormat::new().max_age(ExpressMaxAge::Fixed(Duration::from_secs(60))));
         assert_eq!(c["originalMaxAge"], json!(60_000));
-        let c = get(
-            ExpressFormat::new()
-                .max_age(ExpressMaxAge::BrowserSession)
-                .secure(true)
-                .domain(Some("example.com"))
-                .same_site(None),
-        );
+        let c = get(ExpressFormat::new()
+            .max_age(ExpressMaxAge::BrowserSession)
+            .secure(true)
+            .domain(Some("example.com"))
+            .same_site(None));
         assert_eq!(
             c,
             json!({"originalMaxAge": null, "expires": null, "secure": true, "httpOnly": true,

@@ -51,8 +51,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coatcheck_core::{
-    Capabilities, Clock, Codec, DecodeError, EncodeError, ExpressFormat, NativeCodec, Record, SessionId,
-    SessionInfo, SessionStore, StoreError, SystemClock, Timestamp,
+    Capabilities, Clock, Codec, DecodeError, EncodeError, ExpressFormat, NativeCodec, Record,
+    SessionId, SessionInfo, SessionStore, StoreError, SystemClock, Timestamp,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::Row as _;

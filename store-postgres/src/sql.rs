@@ -182,9 +182,7 @@ impl Statements {
                 "UPDATE {t} SET expire = {e} WHERE sid = $1 AND expire > $3::timestamp",
                 e = secs("$2::timestamptz", "$3::timestamptz")
             ),
-            delete: format!(
-                "DELETE FROM {t} WHERE sid = $1 RETURNING expire > $2::timestamp"
-            ),
+            delete: format!("DELETE FROM {t} WHERE sid = $1 RETURNING expire > $2::timestamp"),
             list_for_user: format!(
                 "SELECT sid::text, to_timestamp(0), expire::timestamptz FROM {t} \
                  WHERE {user} = $1 AND expire > $2::timestamp"

@@ -32,7 +32,9 @@ coatcheck_conformance::express_suite!(
 // Without a principal key there is no user index: listing and revoking say so.
 #[tokio::test]
 async fn express_without_user_key_says_unsupported() {
-    if !coatcheck_conformance::harness::require(Some(coatcheck_conformance::Backend::Postgres)).await {
+    if !coatcheck_conformance::harness::require(Some(coatcheck_conformance::Backend::Postgres))
+        .await
+    {
         return;
     }
     let store = common::scoped_with(

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coatcheck_core::{
-    Capabilities, Clock, Codec, DecodeError, ExpressFormat, NativeCodec, Record, SessionId, SessionInfo,
-    SessionStore, StoreError, SystemClock, Timestamp,
+    Capabilities, Clock, Codec, DecodeError, ExpressFormat, NativeCodec, Record, SessionId,
+    SessionInfo, SessionStore, StoreError, SystemClock, Timestamp,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
