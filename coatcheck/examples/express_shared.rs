@@ -81,7 +81,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The store in express-compatible mode. Postgres: the table is created as
 /// connect-pg-simple creates it, if absent.
 pub async fn store(config: &Config) -> Result<Arc<dyn SessionStore>, BoxError> {
-    let format = ExpressFormat::new();
+    // The stored `cookie` object is what Express re-sends: match the Node app's options
+    // (`secure: false` here: plain HTTP on loopback; keep the default `true` in production).
+    let format = ExpressFormat::new().secure(false);
     Ok(match config.store.as_str() {
         "redis" => Arc::new(
             coatcheck::redis::RedisStore::builder()

@@ -104,7 +104,10 @@ pub struct ExpressFormat {
     pub path: String,
     /// `cookie.httpOnly`. Default `true`.
     pub http_only: bool,
-    /// `cookie.secure`. Default `false` (express-session's default).
+    /// `cookie.secure`. Default `true`, coatcheck's secure default. Express re-sends the
+    /// cookie with the attributes stored here, so this must match the deployment: with
+    /// `false`, the Node app re-issues the cookie without `Secure`. Set `false` only for
+    /// plain-HTTP development (express-session's own default).
     pub secure: bool,
     /// `cookie.sameSite`, e.g. `lax`; `None` leaves it out. Default `lax`.
     pub same_site: Option<String>,
@@ -120,7 +123,7 @@ impl Default for ExpressFormat {
             max_age: ExpressMaxAge::Remaining,
             path: "/".into(),
             http_only: true,
-            secure: false,
+            secure: true,
             same_site: Some("lax".into()),
             domain: None,
             user_key: Some("userId".into()),
@@ -153,7 +156,7 @@ impl ExpressSession {
 }
 
 impl ExpressFormat {
-    /// The defaults: max age from the record's expiry, path `/`, `httpOnly`, not `secure`,
+    /// The defaults: max age from the record's expiry, path `/`, `httpOnly`, `secure`,
     /// `sameSite: lax`, the principal under `userId`.
     pub fn new() -> Self {
         Self::default()
@@ -368,7 +371,7 @@ mod tests {
 
     #[test]
     fn reads_and_writes_the_observed_session_byte_for_byte() {
-        let f = ExpressFormat::new();
+        let f = ExpressFormat::new().secure(false);
         let s = f.decode(REAL.as_bytes()).unwrap();
         let expires = parse_iso("2026-11-22T07:25:15.940Z").unwrap();
         assert_eq!(s.cookie_expires, Some(expires));
