@@ -16,9 +16,11 @@ use serde_json::{json, Value};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// Prints a visible `skipped: case: why` line (not captured by libtest).
-pub fn skip_case(case: &str, why: &str) {
-    skip(case, why);
+/// Prints a visible `n/a: case: why` line (not captured by libtest) for a case that does not
+/// apply to this store's capabilities (not a missing backend).
+pub fn not_applicable(case: &str, why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "n/a: {case}: {why}");
 }
 
 fn skip(case: &str, why: &str) {
@@ -402,6 +404,19 @@ pub async fn save_moving_user_id_moves_index<S: SessionStore>(store: S) {
     assert_eq!(must_load(&store, &r.id).await, r);
 }
 
+/// Randomised exponential backoff after the `streak`-th conflict in a row, as a real client
+/// would do, so many writers on one key make progress on slow servers too instead of a storm
+/// of retries. Scaled by how long the failed attempt took, so a slow server gets
+/// proportionally more room than a fast one. `rng` is a xorshift state (never 0).
+pub(crate) async fn backoff(rng: &mut u64, streak: u32, attempt: Duration) {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let attempt_us = u64::try_from(attempt.as_micros()).unwrap_or(u64::MAX);
+    let ceiling_us = attempt_us.clamp(200, 1 << 40) << streak.min(6);
+    tokio::time::sleep(Duration::from_micros(*rng % ceiling_us)).await;
+}
+
 /// 64 tasks × 50 increments of one counter through load → modify → save, retrying on
 /// `Conflict`: the final value is exactly 3,200.
 pub async fn concurrent_counter_increments_are_exact<S: SessionStore>(store: S) {
@@ -434,17 +449,7 @@ pub async fn concurrent_counter_increments_are_exact<S: SessionStore>(store: S) 
                         Err(StoreError::Conflict) => {
                             conflicts += 1;
                             streak += 1;
-                            // Randomised exponential backoff, as a real client would do, so
-                            // 64 writers on one key make progress on slow servers too
-                            // instead of a storm of retries.
-                            rng ^= rng << 13;
-                            rng ^= rng >> 7;
-                            rng ^= rng << 17;
-                            // Scaled by how long this attempt took, so a slow server gets
-                            // proportionally more room than a fast one.
-                            let attempt_us = started.elapsed().as_micros() as u64;
-                            let ceiling_us = attempt_us.max(200) << streak.min(6);
-                            tokio::time::sleep(Duration::from_micros(rng % ceiling_us)).await;
+                            backoff(&mut rng, streak, started.elapsed()).await;
                         }
                         Err(e) => panic!("save failed: {e}"),
                     }

@@ -64,6 +64,20 @@ pub(crate) fn index_name(table: &str, suffix: &str) -> String {
     format!("{prefix}_{:08x}_{suffix}", fnv1a(table))
 }
 
+/// The start of every `migrate`: the advisory lock, then the schema if absent (a role
+/// without CREATE on the database can still migrate into an existing schema).
+fn migrate_prelude(schema: &str) -> String {
+    let qschema = quote(schema);
+    format!(
+        "SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY});\
+         \nDO $coatcheck$ BEGIN\
+         \n    IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '{schema}') THEN\
+         \n        CREATE SCHEMA {qschema};\
+         \n    END IF;\
+         \nEND $coatcheck$;"
+    )
+}
+
 /// How sessions are laid out in the table.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -143,18 +157,14 @@ impl Statements {
         };
         Statements {
             migrate: format!(
-                "SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY});\
-                 \nDO $coatcheck$ BEGIN\
-                 \n    IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '{schema}') THEN\
-                 \n        CREATE SCHEMA {qschema};\
-                 \n    END IF;\
-                 \nEND $coatcheck$;\
+                "{prelude}\
                  \nCREATE TABLE IF NOT EXISTS {t} (\
                  \n    \"sid\" varchar NOT NULL COLLATE \"default\" PRIMARY KEY,\
                  \n    \"sess\" json NOT NULL,\
                  \n    \"expire\" timestamp(6) NOT NULL\
                  \n);\
-                 \nCREATE INDEX IF NOT EXISTS {expire_idx} ON {t} (expire);{user_index}"
+                 \nCREATE INDEX IF NOT EXISTS {expire_idx} ON {t} (expire);{user_index}",
+                prelude = migrate_prelude(schema)
             ),
             // $2 version, $4 user and $5 created are bound but not stored (the principal is in
             // sess; Express keeps no version or creation time).
@@ -205,12 +215,7 @@ impl Statements {
         let user_idx = quote(&index_name(table, "user_id_idx"));
         Statements {
             migrate: format!(
-                "SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY});\
-                 \nDO $coatcheck$ BEGIN\
-                 \n    IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '{schema}') THEN\
-                 \n        CREATE SCHEMA {qschema};\
-                 \n    END IF;\
-                 \nEND $coatcheck$;\
+                "{prelude}\
                  \nCREATE TABLE IF NOT EXISTS {t} (\
                  \n    id text COLLATE \"C\" PRIMARY KEY,\
                  \n    version bigint NOT NULL,\
@@ -220,7 +225,8 @@ impl Statements {
                  \n    expires_at timestamptz NOT NULL\
                  \n);\
                  \nCREATE INDEX IF NOT EXISTS {expires_idx} ON {t} (expires_at);\
-                 \nCREATE INDEX IF NOT EXISTS {user_idx} ON {t} (user_id) WHERE user_id IS NOT NULL;"
+                 \nCREATE INDEX IF NOT EXISTS {user_idx} ON {t} (user_id) WHERE user_id IS NOT NULL;",
+                prelude = migrate_prelude(schema)
             ),
             create: format!(
                 "INSERT INTO {t} AS s (id, version, data, user_id, created_at, expires_at) \
