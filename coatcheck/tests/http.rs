@@ -140,6 +140,11 @@ async fn logout_others(session: Session) -> Result<String, SessionError> {
     Ok(session.logout_other_devices().await?.to_string())
 }
 
+async fn regenerate(session: Session) -> Result<&'static str, SessionError> {
+    session.regenerate().await?;
+    Ok("ok")
+}
+
 async fn whoami(session: Session) -> Result<String, SessionError> {
     Ok(session
         .user_id()
@@ -169,6 +174,7 @@ fn router(layer: SessionLayer) -> Router {
         .route("/logout-all", post(logout_all))
         .route("/logout-others", post(logout_others))
         .route("/whoami", get(whoami))
+        .route("/regenerate", post(regenerate))
         .route("/sessions", get(sessions))
         .route("/slow-set", post(slow_set))
         .layer(layer)
@@ -923,4 +929,85 @@ async fn absolute_timeout_is_refused_on_a_store_without_creation_time() {
     assert!(SessionLayer::builder(NoCreationTime::default(), keys)
         .build()
         .is_ok());
+}
+
+/// ASVS 7.2.4: `regenerate()` and every (re-)authentication issue a new id; the old one is
+/// dead at once, the data carries over.
+#[tokio::test]
+async fn regenerate_and_relogin_issue_new_ids_and_kill_the_old_one() {
+    let app = app();
+    let a = send(&app, "POST", "/set/cart/3", None).await.cookie();
+    let b = send(&app, "POST", "/regenerate", Some(&a)).await.cookie();
+    assert_ne!(id_of(&a), id_of(&b));
+    assert!(app.store.inner.load(&id_of(&a)).await.unwrap().is_none());
+    assert_eq!(send(&app, "GET", "/get/cart", Some(&b)).await.body, "\"3\"");
+    assert_eq!(send(&app, "GET", "/get/cart", Some(&a)).await.body, "none");
+    let c = send(&app, "POST", "/login/alice", Some(&b)).await.cookie();
+    assert_ne!(id_of(&b), id_of(&c));
+    assert!(app.store.inner.load(&id_of(&b)).await.unwrap().is_none());
+    // Re-authentication on an authenticated session rotates again.
+    let d = send(&app, "POST", "/login/bob", Some(&c)).await.cookie();
+    assert_ne!(id_of(&c), id_of(&d));
+    assert!(app.store.inner.load(&id_of(&c)).await.unwrap().is_none());
+    assert_eq!(send(&app, "GET", "/whoami", Some(&d)).await.body, "bob");
+    assert_eq!(
+        send(&app, "GET", "/whoami", Some(&c)).await.body,
+        "anonymous"
+    );
+}
+
+/// A once-valid cookie whose session expired is not adopted: a write gets a fresh id and the
+/// old id gets no record.
+#[tokio::test]
+async fn an_expired_cookie_is_not_adopted_and_a_write_gets_a_fresh_id() {
+    let app = app_with(|b| b.idle_timeout(Duration::from_secs(60)));
+    let old = send(&app, "POST", "/set/a/1", None).await.cookie();
+    app.clock.advance(Duration::from_secs(61));
+    assert_eq!(send(&app, "GET", "/get/a", Some(&old)).await.body, "none");
+    let r = send(&app, "POST", "/set/b/2", Some(&old)).await;
+    let fresh = r.cookie();
+    assert_ne!(id_of(&fresh), id_of(&old));
+    assert!(app.store.inner.load(&id_of(&old)).await.unwrap().is_none());
+    assert_eq!(send(&app, "GET", "/get/a", Some(&fresh)).await.body, "none");
+}
+
+/// ASVS 3.3.4 / 14.2.1: the id travels in the cookie only. A valid signed value in the query
+/// string is ignored, and no response carries the id anywhere but `Set-Cookie`.
+#[tokio::test]
+async fn the_id_is_never_taken_from_or_put_in_the_url_or_body() {
+    let app = app();
+    let r = send(&app, "POST", "/login/alice", None).await;
+    let cookie = r.cookie();
+    let id = id_of(&cookie);
+    assert!(!r.body.contains(id.as_str()));
+    let value = cookie.split_once('=').unwrap().1.to_owned();
+    for query in [
+        format!("sid={value}"),
+        format!("connect.sid={value}"),
+        format!("id={}", id.as_str()),
+    ] {
+        let r = send(&app, "GET", &format!("/whoami?{query}"), None).await;
+        assert_eq!(r.body, "anonymous", "{query}");
+        assert!(r.set_cookie.is_empty());
+    }
+    let res = app
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method("POST")
+                .uri("/set/k/v")
+                .header(header::COOKIE, &cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    for (name, v) in res.headers() {
+        if name != header::SET_COOKIE {
+            assert!(!v.to_str().unwrap_or("").contains(id.as_str()), "{name}");
+        }
+    }
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(!String::from_utf8_lossy(&body).contains(id.as_str()));
 }
