@@ -1011,3 +1011,76 @@ async fn the_id_is_never_taken_from_or_put_in_the_url_or_body() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert!(!String::from_utf8_lossy(&body).contains(id.as_str()));
 }
+
+/// Ids carry no user data: the cookie value is `s:` + 32 random base64url characters + MAC,
+/// whatever the user or the data.
+#[tokio::test]
+async fn ids_carry_no_user_data() {
+    let app = app();
+    let c = send(&app, "POST", "/set/cart/secret-cart-value", None)
+        .await
+        .cookie();
+    let c = send(&app, "POST", "/login/alice-7781", Some(&c))
+        .await
+        .cookie();
+    let id = id_of(&c);
+    assert_eq!(id.as_str().len(), 32);
+    for needle in ["alice", "7781", "secret", "cart"] {
+        assert!(!c.contains(needle), "{needle} in {c}");
+    }
+}
+
+/// A `MakeWriter` into a shared buffer, to read what was logged.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// ASVS: ids are never logged raw. Every log line, at TRACE, of a whole session life (create,
+/// conflict-free saves, login, logout, a store failure, a bad cookie) is searched for the raw
+/// ids and cookie values.
+#[tokio::test]
+async fn ids_and_cookie_values_are_never_logged() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = app();
+    let mut secrets = Vec::new();
+    let a = send(&app, "POST", "/set/a/1", None).await.cookie();
+    let b = send(&app, "POST", "/login/alice", Some(&a)).await.cookie();
+    send(&app, "POST", "/incr", Some(&b)).await;
+    app.store.down.store(true, Ordering::SeqCst);
+    let r = send(&app, "POST", "/incr", Some(&b)).await;
+    assert!(r.status.is_server_error());
+    app.store.down.store(false, Ordering::SeqCst);
+    send(&app, "POST", "/logout", Some(&b)).await;
+    send(&app, "GET", "/get/a", Some(&format!("{b}x"))).await;
+    for c in [&a, &b] {
+        secrets.push(id_of(c).as_str().to_owned());
+        secrets.push(c.split_once('=').unwrap().1.to_owned());
+    }
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.is_empty(), "something was logged");
+    for s in &secrets {
+        assert!(!text.contains(s.as_str()), "{s} appears in the logs");
+    }
+}
