@@ -165,8 +165,8 @@ async fn run(config: Config) {
     let store = express_shared::store(&config).await.expect("store");
     let rust = serve_rust(store.clone(), &config, &[NEW, OLD]).await;
     let rust_before_rotation = serve_rust(store.clone(), &config, &[OLD]).await;
-    let node = Node::start(&config, &[NEW, OLD]);
-    let node = node.base.clone();
+    let node_app = Node::start(&config, &[NEW, OLD]); // killed when this test ends
+    let node = node_app.base.clone();
     let http = reqwest::Client::new();
     let url = |base: &str, path: &str| format!("{base}{path}");
 

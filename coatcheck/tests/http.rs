@@ -30,6 +30,8 @@ struct Counting {
     writes: Arc<AtomicU64>,
     touches: Arc<AtomicU64>,
     down: Arc<AtomicBool>,
+    /// Report `no_creation_time`, as a store in express-compatible mode does.
+    no_creation_time: bool,
 }
 
 impl Counting {
@@ -95,7 +97,9 @@ impl SessionStore for Counting {
         self.inner.delete_expired().await
     }
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        self.inner
+            .capabilities()
+            .with_no_creation_time(self.no_creation_time)
     }
 }
 
@@ -888,45 +892,17 @@ async fn express_preset_uses_connect_sid_and_refuses_reserved_keys() {
 /// timeout: building such a layer is an error, not a silently ignored setting.
 #[tokio::test]
 async fn absolute_timeout_is_refused_on_a_store_without_creation_time() {
-    #[derive(Debug, Clone, Default)]
-    struct NoCreationTime(MemoryStore);
-    #[async_trait]
-    impl SessionStore for NoCreationTime {
-        async fn create(&self, r: &Record) -> Result<(), StoreError> {
-            self.0.create(r).await
-        }
-        async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
-            self.0.load(id).await
-        }
-        async fn save(&self, r: &Record) -> Result<u64, StoreError> {
-            self.0.save(r).await
-        }
-        async fn touch(&self, id: &SessionId, e: Timestamp) -> Result<bool, StoreError> {
-            self.0.touch(id, e).await
-        }
-        async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
-            self.0.delete(id).await
-        }
-        async fn list_for_user(&self, u: &str) -> Result<Vec<SessionInfo>, StoreError> {
-            self.0.list_for_user(u).await
-        }
-        async fn delete_for_user(&self, u: &str, e: Option<&SessionId>) -> Result<u64, StoreError> {
-            self.0.delete_for_user(u, e).await
-        }
-        async fn delete_expired(&self) -> Result<u64, StoreError> {
-            self.0.delete_expired().await
-        }
-        fn capabilities(&self) -> Capabilities {
-            self.0.capabilities().with_no_creation_time(true)
-        }
-    }
+    let no_creation_time = Counting {
+        no_creation_time: true,
+        ..Counting::default()
+    };
     let keys = KeyRing::new([SECRET]).unwrap();
-    let err = SessionLayer::builder(NoCreationTime::default(), keys.clone())
+    let err = SessionLayer::builder(no_creation_time.clone(), keys.clone())
         .absolute_timeout(Duration::from_secs(3600))
         .build()
         .unwrap_err();
     assert_eq!(err, coatcheck::ConfigError::AbsoluteTimeoutUnsupported);
-    assert!(SessionLayer::builder(NoCreationTime::default(), keys)
+    assert!(SessionLayer::builder(no_creation_time, keys)
         .build()
         .is_ok());
 }

@@ -54,7 +54,7 @@ fn user_index(caps: Capabilities, case: &str) -> bool {
     caps.user_index
 }
 
-async fn must_load<S: SessionStore>(store: &S, id: &SessionId) -> Record {
+pub(crate) async fn must_load<S: SessionStore>(store: &S, id: &SessionId) -> Record {
     match store.load(id).await {
         Ok(Some(r)) => r,
         Ok(None) => panic!("record {id:?} should load but is absent"),

@@ -22,18 +22,10 @@ use std::time::Duration;
 use coatcheck_core::{Record, SessionId, SessionStore, StoreError, Timestamp};
 use serde_json::{json, Value};
 
-use crate::cases::fresh_record;
+use crate::cases::{fresh_record, must_load};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const USER_KEY: &str = "userId";
-
-async fn must_load<S: SessionStore>(store: &S, id: &SessionId) -> Record {
-    match store.load(id).await {
-        Ok(Some(r)) => r,
-        Ok(None) => panic!("record {id:?} should load but is absent"),
-        Err(e) => panic!("load failed: {e}"),
-    }
-}
 
 /// `expires_at` as read back: the one written, or up to a second later (whole seconds).
 fn assert_expiry(read: Timestamp, written: Timestamp) {

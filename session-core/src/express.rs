@@ -248,36 +248,32 @@ impl ExpressFormat {
                 "`{k}` is reserved by express-session and would be dropped by Express"
             )));
         }
-        let mut out = Map::with_capacity(record.data.len() + 2);
-        out.insert("cookie".into(), Value::Object(self.cookie(record, now)));
-        let mut principal_written = false;
-        for (k, v) in &record.data {
-            if Some(k.as_str()) == self.user_key.as_deref() {
-                match (&record.user_id, principal(v)) {
+        let principal = match self.user_key.as_deref() {
+            None => Principal::Keep,
+            Some(key) => match (&record.user_id, record.data.get(key)) {
+                (None, None) => Principal::Keep,
+                (Some(u), None) => Principal::Append(key, u),
+                (user, Some(v)) => match (user, principal(v)) {
                     // The stored form (e.g. Node's integer id) is kept when it names the same user.
-                    (Some(u), Some(p)) if *u == p => {}
-                    (Some(u), Some(_)) => {
-                        out.insert(k.clone(), Value::String(u.clone()));
-                        principal_written = true;
-                        continue;
-                    }
+                    (Some(u), Some(p)) if *u == p => Principal::Keep,
+                    (Some(u), Some(_)) => Principal::Replace(key, u),
                     (Some(_), None) => {
                         return Err(EncodeError(format!(
-                            "session key `{k}` holds a non-principal value; it cannot also hold the user id"
+                            "session key `{key}` holds a non-principal value; it cannot also hold the user id"
                         )))
                     }
                     // Logged out: the principal goes.
-                    (None, Some(_)) => continue,
-                    (None, None) => {}
-                }
-                principal_written = true;
-            }
-            out.insert(k.clone(), v.clone());
-        }
-        if let (Some(key), Some(u), false) = (&self.user_key, &record.user_id, principal_written) {
-            out.insert(key.clone(), Value::String(u.clone()));
-        }
-        serde_json::to_string(&out).map_err(|e| EncodeError(e.to_string()))
+                    (None, Some(_)) => Principal::Drop(key),
+                    (None, None) => Principal::Keep,
+                },
+            },
+        };
+        let wire = Wire {
+            cookie: self.cookie(record, now),
+            data: &record.data,
+            principal,
+        };
+        serde_json::to_string(&wire).map_err(|e| EncodeError(e.to_string()))
     }
 
     fn cookie(&self, record: &Record, now: Timestamp) -> Map<String, Value> {
@@ -309,6 +305,45 @@ impl ExpressFormat {
             c.insert("sameSite".into(), Value::String(s.clone()));
         }
         c
+    }
+}
+
+/// What `encode` does with the principal's key.
+enum Principal<'a> {
+    /// Write the data as it is.
+    Keep,
+    /// The key holds another user: write this one in its place.
+    Replace(&'a str, &'a str),
+    /// Logged out: leave the key out.
+    Drop(&'a str),
+    /// The key is absent: add it after the data.
+    Append(&'a str, &'a str),
+}
+
+/// The session as express-session's JSON, serialized straight from the record's data (no
+/// copy of the values): `cookie` first, then the data in order, the principal applied.
+struct Wire<'a> {
+    cookie: Map<String, Value>,
+    data: &'a Data,
+    principal: Principal<'a>,
+}
+
+impl serde::Serialize for Wire<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("cookie", &self.cookie)?;
+        for (k, v) in self.data {
+            match self.principal {
+                Principal::Replace(key, user) if key == k => m.serialize_entry(k, user)?,
+                Principal::Drop(key) if key == k => {}
+                _ => m.serialize_entry(k, v)?,
+            }
+        }
+        if let Principal::Append(key, user) = self.principal {
+            m.serialize_entry(key, user)?;
+        }
+        m.end()
     }
 }
 
