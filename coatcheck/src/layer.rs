@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use coatcheck_core::{Clock, KeyRing, SessionId, SessionStore, Timestamp};
+use coatcheck_core::{Clock, KeyRing, SessionId, SessionStore, Timestamp, Verified};
 use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use tower_layer::Layer;
@@ -108,9 +108,35 @@ impl<S> fmt::Debug for SessionService<S> {
     }
 }
 
-/// The first cookie named `name` whose value verifies, and whether it needs re-signing.
-/// Headers that are not visible ASCII, pairs without `=`, and bad signatures are skipped.
-fn read_cookie(headers: &HeaderMap, name: &str, keys: &KeyRing) -> Option<(SessionId, bool)> {
+/// The session id carried by the first cookie named `name` whose value verifies under `keys`,
+/// exactly as the middleware reads it.
+///
+/// Useful where the layer does not run (a WebSocket upgrade handled elsewhere, a log line
+/// that wants the session's [`short_hash`](SessionId::short_hash)). Headers that are not
+/// visible ASCII, pairs without `=`, values in double quotes that do not verify and bad
+/// signatures are skipped; any input gives `None` or a verified id, never a panic. The id is
+/// not checked against a store: it may name an expired or deleted session.
+///
+/// ```
+/// use coatcheck::{session_id_from_headers, KeyRing, SessionId};
+/// use http::{header::COOKIE, HeaderMap, HeaderValue};
+///
+/// let keys = KeyRing::new(["a secret of at least thirty-two bytes!!"]).unwrap();
+/// let id = SessionId::generate();
+/// let mut headers = HeaderMap::new();
+/// let cookie = format!("theme=dark; sid={}", keys.sign_cookie_value(&id));
+/// headers.insert(COOKIE, HeaderValue::from_str(&cookie).unwrap());
+///
+/// let verified = session_id_from_headers(&headers, "sid", &keys).unwrap();
+/// assert_eq!(verified.id, id);
+/// assert!(!verified.needs_resign());
+/// assert!(session_id_from_headers(&headers, "other", &keys).is_none());
+/// ```
+pub fn session_id_from_headers(
+    headers: &HeaderMap,
+    name: &str,
+    keys: &KeyRing,
+) -> Option<Verified> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -125,10 +151,6 @@ fn read_cookie(headers: &HeaderMap, name: &str, keys: &KeyRing) -> Option<(Sessi
                 .and_then(|v| v.strip_suffix('"'))
                 .unwrap_or(v);
             keys.verify_cookie_value(v)
-        })
-        .map(|v| {
-            let resign = v.needs_resign();
-            (v.id, resign)
         })
 }
 
@@ -211,7 +233,11 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let shared = self.shared.clone();
-        let cookie = read_cookie(req.headers(), &shared.config.name, &shared.keys);
+        let cookie =
+            session_id_from_headers(req.headers(), &shared.config.name, &shared.keys).map(|v| {
+                let resign = v.needs_resign();
+                (v.id, resign)
+            });
         let secure = is_secure(&shared.config, &req);
         let (cookie_id, resign) = match cookie {
             Some((id, resign)) => (Some(id), resign),
@@ -267,9 +293,12 @@ mod tests {
             COOKIE,
             HeaderValue::from_str(&format!("x=1;sid={good}")).unwrap(),
         );
-        assert_eq!(read_cookie(&h, "sid", &keys).map(|x| x.0), Some(id));
+        assert_eq!(
+            session_id_from_headers(&h, "sid", &keys).map(|x| x.id),
+            Some(id)
+        );
         let mut h = HeaderMap::new();
         h.append(COOKIE, HeaderValue::from_bytes(b"sid=\xff\xfe").unwrap());
-        assert!(read_cookie(&h, "sid", &keys).is_none());
+        assert!(session_id_from_headers(&h, "sid", &keys).is_none());
     }
 }

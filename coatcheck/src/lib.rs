@@ -49,13 +49,13 @@ mod session;
 
 pub use config::{ConfigError, SameSite, Secure, SessionConfig, SessionLayerBuilder};
 pub use error::SessionError;
-pub use layer::{SessionLayer, SessionService};
+pub use layer::{session_id_from_headers, SessionLayer, SessionService};
 pub use session::Session;
 
 pub use coatcheck_core::{
     Capabilities, Clock, Codec, Data, ExpiryPolicy, ExpressFormat, ExpressMaxAge, JsonCodec,
     KeyRing, KeyRingError, ManualClock, NativeCodec, Record, SessionId, SessionInfo, SessionStore,
-    StoreError, SystemClock, Timestamp,
+    StoreError, SystemClock, Timestamp, Verified,
 };
 
 /// The core crate, for store implementors.
