@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use coatcheck_core::{Clock, KeyRing, SessionId, SessionStore, Timestamp, Verified};
+use coatcheck_core::{Clock, KeyRing, SessionStore, Timestamp, Verified};
 use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use tower_layer::Layer;
@@ -112,7 +112,7 @@ impl<S> fmt::Debug for SessionService<S> {
 /// exactly as the middleware reads it.
 ///
 /// Useful where the layer does not run (a WebSocket upgrade handled elsewhere, a log line
-/// that wants the session's [`short_hash`](SessionId::short_hash)). Headers that are not
+/// that wants the session's [`short_hash`](coatcheck_core::SessionId::short_hash)). Headers that are not
 /// visible ASCII, pairs without `=`, values in double quotes that do not verify and bad
 /// signatures are skipped; any input gives `None` or a verified id, never a panic. The id is
 /// not checked against a store: it may name an expired or deleted session.
@@ -278,6 +278,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coatcheck_core::SessionId;
 
     #[test]
     fn read_cookie_takes_first_valid_and_ignores_junk() {
