@@ -6,9 +6,10 @@
 //! - **Concurrent without a global lock**: records live in shards, each behind its own
 //!   short-held mutex (never across an `.await`); the user index is sharded the same way.
 //! - **Bounded**: at [`MemoryStoreBuilder::capacity`] a create first drops expired
-//!   records, then evicts the records closest to expiry (a batch of about 1% of capacity at
-//!   a time, so the scan is amortised). Evictions are counted ([`MemoryStore::evictions`])
-//!   and traced.
+//!   records, then evicts anonymous records (no user id) closest to expiry, and signed-in
+//!   ones only when no anonymous record is left (a batch of about 1% of capacity at a time,
+//!   so the scan is amortised). A flood of new anonymous sessions therefore cannot push a
+//!   signed-in user out. Evictions are counted ([`MemoryStore::evictions`]) and traced.
 //! - **Expiring**: an expired record is never returned, sweep or no sweep;
 //!   [`MemoryStore::spawn_sweeper`] removes them in the background so memory does not grow
 //!   with dead sessions.
@@ -257,7 +258,8 @@ impl Inner {
         removed
     }
 
-    /// Makes room for one more record: expired ones first, then the soonest to expire.
+    /// Makes room for one more record: expired ones first, then anonymous ones soonest to
+    /// expire, then signed-in ones soonest to expire.
     fn make_room(&self, now: Timestamp) {
         if self.len.load(Ordering::Relaxed) < self.capacity {
             return;
@@ -268,20 +270,23 @@ impl Inner {
             return;
         }
         let batch = (self.capacity / 100).max(1).min(len);
-        // The `batch` records expiring soonest: a max-heap of that size over all shards.
-        let mut heap: BinaryHeap<(Timestamp, SessionId)> = BinaryHeap::with_capacity(batch + 1);
+        // The first `batch` records in (signed in, expiry) order, anonymous first: a max-heap
+        // of that size over all shards.
+        let mut heap: BinaryHeap<(bool, Timestamp, SessionId)> =
+            BinaryHeap::with_capacity(batch + 1);
         for shard in self.shards.iter() {
             for r in lock(shard).values() {
+                let key = (r.user_id.is_some(), r.expires_at);
                 if heap.len() < batch {
-                    heap.push((r.expires_at, r.id.clone()));
-                } else if heap.peek().is_some_and(|(e, _)| r.expires_at < *e) {
+                    heap.push((key.0, key.1, r.id.clone()));
+                } else if heap.peek().is_some_and(|(u, e, _)| key < (*u, *e)) {
                     heap.pop();
-                    heap.push((r.expires_at, r.id.clone()));
+                    heap.push((key.0, key.1, r.id.clone()));
                 }
             }
         }
         let mut evicted = 0u64;
-        for (_, id) in heap {
+        for (_, _, id) in heap {
             let removed = self.shard(&id).remove(&id);
             if let Some(r) = removed {
                 self.forget(&r);
@@ -292,7 +297,7 @@ impl Inner {
         tracing::warn!(
             evicted,
             capacity = self.capacity,
-            "coatcheck-memory at capacity: evicted the sessions closest to expiry"
+            "coatcheck-memory at capacity: evicted the sessions closest to expiry, anonymous first"
         );
     }
 }
@@ -487,15 +492,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn anonymous_sessions_are_evicted_before_signed_in_ones() {
+        let store = MemoryStore::builder().capacity(3).build();
+        let now = Timestamp::now();
+        let mut user = rec(now, 1_000);
+        user.user_id = Some("u".into());
+        store.create(&user).await.unwrap();
+        let anon = [rec(now, 60_000), rec(now, 90_000)];
+        for r in &anon {
+            store.create(r).await.unwrap();
+        }
+        store.create(&rec(now, 120_000)).await.unwrap();
+        assert_eq!(store.evictions(), 1);
+        assert!(
+            store.load(&user.id).await.unwrap().is_some(),
+            "signed in, kept although it expires soonest"
+        );
+        assert!(store.load(&anon[0].id).await.unwrap().is_none());
+        assert!(store.load(&anon[1].id).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
     async fn eviction_keeps_the_user_index_consistent() {
         let store = MemoryStore::builder().capacity(2).build();
         let now = Timestamp::now();
         let mut first = rec(now, 1_000);
         first.user_id = Some("u".into());
         store.create(&first).await.unwrap();
-        store.create(&rec(now, 60_000)).await.unwrap();
+        let mut second = rec(now, 60_000);
+        second.user_id = Some("v".into());
+        store.create(&second).await.unwrap();
         store.create(&rec(now, 60_000)).await.unwrap();
         assert!(store.list_for_user("u").await.unwrap().is_empty());
+        assert_eq!(store.list_for_user("v").await.unwrap().len(), 1);
         assert_eq!(store.inner.user_shard("u").get("u").map(|s| s.len()), None);
     }
 
