@@ -258,24 +258,53 @@ impl Inner {
         removed
     }
 
-    /// Makes room for one more record: expired ones first, then anonymous ones soonest to
-    /// expire, then signed-in ones soonest to expire.
-    fn make_room(&self, now: Timestamp) {
-        if self.len.load(Ordering::Relaxed) < self.capacity {
-            return;
+    /// Reserves room for one more record in `len`, evicting when the store is full. The
+    /// check and the increment are one atomic step, so concurrent creates can never take the
+    /// store past its capacity (a check-then-insert would: found by the flood test).
+    fn reserve_slot(&self, now: Timestamp) {
+        let mut attempts = 0u32;
+        loop {
+            let len = self.len.load(Ordering::Acquire);
+            if len < self.capacity {
+                if self
+                    .len
+                    .compare_exchange_weak(len, len + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            if self.make_room(now) == 0 {
+                // Every counted slot is a reservation another create has not inserted yet:
+                // let it finish, then evict it like any other record.
+                attempts += 1;
+                if attempts % 64 == 0 {
+                    std::thread::yield_now();
+                }
+                std::hint::spin_loop();
+            }
         }
-        self.sweep(now);
-        let len = self.len.load(Ordering::Relaxed);
-        if len < self.capacity {
-            return;
-        }
-        let batch = (self.capacity / 100).max(1).min(len);
-        // The first `batch` records in (signed in, expiry) order, anonymous first: a max-heap
-        // of that size over all shards.
+    }
+
+    /// Makes room: expired records first, then anonymous ones soonest to expire, then
+    /// signed-in ones soonest to expire. Returns how many records it removed.
+    fn make_room(&self, now: Timestamp) -> usize {
+        let batch = (self.capacity / 100).max(1);
+        // One pass over every shard: expired records are removed on the way, and the first
+        // `batch` live records in (signed in, expiry) order, anonymous first, are kept in a
+        // max-heap of that size.
+        let mut swept = 0usize;
         let mut heap: BinaryHeap<(bool, Timestamp, SessionId)> =
             BinaryHeap::with_capacity(batch + 1);
         for shard in self.shards.iter() {
-            for r in lock(shard).values() {
+            let mut map = lock(shard);
+            let mut dead = Vec::new();
+            for r in map.values() {
+                if !r.is_live(now) {
+                    dead.push(r.id.clone());
+                    continue;
+                }
                 let key = (r.user_id.is_some(), r.expires_at);
                 if heap.len() < batch {
                     heap.push((key.0, key.1, r.id.clone()));
@@ -284,6 +313,16 @@ impl Inner {
                     heap.push((key.0, key.1, r.id.clone()));
                 }
             }
+            for id in dead {
+                if let Some(r) = map.remove(&id) {
+                    self.forget(&r);
+                    swept += 1;
+                }
+            }
+        }
+        if swept > 0 {
+            // Expired records made the room; no live one is evicted for it.
+            return swept;
         }
         let mut evicted = 0u64;
         for (_, _, id) in heap {
@@ -294,11 +333,14 @@ impl Inner {
             }
         }
         self.evictions.fetch_add(evicted, Ordering::Relaxed);
-        tracing::warn!(
-            evicted,
-            capacity = self.capacity,
-            "coatcheck-memory at capacity: evicted the sessions closest to expiry, anonymous first"
-        );
+        if evicted > 0 {
+            tracing::warn!(
+                evicted,
+                capacity = self.capacity,
+                "coatcheck-memory at capacity: evicted the sessions closest to expiry, anonymous first"
+            );
+        }
+        evicted as usize
     }
 }
 
@@ -307,10 +349,12 @@ impl SessionStore for MemoryStore {
     async fn create(&self, record: &Record) -> Result<(), StoreError> {
         let inner = &self.inner;
         let now = inner.clock.now();
-        inner.make_room(now);
+        inner.reserve_slot(now);
         let mut shard = inner.shard(&record.id);
         match shard.entry(record.id.clone()) {
             Entry::Occupied(mut e) => {
+                // The slot reserved above is not needed either way.
+                inner.len.fetch_sub(1, Ordering::AcqRel);
                 if e.get().is_live(now) {
                     return Err(StoreError::IdTaken);
                 }
@@ -322,7 +366,6 @@ impl SessionStore for MemoryStore {
             }
             Entry::Vacant(e) => {
                 e.insert(record.clone());
-                inner.len.fetch_add(1, Ordering::Relaxed);
             }
         }
         if let Some(u) = &record.user_id {
