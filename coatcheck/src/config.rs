@@ -65,7 +65,15 @@ pub struct SessionConfig {
     /// [`coatcheck_core::EXPRESS_RESERVED_KEYS`]). Set by
     /// [`SessionLayerBuilder::express_compatible`]; default false.
     pub express_reserved_keys: bool,
+    /// How long one store call may take before the request fails with
+    /// [`StoreTimedOut`](crate::StoreTimedOut) (`503`) instead of hanging (default 5 s;
+    /// `None`: only the store's own timeouts apply). Covers a server that accepts
+    /// connections but does not answer, a lock held in the database, an exhausted pool.
+    pub store_timeout: Option<Duration>,
 }
+
+/// The default [`SessionConfig::store_timeout`].
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -82,6 +90,7 @@ impl Default for SessionConfig {
             save_uninitialized: false,
             max_save_retries: 32,
             express_reserved_keys: false,
+            store_timeout: Some(DEFAULT_STORE_TIMEOUT),
         }
     }
 }
@@ -102,6 +111,9 @@ pub enum ConfigError {
     /// The path or domain has characters a cookie attribute cannot have.
     #[error("invalid cookie attribute {0:?}")]
     InvalidAttribute(String),
+    /// The store timeout is zero (use `None` for no limit).
+    #[error("the store timeout must be more than zero (None for no limit)")]
+    ZeroStoreTimeout,
     /// The idle timeout is zero.
     #[error("the idle timeout must be more than zero")]
     ZeroIdleTimeout,
@@ -158,6 +170,13 @@ impl SessionLayerBuilder {
             clock: Arc::new(SystemClock),
             id_generator: Arc::new(SessionId::generate),
         }
+    }
+
+    /// Bounds every store call ([`SessionConfig::store_timeout`]; default 5 s). `None`
+    /// leaves only the store's own timeouts.
+    pub fn store_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.config.store_timeout = limit;
+        self
     }
 
     /// Cookie name (express: `name`). Default `sid`.
@@ -336,6 +355,9 @@ pub(crate) fn validate(c: &SessionConfig) -> Result<(), ConfigError> {
         if c.partitioned {
             return Err(ConfigError::NeedsSecure("Partitioned"));
         }
+    }
+    if c.store_timeout.is_some_and(|t| t.is_zero()) {
+        return Err(ConfigError::ZeroStoreTimeout);
     }
     if c.expiry.idle_timeout.is_zero() {
         return Err(ConfigError::ZeroIdleTimeout);

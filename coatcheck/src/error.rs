@@ -6,8 +6,8 @@ use coatcheck_core::StoreError;
 /// request.
 ///
 /// With the `axum` feature it is an `IntoResponse`, so handlers can use `?`: store
-/// failures become `500` (or `503` when concurrent saves kept conflicting), never an empty
-/// session; the body says nothing about the backend.
+/// failures become `500` (`503` when the store did not answer in time or concurrent saves
+/// kept conflicting), never an empty session; the body says nothing about the backend.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
@@ -43,6 +43,11 @@ impl SessionError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             SessionError::TooManyConflicts(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            SessionError::Store(StoreError::Backend(source))
+                if source.is::<crate::StoreTimedOut>() =>
+            {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -54,7 +59,7 @@ impl axum_core::response::IntoResponse for SessionError {
         tracing::error!(error = %self, "session operation failed");
         let mut res =
             axum_core::response::Response::new(axum_core::body::Body::from(match self.status() {
-                http::StatusCode::SERVICE_UNAVAILABLE => "session busy, retry",
+                http::StatusCode::SERVICE_UNAVAILABLE => "session store busy, retry",
                 _ => "session store unavailable",
             }));
         *res.status_mut() = self.status();

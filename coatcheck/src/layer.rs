@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use coatcheck_core::{Clock, KeyRing, SessionStore, Timestamp, Verified};
+use coatcheck_core::{Clock, KeyRing, SessionStore, StoreError, Timestamp, Verified};
 use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use tower_layer::Layer;
@@ -23,6 +23,52 @@ pub(crate) struct Shared {
     pub(crate) config: SessionConfig,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) id_generator: IdGenerator,
+}
+
+impl Shared {
+    /// One store call, bounded by [`SessionConfig::store_timeout`]: past it the call is
+    /// dropped and the request fails with [`StoreTimedOut`] (a `503`), whatever the store's
+    /// own timeouts are.
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let Some(limit) = self.config.store_timeout else {
+            return call.await;
+        };
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(operation, ?limit, "session store call timed out");
+                Err(StoreError::backend(StoreTimedOut {
+                    operation,
+                    after: limit,
+                }))
+            }
+        }
+    }
+}
+
+/// The session store did not answer within [`SessionConfig::store_timeout`]; the source of
+/// the [`StoreError::Backend`] in such a [`SessionError::Store`](crate::SessionError::Store).
+///
+/// ```
+/// use coatcheck::{SessionError, StoreError, StoreTimedOut};
+///
+/// fn timed_out(e: &SessionError) -> bool {
+///     matches!(e, SessionError::Store(StoreError::Backend(source)) if source.is::<StoreTimedOut>())
+/// }
+/// # let _ = timed_out;
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the session store did not answer `{operation}` within {after:?}")]
+#[non_exhaustive]
+pub struct StoreTimedOut {
+    /// The store method (`load`, `save`, ...).
+    pub operation: &'static str,
+    /// The limit that passed.
+    pub after: std::time::Duration,
 }
 
 /// The session middleware. Build it with [`SessionLayer::builder`].

@@ -47,9 +47,11 @@ mod extract;
 mod layer;
 mod session;
 
-pub use config::{ConfigError, SameSite, Secure, SessionConfig, SessionLayerBuilder};
+pub use config::{
+    ConfigError, SameSite, Secure, SessionConfig, SessionLayerBuilder, DEFAULT_STORE_TIMEOUT,
+};
 pub use error::SessionError;
-pub use layer::{session_id_from_headers, SessionLayer, SessionService};
+pub use layer::{session_id_from_headers, SessionLayer, SessionService, StoreTimedOut};
 pub use session::Session;
 
 pub use coatcheck_core::{

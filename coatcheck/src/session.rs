@@ -151,7 +151,12 @@ impl Session {
             .get_or_try_init(|| async {
                 let id = self.state().cookie_id.clone();
                 let record = match id {
-                    Some(id) => self.inner.shared.store.load(&id).await?,
+                    Some(id) => {
+                        self.inner
+                            .shared
+                            .bounded("load", self.inner.shared.store.load(&id))
+                            .await?
+                    }
                     None => None,
                 };
                 let now = self.now();
@@ -361,13 +366,23 @@ impl Session {
         let mut attempts = 0;
         loop {
             next.id = (self.inner.shared.id_generator)();
-            match store.create(&next).await {
+            match self
+                .inner
+                .shared
+                .bounded("create", store.create(&next))
+                .await
+            {
                 Ok(()) => break,
                 Err(StoreError::IdTaken) if attempts < 3 => attempts += 1,
                 Err(e) => return self.fail(e),
             }
         }
-        if let Err(e) = store.delete(&old_id).await {
+        if let Err(e) = self
+            .inner
+            .shared
+            .bounded("delete", store.delete(&old_id))
+            .await
+        {
             return self.fail(e);
         }
         tracing::debug!(old = %old_id.short_hash(), new = %next.id.short_hash(), "session id rotated");
@@ -397,7 +412,12 @@ impl Session {
         };
         let mut removed = false;
         if let Some(id) = id {
-            removed = match self.inner.shared.store.delete(&id).await {
+            removed = match self
+                .inner
+                .shared
+                .bounded("delete", self.inner.shared.store.delete(&id))
+                .await
+            {
                 Ok(removed) => removed,
                 Err(e) => return self.fail(e),
             };
@@ -423,7 +443,15 @@ impl Session {
     /// Returns how many were removed. Without a user, destroys this session only.
     pub async fn logout_everywhere(&self) -> Result<u64, SessionError> {
         match self.user_id().await? {
-            Some(user) => match self.inner.shared.store.delete_for_user(&user, None).await {
+            Some(user) => match self
+                .inner
+                .shared
+                .bounded(
+                    "delete_for_user",
+                    self.inner.shared.store.delete_for_user(&user, None),
+                )
+                .await
+            {
                 Ok(n) => {
                     self.forget_local();
                     Ok(n)
@@ -463,7 +491,15 @@ impl Session {
     /// The live sessions of this session's user (empty when nobody is logged in).
     pub async fn list_user_sessions(&self) -> Result<Vec<SessionInfo>, SessionError> {
         match self.user_id().await? {
-            Some(user) => match self.inner.shared.store.list_for_user(&user).await {
+            Some(user) => match self
+                .inner
+                .shared
+                .bounded(
+                    "list_for_user",
+                    self.inner.shared.store.list_for_user(&user),
+                )
+                .await
+            {
                 Ok(v) => Ok(v),
                 Err(e) => self.fail(e),
             },
@@ -547,7 +583,10 @@ impl Session {
         }
         let persistent_cookie = !policy.browser_session;
         if let Some(next) = policy.touch_due(record.created_at, record.expires_at, now) {
-            return match shared.store.touch(&record.id, next).await {
+            return match shared
+                .bounded("touch", shared.store.touch(&record.id, next))
+                .await
+            {
                 Ok(true) => Ok(if id_changed || resign || persistent_cookie {
                     CookieAction::Set {
                         id: record.id,
@@ -575,7 +614,12 @@ impl Session {
         let store = &self.inner.shared.store;
         let mut attempts = 0;
         loop {
-            match store.create(&record).await {
+            match self
+                .inner
+                .shared
+                .bounded("create", store.create(&record))
+                .await
+            {
                 Ok(()) => {
                     tracing::debug!(session = %record.id.short_hash(), "session created");
                     return Ok(CookieAction::Set {
@@ -610,7 +654,7 @@ impl Session {
         loop {
             record.expires_at =
                 policy.on_write(record.created_at, record.expires_at, expiry_at, self.now());
-            match shared.store.save(&record).await {
+            match shared.bounded("save", shared.store.save(&record)).await {
                 Ok(_) => {
                     return Ok(CookieAction::Set {
                         id: record.id,
@@ -624,7 +668,7 @@ impl Session {
                 Err(StoreError::Conflict) if attempt < max => {
                     attempt += 1;
                     backoff(attempt).await;
-                    let fresh = match shared.store.load(&record.id).await {
+                    let fresh = match shared.bounded("load", shared.store.load(&record.id)).await {
                         Ok(Some(fresh)) => fresh,
                         Ok(None) => return Ok(CookieAction::Clear),
                         Err(e) => return self.fail(e),

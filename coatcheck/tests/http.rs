@@ -336,6 +336,8 @@ async fn invalid_configurations_are_refused() {
     assert!(b().name("bad name;").build().is_err());
     assert!(b().path("/x;Domain=evil").build().is_err());
     assert!(b().idle_timeout(Duration::ZERO).build().is_err());
+    assert!(b().store_timeout(Some(Duration::ZERO)).build().is_err());
+    assert!(b().store_timeout(None).build().is_ok());
     assert!(b().build().is_ok());
 }
 
