@@ -40,6 +40,7 @@
 pub mod cases;
 pub mod express;
 pub mod harness;
+pub mod servers;
 
 pub use harness::Backend;
 

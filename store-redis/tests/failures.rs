@@ -281,40 +281,36 @@ fn pool(url: &str) -> deadpool_redis::Pool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_manager_survives_a_server_kill_and_restart() {
-    if !common::have_redis_server() {
+    let Some(mut server) = PrivateRedis::start() else {
         return;
-    }
-    let mut server = PrivateRedis::start();
+    };
     let store = builder().connect(&server.url()).await.expect("connect");
     killed_and_restarted(store, &mut server, "manager").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_survives_a_server_kill_and_restart() {
-    if !common::have_redis_server() {
+    let Some(mut server) = PrivateRedis::start() else {
         return;
-    }
-    let mut server = PrivateRedis::start();
+    };
     let store = builder().pool(pool(&server.url()));
     killed_and_restarted(store, &mut server, "pool").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_manager_times_out_on_a_hung_server_and_recovers() {
-    if !common::have_redis_server() {
+    let Some(mut server) = PrivateRedis::start() else {
         return;
-    }
-    let mut server = PrivateRedis::start();
+    };
     let store = builder().connect(&server.url()).await.expect("connect");
     frozen_then_thawed(store, &mut server, "manager").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_times_out_on_a_hung_server_and_recovers() {
-    if !common::have_redis_server() {
+    let Some(mut server) = PrivateRedis::start() else {
         return;
-    }
-    let mut server = PrivateRedis::start();
+    };
     // Pooled connections carry redis-rs's default response timeout (500 ms); the store's
     // operation timeout is the outer bound in any case.
     let store = builder().pool(pool(&server.url()));
@@ -323,11 +319,10 @@ async fn pool_times_out_on_a_hung_server_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lazy_store_starts_before_its_server() {
-    if !common::have_redis_server() {
-        return;
-    }
     // Take a port, start nothing there yet.
-    let mut server = PrivateRedis::start();
+    let Some(mut server) = PrivateRedis::start() else {
+        return;
+    };
     let url = server.url();
     server.kill();
     let store = builder().connect_lazy(&url).expect("lazy");

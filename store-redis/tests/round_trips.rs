@@ -156,10 +156,9 @@ async fn single_node_counts(store: RedisStore, rec: &mut Recorder, label: &str) 
 
 #[tokio::test(flavor = "current_thread")]
 async fn single_node_connection_manager_one_round_trip_each() {
-    if !common::have_redis_server() {
+    let Some(server) = PrivateRedis::start() else {
         return;
-    }
-    let server = PrivateRedis::start();
+    };
     let mut rec = Recorder::new(&server.url()).await;
     let store = RedisStore::builder()
         .prefix("rt:")
@@ -171,10 +170,9 @@ async fn single_node_connection_manager_one_round_trip_each() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn single_node_pool_one_round_trip_each() {
-    if !common::have_redis_server() {
+    let Some(server) = PrivateRedis::start() else {
         return;
-    }
-    let server = PrivateRedis::start();
+    };
     let mut rec = Recorder::new(&server.url()).await;
     let pool = deadpool_redis::Config::from_url(server.url())
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))

@@ -1,0 +1,432 @@
+//! Private servers for fault-injection tests: a test starts its own `redis-server`,
+//! PostgreSQL instance or MongoDB-wire server on a free loopback port, then kills, freezes
+//! and restarts it while traffic runs. Nothing here talks a database protocol beyond a
+//! readiness check, so any store's tests can use it.
+//!
+//! Each `start` returns `None` (after printing one `skipped:` line) when the server's binary
+//! is not installed — or panics when `COATCHECK_REQUIRE_BACKENDS` names the backend, so CI
+//! never skips silently. Every server is killed and its files removed on drop.
+//!
+//! ```no_run
+//! use coatcheck_conformance::servers::RedisServer;
+//!
+//! let Some(mut redis) = RedisServer::start() else { return }; // skipped: no redis-server
+//! let url = redis.url(); // redis://127.0.0.1:<free port>
+//! redis.kill(); // connections reset, port closed
+//! redis.restart(); // same port, empty
+//! redis.freeze(true); // SIGSTOP: sockets open, no answers
+//! redis.freeze(false);
+//! # let _ = url;
+//! ```
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::Backend;
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+///
+/// ```
+/// let port = coatcheck_conformance::servers::free_port();
+/// assert!(port > 0);
+/// ```
+pub fn free_port() -> u16 {
+    #[allow(clippy::expect_used)] // no free loopback port: no test can run at all
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+/// Prints the skip line, or panics when the backend is required.
+fn missing<T>(backend: Backend, what: &str) -> Option<T> {
+    let msg = format!(
+        "skipped: {what}, needed for a private {} server",
+        backend.name()
+    );
+    if backend.is_required() {
+        panic!(
+            "{msg}, but COATCHECK_REQUIRE_BACKENDS requires {}",
+            backend.name()
+        );
+    }
+    let _ = writeln!(std::io::stderr(), "{msg}");
+    None
+}
+
+fn runs(program: &Path, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid} failed");
+}
+
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        // A frozen process still dies of SIGKILL, but let it run again first so that
+        // nothing is left stopped if the kill races with something else.
+        let _ = Command::new("kill")
+            .args(["-CONT", &c.id().to_string()])
+            .status();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{what} did not come up within {limit:?}");
+}
+
+/// A `redis-server` of the test's own (no persistence, `DEBUG` enabled for `DEBUG SLEEP`).
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one on a free port; `None` if `redis-server` is not on `PATH` (see the module
+    /// docs for when that panics instead).
+    pub fn start() -> Option<RedisServer> {
+        if !runs(Path::new("redis-server"), "--version") {
+            return missing(Backend::Redis, "no redis-server on PATH");
+        }
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn spawn(&mut self) {
+        let port = self.port.to_string();
+        #[allow(clippy::expect_used)] // checked by `start`
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port, "--save", ""])
+            .args(["--appendonly", "no", "--protected-mode", "no"])
+            .args(["--enable-debug-command", "yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("redis-server", Duration::from_secs(10), || {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                return false;
+            };
+            let mut buf = [0u8; 7];
+            s.set_read_timeout(Some(Duration::from_millis(500))).is_ok()
+                && s.write_all(b"PING\r\n").is_ok()
+                && s.read_exact(&mut buf).is_ok()
+                && &buf == b"+PONG\r\n"
+        });
+    }
+
+    /// SIGKILL: the server is gone at once, its connections reset, the port closed.
+    pub fn kill(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// Kills it if running and starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a frozen server keeps its sockets open and
+    /// answers nothing.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            signal(c.id(), if frozen { "-STOP" } else { "-CONT" });
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A MongoDB-wire server of the test's own: SecantusDB's `secantusd-py` with in-memory
+/// storage, found through `SECANTUSD` (a path), the repository's `.venv-mongo` (which
+/// `.ci/mongo.sh` creates) or `PATH`.
+#[derive(Debug)]
+pub struct MongoServer {
+    port: u16,
+    program: PathBuf,
+    child: Option<Child>,
+}
+
+impl MongoServer {
+    /// Starts one on a free port; `None` if no `secantusd-py` is found.
+    pub fn start() -> Option<MongoServer> {
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-mongo/bin/secantusd-py");
+        let candidates = [
+            std::env::var_os("SECANTUSD").map(PathBuf::from),
+            Some(venv),
+            Some(PathBuf::from("secantusd-py")),
+        ];
+        let Some(program) = candidates.into_iter().flatten().find(|p| runs(p, "--help")) else {
+            return missing(
+                Backend::Mongo,
+                "no secantusd-py (run .ci/mongo.sh once, or set SECANTUSD)",
+            );
+        };
+        let mut server = MongoServer {
+            port: free_port(),
+            program,
+            child: None,
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    /// `mongodb://127.0.0.1:<port>/?directConnection=true`.
+    pub fn url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let port = self.port.to_string();
+        #[allow(clippy::expect_used)] // checked by `start`
+        let child = Command::new(&self.program)
+            .args(["--host", "127.0.0.1", "--port", &port])
+            .args(["--storage-path", ":memory:", "--log-level", "WARNING"])
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start secantusd-py");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("secantusd-py", Duration::from_secs(60), || port_open(port));
+    }
+
+    /// SIGKILL: gone at once.
+    pub fn kill(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// Kills it if running and starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGSTOP / SIGCONT, as [`RedisServer::freeze`].
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            signal(c.id(), if frozen { "-STOP" } else { "-CONT" });
+        }
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A PostgreSQL instance of the test's own: `initdb` into a fresh directory, `pg_ctl start`
+/// on a free port (trust authentication, user `postgres`, database `postgres`, `fsync` on).
+///
+/// The binaries come from `PG_BIN` (a directory), `PATH`, or the newest
+/// `/usr/lib/postgresql/<version>/bin`. Run as root, the server runs as the `postgres` user
+/// (PostgreSQL refuses root), through `runuser`.
+#[derive(Debug)]
+pub struct PostgresServer {
+    port: u16,
+    bin: PathBuf,
+    dir: PathBuf,
+    as_postgres: bool,
+}
+
+impl PostgresServer {
+    /// Creates and starts an instance; `None` if `initdb`/`pg_ctl` are not found.
+    pub fn start() -> Option<PostgresServer> {
+        let Some(bin) = pg_bin() else {
+            return missing(Backend::Postgres, "no initdb/pg_ctl (set PG_BIN)");
+        };
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "{}-{port}",
+            crate::harness::unique_name("coatcheck-pg")
+        ));
+        let as_postgres = is_root();
+        let server = PostgresServer {
+            port,
+            bin,
+            dir,
+            as_postgres,
+        };
+        #[allow(clippy::expect_used)] // a test fixture: failing loudly is the point
+        std::fs::create_dir_all(&server.dir).expect("create the data directory");
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&server.dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chown postgres {}", server.dir.display());
+        }
+        let data = server.data_dir();
+        server.pg(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        server.start_again();
+        Some(server)
+    }
+
+    fn data_dir(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn pg(&self, tool: &str, args: &[&str]) {
+        let program = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        #[allow(clippy::expect_used)] // a test fixture
+        let out = cmd
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("run a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// `pg_ctl start -w` (after a stop; `start` already did the first).
+    pub fn start_again(&self) {
+        let data = self.data_dir();
+        let log = self.dir.join("server.log").display().to_string();
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=on",
+            self.port,
+            self.dir.display()
+        );
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", "60", "start",
+            ],
+        );
+        let port = self.port;
+        wait_until("postgres", Duration::from_secs(30), || port_open(port));
+    }
+
+    /// `pg_ctl stop -m immediate`: every server process quits at once, without a
+    /// checkpoint — a crash, as far as durability is concerned.
+    pub fn crash(&self) {
+        let data = self.data_dir();
+        self.pg("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let data = self.data_dir();
+        let program = self.bin.join("pg_ctl");
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let _ = cmd
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+fn pg_bin() -> Option<PathBuf> {
+    let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(dir) = std::env::var_os("PG_BIN").map(PathBuf::from) {
+        return has_tools(&dir).then_some(dir);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(dir) = std::env::split_paths(&path).find(|d| has_tools(d)) {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|d| has_tools(d))
+        .collect();
+    versions.sort();
+    versions.pop()
+}
