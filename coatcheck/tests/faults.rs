@@ -11,10 +11,13 @@
 //! - Postgres (durable): every save acknowledged before `pg_ctl stop -m immediate` is there
 //!   after the restart.
 //!
+//! Every test also checks that nothing logged during it — by the middleware, the stores or
+//! their drivers, at TRACE — contains a session id or cookie value (`assert_no_id_logged`).
+//!
 //! SECURITY.md points at these by name.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -51,7 +54,50 @@ async fn read(session: Session) -> Result<String, SessionError> {
     Ok(session.get::<u64>("n").await?.unwrap_or(0).to_string())
 }
 
+/// Everything logged by this test binary (one global subscriber, TRACE, no filter).
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// Every raw session id and cookie value the tests saw in a `Set-Cookie`.
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().expect("log lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(|| LogWriter)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+    });
+}
+
+/// Nothing logged so far contains a session id or cookie value seen so far, while the
+/// faults did make the stack log (so the capture works).
+fn assert_no_id_logged() {
+    let log = String::from_utf8_lossy(&LOG.lock().expect("log lock")).into_owned();
+    assert!(log.contains("session"), "the faults were logged");
+    for secret in SECRETS.lock().expect("lock").iter() {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a session id or cookie is in the logs"
+        );
+    }
+}
+
 fn app(store: impl SessionStore) -> Router {
+    capture_logs();
     let layer = SessionLayer::builder(store, KeyRing::new([SECRET]).expect("long secret"))
         .store_timeout(Some(STORE_TIMEOUT))
         .build()
@@ -92,6 +138,14 @@ async fn call(app: &Router, method: &str, uri: &str, cookie: Option<&str>) -> Re
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(str::to_owned);
+    if let Some((_, value)) = set_cookie.as_deref().and_then(|c| c.split_once('=')) {
+        let keys = KeyRing::new([SECRET]).expect("long secret");
+        let mut secrets = SECRETS.lock().expect("lock");
+        secrets.push(value.to_owned());
+        if let Some(v) = keys.verify_cookie_value(value) {
+            secrets.push(v.id.as_str().to_owned());
+        }
+    }
     let body = res.into_body().collect().await.expect("body").to_bytes();
     Reply {
         status,
@@ -275,6 +329,7 @@ async fn redis_stopped_during_traffic_fails_cleanly_and_recovers() {
         || server.lock().expect("lock").restart(),
     )
     .await;
+    assert_no_id_logged();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,6 +354,7 @@ async fn redis_debug_sleep_times_out_with_503() {
         sleeper.join().expect("DEBUG SLEEP finished");
     })
     .await;
+    assert_no_id_logged();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,6 +367,7 @@ async fn redis_frozen_server_times_out_with_503() {
     let before = count_of(&app, &cookie).await;
     server.freeze(true);
     slow_server_times_out(&app, &cookie, before, || server.freeze(false)).await;
+    assert_no_id_logged();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,6 +402,7 @@ async fn redis_exhausted_pool_is_a_bounded_wait_and_a_clear_error() {
     );
     drop(held);
     serves_again(&app).await;
+    assert_no_id_logged();
 }
 
 // --- Postgres --------------------------------------------------------------------------------
@@ -366,6 +424,7 @@ async fn postgres_stopped_during_traffic_fails_cleanly_and_recovers() {
     };
     let app = app(postgres_store(&server, 8).await);
     stop_during_traffic_then_restart(&app, || server.crash(), || server.start_again()).await;
+    assert_no_id_logged();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,6 +458,7 @@ async fn postgres_lock_held_by_another_connection_times_out_with_503() {
     locked.notified().await;
     slow_server_times_out(&app, &cookie, before, || release.notify_one()).await;
     holder.await.expect("lock holder");
+    assert_no_id_logged();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,6 +486,7 @@ async fn postgres_exhausted_pool_is_a_bounded_wait_and_a_clear_error() {
     drop(held);
     let r = call(&app, "POST", "/count", Some(&cookie)).await;
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "2"), "{r:?}");
+    assert_no_id_logged();
 }
 
 /// Four browsers increment their counters; the server crashes (`pg_ctl stop -m immediate`)
@@ -488,6 +549,7 @@ async fn postgres_acknowledged_saves_survive_an_immediate_shutdown() {
             "acknowledged {acked}, found {stored} after the crash"
         );
     }
+    assert_no_id_logged();
 }
 
 // --- MongoDB-wire server ---------------------------------------------------------------------
@@ -517,6 +579,7 @@ async fn mongo_stopped_during_traffic_fails_cleanly_and_recovers() {
         || server.lock().expect("lock").restart(),
     )
     .await;
+    assert_no_id_logged();
 }
 
 /// A paused wire server with a one-connection pool: every one of eight concurrent
@@ -542,4 +605,5 @@ async fn mongo_paused_server_and_exhausted_pool_time_out_with_503() {
     let before = count_of(&app, &cookie).await;
     server.freeze(true);
     slow_server_times_out(&app, &cookie, before, || server.freeze(false)).await;
+    assert_no_id_logged();
 }
