@@ -5,7 +5,8 @@
 //! not only for the examples in the unit tests.
 
 use coatcheck_core::{
-    Codec, Data, ExpressFormat, JsonCodec, KeyRing, NativeCodec, Record, SessionId, Timestamp,
+    Codec, Data, ExpiryPolicy, ExpressFormat, JsonCodec, KeyRing, NativeCodec, Record, SessionId,
+    Timestamp,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Number, Value};
@@ -212,5 +213,39 @@ proptest! {
             expected.insert("userId".into(), Value::String(u));
         }
         prop_assert_eq!(back.data, expected);
+    }
+
+    /// Whatever the times, a write's expiry never passes `created_at + absolute_timeout`;
+    /// without an explicit expiry it never shortens the session (below that cap) and is at
+    /// least `now + idle` (below that cap); an explicit expiry is taken as given (capped).
+    #[test]
+    fn expiry_on_write_is_capped_and_never_shortens_by_itself(
+        idle_s in 1u64..100_000,
+        absolute_s in proptest::option::of(1u64..1_000_000),
+        created in 0i64..2_000_000_000_000,
+        since_creation_ms in 0i64..2_000_000_000,
+        current_offset_ms in -2_000_000_000i64..2_000_000_000,
+        explicit_offset_ms in proptest::option::of(-2_000_000_000i64..2_000_000_000),
+    ) {
+        let policy = ExpiryPolicy::new(Duration::from_secs(idle_s))
+            .with_absolute_timeout(absolute_s.map(Duration::from_secs));
+        let created_at = Timestamp::from_millis(created);
+        let now = Timestamp::from_millis(created + since_creation_ms);
+        let current = Timestamp::from_millis(now.as_millis() + current_offset_ms);
+        let explicit = explicit_offset_ms.map(|o| Timestamp::from_millis(now.as_millis() + o));
+        let t = policy.on_write(created_at, current, explicit, now);
+        let cap = policy.absolute_deadline(created_at);
+        if let Some(cap) = cap {
+            prop_assert!(t <= cap, "{t:?} past the absolute deadline {cap:?}");
+        }
+        let capped = |x: Timestamp| cap.map_or(x, |c| x.min(c));
+        match explicit {
+            Some(e) => prop_assert_eq!(t, capped(e)),
+            None => {
+                prop_assert!(t >= capped(current), "shortened: {current:?} → {t:?}");
+                let idle_end = now.saturating_add(Duration::from_secs(idle_s));
+                prop_assert!(t >= capped(idle_end), "less than the idle timeout");
+            }
+        }
     }
 }
