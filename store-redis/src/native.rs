@@ -268,7 +268,8 @@ impl Native {
             .arg(flag(user.is_some()))
             .arg(user.unwrap_or(""))
             .arg(cx.index_prefix())
-            .arg(flag(!cluster));
+            .arg(flag(!cluster))
+            .arg(r.version.saturating_add(1).to_string());
         let out = Outcome::parse(cx.invoke(&inv).await?, "save script")?;
         match out.code {
             OK => {

@@ -73,29 +73,39 @@ return reply(1, stale_u)
 "#;
 
 /// KEYS[1] session; ARGV: now, id, expected version, data, expires, has_user, user,
-/// index prefix, inline.
+/// index prefix, inline, next version (computed by the client: exact for any u64).
+///
+/// On the common path three commands run: `HMGET`, one `HSET` of every field, `PEXPIREAT`
+/// (skipped when the expiry did not move). A key of another type makes `HMGET` fail, which
+/// `redis.pcall` turns into the `WRONG_TYPE` code without a separate `TYPE` call; only a
+/// hash without `v` costs an `EXISTS`, to tell a missing key from a malformed hash.
 const SAVE: &str = r#"
 local k = KEYS[1]
 local now = tonumber(ARGV[1])
 local id, e_str = ARGV[2], ARGV[5]
 local e = tonumber(e_str)
 local has_u, user, ip, inline = ARGV[6] == '1', ARGV[7], ARGV[8], ARGV[9] == '1'
-local t = redis.call('TYPE', k)['ok']
-if t == 'none' then return reply(0) end
-if t ~= 'hash' then return reply(-1) end
-local f = redis.call('HMGET', k, 'v', 'e', 'u')
+local f = redis.pcall('HMGET', k, 'v', 'e', 'u')
+if f.err then return reply(-1) end
+if not f[1] then
+  if not f[2] and not f[3] and redis.call('EXISTS', k) == 0 then return reply(0) end
+  return reply(-2)
+end
 local old_e = tonumber(f[2])
-if not f[1] or not old_e or not string.match(f[1], '^%d+$') then return reply(-2) end
+if not old_e or not string.match(f[1], '^%d+$') then return reply(-2) end
 if old_e <= now then return reply(0) end
 if f[1] ~= ARGV[3] then return reply(-3) end
 local old_u = f[3]
 if e <= now then
   redis.call('DEL', k)
 else
-  redis.call('HINCRBY', k, 'v', 1)
-  redis.call('HSET', k, 'd', ARGV[4], 'e', e_str)
-  if has_u then redis.call('HSET', k, 'u', user) else redis.call('HDEL', k, 'u') end
-  redis.call('PEXPIREAT', k, e_str)
+  if has_u then
+    redis.call('HSET', k, 'v', ARGV[10], 'd', ARGV[4], 'e', e_str, 'u', user)
+  else
+    redis.call('HSET', k, 'v', ARGV[10], 'd', ARGV[4], 'e', e_str)
+    if old_u then redis.call('HDEL', k, 'u') end
+  end
+  if e ~= old_e then redis.call('PEXPIREAT', k, e_str) end
 end
 if inline then
   if old_u and (e <= now or not has_u or old_u ~= user) then
