@@ -1,6 +1,5 @@
 //! Signed cookie values in express-session's format, with a key ring for rotation.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -8,7 +7,6 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
 use crate::SessionId;
 
@@ -173,20 +171,41 @@ impl KeyRing {
     /// `None` for anything that is not a well-signed, well-formed id: missing `s:` prefix,
     /// bad signature under every secret, an id [`SessionId::parse`] refuses, invalid
     /// percent-encoding. Never an error, never a panic.
+    ///
+    /// The id's alphabet never needs escaping, so only the prefix (`s%3A`) and the signature
+    /// (`%2B`, `%2F`) are decoded; an id with escapes in it is refused. The signature is
+    /// compared as bytes, in constant time, without allocating.
     pub fn verify_cookie_value(&self, value: &str) -> Option<Verified> {
-        let decoded: Cow<'_, str> = if value.contains('%') {
-            percent_decode_str(value).decode_utf8().ok()?
-        } else {
-            Cow::Borrowed(value)
-        };
-        let signed = decoded.strip_prefix("s:")?;
+        let signed = value
+            .strip_prefix("s:")
+            .or_else(|| value.strip_prefix("s%3A"))
+            .or_else(|| value.strip_prefix("s%3a"))?;
         let (id, sig) = signed.rsplit_once('.')?;
         let id = SessionId::parse(id).ok()?;
+        let mac = decode_signature(sig)?;
         let key_index = self.keys.iter().position(|key| {
-            let expected = Self::signature(key, id.as_str());
-            bool::from(expected.as_bytes().ct_eq(sig.as_bytes()))
+            let mut expected = key.clone();
+            expected.update(id.as_str().as_bytes());
+            expected.verify_slice(&mac).is_ok()
         })?;
         Some(Verified { id, key_index })
+    }
+}
+
+/// The 32 MAC bytes of a signature: unpadded standard base64, possibly percent-encoded.
+/// Non-canonical base64 (stray trailing bits) is refused, so each MAC has one spelling.
+fn decode_signature(sig: &str) -> Option<[u8; 32]> {
+    // 43 base64 characters; percent-encoding at most triples that.
+    let mut text = [0u8; 43];
+    let mut len = 0;
+    for b in percent_decode_str(sig) {
+        *text.get_mut(len)? = b;
+        len += 1;
+    }
+    let mut mac = [0u8; 48];
+    match STANDARD_NO_PAD.decode_slice(&text[..len], &mut mac) {
+        Ok(32) => mac[..32].try_into().ok(),
+        _ => None,
     }
 }
 
