@@ -69,6 +69,8 @@ pub struct SessionConfig {
     /// [`StoreTimedOut`](crate::StoreTimedOut) (`503`) instead of hanging (default 5 s;
     /// `None`: only the store's own timeouts apply). Covers a server that accepts
     /// connections but does not answer, a lock held in the database, an exhausted pool.
+    /// The limit is per call: a request makes one to three calls, more only while it retries
+    /// a save after version conflicts (at most `1 + 2 × max_save_retries`).
     pub store_timeout: Option<Duration>,
 }
 

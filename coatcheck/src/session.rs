@@ -477,8 +477,10 @@ impl Session {
             Some(user) => match self
                 .inner
                 .shared
-                .store
-                .delete_for_user(&user, id.as_ref())
+                .bounded(
+                    "delete_for_user",
+                    self.inner.shared.store.delete_for_user(&user, id.as_ref()),
+                )
                 .await
             {
                 Ok(n) => Ok(n),

@@ -189,14 +189,22 @@ async fn every_kind_fails_cleanly(app: &Router, cookie: &str) {
 
 /// Background traffic on `cookie` (and new sessions) until stopped: every reply is a 200
 /// or a clean failure, each in time; returns (ok, failed) counts.
+/// Also returns a live count of its successes.
+#[allow(clippy::type_complexity)]
 fn traffic(
     app: &Router,
     cookie: &str,
-) -> (Arc<AtomicBool>, Vec<tokio::task::JoinHandle<(u64, u64)>>) {
+) -> (
+    Arc<AtomicBool>,
+    Arc<AtomicU64>,
+    Vec<tokio::task::JoinHandle<(u64, u64)>>,
+) {
     let stop = Arc::new(AtomicBool::new(false));
+    let successes = Arc::new(AtomicU64::new(0));
     let tasks = (0..4)
         .map(|i| {
             let (app, cookie, stop) = (app.clone(), cookie.to_owned(), stop.clone());
+            let successes = successes.clone();
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0, 0);
                 while !stop.load(Ordering::SeqCst) {
@@ -204,6 +212,7 @@ fn traffic(
                     let r = call(&app, "POST", "/count", c).await;
                     if r.status == StatusCode::OK {
                         ok += 1;
+                        successes.fetch_add(1, Ordering::SeqCst);
                     } else {
                         assert_failed_cleanly(&r, "traffic");
                         failed += 1;
@@ -214,7 +223,7 @@ fn traffic(
             })
         })
         .collect();
-    (stop, tasks)
+    (stop, successes, tasks)
 }
 
 async fn finish(
@@ -255,8 +264,13 @@ async fn stop_during_traffic_then_restart(
     restart: impl FnOnce(),
 ) {
     let cookie = new_session(app).await;
-    let (stop, tasks) = traffic(app, &cookie);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (stop, successes, tasks) = traffic(app, &cookie);
+    // Kill it once the traffic is flowing (a few requests have succeeded).
+    let deadline = Instant::now() + RECOVERY;
+    while successes.load(Ordering::SeqCst) < 4 {
+        assert!(Instant::now() < deadline, "no traffic got through");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
     every_kind_fails_cleanly(app, &cookie).await;
@@ -349,7 +363,21 @@ async fn redis_debug_sleep_times_out_with_503() {
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).expect("+OK after the sleep");
     });
-    std::thread::sleep(Duration::from_millis(100));
+    // Wait until the server really sleeps: a PING on another connection goes unanswered.
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        s.write_all(b"PING\r\n").expect("send");
+        let mut buf = [0u8; 7];
+        if s.read_exact(&mut buf).is_err() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "DEBUG SLEEP never took effect");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     slow_server_times_out(&app, &cookie, before, || {
         sleeper.join().expect("DEBUG SLEEP finished");
     })
@@ -559,8 +587,9 @@ async fn mongo_store(server: &MongoServer, pool_size: u32) -> MongoStore {
         .await
         .expect("a valid url");
     options.max_pool_size = Some(pool_size);
-    options.server_selection_timeout = Some(Duration::from_millis(500));
-    options.connect_timeout = Some(Duration::from_millis(500));
+    // Longer than the layer's store timeout, so that the layer's bound is what the tests see.
+    options.server_selection_timeout = Some(Duration::from_secs(3));
+    options.connect_timeout = Some(Duration::from_secs(3));
     MongoStore::connect_with_options(options, "faults")
         .await
         .expect("connect")

@@ -90,6 +90,16 @@ fn kill_child(child: &mut Option<Child>) {
     }
 }
 
+/// Panics if the child has already exited (e.g. its port was taken meanwhile): the port would
+/// otherwise answer for somebody else's server.
+fn assert_running(child: &mut Option<Child>, what: &str) {
+    if let Some(c) = child {
+        if let Ok(Some(status)) = c.try_wait() {
+            panic!("{what} exited during start-up ({status}); was its port taken?");
+        }
+    }
+}
+
 fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
@@ -146,7 +156,9 @@ impl RedisServer {
             .expect("start redis-server");
         self.child = Some(child);
         let port = self.port;
+        let child = &mut self.child;
         wait_until("redis-server", Duration::from_secs(10), || {
+            assert_running(child, "redis-server");
             let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
                 return false;
             };
@@ -236,7 +248,11 @@ impl MongoServer {
             .expect("start secantusd-py");
         self.child = Some(child);
         let port = self.port;
-        wait_until("secantusd-py", Duration::from_secs(60), || port_open(port));
+        let child = &mut self.child;
+        wait_until("secantusd-py", Duration::from_secs(60), || {
+            assert_running(child, "secantusd-py");
+            port_open(port)
+        });
     }
 
     /// SIGKILL: gone at once.
@@ -290,6 +306,12 @@ impl PostgresServer {
             crate::harness::unique_name("coatcheck-pg")
         ));
         let as_postgres = is_root();
+        if as_postgres && !user_exists("postgres") {
+            return missing(
+                Backend::Postgres,
+                "running as root and there is no `postgres` user to run the server as",
+            );
+        }
         let server = PostgresServer {
             port,
             bin,
@@ -404,6 +426,15 @@ impl Drop for PostgresServer {
     }
 }
 
+fn user_exists(name: &str) -> bool {
+    Command::new("id")
+        .arg(name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -421,12 +452,15 @@ fn pg_bin() -> Option<PathBuf> {
             return Some(dir);
         }
     }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+    // The newest major version: `16` sorts after `9.6` as a number, not as text.
+    std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
         .flatten()
-        .map(|e| e.path().join("bin"))
-        .filter(|d| has_tools(d))
-        .collect();
-    versions.sort();
-    versions.pop()
+        .filter_map(|e| {
+            let major: u32 = e.file_name().to_str()?.split('.').next()?.parse().ok()?;
+            Some((major, e.path().join("bin")))
+        })
+        .filter(|(_, d)| has_tools(d))
+        .max_by_key(|(major, _)| *major)
+        .map(|(_, d)| d)
 }

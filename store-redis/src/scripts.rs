@@ -76,7 +76,7 @@ return reply(1, stale_u)
 /// index prefix, inline, next version (computed by the client: exact for any u64).
 ///
 /// On the common path three commands run: `HMGET`, one `HSET` of every field, `PEXPIREAT`
-/// (skipped when the expiry did not move). A key of another type makes `HMGET` fail, which
+/// (always, so a key whose TTL was changed behind the store's back is put right). A key of another type makes `HMGET` fail, which
 /// `redis.pcall` turns into the `WRONG_TYPE` code without a separate `TYPE` call; only a
 /// hash without `v` costs an `EXISTS`, to tell a missing key from a malformed hash.
 const SAVE: &str = r#"
@@ -105,7 +105,7 @@ else
     redis.call('HSET', k, 'v', ARGV[10], 'd', ARGV[4], 'e', e_str)
     if old_u then redis.call('HDEL', k, 'u') end
   end
-  if e ~= old_e then redis.call('PEXPIREAT', k, e_str) end
+  redis.call('PEXPIREAT', k, e_str)
 end
 if inline then
   if old_u and (e <= now or not has_u or old_u ~= user) then
