@@ -170,7 +170,7 @@ fn pairs(v: Value) -> Result<Pairs, StoreError> {
 }
 
 impl Native {
-    pub(crate) async fn create(&self, cx: &Ctx, r: &Record) -> Result<(), StoreError> {
+    pub(crate) async fn create(&self, cx: &Arc<Ctx>, r: &Record) -> Result<(), StoreError> {
         let data = self.codec.encode(&r.data)?;
         let now = cx.now();
         let user = r.user_id.as_deref();
@@ -253,7 +253,7 @@ impl Native {
         Ok(Some(record))
     }
 
-    pub(crate) async fn save(&self, cx: &Ctx, r: &Record) -> Result<u64, StoreError> {
+    pub(crate) async fn save(&self, cx: &Arc<Ctx>, r: &Record) -> Result<u64, StoreError> {
         let data = self.codec.encode(&r.data)?;
         let now = cx.now();
         let user = r.user_id.as_deref();
@@ -297,7 +297,7 @@ impl Native {
 
     pub(crate) async fn touch(
         &self,
-        cx: &Ctx,
+        cx: &Arc<Ctx>,
         id: &SessionId,
         expires_at: Timestamp,
     ) -> Result<bool, StoreError> {

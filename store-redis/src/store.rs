@@ -770,11 +770,29 @@ fn logged<T>(
     r
 }
 
+/// Runs a two-step cluster operation (the session script, then the user index in another
+/// hash slot) as a task of its own, so that a caller dropped in between (a timeout, a client
+/// gone) cannot leave the index expiring before the session — which would hide the session
+/// from `delete_for_user`, i.e. from "log out everywhere".
+async fn to_completion<T: Send + 'static>(
+    op: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::spawn(op)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::backend(e)))
+}
+
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn create(&self, record: &Record) -> Result<(), StoreError> {
-        let cx = &*self.ctx;
+        let cx = &self.ctx;
         let r = match &self.format {
+            Format::Native(f) if cx.topology() == Topology::Cluster && record.user_id.is_some() => {
+                let (cx, f, record) = (Arc::clone(cx), f.clone(), record.clone());
+                self.ctx
+                    .bounded(to_completion(async move { f.create(&cx, &record).await }))
+                    .await
+            }
             Format::Native(f) => cx.bounded(f.create(cx, record)).await,
             Format::Express(f) => cx.bounded(f.create(cx, record)).await,
         };
@@ -782,7 +800,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
-        let cx = &*self.ctx;
+        let cx = &self.ctx;
         let r = match &self.format {
             Format::Native(f) => cx.bounded(f.load(cx, id)).await,
             Format::Express(f) => cx.bounded(f.load(cx, id)).await,
@@ -791,8 +809,14 @@ impl SessionStore for RedisStore {
     }
 
     async fn save(&self, record: &Record) -> Result<u64, StoreError> {
-        let cx = &*self.ctx;
+        let cx = &self.ctx;
         let r = match &self.format {
+            Format::Native(f) if cx.topology() == Topology::Cluster && record.user_id.is_some() => {
+                let (cx, f, record) = (Arc::clone(cx), f.clone(), record.clone());
+                self.ctx
+                    .bounded(to_completion(async move { f.save(&cx, &record).await }))
+                    .await
+            }
             Format::Native(f) => cx.bounded(f.save(cx, record)).await,
             Format::Express(f) => cx.bounded(f.save(cx, record)).await,
         };
@@ -800,8 +824,17 @@ impl SessionStore for RedisStore {
     }
 
     async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError> {
-        let cx = &*self.ctx;
+        let cx = &self.ctx;
         let r = match &self.format {
+            Format::Native(f) if cx.topology() == Topology::Cluster => {
+                // The user is only known inside the script: any touch may need the index.
+                let (cx, f, id) = (Arc::clone(cx), f.clone(), id.clone());
+                self.ctx
+                    .bounded(to_completion(
+                        async move { f.touch(&cx, &id, expires_at).await },
+                    ))
+                    .await
+            }
             Format::Native(f) => cx.bounded(f.touch(cx, id, expires_at)).await,
             Format::Express(f) => cx.bounded(f.touch(cx, id, expires_at)).await,
         };
@@ -809,7 +842,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let cx = &*self.ctx;
+        let cx = &self.ctx;
         let r = match &self.format {
             Format::Native(f) => cx.bounded(f.delete(cx, id)).await,
             Format::Express(f) => cx.bounded(f.delete(cx, id)).await,
@@ -818,7 +851,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
-        let cx = &*self.ctx;
+        let cx = &self.ctx;
         let r = match &self.format {
             Format::Native(f) => cx.bounded(f.list_for_user(cx, user_id)).await,
             Format::Express(_) => Err(StoreError::Unsupported(NO_INDEX)),
@@ -831,7 +864,7 @@ impl SessionStore for RedisStore {
         user_id: &str,
         except: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
-        let cx = &*self.ctx;
+        let cx = &self.ctx;
         let r = match &self.format {
             Format::Native(f) => cx.bounded(f.delete_for_user(cx, user_id, except)).await,
             Format::Express(_) => Err(StoreError::Unsupported(NO_INDEX)),
