@@ -335,14 +335,8 @@ async fn redis_stopped_during_traffic_fails_cleanly_and_recovers() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let server = std::sync::Mutex::new(server);
-    let app = app(redis_store(&server.lock().expect("lock").url()));
-    stop_during_traffic_then_restart(
-        &app,
-        || server.lock().expect("lock").kill(),
-        || server.lock().expect("lock").restart(),
-    )
-    .await;
+    let app = app(redis_store(&server.url()));
+    stop_during_traffic_then_restart(&app, || server.kill(), || server.restart()).await;
     assert_no_id_logged();
 }
 
@@ -601,13 +595,7 @@ async fn mongo_stopped_during_traffic_fails_cleanly_and_recovers() {
         return;
     };
     let app = app(mongo_store(&server, 8).await);
-    let server = std::sync::Mutex::new(server);
-    stop_during_traffic_then_restart(
-        &app,
-        || server.lock().expect("lock").kill(),
-        || server.lock().expect("lock").restart(),
-    )
-    .await;
+    stop_during_traffic_then_restart(&app, || server.kill(), || server.restart()).await;
     assert_no_id_logged();
 }
 

@@ -10,7 +10,7 @@
 //! ```no_run
 //! use coatcheck_conformance::servers::RedisServer;
 //!
-//! let Some(mut redis) = RedisServer::start() else { return }; // skipped: no redis-server
+//! let Some(redis) = RedisServer::start() else { return }; // skipped: no redis-server
 //! let url = redis.url(); // redis://127.0.0.1:<free port>
 //! redis.kill(); // connections reset, port closed
 //! redis.restart(); // same port, empty
@@ -23,6 +23,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::harness::Backend;
@@ -78,25 +79,104 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid} failed");
 }
 
-fn kill_child(child: &mut Option<Child>) {
-    if let Some(mut c) = child.take() {
-        // A frozen process still dies of SIGKILL, but let it run again first so that
-        // nothing is left stopped if the kill races with something else.
-        let _ = Command::new("kill")
-            .args(["-CONT", &c.id().to_string()])
-            .status();
-        let _ = c.kill();
-        let _ = c.wait();
+/// A server process a test owns: started from `program args`, ready when `ready(port)`
+/// answers, restartable on the same port, killed (even when frozen) on drop.
+#[derive(Debug)]
+struct Process {
+    what: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    port: u16,
+    ready: fn(u16) -> bool,
+    ready_within: Duration,
+    child: Mutex<Option<Child>>,
+}
+
+impl Process {
+    fn start(
+        what: &'static str,
+        program: PathBuf,
+        args: Vec<String>,
+        port: u16,
+        ready: fn(u16) -> bool,
+        ready_within: Duration,
+    ) -> Process {
+        let process = Process {
+            what,
+            program,
+            args,
+            port,
+            ready,
+            ready_within,
+            child: Mutex::new(None),
+        };
+        process.spawn();
+        process
+    }
+
+    fn child(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spawn(&self) {
+        #[allow(clippy::expect_used)] // a test fixture: failing loudly is the point
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.what));
+        *self.child() = Some(child);
+        let deadline = Instant::now() + self.ready_within;
+        loop {
+            // A child that exited (its port taken meanwhile, say) must not pass for ready
+            // because somebody else's server answers on that port.
+            if let Some(c) = self.child().as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("{} exited during start-up ({status})", self.what);
+                }
+            }
+            if (self.ready)(self.port) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not come up within {:?}",
+                self.what,
+                self.ready_within
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn kill(&self) {
+        if let Some(mut c) = self.child().take() {
+            // A frozen process still dies of SIGKILL, but let it run again first so that
+            // nothing is left stopped if the kill races with something else.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn freeze(&self, frozen: bool) {
+        if let Some(c) = self.child().as_ref() {
+            signal(c.id(), if frozen { "-STOP" } else { "-CONT" });
+        }
     }
 }
 
-/// Panics if the child has already exited (e.g. its port was taken meanwhile): the port would
-/// otherwise answer for somebody else's server.
-fn assert_running(child: &mut Option<Child>, what: &str) {
-    if let Some(c) = child {
-        if let Ok(Some(status)) = c.try_wait() {
-            panic!("{what} exited during start-up ({status}); was its port taken?");
-        }
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -111,11 +191,22 @@ fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     panic!("{what} did not come up within {limit:?}");
 }
 
+/// Whether a Redis server answers `PING` on `port`.
+fn redis_ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let mut buf = [0u8; 7];
+    s.set_read_timeout(Some(Duration::from_millis(500))).is_ok()
+        && s.write_all(b"PING\r\n").is_ok()
+        && s.read_exact(&mut buf).is_ok()
+        && &buf == b"+PONG\r\n"
+}
+
 /// A `redis-server` of the test's own (no persistence, `DEBUG` enabled for `DEBUG SLEEP`).
 #[derive(Debug)]
 pub struct RedisServer {
-    port: u16,
-    child: Option<Child>,
+    process: Process,
 }
 
 impl RedisServer {
@@ -125,74 +216,58 @@ impl RedisServer {
         if !runs(Path::new("redis-server"), "--version") {
             return missing(Backend::Redis, "no redis-server on PATH");
         }
-        let mut server = RedisServer {
-            port: free_port(),
-            child: None,
-        };
-        server.spawn();
-        Some(server)
+        let port = free_port();
+        let args = [
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--enable-debug-command",
+            "yes",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let process = Process::start(
+            "redis-server",
+            PathBuf::from("redis-server"),
+            args,
+            port,
+            redis_ping,
+            Duration::from_secs(10),
+        );
+        Some(RedisServer { process })
     }
 
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://127.0.0.1:{}", self.process.port)
     }
 
     /// The port it listens on.
     pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    fn spawn(&mut self) {
-        let port = self.port.to_string();
-        #[allow(clippy::expect_used)] // checked by `start`
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port, "--save", ""])
-            .args(["--appendonly", "no", "--protected-mode", "no"])
-            .args(["--enable-debug-command", "yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let port = self.port;
-        let child = &mut self.child;
-        wait_until("redis-server", Duration::from_secs(10), || {
-            assert_running(child, "redis-server");
-            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-                return false;
-            };
-            let mut buf = [0u8; 7];
-            s.set_read_timeout(Some(Duration::from_millis(500))).is_ok()
-                && s.write_all(b"PING\r\n").is_ok()
-                && s.read_exact(&mut buf).is_ok()
-                && &buf == b"+PONG\r\n"
-        });
+        self.process.port
     }
 
     /// SIGKILL: the server is gone at once, its connections reset, the port closed.
-    pub fn kill(&mut self) {
-        kill_child(&mut self.child);
+    pub fn kill(&self) {
+        self.process.kill();
     }
 
     /// Kills it if running and starts it again on the same port, empty.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
+    pub fn restart(&self) {
+        self.process.restart();
     }
 
     /// SIGSTOP (`true`) or SIGCONT (`false`): a frozen server keeps its sockets open and
     /// answers nothing.
     pub fn freeze(&self, frozen: bool) {
-        if let Some(c) = &self.child {
-            signal(c.id(), if frozen { "-STOP" } else { "-CONT" });
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.freeze(frozen);
     }
 }
 
@@ -201,9 +276,7 @@ impl Drop for RedisServer {
 /// `.ci/mongo.sh` creates) or `PATH`.
 #[derive(Debug)]
 pub struct MongoServer {
-    port: u16,
-    program: PathBuf,
-    child: Option<Child>,
+    process: Process,
 }
 
 impl MongoServer {
@@ -221,62 +294,51 @@ impl MongoServer {
                 "no secantusd-py (run .ci/mongo.sh once, or set SECANTUSD)",
             );
         };
-        let mut server = MongoServer {
-            port: free_port(),
+        let port = free_port();
+        let args = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--storage-path",
+            ":memory:",
+            "--log-level",
+            "WARNING",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let process = Process::start(
+            "secantusd-py",
             program,
-            child: None,
-        };
-        server.spawn();
-        Some(server)
+            args,
+            port,
+            port_open,
+            Duration::from_secs(60),
+        );
+        Some(MongoServer { process })
     }
 
     /// `mongodb://127.0.0.1:<port>/?directConnection=true`.
     pub fn url(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
-    }
-
-    fn spawn(&mut self) {
-        let port = self.port.to_string();
-        #[allow(clippy::expect_used)] // checked by `start`
-        let child = Command::new(&self.program)
-            .args(["--host", "127.0.0.1", "--port", &port])
-            .args(["--storage-path", ":memory:", "--log-level", "WARNING"])
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start secantusd-py");
-        self.child = Some(child);
-        let port = self.port;
-        let child = &mut self.child;
-        wait_until("secantusd-py", Duration::from_secs(60), || {
-            assert_running(child, "secantusd-py");
-            port_open(port)
-        });
+        format!(
+            "mongodb://127.0.0.1:{}/?directConnection=true",
+            self.process.port
+        )
     }
 
     /// SIGKILL: gone at once.
-    pub fn kill(&mut self) {
-        kill_child(&mut self.child);
+    pub fn kill(&self) {
+        self.process.kill();
     }
 
     /// Kills it if running and starts it again on the same port, empty.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
+    pub fn restart(&self) {
+        self.process.restart();
     }
 
     /// SIGSTOP / SIGCONT, as [`RedisServer::freeze`].
     pub fn freeze(&self, frozen: bool) {
-        if let Some(c) = &self.child {
-            signal(c.id(), if frozen { "-STOP" } else { "-CONT" });
-        }
-    }
-}
-
-impl Drop for MongoServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.freeze(frozen);
     }
 }
 

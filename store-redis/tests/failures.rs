@@ -143,7 +143,7 @@ async fn recovers(store: &RedisStore) -> Duration {
     }
 }
 
-async fn killed_and_restarted(store: RedisStore, server: &mut PrivateRedis, label: &str) {
+async fn killed_and_restarted(store: RedisStore, server: &PrivateRedis, label: &str) {
     works(&store).await;
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -243,7 +243,7 @@ async fn killed_and_restarted(store: RedisStore, server: &mut PrivateRedis, labe
     );
 }
 
-async fn frozen_then_thawed(store: RedisStore, server: &mut PrivateRedis, label: &str) {
+async fn frozen_then_thawed(store: RedisStore, server: &PrivateRedis, label: &str) {
     works(&store).await;
     server.freeze(true);
     let r = record(None);
@@ -281,46 +281,46 @@ fn pool(url: &str) -> deadpool_redis::Pool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_manager_survives_a_server_kill_and_restart() {
-    let Some(mut server) = PrivateRedis::start() else {
+    let Some(server) = PrivateRedis::start() else {
         return;
     };
     let store = builder().connect(&server.url()).await.expect("connect");
-    killed_and_restarted(store, &mut server, "manager").await;
+    killed_and_restarted(store, &server, "manager").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_survives_a_server_kill_and_restart() {
-    let Some(mut server) = PrivateRedis::start() else {
+    let Some(server) = PrivateRedis::start() else {
         return;
     };
     let store = builder().pool(pool(&server.url()));
-    killed_and_restarted(store, &mut server, "pool").await;
+    killed_and_restarted(store, &server, "pool").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_manager_times_out_on_a_hung_server_and_recovers() {
-    let Some(mut server) = PrivateRedis::start() else {
+    let Some(server) = PrivateRedis::start() else {
         return;
     };
     let store = builder().connect(&server.url()).await.expect("connect");
-    frozen_then_thawed(store, &mut server, "manager").await;
+    frozen_then_thawed(store, &server, "manager").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_times_out_on_a_hung_server_and_recovers() {
-    let Some(mut server) = PrivateRedis::start() else {
+    let Some(server) = PrivateRedis::start() else {
         return;
     };
     // Pooled connections carry redis-rs's default response timeout (500 ms); the store's
     // operation timeout is the outer bound in any case.
     let store = builder().pool(pool(&server.url()));
-    frozen_then_thawed(store, &mut server, "pool").await;
+    frozen_then_thawed(store, &server, "pool").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lazy_store_starts_before_its_server() {
     // Take a port, start nothing there yet.
-    let Some(mut server) = PrivateRedis::start() else {
+    let Some(server) = PrivateRedis::start() else {
         return;
     };
     let url = server.url();
