@@ -27,7 +27,7 @@ use coatcheck::mongo::{mongodb, MongoStore};
 use coatcheck::postgres::PostgresStore;
 use coatcheck::redis::RedisStore;
 use coatcheck::{KeyRing, Session, SessionError, SessionLayer, SessionStore};
-use coatcheck_conformance::servers::{MongoServer, PostgresServer, RedisServer};
+use coatcheck_conformance::servers::{PostgresServer, Server};
 use http::header::{COOKIE, SET_COOKIE};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -332,20 +332,20 @@ fn redis_store(url: &str) -> RedisStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_during_traffic_fails_cleanly_and_recovers() {
-    let Some(server) = RedisServer::start() else {
+    let Some(server) = Server::redis() else {
         return;
     };
-    let app = app(redis_store(&server.url()));
+    let app = app(redis_store(server.url()));
     stop_during_traffic_then_restart(&app, || server.kill(), || server.restart()).await;
     assert_no_id_logged();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_debug_sleep_times_out_with_503() {
-    let Some(server) = RedisServer::start() else {
+    let Some(server) = Server::redis() else {
         return;
     };
-    let app = app(redis_store(&server.url()));
+    let app = app(redis_store(server.url()));
     let cookie = new_session(&app).await;
     let port = server.port();
     let before = count_of(&app, &cookie).await;
@@ -381,10 +381,10 @@ async fn redis_debug_sleep_times_out_with_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_frozen_server_times_out_with_503() {
-    let Some(server) = RedisServer::start() else {
+    let Some(server) = Server::redis() else {
         return;
     };
-    let app = app(redis_store(&server.url()));
+    let app = app(redis_store(server.url()));
     let cookie = new_session(&app).await;
     let before = count_of(&app, &cookie).await;
     server.freeze(true);
@@ -395,7 +395,7 @@ async fn redis_frozen_server_times_out_with_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_exhausted_pool_is_a_bounded_wait_and_a_clear_error() {
     use coatcheck::redis::deadpool_redis::{Config, Runtime};
-    let Some(server) = RedisServer::start() else {
+    let Some(server) = Server::redis() else {
         return;
     };
     let pool = Config::from_url(server.url())
@@ -576,7 +576,7 @@ async fn postgres_acknowledged_saves_survive_an_immediate_shutdown() {
 
 // --- MongoDB-wire server ---------------------------------------------------------------------
 
-async fn mongo_store(server: &MongoServer, pool_size: u32) -> MongoStore {
+async fn mongo_store(server: &Server, pool_size: u32) -> MongoStore {
     let mut options = mongodb::options::ClientOptions::parse(server.url())
         .await
         .expect("a valid url");
@@ -591,7 +591,7 @@ async fn mongo_store(server: &MongoServer, pool_size: u32) -> MongoStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_stopped_during_traffic_fails_cleanly_and_recovers() {
-    let Some(server) = MongoServer::start() else {
+    let Some(server) = Server::mongo() else {
         return;
     };
     let app = app(mongo_store(&server, 8).await);
@@ -603,7 +603,7 @@ async fn mongo_stopped_during_traffic_fails_cleanly_and_recovers() {
 /// requests ends in a 503 within the bound, none waits forever for the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_paused_server_and_exhausted_pool_time_out_with_503() {
-    let Some(server) = MongoServer::start() else {
+    let Some(server) = Server::mongo() else {
         return;
     };
     let app = app(mongo_store(&server, 1).await);

@@ -3,14 +3,14 @@
 //! and restarts it while traffic runs. Nothing here talks a database protocol beyond a
 //! readiness check, so any store's tests can use it.
 //!
-//! Each `start` returns `None` (after printing one `skipped:` line) when the server's binary
+//! Each constructor returns `None` (after printing one `skipped:` line) when the server's binary
 //! is not installed — or panics when `COATCHECK_REQUIRE_BACKENDS` names the backend, so CI
 //! never skips silently. Every server is killed and its files removed on drop.
 //!
 //! ```no_run
-//! use coatcheck_conformance::servers::RedisServer;
+//! use coatcheck_conformance::servers::Server;
 //!
-//! let Some(redis) = RedisServer::start() else { return }; // skipped: no redis-server
+//! let Some(redis) = Server::redis() else { return }; // skipped: no redis-server
 //! let url = redis.url(); // redis://127.0.0.1:<free port>
 //! redis.kill(); // connections reset, port closed
 //! redis.restart(); // same port, empty
@@ -79,11 +79,13 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid} failed");
 }
 
-/// A server process a test owns: started from `program args`, ready when `ready(port)`
-/// answers, restartable on the same port, killed (even when frozen) on drop.
+/// A server process a test owns — a `redis-server` ([`Server::redis`]) or a MongoDB-wire
+/// server ([`Server::mongo`]) on a free loopback port: restartable on the same port,
+/// freezable, killed (even when frozen) on drop.
 #[derive(Debug)]
-struct Process {
+pub struct Server {
     what: &'static str,
+    url: String,
     program: PathBuf,
     args: Vec<String>,
     port: u16,
@@ -92,17 +94,19 @@ struct Process {
     child: Mutex<Option<Child>>,
 }
 
-impl Process {
+impl Server {
     fn start(
         what: &'static str,
+        url: String,
         program: PathBuf,
         args: Vec<String>,
         port: u16,
         ready: fn(u16) -> bool,
         ready_within: Duration,
-    ) -> Process {
-        let process = Process {
+    ) -> Server {
+        let process = Server {
             what,
+            url,
             program,
             args,
             port,
@@ -150,7 +154,19 @@ impl Process {
         }
     }
 
-    fn kill(&self) {
+    /// The server's URL: `redis://127.0.0.1:<port>` or
+    /// `mongodb://127.0.0.1:<port>/?directConnection=true`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGKILL: the server is gone at once, its connections reset, the port closed.
+    pub fn kill(&self) {
         if let Some(mut c) = self.child().take() {
             // A frozen process still dies of SIGKILL, but let it run again first so that
             // nothing is left stopped if the kill races with something else.
@@ -162,19 +178,22 @@ impl Process {
         }
     }
 
-    fn restart(&self) {
+    /// Kills it if running and starts it again on the same port, empty.
+    pub fn restart(&self) {
         self.kill();
         self.spawn();
     }
 
-    fn freeze(&self, frozen: bool) {
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a frozen server keeps its sockets open and
+    /// answers nothing.
+    pub fn freeze(&self, frozen: bool) {
         if let Some(c) = self.child().as_ref() {
             signal(c.id(), if frozen { "-STOP" } else { "-CONT" });
         }
     }
 }
 
-impl Drop for Process {
+impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
@@ -203,16 +222,11 @@ fn redis_ping(port: u16) -> bool {
         && &buf == b"+PONG\r\n"
 }
 
-/// A `redis-server` of the test's own (no persistence, `DEBUG` enabled for `DEBUG SLEEP`).
-#[derive(Debug)]
-pub struct RedisServer {
-    process: Process,
-}
-
-impl RedisServer {
-    /// Starts one on a free port; `None` if `redis-server` is not on `PATH` (see the module
-    /// docs for when that panics instead).
-    pub fn start() -> Option<RedisServer> {
+impl Server {
+    /// A `redis-server` of the test's own (no persistence, `DEBUG` enabled for `DEBUG SLEEP`);
+    /// `None` if `redis-server` is not on `PATH` (see the module docs for when that panics
+    /// instead).
+    pub fn redis() -> Option<Server> {
         if !runs(Path::new("redis-server"), "--version") {
             return missing(Backend::Redis, "no redis-server on PATH");
         }
@@ -233,55 +247,22 @@ impl RedisServer {
         ]
         .map(str::to_owned)
         .to_vec();
-        let process = Process::start(
+        let server = Server::start(
             "redis-server",
+            format!("redis://127.0.0.1:{port}"),
             PathBuf::from("redis-server"),
             args,
             port,
             redis_ping,
             Duration::from_secs(10),
         );
-        Some(RedisServer { process })
+        Some(server)
     }
 
-    /// `redis://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.process.port)
-    }
-
-    /// The port it listens on.
-    pub fn port(&self) -> u16 {
-        self.process.port
-    }
-
-    /// SIGKILL: the server is gone at once, its connections reset, the port closed.
-    pub fn kill(&self) {
-        self.process.kill();
-    }
-
-    /// Kills it if running and starts it again on the same port, empty.
-    pub fn restart(&self) {
-        self.process.restart();
-    }
-
-    /// SIGSTOP (`true`) or SIGCONT (`false`): a frozen server keeps its sockets open and
-    /// answers nothing.
-    pub fn freeze(&self, frozen: bool) {
-        self.process.freeze(frozen);
-    }
-}
-
-/// A MongoDB-wire server of the test's own: SecantusDB's `secantusd-py` with in-memory
-/// storage, found through `SECANTUSD` (a path), the repository's `.venv-mongo` (which
-/// `.ci/mongo.sh` creates) or `PATH`.
-#[derive(Debug)]
-pub struct MongoServer {
-    process: Process,
-}
-
-impl MongoServer {
-    /// Starts one on a free port; `None` if no `secantusd-py` is found.
-    pub fn start() -> Option<MongoServer> {
+    /// A MongoDB-wire server of the test's own: SecantusDB's `secantusd-py` with in-memory
+    /// storage, found through `SECANTUSD` (a path), the repository's `.venv-mongo` (which
+    /// `.ci/mongo.sh` creates) or `PATH`; `None` if none is found.
+    pub fn mongo() -> Option<Server> {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-mongo/bin/secantusd-py");
         let candidates = [
             std::env::var_os("SECANTUSD").map(PathBuf::from),
@@ -307,38 +288,16 @@ impl MongoServer {
         ]
         .map(str::to_owned)
         .to_vec();
-        let process = Process::start(
+        let server = Server::start(
             "secantusd-py",
+            format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
             program,
             args,
             port,
             port_open,
             Duration::from_secs(60),
         );
-        Some(MongoServer { process })
-    }
-
-    /// `mongodb://127.0.0.1:<port>/?directConnection=true`.
-    pub fn url(&self) -> String {
-        format!(
-            "mongodb://127.0.0.1:{}/?directConnection=true",
-            self.process.port
-        )
-    }
-
-    /// SIGKILL: gone at once.
-    pub fn kill(&self) {
-        self.process.kill();
-    }
-
-    /// Kills it if running and starts it again on the same port, empty.
-    pub fn restart(&self) {
-        self.process.restart();
-    }
-
-    /// SIGSTOP / SIGCONT, as [`RedisServer::freeze`].
-    pub fn freeze(&self, frozen: bool) {
-        self.process.freeze(frozen);
+        Some(server)
     }
 }
 

@@ -281,51 +281,51 @@ fn pool(url: &str) -> deadpool_redis::Pool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_manager_survives_a_server_kill_and_restart() {
-    let Some(server) = PrivateRedis::start() else {
+    let Some(server) = PrivateRedis::redis() else {
         return;
     };
-    let store = builder().connect(&server.url()).await.expect("connect");
+    let store = builder().connect(server.url()).await.expect("connect");
     killed_and_restarted(store, &server, "manager").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_survives_a_server_kill_and_restart() {
-    let Some(server) = PrivateRedis::start() else {
+    let Some(server) = PrivateRedis::redis() else {
         return;
     };
-    let store = builder().pool(pool(&server.url()));
+    let store = builder().pool(pool(server.url()));
     killed_and_restarted(store, &server, "pool").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_manager_times_out_on_a_hung_server_and_recovers() {
-    let Some(server) = PrivateRedis::start() else {
+    let Some(server) = PrivateRedis::redis() else {
         return;
     };
-    let store = builder().connect(&server.url()).await.expect("connect");
+    let store = builder().connect(server.url()).await.expect("connect");
     frozen_then_thawed(store, &server, "manager").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_times_out_on_a_hung_server_and_recovers() {
-    let Some(server) = PrivateRedis::start() else {
+    let Some(server) = PrivateRedis::redis() else {
         return;
     };
     // Pooled connections carry redis-rs's default response timeout (500 ms); the store's
     // operation timeout is the outer bound in any case.
-    let store = builder().pool(pool(&server.url()));
+    let store = builder().pool(pool(server.url()));
     frozen_then_thawed(store, &server, "pool").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lazy_store_starts_before_its_server() {
     // Take a port, start nothing there yet.
-    let Some(server) = PrivateRedis::start() else {
+    let Some(server) = PrivateRedis::redis() else {
         return;
     };
     let url = server.url();
     server.kill();
-    let store = builder().connect_lazy(&url).expect("lazy");
+    let store = builder().connect_lazy(url).expect("lazy");
     match tokio::time::timeout(BOUND, store.load(&SessionId::generate())).await {
         Ok(Err(StoreError::Backend(_))) => {}
         other => panic!("expected Backend before the server exists, got {other:?}"),

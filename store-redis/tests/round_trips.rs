@@ -156,13 +156,13 @@ async fn single_node_counts(store: RedisStore, rec: &mut Recorder, label: &str) 
 
 #[tokio::test(flavor = "current_thread")]
 async fn single_node_connection_manager_one_round_trip_each() {
-    let Some(server) = PrivateRedis::start() else {
+    let Some(server) = PrivateRedis::redis() else {
         return;
     };
-    let mut rec = Recorder::new(&server.url()).await;
+    let mut rec = Recorder::new(server.url()).await;
     let store = RedisStore::builder()
         .prefix("rt:")
-        .connect(&server.url())
+        .connect(server.url())
         .await
         .expect("connect");
     single_node_counts(store, &mut rec, "manager").await;
@@ -170,10 +170,10 @@ async fn single_node_connection_manager_one_round_trip_each() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn single_node_pool_one_round_trip_each() {
-    let Some(server) = PrivateRedis::start() else {
+    let Some(server) = PrivateRedis::redis() else {
         return;
     };
-    let mut rec = Recorder::new(&server.url()).await;
+    let mut rec = Recorder::new(server.url()).await;
     let pool = deadpool_redis::Config::from_url(server.url())
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .expect("pool");

@@ -9,7 +9,7 @@ use futures_util::StreamExt as _;
 /// A `redis-server` of the test's own, on a free loopback port (see
 /// [`coatcheck_conformance::servers`]): `start()` is `None` (a visible skip) without the
 /// binary, and fails the test instead when CI requires redis.
-pub use coatcheck_conformance::servers::RedisServer as PrivateRedis;
+pub use coatcheck_conformance::servers::Server as PrivateRedis;
 
 /// Records the commands that reach one server, through MONITOR.
 pub struct Recorder {
