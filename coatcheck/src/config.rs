@@ -119,6 +119,15 @@ pub enum ConfigError {
     /// The idle timeout is zero.
     #[error("the idle timeout must be more than zero")]
     ZeroIdleTimeout,
+    /// `touch_after` is not shorter than the idle timeout: a session that is only read
+    /// would never be touched before it expired, so rolling expiry would silently be off.
+    #[error("touch_after ({touch_after:?}) must be shorter than the idle timeout ({idle:?}), or reading users are logged out when the idle timeout passes")]
+    TouchAfterNotBelowIdle {
+        /// The configured `touch_after`.
+        touch_after: std::time::Duration,
+        /// The configured idle timeout.
+        idle: std::time::Duration,
+    },
     /// An absolute timeout needs the session's creation time, which this store does not keep
     /// (express-compatible mode: Express records none).
     #[error("this store keeps no creation time, so an absolute timeout cannot be enforced")]
@@ -342,13 +351,16 @@ pub(crate) fn validate(c: &SessionConfig) -> Result<(), ConfigError> {
             return Err(ConfigError::InvalidAttribute(d.clone()));
         }
     }
-    if c.name.starts_with("__Host-")
+    // Browsers match the prefixes case-insensitively (RFC 6265bis), so `__host-` is
+    // held to the same rules.
+    let lower = c.name.to_ascii_lowercase();
+    if lower.starts_with("__host-")
         && (c.secure != Secure::Always || c.path != "/" || c.domain.is_some())
     {
         return Err(ConfigError::HostPrefix);
     }
     if c.secure == Secure::Never {
-        if c.name.starts_with("__Secure-") {
+        if lower.starts_with("__secure-") || lower.starts_with("__host-") {
             return Err(ConfigError::NeedsSecure("a __Secure- cookie"));
         }
         if c.same_site == SameSite::None {
@@ -363,6 +375,12 @@ pub(crate) fn validate(c: &SessionConfig) -> Result<(), ConfigError> {
     }
     if c.expiry.idle_timeout.is_zero() {
         return Err(ConfigError::ZeroIdleTimeout);
+    }
+    if c.expiry.touch_after >= c.expiry.idle_timeout {
+        return Err(ConfigError::TouchAfterNotBelowIdle {
+            touch_after: c.expiry.touch_after,
+            idle: c.expiry.idle_timeout,
+        });
     }
     Ok(())
 }

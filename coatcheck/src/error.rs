@@ -33,6 +33,11 @@ pub enum SessionError {
     /// ([`coatcheck_core::EXPRESS_RESERVED_KEYS`]); nothing was changed.
     #[error("session key {0:?} is reserved by express-session")]
     ReservedKey(String),
+    /// The session was ended by another request (destroyed, logged out everywhere, or
+    /// rotated by a concurrent `login`/`regenerate`) while this one ran: nothing of this
+    /// request was written and the cookie is cleared. Answers `409 Conflict`.
+    #[error("the session was ended by another request; nothing was written")]
+    Ended,
     /// The `Session` extractor was used on a route without a `SessionLayer`.
     #[error("no SessionLayer on this route")]
     MissingLayer,
@@ -43,6 +48,7 @@ impl SessionError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             SessionError::TooManyConflicts(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            SessionError::Ended => http::StatusCode::CONFLICT,
             SessionError::Store(StoreError::Backend(source))
                 if source.is::<crate::StoreTimedOut>() =>
             {
@@ -60,6 +66,7 @@ impl axum_core::response::IntoResponse for SessionError {
         let mut res =
             axum_core::response::Response::new(axum_core::body::Body::from(match self.status() {
                 http::StatusCode::SERVICE_UNAVAILABLE => "session store busy, retry",
+                http::StatusCode::CONFLICT => "session ended by another request",
                 _ => "session store unavailable",
             }));
         *res.status_mut() = self.status();

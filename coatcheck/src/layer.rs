@@ -183,11 +183,14 @@ pub fn session_id_from_headers(
     name: &str,
     keys: &KeyRing,
 ) -> Option<Verified> {
+    // Pair by pair, as browsers and Express do: a neighbour cookie with bytes that are not
+    // visible ASCII (a UTF-8 value set by another app) must not hide the session, so the
+    // header is split on `;` as bytes and only each pair has to be UTF-8.
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split(';'))
+        .flat_map(|h| h.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| std::str::from_utf8(pair).ok())
         .filter_map(|pair| pair.split_once('='))
         .filter(|(k, _)| k.trim() == name)
         .find_map(|(_, v)| {

@@ -72,6 +72,9 @@ struct State {
     destroyed: bool,
     /// A store operation failed: write nothing, set no cookie.
     failed: bool,
+    /// This request already wrote the session (`update` commits at once) and moved its
+    /// expiry: a persistent cookie's `Expires` must follow.
+    cookie_due: bool,
 }
 
 /// The session of the current request: cheap to clone, lazy, never hands out a lock.
@@ -281,9 +284,51 @@ impl Session {
             serde_json::to_value(f(current)).map_err(SessionError::Serialize)
         });
         self.change(Op::Update(key.to_owned(), func)).await?;
+        self.commit().await?;
         self.get(key).await?.ok_or_else(|| {
             SessionError::Serialize(serde::de::Error::custom("update produced no value"))
         })
+    }
+
+    /// Writes every pending change now (compare-and-set, replayed on conflict), so the view
+    /// is what is stored. `update` uses it to answer a committed value: a value computed
+    /// on a stale view and re-run at the end of the request would not be (found by the
+    /// history checker: concurrent increments answered the same number).
+    async fn commit(&self) -> Result<(), SessionError> {
+        let shared = &self.inner.shared;
+        let policy = shared.config.expiry;
+        let (record, persisted, explicit) = {
+            let st = self.state();
+            (st.record.clone(), st.persisted, st.expiry_at)
+        };
+        let Some(mut record) = record else {
+            return Ok(());
+        };
+        if !persisted {
+            record.expires_at =
+                policy.on_write(record.created_at, record.expires_at, explicit, self.now());
+            let created = self.create_new(record).await?;
+            let mut st = self.state();
+            st.record = Some(created);
+            st.persisted = true;
+            st.ops.clear();
+            st.user_change = None;
+            st.expiry_at = None;
+            // A new session: its cookie is sent at the end of the request.
+            st.id_changed = true;
+            return Ok(());
+        }
+        let before = record.expires_at;
+        match self.save_with_retries(record).await? {
+            Some(saved) => {
+                let mut st = self.state();
+                st.cookie_due |= saved.expires_at != before || explicit.is_some();
+                st.record = Some(saved);
+                st.expiry_at = None;
+                Ok(())
+            }
+            None => Err(SessionError::Ended),
+        }
     }
 
     /// The session id, if the session exists (in the store, or created by this request).
@@ -319,7 +364,7 @@ impl Session {
         self.ensure_loaded().await?;
         let policy = self.inner.shared.config.expiry;
         let now = self.now();
-        let (mut next, old_id) = {
+        let state = {
             let mut st = self.state();
             let persisted = st.persisted;
             let expiry_at = st.expiry_at;
@@ -351,49 +396,88 @@ impl Session {
                 st.id_changed = true;
                 return Ok(());
             }
-            let Some(record) = st.record.as_ref() else {
+            let Some(record) = st.record.clone() else {
                 return Ok(());
             };
-            let mut next = record.clone();
+            (record, st.ops.clone(), st.user_change.clone(), expiry_at)
+        };
+        let (mut view, ops, user_change, expiry_at) = state;
+        let shared = &self.inner.shared;
+        let old_id = view.id.clone();
+        let max = shared.config.max_save_retries;
+        let mut attempt = 0u32;
+        loop {
+            let mut next = view.clone();
+            // Always a fresh id: creating under the old one would bring it back if it was
+            // revoked meanwhile (found by the history checker).
+            next.id = (shared.id_generator)();
             if user.is_some() {
-                next.user_id = user;
+                next.user_id.clone_from(&user);
             }
             next.version = 1;
             next.expires_at = policy.on_write(next.created_at, next.expires_at, expiry_at, now);
-            (next, record.id.clone())
-        };
-        let store = &self.inner.shared.store;
-        let mut attempts = 0;
-        loop {
-            next.id = (self.inner.shared.id_generator)();
-            match self
-                .inner
-                .shared
-                .bounded("create", store.create(&next))
+            // The new record first, then the old one deleted if it is still at the version
+            // this request built on: never a moment without the session, and a rotation of
+            // a stale or revoked session fails instead of overwriting a newer write or
+            // bringing the session back under a new id.
+            let next = self.create_new(next).await?;
+            let outcome = shared
+                .bounded(
+                    "delete_version",
+                    shared.store.delete_version(&old_id, view.version),
+                )
+                .await;
+            let Err(refused) = outcome else {
+                tracing::debug!(old = %old_id.short_hash(), new = %next.id.short_hash(), "session id rotated");
+                let mut st = self.state();
+                st.record = Some(next);
+                st.persisted = true;
+                st.ops.clear();
+                st.user_change = None;
+                st.expiry_at = None;
+                st.id_changed = true;
+                return Ok(());
+            };
+            // The new record must not outlive a rotation that failed.
+            if let Err(e) = shared
+                .bounded("delete", shared.store.delete(&next.id))
                 .await
             {
-                Ok(()) => break,
-                Err(StoreError::IdTaken) if attempts < 3 => attempts += 1,
-                Err(e) => return self.fail(e),
+                return self.fail(e);
+            }
+            match refused {
+                StoreError::Conflict if attempt < max => {
+                    attempt += 1;
+                    backoff(attempt).await;
+                    match shared.bounded("load", shared.store.load(&old_id)).await {
+                        Ok(Some(mut fresh)) => {
+                            for op in &ops {
+                                if let Err(e) = apply(op, &mut fresh.data) {
+                                    return self.fail(e);
+                                }
+                            }
+                            if let Some(u) = &user_change {
+                                fresh.user_id.clone_from(u);
+                            }
+                            view = fresh;
+                        }
+                        Ok(None) => return self.ended(),
+                        Err(e) => return self.fail(e),
+                    }
+                }
+                StoreError::Conflict => return self.fail(SessionError::TooManyConflicts(max + 1)),
+                StoreError::NotFound => return self.ended(),
+                e => return self.fail(e),
             }
         }
-        if let Err(e) = self
-            .inner
-            .shared
-            .bounded("delete", store.delete(&old_id))
-            .await
-        {
-            return self.fail(e);
-        }
-        tracing::debug!(old = %old_id.short_hash(), new = %next.id.short_hash(), "session id rotated");
-        let mut st = self.state();
-        st.record = Some(next);
-        st.persisted = true;
-        st.ops.clear();
-        st.user_change = None;
-        st.expiry_at = None;
-        st.id_changed = true;
-        Ok(())
+    }
+
+    /// Another request ended the session while this one ran: it stays ended, nothing of
+    /// this request is written, the cookie is cleared.
+    fn ended<T>(&self) -> Result<T, SessionError> {
+        tracing::debug!("session was ended by another request");
+        self.forget_local();
+        Err(SessionError::Ended)
     }
 
     /// Deletes the session now and clears the cookie. Writing afterwards starts a new one.
@@ -535,22 +619,28 @@ impl Session {
         let shared = &self.inner.shared;
         let policy = shared.config.expiry;
         let now = self.now();
-        let (record, persisted, dirty, id_changed, resign, destroyed, failed) = {
+        let (record, persisted, dirty, explicit, id_changed, resign, destroyed, failed, due) = {
             let mut st = self.state();
             (
                 // The request is over: take the record rather than copy it.
                 st.record.take(),
                 st.persisted,
                 !st.ops.is_empty() || st.user_change.is_some() || st.expiry_at.is_some(),
+                st.expiry_at.is_some(),
                 st.id_changed,
                 st.resign,
                 st.destroyed,
                 st.failed,
+                st.cookie_due,
             )
         };
         if failed {
             return Ok(CookieAction::None);
         }
+        let set = |r: &Record| CookieAction::Set {
+            id: r.id.clone(),
+            expires_at: r.expires_at,
+        };
         let loaded = self.inner.loaded.initialized();
         let Some(mut record) = record else {
             if destroyed {
@@ -558,7 +648,7 @@ impl Session {
             }
             if loaded && shared.config.save_uninitialized {
                 let record = self.new_record();
-                return self.create_new(record).await;
+                return Ok(set(&self.create_new(record).await?));
             }
             return Ok(CookieAction::None);
         };
@@ -566,24 +656,27 @@ impl Session {
             let explicit = self.state().expiry_at;
             record.expires_at =
                 policy.on_write(record.created_at, record.expires_at, explicit, now);
-            return self.create_new(record).await;
+            return Ok(set(&self.create_new(record).await?));
         }
+        // A persistent cookie's `Expires` follows the session's expiry whenever a write
+        // moves it, so the browser never drops a cookie whose session is live and in use
+        // (a user writing more often than `touch_after` used to keep the first `Expires`
+        // until the browser dropped it), and `set_expiry` reaches the browser.
+        let persistent_cookie = !policy.browser_session;
         if dirty {
-            // A persistent cookie's Expires follows the session's expiry, but re-sending it
-            // is only worth it when expiry moved by at least `touch_after`, as for a touch.
             let before = record.expires_at;
             return Ok(match self.save_with_retries(record).await? {
-                CookieAction::Set { expires_at, .. }
-                    if !(id_changed || resign)
-                        && (policy.browser_session
-                            || expires_at.duration_since(before) < policy.touch_after) =>
-                {
-                    CookieAction::None
+                None => CookieAction::Clear,
+                Some(saved) => {
+                    let moved = saved.expires_at != before || explicit || due;
+                    if id_changed || resign || (persistent_cookie && moved) {
+                        set(&saved)
+                    } else {
+                        CookieAction::None
+                    }
                 }
-                other => other,
             });
         }
-        let persistent_cookie = !policy.browser_session;
         if let Some(next) = policy.touch_due(record.created_at, record.expires_at, now) {
             return match shared
                 .bounded("touch", shared.store.touch(&record.id, next))
@@ -602,17 +695,15 @@ impl Session {
                 Err(e) => self.fail(e),
             };
         }
-        Ok(if id_changed || resign {
-            CookieAction::Set {
-                id: record.id,
-                expires_at: record.expires_at,
-            }
+        Ok(if id_changed || resign || (persistent_cookie && due) {
+            set(&record)
         } else {
             CookieAction::None
         })
     }
 
-    async fn create_new(&self, mut record: Record) -> Result<CookieAction, SessionError> {
+    /// Creates `record` under a fresh id if its own is taken; returns what was stored.
+    async fn create_new(&self, mut record: Record) -> Result<Record, SessionError> {
         let store = &self.inner.shared.store;
         let mut attempts = 0;
         loop {
@@ -624,10 +715,7 @@ impl Session {
             {
                 Ok(()) => {
                     tracing::debug!(session = %record.id.short_hash(), "session created");
-                    return Ok(CookieAction::Set {
-                        id: record.id,
-                        expires_at: record.expires_at,
-                    });
+                    return Ok(record);
                 }
                 Err(StoreError::IdTaken) if attempts < 3 => {
                     attempts += 1;
@@ -639,8 +727,9 @@ impl Session {
     }
 
     /// Saves with compare-and-set, replaying this request's changes on a conflict. Returns
-    /// `Set` with the saved expiry, or `Clear` when the session was revoked meanwhile.
-    async fn save_with_retries(&self, mut record: Record) -> Result<CookieAction, SessionError> {
+    /// the stored record, or `None` when the session was ended meanwhile (it then stays
+    /// ended: the local view is forgotten).
+    async fn save_with_retries(&self, mut record: Record) -> Result<Option<Record>, SessionError> {
         let shared = &self.inner.shared;
         let policy = shared.config.expiry;
         let (ops, user_change, expiry_at) = {
@@ -657,22 +746,24 @@ impl Session {
             record.expires_at =
                 policy.on_write(record.created_at, record.expires_at, expiry_at, self.now());
             match shared.bounded("save", shared.store.save(&record)).await {
-                Ok(_) => {
-                    return Ok(CookieAction::Set {
-                        id: record.id,
-                        expires_at: record.expires_at,
-                    });
+                Ok(version) => {
+                    record.version = version;
+                    return Ok(Some(record));
                 }
                 Err(StoreError::NotFound) => {
                     tracing::debug!(session = %record.id.short_hash(), "session was revoked; not saved");
-                    return Ok(CookieAction::Clear);
+                    self.forget_local();
+                    return Ok(None);
                 }
                 Err(StoreError::Conflict) if attempt < max => {
                     attempt += 1;
                     backoff(attempt).await;
                     let fresh = match shared.bounded("load", shared.store.load(&record.id)).await {
                         Ok(Some(fresh)) => fresh,
-                        Ok(None) => return Ok(CookieAction::Clear),
+                        Ok(None) => {
+                            self.forget_local();
+                            return Ok(None);
+                        }
                         Err(e) => return self.fail(e),
                     };
                     let mut next = fresh;

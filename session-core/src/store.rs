@@ -193,6 +193,27 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// Removes the record. Idempotent; returns whether a live record was removed.
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError>;
 
+    /// Compare-and-delete: removes the record only if it is live and its version is
+    /// `version`. `Conflict` if the stored version differs (nothing is changed), `NotFound`
+    /// if nothing live is there. Its index entry goes with it.
+    ///
+    /// The middleware rotates an id (`login`, `regenerate`) by creating the new record and
+    /// then deleting the old one with this, so a rotation based on a stale version, or of a
+    /// session revoked meanwhile, fails instead of overwriting a newer write or bringing the
+    /// session back under a new id.
+    ///
+    /// The provided implementation is one [`save`](SessionStore::save) of an empty,
+    /// principal-less record of that version that expired at the Unix epoch: the
+    /// compare-and-set of `save` makes it atomic, and a record that is not live is absent
+    /// for every method. A store whose backend can delete conditionally in one step should
+    /// override it (and then physically removes the record).
+    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
+        let epoch = Timestamp::from_millis(0);
+        let mut tombstone = Record::new(id.clone(), epoch, Timestamp::from_millis(1));
+        tombstone.version = version;
+        self.save(&tombstone).await.map(drop)
+    }
+
     /// The live sessions of `user_id`: id, `created_at`, `expires_at`, in no particular order.
     async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError>;
 
@@ -228,6 +249,9 @@ impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
     }
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
         (**self).delete(id).await
+    }
+    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
+        (**self).delete_version(id, version).await
     }
     async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
         (**self).list_for_user(user_id).await

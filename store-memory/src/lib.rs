@@ -438,6 +438,22 @@ impl SessionStore for MemoryStore {
         })
     }
 
+    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let mut shard = inner.shard(id);
+        match shard.get(id).filter(|r| r.is_live(now)) {
+            None => Err(StoreError::NotFound),
+            Some(r) if r.version != version => Err(StoreError::Conflict),
+            Some(_) => {
+                if let Some(r) = shard.remove(id) {
+                    inner.forget(&r);
+                }
+                Ok(())
+            }
+        }
+    }
+
     async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
         let inner = &self.inner;
         let now = inner.clock.now();
@@ -461,23 +477,34 @@ impl SessionStore for MemoryStore {
     ) -> Result<u64, StoreError> {
         let inner = &self.inner;
         let now = inner.clock.now();
-        let ids = inner.user_ids(user_id);
         let mut removed = 0;
-        for id in ids.iter().filter(|id| Some(*id) != except) {
-            let mut shard = inner.shard(id);
-            let matches = shard
-                .get(id)
-                .is_some_and(|r| r.user_id.as_deref() == Some(user_id));
-            if matches {
-                if let Some(r) = shard.remove(id) {
-                    inner.forget(&r);
-                    if r.is_live(now) {
-                        removed += 1;
+        // Until one look at the index finds nothing left to remove: a session created for
+        // this user while a pass ran (a rotation's new id) is removed by the next pass, so
+        // when this returns no session of the user that existed during the call is live
+        // (found by the history checker: a login rotating concurrently survived a single
+        // pass over a snapshot of the index).
+        loop {
+            let ids = inner.user_ids(user_id);
+            let mut found = false;
+            for id in ids.iter().filter(|id| Some(*id) != except) {
+                let mut shard = inner.shard(id);
+                let matches = shard
+                    .get(id)
+                    .is_some_and(|r| r.user_id.as_deref() == Some(user_id));
+                if matches {
+                    if let Some(r) = shard.remove(id) {
+                        found = true;
+                        inner.forget(&r);
+                        if r.is_live(now) {
+                            removed += 1;
+                        }
                     }
                 }
             }
+            if !found {
+                return Ok(removed);
+            }
         }
-        Ok(removed)
     }
 
     async fn delete_expired(&self) -> Result<u64, StoreError> {

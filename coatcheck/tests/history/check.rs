@@ -1,0 +1,407 @@
+//! The checker: after quiescence, the final state of the store and the recorded history must
+//! satisfy the invariants below. Each violation is an [`Anomaly`] naming the requests that
+//! show it, in the manner of Jepsen's Elle: the invariant, the witnesses, the sub-history.
+//!
+//! - **counter**: for each session (lineage), every acknowledged `update` increment is in the
+//!   final counter exactly once, and the values `update` answered are distinct (each one was
+//!   committed);
+//! - **register**: the final value of a key is one written by an acknowledged write that no
+//!   other acknowledged write of that session followed in real time (no lost write);
+//! - **revoked**: no request that began after an acknowledged `destroy`, `logout_everywhere`
+//!   or `logout_other_devices` covering a session completed reads or writes it, and it is not
+//!   live at the end (under any id);
+//! - **duplicate**: a session lives under one id at most (no orphan left by a rotation);
+//! - **index**: each user's index lists exactly the live sessions with that principal;
+//! - **status**: no panic, and no error but the documented ones: `503` (store timeout,
+//!   conflicts exhausted) and `409` (the session was ended by another request meanwhile).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use coatcheck::{Record, SessionId, SessionStore};
+
+use crate::run::{CookieOut, Event, Op};
+
+#[derive(Debug)]
+pub struct Anomaly {
+    pub kind: &'static str,
+    pub detail: String,
+    pub lineage: Option<String>,
+    /// The requests that witness it.
+    pub witnesses: Vec<usize>,
+}
+
+/// The store after quiescence: every live record reachable from an id the history saw or
+/// an index lists, and each user's index.
+pub struct Final {
+    pub records: Vec<Record>,
+    pub index: BTreeMap<String, BTreeSet<SessionId>>,
+}
+
+pub async fn final_state(
+    store: &dyn SessionStore,
+    events: &[Event],
+    users: &[String],
+    user_index: bool,
+) -> Final {
+    let mut ids: BTreeSet<SessionId> = BTreeSet::new();
+    for e in events {
+        ids.extend(e.sent.clone());
+        if let CookieOut::Set(id) = &e.cookie {
+            ids.insert(id.clone());
+        }
+    }
+    let mut index = BTreeMap::new();
+    if user_index {
+        for u in users {
+            let listed: BTreeSet<SessionId> = store
+                .list_for_user(u)
+                .await
+                .expect("list_for_user after quiescence")
+                .into_iter()
+                .map(|i| i.id)
+                .collect();
+            ids.extend(listed.iter().cloned());
+            index.insert(u.clone(), listed);
+        }
+    }
+    let mut records = Vec::new();
+    for id in ids {
+        if let Some(r) = store.load(&id).await.expect("load after quiescence") {
+            records.push(r);
+        }
+    }
+    Final { records, index }
+}
+
+fn lineage_of(r: &Record) -> Option<String> {
+    r.data
+        .get("lineage")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+}
+
+pub fn check(events: &[Event], fin: &Final, user_index: bool) -> Vec<Anomaly> {
+    let mut out = Vec::new();
+    status(events, &mut out);
+    let mut live: HashMap<String, Vec<&Record>> = HashMap::new();
+    for r in &fin.records {
+        live.entry(lineage_of(r).unwrap_or_default())
+            .or_default()
+            .push(r);
+    }
+    for (l, rs) in &live {
+        if rs.len() > 1 {
+            out.push(Anomaly {
+                kind: "duplicate",
+                detail: format!("session {l} is live under {} ids", rs.len()),
+                lineage: Some(l.clone()),
+                witnesses: Vec::new(),
+            });
+        }
+    }
+    let mut by_lineage: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    for e in events {
+        if let Some(l) = e.lineage() {
+            by_lineage.entry(l).or_default().push(e);
+        }
+    }
+    for (l, evs) in &by_lineage {
+        let rec = live.get(*l).and_then(|rs| rs.first().copied());
+        counter(l, evs, rec, &mut out);
+        register(l, evs, rec, &mut out);
+    }
+    revoked(events, &by_lineage, &live, &mut out);
+    if user_index {
+        index(fin, &mut out);
+    }
+    out
+}
+
+fn status(events: &[Event], out: &mut Vec<Anomaly>) {
+    for e in events {
+        // 409: the session was ended by another request meanwhile (nothing written).
+        let ok = (200..300).contains(&e.status)
+            || (e.status == 503 && e.body == "session store busy, retry")
+            || (e.status == 409 && e.body == "session ended by another request");
+        if !ok {
+            out.push(Anomaly {
+                kind: "status",
+                detail: format!("{} answered {} {:?}", e.op_name(), e.status, e.body),
+                lineage: e.lineage().map(str::to_owned),
+                witnesses: vec![e.index],
+            });
+        }
+    }
+}
+
+fn counter(l: &str, evs: &[&Event], rec: Option<&Record>, out: &mut Vec<Anomaly>) {
+    let incrs: Vec<&&Event> = evs
+        .iter()
+        .filter(|e| e.op == Op::Incr && (200..300).contains(&e.status))
+        .collect();
+    let acked: Vec<&&Event> = incrs.iter().copied().filter(|e| e.acked()).collect();
+    let maybe = incrs.len() - acked.len();
+    let mut values: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for e in &acked {
+        if let Some(n) = e.seen.as_ref().and_then(|s| s.n) {
+            values.entry(n).or_default().push(e.index);
+        }
+    }
+    for (n, who) in &values {
+        if who.len() > 1 {
+            out.push(Anomaly {
+                kind: "counter",
+                detail: format!(
+                    "{} acknowledged increments of {l} all answered {n}: `update` returned a value that was not committed",
+                    who.len()
+                ),
+                lineage: Some(l.to_owned()),
+                witnesses: who.clone(),
+            });
+        }
+    }
+    let Some(rec) = rec else { return };
+    let stored = rec.data.get("n").and_then(|v| v.as_u64()).unwrap_or(0);
+    let lo = acked.len() as u64;
+    let hi = lo + maybe as u64;
+    if stored < lo || stored > hi {
+        out.push(Anomaly {
+            kind: "counter",
+            detail: format!(
+                "{l}: final counter {stored}, but {lo} increments were acknowledged ({maybe} more answered with a cleared cookie)"
+            ),
+            lineage: Some(l.to_owned()),
+            witnesses: acked.iter().map(|e| e.index).collect(),
+        });
+    }
+    if let Some((&max, who)) = values.iter().next_back() {
+        if max > stored {
+            out.push(Anomaly {
+                kind: "counter",
+                detail: format!("{l}: `update` answered {max}, the final counter is {stored}"),
+                lineage: Some(l.to_owned()),
+                witnesses: who.clone(),
+            });
+        }
+    }
+}
+
+fn register(l: &str, evs: &[&Event], rec: Option<&Record>, out: &mut Vec<Anomaly>) {
+    let Some(rec) = rec else { return };
+    let writes: Vec<&&Event> = evs
+        .iter()
+        .filter(|e| matches!(e.op, Op::Put | Op::Remove) && e.acked())
+        .collect();
+    let value = |e: &Event| (e.op == Op::Put).then(|| e.arg.clone());
+    // The writes no other acknowledged write followed in real time.
+    let maximal: Vec<&&&Event> = writes
+        .iter()
+        .filter(|w| !writes.iter().any(|o| o.invoked > w.completed))
+        .collect();
+    let stored = rec
+        .data
+        .get("reg")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    if writes.is_empty() {
+        return;
+    }
+    if !maximal.iter().any(|w| value(w) == stored) {
+        out.push(Anomaly {
+            kind: "register",
+            detail: format!(
+                "{l}: final `reg` is {stored:?}, but the last acknowledged writes wrote {:?}: an acknowledged write was lost",
+                maximal.iter().map(|w| value(w)).collect::<Vec<_>>()
+            ),
+            lineage: Some(l.to_owned()),
+            witnesses: maximal.iter().map(|w| w.index).collect(),
+        });
+    }
+}
+
+/// The user `l` certainly had while `x` ran: an acknowledged login as that user completed
+/// before `x` began, and no acknowledged login as someone else could have come after it.
+fn principal_during(evs: &[&Event], x: &Event) -> Option<String> {
+    let logins: Vec<&&Event> = evs
+        .iter()
+        .filter(|e| e.op == Op::Login && e.acked())
+        .collect();
+    let last = logins
+        .iter()
+        .filter(|e| e.completed < x.invoked)
+        .max_by_key(|e| e.completed)?;
+    let moved = logins
+        .iter()
+        .any(|o| o.arg != last.arg && o.completed > last.completed && o.invoked < x.completed);
+    (!moved).then(|| last.arg.clone())
+}
+
+/// Whether another request rotated (`login`/`regenerate`) session `l` while `x` ran.
+fn rotated_during(by_lineage: &BTreeMap<&str, Vec<&Event>>, l: &str, x: &Event) -> bool {
+    by_lineage.get(l).is_some_and(|evs| {
+        evs.iter().any(|r| {
+            matches!(r.op, Op::Regenerate | Op::Login)
+                && r.index != x.index
+                && (200..300).contains(&r.status)
+                && r.invoked < x.completed
+                && r.completed > x.invoked
+        })
+    })
+}
+
+fn revoked(
+    events: &[Event],
+    by_lineage: &BTreeMap<&str, Vec<&Event>>,
+    live: &HashMap<String, Vec<&Record>>,
+    out: &mut Vec<Anomaly>,
+) {
+    // lineage -> (completion of the earliest acknowledged revocation covering it, by whom)
+    let mut covered: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+    let mut cover = |l: &str, x: &Event| {
+        let l = by_lineage.get_key_value(l).map(|(k, _)| *k);
+        if let Some(l) = l {
+            let e = covered.entry(l).or_insert((x.completed, x.index));
+            if x.completed < e.0 {
+                *e = (x.completed, x.index);
+            }
+        }
+    };
+    for x in events
+        .iter()
+        .filter(|e| e.acked() || e.cookie == CookieOut::Cleared)
+    {
+        if !(200..300).contains(&x.status) {
+            continue;
+        }
+        let Some(seen) = &x.seen else { continue };
+        let own = seen.lineage.as_deref();
+        match (x.op, &seen.user) {
+            (Op::Destroy, _) | (Op::LogoutEverywhere, None) => {
+                // A destroy removes the id its request loaded. If another tab rotated the
+                // session meanwhile, that id was already dead and the session lives on
+                // under its new id: not a revocation of it.
+                let Some(l) = own else { continue };
+                if !rotated_during(by_lineage, l, x) {
+                    cover(l, x);
+                }
+            }
+            (Op::LogoutEverywhere, Some(u)) | (Op::LogoutOthers, Some(u)) => {
+                for (l, evs) in by_lineage {
+                    if x.op == Op::LogoutOthers && Some(*l) == own {
+                        continue;
+                    }
+                    // Its own session, unless another tab rotated it meanwhile (maybe to
+                    // another user: then the principal rule below decides).
+                    let mine = x.op == Op::LogoutEverywhere
+                        && Some(*l) == own
+                        && !rotated_during(by_lineage, l, x);
+                    if mine || principal_during(evs, x).as_deref() == Some(u.as_str()) {
+                        cover(l, x);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (l, (t, by)) in covered {
+        let after: Vec<usize> = by_lineage[l]
+            .iter()
+            .filter(|e| e.invoked > t && (200..300).contains(&e.status))
+            .map(|e| e.index)
+            .collect();
+        if !after.is_empty() {
+            out.push(Anomaly {
+                kind: "revoked",
+                detail: format!(
+                    "{l} was revoked by #{by} (done at {t}µs), yet requests that began later saw it"
+                ),
+                lineage: Some(l.to_owned()),
+                witnesses: std::iter::once(by).chain(after).collect(),
+            });
+        }
+        if live.contains_key(l) {
+            out.push(Anomaly {
+                kind: "revoked",
+                detail: format!(
+                    "{l} was revoked by #{by} (done at {t}µs), yet it is live at the end"
+                ),
+                lineage: Some(l.to_owned()),
+                witnesses: vec![by],
+            });
+        }
+    }
+}
+
+fn index(fin: &Final, out: &mut Vec<Anomaly>) {
+    for (user, listed) in &fin.index {
+        let live: BTreeSet<SessionId> = fin
+            .records
+            .iter()
+            .filter(|r| r.user_id.as_deref() == Some(user.as_str()))
+            .map(|r| r.id.clone())
+            .collect();
+        if &live != listed {
+            let missing: Vec<String> = live
+                .difference(listed)
+                .map(|id| id.short_hash().to_string())
+                .collect();
+            let extra: Vec<String> = listed
+                .difference(&live)
+                .map(|id| id.short_hash().to_string())
+                .collect();
+            out.push(Anomaly {
+                kind: "index",
+                detail: format!(
+                    "user {user}: live sessions missing from the index {missing:?}, listed but not live with that user {extra:?}"
+                ),
+                lineage: None,
+                witnesses: Vec::new(),
+            });
+        }
+    }
+}
+
+impl Event {
+    pub fn op_name(&self) -> String {
+        format!("#{} {:?}", self.index, self.op)
+    }
+}
+
+/// The anomalies with the part of the history that shows each: the witnesses and every
+/// request on the same session.
+pub fn report(label: &str, seed: u64, events: &[Event], anomalies: &[Anomaly]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "history checker: {} anomal{} on {label}, seed {seed} (replay: COATCHECK_HISTORY_SEED={seed} cargo test -p coatcheck --all-features --test history {})",
+        anomalies.len(),
+        if anomalies.len() == 1 { "y" } else { "ies" },
+        label
+    );
+    if std::env::var("COATCHECK_HISTORY_DUMP").is_ok_and(|v| v == "1") {
+        let _ = writeln!(s, "\nthe whole history:");
+        for e in events {
+            let _ = writeln!(s, "   {e}");
+        }
+    }
+    for a in anomalies.iter().take(6) {
+        let _ = writeln!(s, "\n[{}] {}", a.kind, a.detail);
+        let shown: Vec<&Event> = events
+            .iter()
+            .filter(|e| {
+                a.witnesses.contains(&e.index)
+                    || (a.lineage.is_some() && e.lineage() == a.lineage.as_deref())
+            })
+            .collect();
+        for e in shown.iter().take(60) {
+            let mark = if a.witnesses.contains(&e.index) {
+                "*"
+            } else {
+                " "
+            };
+            let _ = writeln!(s, " {mark} {e}");
+        }
+    }
+    s
+}

@@ -1,0 +1,305 @@
+//! Running one history: devices (a cookie jar each) with a few tabs each send random
+//! operations concurrently through the real middleware; every request is recorded with its
+//! invocation and completion time, its answer and what it did to the cookie.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::Router;
+use coatcheck::{KeyRing, SessionId};
+use http::header::{COOKIE, SET_COOKIE};
+use http::Request;
+use http_body_util::BodyExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tower::ServiceExt;
+
+use crate::app::{Seen, SECRET};
+
+/// The size and mix of one history.
+#[derive(Debug, Clone, Copy)]
+pub struct Profile {
+    /// Users, each with `devices_per_user` devices (browsers) that log in as them.
+    pub users: usize,
+    pub devices_per_user: usize,
+    /// Tabs per device: requests of one device's tabs overlap and share its cookie jar.
+    pub tabs: usize,
+    /// Requests per tab.
+    pub ops_per_tab: usize,
+    /// The store keeps a user index: `logout_everywhere` / `logout_other_devices` are used.
+    pub user_index: bool,
+    /// Longest pause around each store call, and inside a handler.
+    pub store_pause: Duration,
+    pub handler_pause: Duration,
+}
+
+impl Profile {
+    pub const CI: Profile = Profile {
+        users: 3,
+        devices_per_user: 2,
+        tabs: 2,
+        ops_per_tab: 14,
+        user_index: true,
+        store_pause: Duration::from_millis(3),
+        handler_pause: Duration::from_millis(4),
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Incr,
+    Put,
+    Remove,
+    Regenerate,
+    Login,
+    Destroy,
+    LogoutEverywhere,
+    LogoutOthers,
+    Expiry,
+}
+
+impl Op {
+    fn path(self) -> &'static str {
+        match self {
+            Op::Read => "/read",
+            Op::Incr => "/incr",
+            Op::Put => "/put",
+            Op::Remove => "/remove",
+            Op::Regenerate => "/regenerate",
+            Op::Login => "/login",
+            Op::Destroy => "/destroy",
+            Op::LogoutEverywhere => "/logout_everywhere",
+            Op::LogoutOthers => "/logout_others",
+            Op::Expiry => "/expiry",
+        }
+    }
+
+    fn pick(rng: &mut StdRng, user_index: bool) -> Op {
+        let table: &[(Op, u32)] = &[
+            (Op::Read, 14),
+            (Op::Incr, 20),
+            (Op::Put, 12),
+            (Op::Remove, 4),
+            (Op::Regenerate, 8),
+            (Op::Login, 12),
+            (Op::Destroy, 3),
+            (Op::LogoutEverywhere, if user_index { 3 } else { 0 }),
+            (Op::LogoutOthers, if user_index { 3 } else { 0 }),
+            (Op::Expiry, 4),
+        ];
+        let total: u32 = table.iter().map(|(_, w)| w).sum();
+        let mut x = rng.gen_range(0..total);
+        for (op, w) in table {
+            if x < *w {
+                return *op;
+            }
+            x -= w;
+        }
+        Op::Read
+    }
+}
+
+/// What a response did to the device's cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CookieOut {
+    Untouched,
+    Set(SessionId),
+    Cleared,
+}
+
+/// One request of the history.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub index: usize,
+    pub device: usize,
+    pub tab: usize,
+    pub op: Op,
+    pub arg: String,
+    /// Microseconds since the history began.
+    pub invoked: u64,
+    pub completed: u64,
+    /// The session id the request's cookie carried.
+    pub sent: Option<SessionId>,
+    /// HTTP status; 0 when the request panicked.
+    pub status: u16,
+    pub body: String,
+    pub seen: Option<Seen>,
+    pub cookie: CookieOut,
+}
+
+impl Event {
+    /// A 2xx that did not clear the cookie: what it did is acknowledged.
+    pub fn acked(&self) -> bool {
+        (200..300).contains(&self.status) && self.cookie != CookieOut::Cleared
+    }
+
+    pub fn lineage(&self) -> Option<&str> {
+        self.seen.as_ref().and_then(|s| s.lineage.as_deref())
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short = |id: &SessionId| id.short_hash().to_string();
+        write!(
+            f,
+            "#{:<4} d{}t{} [{:>8}µs → {:>8}µs] {:<18} {:<6} cookie {:<8} → {} {} set-cookie {}",
+            self.index,
+            self.device,
+            self.tab,
+            self.invoked,
+            self.completed,
+            self.op.path(),
+            self.arg,
+            self.sent.as_ref().map(short).unwrap_or_else(|| "-".into()),
+            self.status,
+            self.body,
+            match &self.cookie {
+                CookieOut::Untouched => "-".to_string(),
+                CookieOut::Set(id) => short(id),
+                CookieOut::Cleared => "cleared".to_string(),
+            }
+        )
+    }
+}
+
+/// The user device `d` belongs to.
+pub fn owner(profile: &Profile, device: usize) -> String {
+    format!("u{}", device / profile.devices_per_user)
+}
+
+/// Runs one history of `profile` against `app`, ops drawn from `seed`.
+pub async fn run(app: Router, profile: Profile, seed: u64) -> Vec<Event> {
+    let keys = KeyRing::new([SECRET]).expect("long secret");
+    let start = Instant::now();
+    let devices = profile.users * profile.devices_per_user;
+    let log: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for device in 0..devices {
+        let jar: Arc<Mutex<Option<String>>> = Arc::default();
+        for tab in 0..profile.tabs {
+            let (app, jar, log, keys) = (app.clone(), jar.clone(), log.clone(), keys.clone());
+            let tab_seed = seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add((device * 16 + tab) as u64);
+            tasks.push(tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(tab_seed);
+                for i in 0..profile.ops_per_tab {
+                    let op = Op::pick(&mut rng, profile.user_index);
+                    let arg = match op {
+                        Op::Put => format!("v{device}.{tab}.{i}"),
+                        Op::Login => {
+                            if rng.gen_bool(0.85) {
+                                owner(&profile, device)
+                            } else {
+                                format!("u{}", rng.gen_range(0..profile.users))
+                            }
+                        }
+                        Op::Expiry => rng.gen_range(60..600).to_string(),
+                        _ => String::new(),
+                    };
+                    let think = rng.gen_range(0..1500);
+                    tokio::time::sleep(Duration::from_micros(think)).await;
+                    let event = request(&app, &keys, &jar, start, device, tab, op, arg).await;
+                    log.lock().unwrap_or_else(|e| e.into_inner()).push(event);
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("a client task panicked");
+    }
+    let mut events = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+    events.sort_by_key(|e| (e.invoked, e.completed));
+    for (i, e) in events.iter_mut().enumerate() {
+        e.index = i;
+    }
+    events
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn request(
+    app: &Router,
+    keys: &KeyRing,
+    jar: &Mutex<Option<String>>,
+    start: Instant,
+    device: usize,
+    tab: usize,
+    op: Op,
+    arg: String,
+) -> Event {
+    let cookie = jar.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let sent = cookie
+        .as_deref()
+        .and_then(|c| c.split_once('='))
+        .and_then(|(_, v)| keys.verify_cookie_value(v))
+        .map(|v| v.id);
+    let uri = match op {
+        Op::Put | Op::Login => format!("{}?v={arg}", op.path()),
+        Op::Expiry => format!("{}?secs={arg}", op.path()),
+        _ => op.path().to_string(),
+    };
+    let method = if op == Op::Read { "GET" } else { "POST" };
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(c) = &cookie {
+        req = req.header(COOKIE, c);
+    }
+    let req = req.body(Body::empty()).expect("request");
+    let invoked = start.elapsed().as_micros() as u64;
+    let answer = tokio::spawn(app.clone().oneshot(req)).await;
+    let (status, body, out) = match answer {
+        Err(_) => (0, "panicked".to_string(), CookieOut::Untouched),
+        Ok(Err(never)) => match never {},
+        Ok(Ok(res)) => {
+            let status = res.status().as_u16();
+            let set = res
+                .headers()
+                .get(SET_COOKIE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = res
+                .into_body()
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_else(|e| format!("body error: {e}"));
+            let out = match set {
+                None => CookieOut::Untouched,
+                Some(set) => {
+                    let pair = set.split(';').next().unwrap_or("").trim().to_string();
+                    let value = pair.split_once('=').map(|(_, v)| v).unwrap_or("");
+                    let mut jar = jar.lock().unwrap_or_else(|e| e.into_inner());
+                    match keys.verify_cookie_value(value) {
+                        Some(v) if !set.contains("Max-Age=0") => {
+                            *jar = Some(pair);
+                            CookieOut::Set(v.id)
+                        }
+                        _ => {
+                            *jar = None;
+                            CookieOut::Cleared
+                        }
+                    }
+                }
+            };
+            (status, body, out)
+        }
+    };
+    let completed = start.elapsed().as_micros() as u64;
+    let seen = serde_json::from_str::<Seen>(&body).ok();
+    Event {
+        index: 0,
+        device,
+        tab,
+        op,
+        arg,
+        invoked,
+        completed,
+        sent,
+        status,
+        body,
+        seen,
+        cookie: out,
+    }
+}

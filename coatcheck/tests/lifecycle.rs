@@ -1,0 +1,415 @@
+//! The lifecycle defects the history checker found (or that a review found and a schedule
+//! shows), each pinned as one deterministic schedule: a handler pauses between loading its
+//! session and writing it (a `Barrier` the test holds), another request runs in between.
+//! Each test fails on the code before its fix.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::Router;
+use coatcheck::memory::MemoryStore;
+use coatcheck::{
+    Clock, ConfigError, KeyRing, ManualClock, Secure, Session, SessionError, SessionLayer,
+    SessionStore, Timestamp,
+};
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderValue, Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio::sync::Barrier;
+use tower::ServiceExt;
+
+const SECRET: &str = "lifecycle test secret, long enough: 0123456789";
+
+/// Two waits: "loaded" (the test knows the handler has read its session) and "go on".
+async fn pause(gate: &Barrier) {
+    gate.wait().await;
+    gate.wait().await;
+}
+
+type Gate = State<Arc<Barrier>>;
+
+async fn paused_login(
+    State(gate): Gate,
+    session: Session,
+    Path(user): Path<String>,
+) -> Result<&'static str, SessionError> {
+    session.get_value("x").await?;
+    pause(&gate).await;
+    session.login(user).await?;
+    Ok("ok")
+}
+
+async fn paused_regenerate(
+    State(gate): Gate,
+    session: Session,
+) -> Result<&'static str, SessionError> {
+    session.get_value("x").await?;
+    pause(&gate).await;
+    session.regenerate().await?;
+    Ok("ok")
+}
+
+async fn paused_incr(State(gate): Gate, session: Session) -> Result<String, SessionError> {
+    session.get_value("n").await?;
+    pause(&gate).await;
+    let n: u64 = session
+        .update("n", |n: Option<u64>| n.unwrap_or(0) + 1)
+        .await?;
+    Ok(n.to_string())
+}
+
+async fn incr(session: Session) -> Result<String, SessionError> {
+    let n: u64 = session
+        .update("n", |n: Option<u64>| n.unwrap_or(0) + 1)
+        .await?;
+    Ok(n.to_string())
+}
+
+async fn get_n(session: Session) -> Result<String, SessionError> {
+    Ok(session.get::<u64>("n").await?.unwrap_or(0).to_string())
+}
+
+async fn login(session: Session, Path(user): Path<String>) -> Result<&'static str, SessionError> {
+    session.login(user).await?;
+    Ok("ok")
+}
+
+async fn logout_all(session: Session) -> Result<String, SessionError> {
+    Ok(session.logout_everywhere().await?.to_string())
+}
+
+async fn whoami(session: Session) -> Result<String, SessionError> {
+    Ok(session
+        .user_id()
+        .await?
+        .unwrap_or_else(|| "anonymous".into()))
+}
+
+async fn set_expiry(session: Session, Path(secs): Path<u64>) -> Result<&'static str, SessionError> {
+    session.set_expiry_in(Duration::from_secs(secs)).await?;
+    Ok("ok")
+}
+
+async fn put(session: Session) -> Result<&'static str, SessionError> {
+    let n = session.get::<u64>("w").await?.unwrap_or(0);
+    session.insert("w", n + 1).await?;
+    Ok("ok")
+}
+
+struct App {
+    router: Router,
+    store: MemoryStore,
+    clock: ManualClock,
+}
+
+fn app_with(
+    f: impl FnOnce(coatcheck::SessionLayerBuilder) -> coatcheck::SessionLayerBuilder,
+) -> (App, Arc<Barrier>) {
+    let clock = ManualClock::new(Timestamp::now());
+    let store = MemoryStore::builder().clock(clock.clone()).build();
+    let keys = KeyRing::new([SECRET]).expect("long secret");
+    let layer = f(SessionLayer::builder(store.clone(), keys).clock(clock.clone()))
+        .build()
+        .expect("valid config");
+    let gate = Arc::new(Barrier::new(2));
+    let router = Router::new()
+        .route("/paused-login/{user}", post(paused_login))
+        .route("/paused-regenerate", post(paused_regenerate))
+        .route("/paused-incr", post(paused_incr))
+        .route("/incr", post(incr))
+        .route("/n", get(get_n))
+        .route("/login/{user}", post(login))
+        .route("/logout-all", post(logout_all))
+        .route("/whoami", get(whoami))
+        .route("/set-expiry/{secs}", post(set_expiry))
+        .route("/put", post(put))
+        .with_state(gate.clone())
+        .layer(layer);
+    (
+        App {
+            router,
+            store,
+            clock,
+        },
+        gate,
+    )
+}
+
+fn app() -> (App, Arc<Barrier>) {
+    app_with(|b| b)
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    set_cookie: Option<String>,
+    body: String,
+}
+
+impl Reply {
+    /// `sid=value` for the next request.
+    fn cookie(&self) -> String {
+        let c = self.set_cookie.as_deref().expect("a Set-Cookie");
+        c.split(';').next().expect("a pair").to_owned()
+    }
+
+    fn cleared(&self) -> bool {
+        self.set_cookie
+            .as_deref()
+            .is_some_and(|c| c.starts_with("sid=;") && c.contains("Max-Age=0"))
+    }
+
+    /// The `Expires` the browser keeps, as a timestamp.
+    fn expires(&self) -> Timestamp {
+        let c = cookie::Cookie::parse(self.set_cookie.clone().expect("a Set-Cookie"))
+            .expect("a cookie");
+        let t = c.expires_datetime().expect("a persistent cookie");
+        Timestamp::from_millis((t.unix_timestamp_nanos() / 1_000_000) as i64)
+    }
+}
+
+async fn send_raw(router: &Router, method: &str, uri: &str, cookie: Option<HeaderValue>) -> Reply {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(c) = cookie {
+        req = req.header(COOKIE, c);
+    }
+    let res = router
+        .clone()
+        .oneshot(req.body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    let status = res.status();
+    let set_cookie = res
+        .headers()
+        .get(SET_COOKIE)
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        set_cookie,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+async fn send(router: &Router, method: &str, uri: &str, cookie: Option<&str>) -> Reply {
+    send_raw(
+        router,
+        method,
+        uri,
+        cookie.map(|c| HeaderValue::from_str(c).expect("header")),
+    )
+    .await
+}
+
+/// Starts `uri` with `cookie` in the background and returns once its handler has loaded
+/// the session and is paused.
+async fn start_paused(
+    router: &Router,
+    gate: &Barrier,
+    uri: &'static str,
+    cookie: &str,
+) -> tokio::task::JoinHandle<Reply> {
+    let (router, cookie) = (router.clone(), cookie.to_owned());
+    let task = tokio::spawn(async move { send(&router, "POST", uri, Some(&cookie)).await });
+    gate.wait().await;
+    task
+}
+
+/// Defect 1: a login in flight while "log out everywhere" ran brought the session back
+/// under a new id. It must fail closed: 409, cookie cleared, nothing of the user left.
+#[tokio::test]
+async fn login_racing_logout_everywhere_fails_closed() {
+    let (app, gate) = app();
+    let a = send(&app.router, "POST", "/login/alice", None)
+        .await
+        .cookie();
+    let b = send(&app.router, "POST", "/login/alice", None)
+        .await
+        .cookie();
+    let paused = start_paused(&app.router, &gate, "/paused-login/alice", &a).await;
+    assert_eq!(
+        send(&app.router, "POST", "/logout-all", Some(&b))
+            .await
+            .body,
+        "2"
+    );
+    gate.wait().await;
+    let r = paused.await.expect("no panic");
+    assert_eq!(r.status, StatusCode::CONFLICT, "{r:?}");
+    assert!(r.cleared(), "the cookie is cleared: {r:?}");
+    assert!(app
+        .store
+        .list_for_user("alice")
+        .await
+        .expect("list")
+        .is_empty());
+    assert_eq!(app.store.len(), 0, "no session was created");
+    assert_eq!(
+        send(&app.router, "GET", "/whoami", Some(&a)).await.body,
+        "anonymous"
+    );
+}
+
+/// Defect 2: a regenerate built on a stale record deleted a newer acknowledged write.
+#[tokio::test]
+async fn regenerate_keeps_a_write_acknowledged_meanwhile() {
+    let (app, gate) = app();
+    let c = send(&app.router, "POST", "/incr", None).await.cookie();
+    let paused = start_paused(&app.router, &gate, "/paused-regenerate", &c).await;
+    assert_eq!(send(&app.router, "POST", "/incr", Some(&c)).await.body, "2");
+    gate.wait().await;
+    let r = paused.await.expect("no panic");
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let fresh = r.cookie();
+    assert_ne!(fresh, c);
+    assert_eq!(send(&app.router, "GET", "/n", Some(&fresh)).await.body, "2");
+    assert_eq!(
+        send(&app.router, "GET", "/n", Some(&c)).await.body,
+        "0",
+        "the old id is dead"
+    );
+    assert_eq!(app.store.len(), 1);
+}
+
+/// Two logins racing on one session left an orphan (a second live copy no cookie named).
+#[tokio::test]
+async fn two_racing_logins_leave_one_session() {
+    let (app, gate) = app();
+    let c = send(&app.router, "POST", "/login/bob", None).await.cookie();
+    let paused = start_paused(&app.router, &gate, "/paused-login/bob", &c).await;
+    let winner = send(&app.router, "POST", "/login/bob", Some(&c))
+        .await
+        .cookie();
+    gate.wait().await;
+    let r = paused.await.expect("no panic");
+    assert_eq!(r.status, StatusCode::CONFLICT, "{r:?}");
+    assert_eq!(app.store.len(), 1, "exactly one session");
+    assert_eq!(app.store.list_for_user("bob").await.expect("list").len(), 1);
+    assert_eq!(
+        send(&app.router, "GET", "/whoami", Some(&winner))
+            .await
+            .body,
+        "bob"
+    );
+}
+
+/// Defect 4: `update` answered a value computed on a stale view (re-run at the end of the
+/// request, after the answer was made).
+#[tokio::test]
+async fn update_answers_the_committed_value() {
+    let (app, gate) = app();
+    let c = send(&app.router, "POST", "/put", None).await.cookie();
+    let paused = start_paused(&app.router, &gate, "/paused-incr", &c).await;
+    assert_eq!(send(&app.router, "POST", "/incr", Some(&c)).await.body, "1");
+    gate.wait().await;
+    let r = paused.await.expect("no panic");
+    assert_eq!(r.body, "2", "the value stored, not the one computed first");
+    assert_eq!(send(&app.router, "GET", "/n", Some(&c)).await.body, "2");
+}
+
+/// Many concurrent increments answer distinct values, 1..=n.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_answer_distinct_committed_values() {
+    let (app, _) = app_with(|b| b.max_save_retries(200));
+    let c = send(&app.router, "POST", "/put", None).await.cookie();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (router, c) = (app.router.clone(), c.clone());
+            tokio::spawn(async move { send(&router, "POST", "/incr", Some(&c)).await })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        let r = t.await.expect("no panic");
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+        seen.push(r.body.parse::<u64>().expect("a number"));
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=50).collect::<Vec<u64>>());
+}
+
+/// Defect 3: `set_expiry` on an existing session sent no `Set-Cookie`.
+#[tokio::test]
+async fn set_expiry_reaches_the_browser() {
+    let (app, _) = app();
+    let c = send(&app.router, "POST", "/incr", None).await.cookie();
+    let r = send(&app.router, "POST", "/set-expiry/2592000", Some(&c)).await;
+    assert_eq!(r.cookie(), c);
+    let in_30_days = app.clock.now() + Duration::from_secs(2_592_000);
+    assert!(r.expires().as_millis().abs_diff(in_30_days.as_millis()) < 2_000);
+}
+
+/// Defect 3: a user writing more often than `touch_after` never got a fresh `Expires`; the
+/// browser dropped the cookie of a live session (idle 600 s, a write every 30 s).
+#[tokio::test]
+async fn a_frequent_writer_keeps_a_live_cookie() {
+    let (app, _) = app_with(|b| b.idle_timeout(Duration::from_secs(600)));
+    let first = send(&app.router, "POST", "/put", None).await;
+    let c = first.cookie();
+    let mut browser_expires = first.expires();
+    for step in 0..24 {
+        app.clock.advance(Duration::from_secs(30));
+        assert!(
+            app.clock.now() < browser_expires,
+            "the browser dropped the cookie after {} s",
+            (step + 1) * 30
+        );
+        let r = send(&app.router, "POST", "/put", Some(&c)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        if r.set_cookie.is_some() {
+            browser_expires = r.expires();
+        }
+    }
+}
+
+/// Defect 5: one cookie with non-ASCII bytes anywhere in the header hid the session.
+#[tokio::test]
+async fn a_non_ascii_neighbour_cookie_does_not_hide_the_session() {
+    let (app, _) = app();
+    let c = send(&app.router, "POST", "/login/carol", None)
+        .await
+        .cookie();
+    for header in [
+        format!("pref=caf\u{e9}; {c}"),
+        format!("{c}; pref=caf\u{e9}"),
+        format!("a=1; pref=\u{1F36A}; {c}; b=2"),
+    ] {
+        let value = HeaderValue::from_bytes(header.as_bytes()).expect("opaque bytes");
+        let r = send_raw(&app.router, "GET", "/whoami", Some(value)).await;
+        assert_eq!(r.body, "carol", "{header:?}");
+    }
+}
+
+/// Defect 8: `touch_after >= idle_timeout` silently turned rolling expiry off.
+#[test]
+fn touch_after_not_below_idle_timeout_is_a_config_error() {
+    let keys = KeyRing::new([SECRET]).expect("long secret");
+    let err = SessionLayer::builder(MemoryStore::new(), keys)
+        .idle_timeout(Duration::from_secs(600))
+        .touch_after(Duration::from_secs(600))
+        .build()
+        .expect_err("refused");
+    assert!(
+        matches!(err, ConfigError::TouchAfterNotBelowIdle { .. }),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .contains("must be shorter than the idle timeout"));
+}
+
+/// Browsers match `__Host-` / `__Secure-` case-insensitively; so does the check.
+#[test]
+fn cookie_prefixes_are_checked_case_insensitively() {
+    for name in ["__host-sid", "__HOST-sid", "__secure-sid", "__SeCuRe-sid"] {
+        let keys = KeyRing::new([SECRET]).expect("long secret");
+        let built = SessionLayer::builder(MemoryStore::new(), keys)
+            .name(name)
+            .secure(Secure::Never)
+            .build();
+        assert!(built.is_err(), "{name} without Secure was accepted");
+    }
+}
