@@ -62,7 +62,12 @@ impl SessionError {
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for SessionError {
     fn into_response(self) -> axum_core::response::Response {
-        tracing::error!(error = %self, "session operation failed");
+        if matches!(self, SessionError::Ended) {
+            // Not a failure: another request ended the session first.
+            tracing::debug!(error = %self, "session operation refused");
+        } else {
+            tracing::error!(error = %self, "session operation failed");
+        }
         let mut res =
             axum_core::response::Response::new(axum_core::body::Body::from(match self.status() {
                 http::StatusCode::SERVICE_UNAVAILABLE => "session store busy, retry",

@@ -204,6 +204,62 @@ pub async fn save_after_delete_is_not_found_and_does_not_resurrect<S: SessionSto
     }
 }
 
+/// `delete_version` is compare-and-delete: a stale version is `Conflict` and changes
+/// nothing; the current one removes the record and its index entry; afterwards, and for an
+/// unknown id, `NotFound`, and a `save` cannot bring it back. Of two racing at one version,
+/// exactly one wins. (The middleware rotates ids with it: this is what keeps a `login` from
+/// reviving a revoked session or dropping a newer write.)
+pub async fn delete_version_is_compare_and_delete<S: SessionStore>(store: S) {
+    let r = with_user(fresh_record(), "rotating-user");
+    store.create(&r).await.expect("create");
+    let current = must_load(&store, &r.id).await;
+    let stale = current.version.wrapping_add(1);
+    match store.delete_version(&r.id, stale).await {
+        Err(StoreError::Conflict) => {}
+        other => panic!("stale version: expected Conflict, got {other:?}"),
+    }
+    assert_eq!(
+        must_load(&store, &r.id).await,
+        current,
+        "a refused delete changes nothing"
+    );
+    store
+        .delete_version(&r.id, current.version)
+        .await
+        .expect("delete at the current version");
+    assert!(store.load(&r.id).await.expect("load").is_none());
+    if store.capabilities().user_index {
+        assert!(ids_of(&store, "rotating-user").await.is_empty());
+    }
+    match store.delete_version(&r.id, current.version).await {
+        Err(StoreError::NotFound) => {}
+        other => panic!("deleted: expected NotFound, got {other:?}"),
+    }
+    assert!(matches!(
+        store.save(&current).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store.load(&r.id).await.expect("load").is_none());
+    match store.delete_version(&SessionId::generate(), 1).await {
+        Err(StoreError::NotFound) => {}
+        other => panic!("unknown id: expected NotFound, got {other:?}"),
+    }
+    // Two at once at the same version: one wins, the other is refused.
+    let r = fresh_record();
+    store.create(&r).await.expect("create");
+    let v = must_load(&store, &r.id).await.version;
+    let (a, b) = tokio::join!(
+        store.delete_version(&r.id, v),
+        store.delete_version(&r.id, v)
+    );
+    assert_eq!(
+        [a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "exactly one wins: {a:?} {b:?}"
+    );
+    assert!(store.load(&r.id).await.expect("load").is_none());
+}
+
 /// save after expiry is `NotFound` (and does not bring the record back).
 pub async fn save_after_expiry_is_not_found<S: SessionStore>(store: S) {
     let now = Timestamp::now();

@@ -341,6 +341,7 @@ macro_rules! express_suite {
                 load_of_unknown_id_is_none_and_creates_nothing,
                 concurrent_creates_of_one_id_exactly_one_wins,
                 save_after_delete_is_not_found_and_does_not_resurrect,
+                delete_version_is_compare_and_delete,
                 touch_of_missing_or_expired_is_false,
                 delete_is_true_then_false,
             );

@@ -83,6 +83,7 @@ macro_rules! suite {
                 save_with_current_version_increments_it,
                 save_with_stale_version_is_conflict,
                 save_after_delete_is_not_found_and_does_not_resurrect,
+                delete_version_is_compare_and_delete,
                 save_after_expiry_is_not_found,
                 expired_record_is_never_returned,
                 touch_moves_expiry_only,
