@@ -84,6 +84,10 @@ impl SessionStore for Calls {
         self.tick();
         self.inner.delete(id).await
     }
+    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
+        self.tick();
+        self.inner.delete_version(id, version).await
+    }
     async fn list_for_user(&self, u: &str) -> Result<Vec<SessionInfo>, StoreError> {
         self.tick();
         self.inner.list_for_user(u).await

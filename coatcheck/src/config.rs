@@ -65,6 +65,14 @@ pub struct SessionConfig {
     /// [`coatcheck_core::EXPRESS_RESERVED_KEYS`]). Set by
     /// [`SessionLayerBuilder::express_compatible`]; default false.
     pub express_reserved_keys: bool,
+    /// The data key that *is* the principal (express-compatible mode: `userId`, set by
+    /// [`SessionLayerBuilder::express_compatible`]; match the store's
+    /// [`ExpressFormat::user_key`](coatcheck_core::ExpressFormat::user_key)). Writing a
+    /// string or an integer there logs that user in (and indexes the session), removing
+    /// it logs out, and `login(user)` writes it, so the data and the indexed principal are
+    /// one thing on the Rust and the Node side. `None` (native mode, the default): the
+    /// principal is only what `login()` sets, and no data key is special.
+    pub principal_key: Option<String>,
     /// How long one store call may take before the request fails with
     /// [`StoreTimedOut`](crate::StoreTimedOut) (`503`) instead of hanging (default 5 s;
     /// `None`: only the store's own timeouts apply). Covers a server that accepts
@@ -92,6 +100,7 @@ impl Default for SessionConfig {
             save_uninitialized: false,
             max_save_retries: 32,
             express_reserved_keys: false,
+            principal_key: None,
             store_timeout: Some(DEFAULT_STORE_TIMEOUT),
         }
     }
@@ -307,7 +316,30 @@ impl SessionLayerBuilder {
     pub fn express_compatible(mut self) -> Self {
         self.config.name = "connect.sid".into();
         self.config.express_reserved_keys = true;
+        self.config.principal_key = Some("userId".into());
         self.config.expiry.absolute_timeout = None;
+        self
+    }
+
+    /// Sets [`SessionConfig::principal_key`] (after
+    /// [`express_compatible`](SessionLayerBuilder::express_compatible), to match an
+    /// [`ExpressFormat::user_key`](coatcheck_core::ExpressFormat::user_key) other than
+    /// `userId`, or `None` for no principal mapping).
+    ///
+    /// ```
+    /// use coatcheck::{KeyRing, SessionLayer};
+    /// use coatcheck::memory::MemoryStore;
+    ///
+    /// let keys = KeyRing::new_allowing_weak(["keyboard cat"]).unwrap();
+    /// let layer = SessionLayer::builder(MemoryStore::new(), keys)
+    ///     .express_compatible()
+    ///     .principal_key(Some("accountId"))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(layer.config().principal_key.as_deref(), Some("accountId"));
+    /// ```
+    pub fn principal_key(mut self, key: Option<&str>) -> Self {
+        self.config.principal_key = key.map(str::to_owned);
         self
     }
 

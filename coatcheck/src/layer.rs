@@ -12,6 +12,7 @@ use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::config::{IdGenerator, SameSite, Secure, SessionConfig, SessionLayerBuilder};
 use crate::session::{CookieAction, Session};
@@ -292,6 +293,16 @@ where
             Some((id, resign)) => (Some(id), resign),
             None => (None, false),
         };
+        // One span per request around its store calls: the short hash of the id the cookie
+        // named (never the id), so a request's store calls and errors can be followed.
+        let span = tracing::debug_span!(
+            "session",
+            cookie = cookie_id
+                .as_ref()
+                .map(|id| id.short_hash().to_string())
+                .as_deref()
+                .unwrap_or("-")
+        );
         let session = Session::new(shared.clone(), cookie_id, resign);
         req.extensions_mut().insert(session.clone());
         // The clone that was made ready is the one to call.
@@ -320,7 +331,8 @@ where
                     Ok(failed)
                 }
             }
-        })
+        }
+        .instrument(span))
     }
 }
 

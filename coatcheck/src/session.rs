@@ -208,7 +208,50 @@ impl Session {
             None => st.record.insert(self.new_record()),
         };
         apply(&op, &mut record.data)?;
+        if let Some(key) = self.principal_key() {
+            // Express mode: the principal is the data under that key, both ways.
+            let user = record
+                .data
+                .get(key)
+                .and_then(coatcheck_core::express_principal);
+            if user != record.user_id {
+                record.user_id.clone_from(&user);
+                st.user_change = Some(user);
+            }
+        }
         st.ops.push(op);
+        Ok(())
+    }
+
+    /// The data key that is the principal (express-compatible mode), if any.
+    fn principal_key(&self) -> Option<&str> {
+        self.inner.shared.config.principal_key.as_deref()
+    }
+
+    /// This request's changes onto a fresher record: the key changes, then the principal
+    /// (in express mode, the principal follows the data under its key).
+    fn replay(
+        &self,
+        ops: &[Op],
+        user_change: Option<&Option<String>>,
+        record: &mut Record,
+    ) -> Result<(), SessionError> {
+        for op in ops {
+            apply(op, &mut record.data)?;
+        }
+        match self.principal_key() {
+            Some(key) => {
+                record.user_id = record
+                    .data
+                    .get(key)
+                    .and_then(coatcheck_core::express_principal);
+            }
+            None => {
+                if let Some(u) = user_change {
+                    record.user_id.clone_from(u);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -297,10 +340,15 @@ impl Session {
     async fn commit(&self) -> Result<(), SessionError> {
         let shared = &self.inner.shared;
         let policy = shared.config.expiry;
-        let (record, persisted, explicit) = {
+        let (record, persisted, explicit, failed) = {
             let st = self.state();
-            (st.record.clone(), st.persisted, st.expiry_at)
+            (st.record.clone(), st.persisted, st.expiry_at, st.failed)
         };
+        if failed {
+            // An earlier store call of this request failed (and the handler went on): this
+            // request writes nothing, so nothing can be committed either.
+            return Err(StoreError::backend(EarlierFailure).into());
+        }
         let Some(mut record) = record else {
             return Ok(());
         };
@@ -362,6 +410,19 @@ impl Session {
 
     async fn rotate(&self, user: Option<String>) -> Result<(), SessionError> {
         self.ensure_loaded().await?;
+        if let (Some(key), Some(u)) = (self.principal_key(), &user) {
+            // Express mode: logging in writes the principal's key (Node's own integer id
+            // is kept when it names the same user).
+            let current = self
+                .state()
+                .record
+                .as_ref()
+                .and_then(|r| r.data.get(key).and_then(coatcheck_core::express_principal));
+            if current.as_deref() != Some(u.as_str()) {
+                self.change(Op::Set(key.to_owned(), Value::String(u.clone())))
+                    .await?;
+            }
+        }
         let policy = self.inner.shared.config.expiry;
         let now = self.now();
         let state = {
@@ -451,13 +512,8 @@ impl Session {
                     backoff(attempt).await;
                     match shared.bounded("load", shared.store.load(&old_id)).await {
                         Ok(Some(mut fresh)) => {
-                            for op in &ops {
-                                if let Err(e) = apply(op, &mut fresh.data) {
-                                    return self.fail(e);
-                                }
-                            }
-                            if let Some(u) = &user_change {
-                                fresh.user_id.clone_from(u);
+                            if let Err(e) = self.replay(&ops, user_change.as_ref(), &mut fresh) {
+                                return self.fail(e);
                             }
                             view = fresh;
                         }
@@ -767,13 +823,8 @@ impl Session {
                         Err(e) => return self.fail(e),
                     };
                     let mut next = fresh;
-                    for op in &ops {
-                        if let Err(e) = apply(op, &mut next.data) {
-                            return self.fail(e);
-                        }
-                    }
-                    if let Some(u) = &user_change {
-                        next.user_id.clone_from(u);
+                    if let Err(e) = self.replay(&ops, user_change.as_ref(), &mut next) {
+                        return self.fail(e);
                     }
                     record = next;
                 }
@@ -785,6 +836,12 @@ impl Session {
         }
     }
 }
+
+/// The source of the error `update` answers after an earlier store call of the same
+/// request failed: the request is failing closed and writes nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("an earlier session store call of this request failed; nothing is written")]
+struct EarlierFailure;
 
 /// After the first conflict, retry at once (the other request has just finished saving);
 /// after that, randomised exponential backoff: up to 1, 2, 4 ... 32 ms.

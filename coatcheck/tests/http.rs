@@ -84,6 +84,11 @@ impl SessionStore for Counting {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.delete(id).await
     }
+    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
+        self.check()?;
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete_version(id, version).await
+    }
     async fn list_for_user(&self, u: &str) -> Result<Vec<SessionInfo>, StoreError> {
         self.check()?;
         self.inner.list_for_user(u).await

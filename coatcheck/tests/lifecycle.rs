@@ -413,3 +413,90 @@ fn cookie_prefixes_are_checked_case_insensitively() {
         assert!(built.is_err(), "{name} without Secure was accepted");
     }
 }
+
+async fn insert_user(session: Session, Path(v): Path<String>) -> Result<String, SessionError> {
+    // A number stays a number, as Node writes it.
+    match v.parse::<u64>() {
+        Ok(n) => session.insert("userId", n).await?,
+        Err(_) => session.insert("userId", v).await?,
+    }
+    Ok(session.user_id().await?.unwrap_or_default())
+}
+
+async fn remove_user(session: Session) -> Result<String, SessionError> {
+    session.remove("userId").await?;
+    Ok(session
+        .user_id()
+        .await?
+        .unwrap_or_else(|| "anonymous".into()))
+}
+
+async fn get_user_key(session: Session) -> Result<String, SessionError> {
+    Ok(session
+        .get_value("userId")
+        .await?
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "none".into()))
+}
+
+/// Defect 6: in express mode the principal is the data under `userId`, both ways: writing
+/// it logs in (and indexes), removing it logs out, `login()` writes it, and Node's integer
+/// ids stay integers.
+#[tokio::test]
+async fn express_mode_principal_is_the_user_id_key_both_ways() {
+    let store = MemoryStore::new();
+    let keys = KeyRing::new_allowing_weak(["keyboard cat"]).expect("secret");
+    let layer = SessionLayer::builder(store.clone(), keys)
+        .express_compatible()
+        .secure(Secure::Never)
+        .build()
+        .expect("valid config");
+    let router = Router::new()
+        .route("/insert-user/{v}", post(insert_user))
+        .route("/remove-user", post(remove_user))
+        .route("/user-key", get(get_user_key))
+        .route("/login/{user}", post(login))
+        .route("/whoami", get(whoami))
+        .layer(layer);
+    let cookie_of = |r: &Reply| {
+        r.set_cookie
+            .as_deref()
+            .expect("a Set-Cookie")
+            .split(';')
+            .next()
+            .expect("pair")
+            .to_owned()
+    };
+    // insert("userId") without login: logged in, indexed.
+    let r = send(&router, "POST", "/insert-user/42", None).await;
+    assert_eq!(r.body, "42");
+    let c = cookie_of(&r);
+    assert_eq!(send(&router, "GET", "/whoami", Some(&c)).await.body, "42");
+    assert_eq!(store.list_for_user("42").await.expect("list").len(), 1);
+    assert_eq!(
+        send(&router, "GET", "/user-key", Some(&c)).await.body,
+        "42",
+        "an integer"
+    );
+    // changed from Rust: the new value, as written.
+    send(&router, "POST", "/insert-user/7", Some(&c)).await;
+    assert_eq!(send(&router, "GET", "/whoami", Some(&c)).await.body, "7");
+    assert_eq!(send(&router, "GET", "/user-key", Some(&c)).await.body, "7");
+    assert!(store.list_for_user("42").await.expect("list").is_empty());
+    // login writes the key.
+    let c = cookie_of(&send(&router, "POST", "/login/ann", Some(&c)).await);
+    assert_eq!(
+        send(&router, "GET", "/user-key", Some(&c)).await.body,
+        "\"ann\""
+    );
+    // remove("userId") is a logout.
+    assert_eq!(
+        send(&router, "POST", "/remove-user", Some(&c)).await.body,
+        "anonymous"
+    );
+    assert_eq!(
+        send(&router, "GET", "/whoami", Some(&c)).await.body,
+        "anonymous"
+    );
+    assert!(store.list_for_user("ann").await.expect("list").is_empty());
+}

@@ -348,6 +348,19 @@ impl serde::Serialize for Wire<'_> {
 }
 
 /// A principal as Express apps store it: a string, or an integer id.
+/// The principal a value under the principal key names: a string, or an integer (Node's
+/// numeric ids) in decimal; anything else names none.
+///
+/// ```
+/// use serde_json::json;
+/// assert_eq!(coatcheck_core::express_principal(&json!(42)).as_deref(), Some("42"));
+/// assert_eq!(coatcheck_core::express_principal(&json!("ann")).as_deref(), Some("ann"));
+/// assert_eq!(coatcheck_core::express_principal(&json!({"id": 1})), None);
+/// ```
+pub fn express_principal(v: &Value) -> Option<String> {
+    principal(v)
+}
+
 fn principal(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),

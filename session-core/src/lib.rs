@@ -30,8 +30,8 @@ pub use codec::{Codec, EncodeError, JsonCodec, NativeCodec, MAX_DEPTH, NATIVE_FO
 pub use error::{BoxError, DecodeError, StoreError};
 pub use expiry::ExpiryPolicy;
 pub use express::{
-    content_version, is_express_reserved, ExpressFormat, ExpressMaxAge, ExpressSession,
-    EXPRESS_RESERVED_KEYS,
+    content_version, express_principal, is_express_reserved, ExpressFormat, ExpressMaxAge,
+    ExpressSession, EXPRESS_RESERVED_KEYS,
 };
 pub use id::{InvalidSessionId, SessionId};
 pub use record::{Data, Record, SessionInfo};

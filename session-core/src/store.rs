@@ -202,16 +202,19 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// session revoked meanwhile, fails instead of overwriting a newer write or bringing the
     /// session back under a new id.
     ///
-    /// The provided implementation is one [`save`](SessionStore::save) of an empty,
-    /// principal-less record of that version that expired at the Unix epoch: the
+    /// The provided implementation is a [`save`](SessionStore::save) of an empty,
+    /// principal-less record of that version that expired at the Unix epoch — the
     /// compare-and-set of `save` makes it atomic, and a record that is not live is absent
-    /// for every method. A store whose backend can delete conditionally in one step should
-    /// override it (and then physically removes the record).
+    /// for every method — followed by a [`delete`](SessionStore::delete) of what is left
+    /// (so that, say, an Express app's unconditional touch cannot bring the empty record
+    /// back). Two round trips: a store whose backend can delete conditionally in one step
+    /// should override it.
     async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
         let epoch = Timestamp::from_millis(0);
         let mut tombstone = Record::new(id.clone(), epoch, Timestamp::from_millis(1));
         tombstone.version = version;
-        self.save(&tombstone).await.map(drop)
+        self.save(&tombstone).await?;
+        self.delete(id).await.map(drop)
     }
 
     /// The live sessions of `user_id`: id, `created_at`, `expires_at`, in no particular order.

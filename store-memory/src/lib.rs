@@ -483,26 +483,36 @@ impl SessionStore for MemoryStore {
         // when this returns no session of the user that existed during the call is live
         // (found by the history checker: a login rotating concurrently survived a single
         // pass over a snapshot of the index).
+        //
+        // The loop ends when a look at the index finds nothing but `except`: a pass that
+        // removed nothing proves nothing, since a rotation may have replaced a listed
+        // session by a new id after the look (review finding).
         loop {
-            let ids = inner.user_ids(user_id);
-            let mut found = false;
-            for id in ids.iter().filter(|id| Some(*id) != except) {
+            let ids: Vec<SessionId> = inner
+                .user_ids(user_id)
+                .into_iter()
+                .filter(|id| Some(id) != except)
+                .collect();
+            if ids.is_empty() {
+                return Ok(removed);
+            }
+            for id in &ids {
                 let mut shard = inner.shard(id);
                 let matches = shard
                     .get(id)
                     .is_some_and(|r| r.user_id.as_deref() == Some(user_id));
                 if matches {
                     if let Some(r) = shard.remove(id) {
-                        found = true;
                         inner.forget(&r);
                         if r.is_live(now) {
                             removed += 1;
                         }
                     }
+                } else {
+                    // Gone or moved to another user meanwhile: not this user's any more.
+                    drop(shard);
+                    inner.index_remove(user_id, id);
                 }
-            }
-            if !found {
-                return Ok(removed);
             }
         }
     }

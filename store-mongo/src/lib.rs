@@ -725,12 +725,29 @@ impl SessionStore for MongoStore {
         if let Some(keep) = except {
             filter.insert(F_ID, doc! { "$ne": keep.as_str() });
         }
-        let result = self
-            .collection
-            .delete_many(self.live(filter, now))
-            .await
-            .map_err(backend)?;
-        Ok(result.deleted_count)
+        // Until a look finds none left: `delete_many` does not see the whole collection at
+        // one instant, so a rotation that replaced a session by a new id while it ran can
+        // leave the new one behind (review finding; the history checker's revocation
+        // invariant). The check is one more round trip per call.
+        let filter = self.live(filter, now);
+        let mut removed = 0;
+        loop {
+            let result = self
+                .collection
+                .delete_many(filter.clone())
+                .await
+                .map_err(backend)?;
+            removed += result.deleted_count;
+            let left = self
+                .collection
+                .count_documents(filter.clone())
+                .limit(1)
+                .await
+                .map_err(backend)?;
+            if left == 0 {
+                return Ok(removed);
+            }
+        }
     }
 
     async fn delete_expired(&self) -> Result<u64, StoreError> {

@@ -426,6 +426,20 @@ enum Retry {
 /// `pg_terminate_backend`), `crash_shutdown`, `cannot_connect_now`.
 const TERMINATED: [&str; 3] = ["57P01", "57P02", "57P03"];
 
+/// `serialization_failure` (40001) somewhere in a store error's sources.
+fn is_serialization_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(sqlx::Error::Database(db)) = err.downcast_ref::<sqlx::Error>() {
+            if db.code().as_deref() == Some("40001") {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
 fn connection_lost(e: &sqlx::Error, retry: Retry) -> bool {
     match e {
         sqlx::Error::Database(db) => db.code().is_some_and(|c| TERMINATED.contains(&&*c)),
@@ -882,17 +896,38 @@ impl SessionStore for PostgresStore {
             &inner.pool,
             except.map(SessionId::as_str),
         );
-        let done = inner
-            .run("delete_for_user", Retry::IfNotRun, move || {
-                sqlx::query(sql)
-                    .bind(user_id)
-                    .bind(now)
-                    .bind(keep)
-                    .execute(pool)
-            })
-            .await?
-            .rows_affected();
-        Ok(done)
+        // REPEATABLE READ, retried on a serialization failure: under READ COMMITTED the
+        // DELETE skips a row a concurrent rotation compare-and-deleted after the statement's
+        // snapshot, and never sees the rotation's new row, so the session survived a
+        // "log out everywhere" that finished after the rotation (review finding; the
+        // history checker's invariant). Under REPEATABLE READ that interleaving is an error
+        // (40001), and the retry's fresh snapshot sees the new row.
+        let mut conflicts = 0u32;
+        loop {
+            let attempt = inner
+                .run("delete_for_user", Retry::IfNotRun, move || async move {
+                    let mut tx = pool
+                        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                        .await?;
+                    let n = sqlx::query(sql)
+                        .bind(user_id)
+                        .bind(now)
+                        .bind(keep)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    tx.commit().await?;
+                    Ok(n)
+                })
+                .await;
+            match attempt {
+                Err(StoreError::Backend(e)) if conflicts < 16 && is_serialization_failure(&*e) => {
+                    conflicts += 1;
+                    tracing::debug!(conflicts, "delete_for_user met a concurrent write; again");
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn delete_expired(&self) -> Result<u64, StoreError> {

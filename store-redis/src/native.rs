@@ -506,49 +506,61 @@ impl Native {
                     .ok_or_else(|| unexpected("delete_for_user script"))
             }
             Topology::Cluster => {
-                let members = self.members(cx, &index).await?;
-                let results = stream::iter(members)
-                    .filter(|(_, id)| std::future::ready(id.is_none() || id.as_ref() != except))
-                    .map(|(raw, id)| async move {
-                        let Some(id) = id else {
-                            return Ok::<_, StoreError>((raw, 0));
-                        };
-                        let mut inv = scripts::DELETE_IF_USER_SCRIPT.prepare_invoke();
-                        inv.key(cx.session_key(&id)).arg(now.as_millis()).arg(user);
-                        let code = int(&cx.invoke(&inv).await?)
-                            .ok_or_else(|| unexpected("delete_if_user script"))?;
-                        Ok((raw, code))
-                    })
-                    .buffer_unordered(CLUSTER_FAN_OUT)
-                    .collect::<Vec<_>>()
-                    .await;
+                // Pass after pass until the index holds nothing but `except`: one pass over
+                // a snapshot of the set misses the new id of a rotation that replaced a
+                // listed session after the SMEMBERS (review finding; the history checker's
+                // revocation invariant).
                 let mut removed = 0u64;
-                let mut gone = HashSet::new();
-                let mut first_err = None;
-                for r in results {
-                    match r {
-                        Ok((raw, code)) => {
-                            if code == 1 {
-                                removed += 1;
+                loop {
+                    let members: Vec<_> = self
+                        .members(cx, &index)
+                        .await?
+                        .into_iter()
+                        .filter(|(_, id)| id.is_none() || id.as_ref() != except)
+                        .collect();
+                    if members.is_empty() {
+                        return Ok(removed);
+                    }
+                    let results = stream::iter(members)
+                        .map(|(raw, id)| async move {
+                            let Some(id) = id else {
+                                return Ok::<_, StoreError>((raw, 0));
+                            };
+                            let mut inv = scripts::DELETE_IF_USER_SCRIPT.prepare_invoke();
+                            inv.key(cx.session_key(&id)).arg(now.as_millis()).arg(user);
+                            let code = int(&cx.invoke(&inv).await?)
+                                .ok_or_else(|| unexpected("delete_if_user script"))?;
+                            Ok((raw, code))
+                        })
+                        .buffer_unordered(CLUSTER_FAN_OUT)
+                        .collect::<Vec<_>>()
+                        .await;
+                    let mut gone = HashSet::new();
+                    let mut first_err = None;
+                    for r in results {
+                        match r {
+                            Ok((raw, code)) => {
+                                if code == 1 {
+                                    removed += 1;
+                                }
+                                gone.insert(raw);
                             }
-                            gone.insert(raw);
-                        }
-                        Err(e) => {
-                            first_err.get_or_insert(e);
+                            Err(e) => {
+                                first_err.get_or_insert(e);
+                            }
                         }
                     }
-                }
-                if !gone.is_empty() {
-                    cx.query(
-                        redis::cmd("SREM")
-                            .arg(&index)
-                            .arg(gone.into_iter().collect::<Vec<_>>()),
-                    )
-                    .await?;
-                }
-                match first_err {
-                    Some(e) => Err(e),
-                    None => Ok(removed),
+                    if !gone.is_empty() {
+                        cx.query(
+                            redis::cmd("SREM")
+                                .arg(&index)
+                                .arg(gone.into_iter().collect::<Vec<_>>()),
+                        )
+                        .await?;
+                    }
+                    if let Some(e) = first_err {
+                        return Err(e);
+                    }
                 }
             }
         }

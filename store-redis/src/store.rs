@@ -850,6 +850,16 @@ impl SessionStore for RedisStore {
         logged("delete", Some(id), r)
     }
 
+    /// One `save` of an expired, empty, principal-less record at `version`: both layouts'
+    /// save scripts delete the key (and, on a single node, its index entry) when the expiry
+    /// has passed, so this is an atomic compare-and-delete in one round trip.
+    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
+        let epoch = Timestamp::from_millis(0);
+        let mut tombstone = Record::new(id.clone(), epoch, Timestamp::from_millis(1));
+        tombstone.version = version;
+        self.save(&tombstone).await.map(drop)
+    }
+
     async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
         let cx = &self.ctx;
         let r = match &self.format {

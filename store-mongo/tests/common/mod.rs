@@ -103,6 +103,9 @@ impl SessionStore for Scratch {
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
         self.0.delete(id).await
     }
+    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
+        self.0.delete_version(id, version).await
+    }
     async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
         self.0.list_for_user(user_id).await
     }

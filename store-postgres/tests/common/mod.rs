@@ -118,6 +118,9 @@ impl SessionStore for Scoped {
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
         self.store.delete(id).await
     }
+    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
+        self.store.delete_version(id, version).await
+    }
     async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
         self.store.list_for_user(user_id).await
     }
