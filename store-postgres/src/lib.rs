@@ -62,6 +62,37 @@ pub use sqlx::PgPool;
 use crate::sql::{Layout, Statements};
 use crate::ts::PgTs;
 
+/// In express-compatible mode, sets the connection's `TimeZone` to the one an Express app's
+/// node-postgres connection gets from the server — the role's or database's default
+/// (`ALTER ROLE/DATABASE … SET timezone`), else the server's (read from `log_timezone`,
+/// which initdb sets to the same zone as `timezone`) — instead of the UTC sqlx asks for.
+///
+/// connect-pg-simple's `expire` column has no time zone: Node writes `to_timestamp(…)`
+/// converted in *its* connection's zone, so Rust must compare in the same one, or a
+/// non-UTC server makes Node's sessions look expired to Rust (missed by `list_for_user`,
+/// deleted live by `delete_expired`). [`PostgresStoreBuilder::connect_lazy`] runs it on
+/// every new connection; with a pool of your own ([`PostgresStoreBuilder::build`]) run it
+/// in the pool's `after_connect`. When `postgresql.conf` sets `timezone` and
+/// `log_timezone` to different zones, set `TimeZone` yourself to Node's.
+///
+/// ```no_run
+/// use sqlx::Executor as _;
+/// # async fn f() -> Result<(), sqlx::Error> {
+/// let pool = sqlx::postgres::PgPoolOptions::new()
+///     .after_connect(|conn, _| Box::pin(async move {
+///         conn.execute(coatcheck_postgres::EXPRESS_TIME_ZONE_SQL).await.map(drop)
+///     }))
+///     .connect("postgres://app@localhost/app")
+///     .await?;
+/// # drop(pool); Ok(()) }
+/// ```
+pub const EXPRESS_TIME_ZONE_SQL: &str = "SELECT set_config('TimeZone', COALESCE(\
+    (SELECT substr(c, strpos(c, '=') + 1) FROM pg_db_role_setting s, unnest(s.setconfig) AS c \
+     WHERE lower(split_part(c, '=', 1)) = 'timezone' \
+       AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database())) \
+       AND s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = session_user)) \
+     ORDER BY (s.setrole <> 0) DESC, (s.setdatabase <> 0) DESC LIMIT 1), \
+    current_setting('log_timezone')), false)";
 /// The schema used when none is configured.
 pub const DEFAULT_SCHEMA: &str = "public";
 /// The table used when none is configured.
@@ -365,11 +396,19 @@ impl PostgresStoreBuilder {
         let options = PgConnectOptions::from_str(url)
             .map_err(ConfigError::InvalidUrl)?
             .application_name(&self.application_name);
-        let pool = PgPoolOptions::new()
+        let mut pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
-            .test_before_acquire(false)
-            .connect_lazy_with(options);
+            .test_before_acquire(false);
+        if self.express.is_some() {
+            pool = pool.after_connect(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor as _;
+                    conn.execute(EXPRESS_TIME_ZONE_SQL).await.map(drop)
+                })
+            });
+        }
+        let pool = pool.connect_lazy_with(options);
         self.build(pool)
     }
 }
