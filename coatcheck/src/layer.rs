@@ -310,7 +310,23 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let mut res = inner.call(req).await?;
-            match session.finish().await {
+            let finished = session.finish().await;
+            // The handler swallowed a store failure and answered a success: fail closed
+            // anyway (nothing of the request was written, and the client must not believe it
+            // was, nor be served an empty session as if it were its own).
+            let swallowed = session
+                .failure()
+                .filter(|_| res.status().is_success() || res.status().is_redirection());
+            if let Some(status) = swallowed {
+                tracing::warn!(%status, "a handler answered a success after a session store failure; answering with the failure");
+                let mut failed = Response::new(ResBody::default());
+                *failed.status_mut() = status;
+                failed
+                    .headers_mut()
+                    .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                return Ok(failed);
+            }
+            match finished {
                 Ok(action) => {
                     if let Some(value) = set_cookie_header(&shared, &action, secure) {
                         let headers = res.headers_mut();

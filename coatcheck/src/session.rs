@@ -13,6 +13,9 @@ use tokio::sync::OnceCell;
 use crate::layer::Shared;
 use crate::SessionError;
 
+/// The furthest [`Session::set_expiry`] goes: 100 years.
+const MAX_EXPIRY: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 type UpdateFn = Arc<dyn Fn(Option<&Value>) -> Result<Value, SessionError> + Send + Sync>;
 
 /// One change the handler made, kept so it can be replayed onto a fresher record when a
@@ -72,6 +75,8 @@ struct State {
     destroyed: bool,
     /// A store operation failed: write nothing, set no cookie.
     failed: bool,
+    /// The status of the first failure.
+    failure: Option<http::StatusCode>,
     /// This request already wrote the session (`update` commits at once) and moved its
     /// expiry: a persistent cookie's `Expires` must follow.
     cookie_due: bool,
@@ -141,8 +146,18 @@ impl Session {
     }
 
     fn fail<T>(&self, e: impl Into<SessionError>) -> Result<T, SessionError> {
-        self.state().failed = true;
-        Err(e.into())
+        let e = e.into();
+        let mut st = self.state();
+        st.failed = true;
+        st.failure.get_or_insert(e.status());
+        Err(e)
+    }
+
+    /// The status of the first store failure of this request, if one failed. The layer
+    /// answers with it when the handler answered a success anyway (it swallowed the error):
+    /// a request whose session could not be read or written never looks like it worked.
+    pub(crate) fn failure(&self) -> Option<http::StatusCode> {
+        self.state().failure
     }
 
     /// Loads the record named by the cookie, once. Unknown, expired (idle or absolute) and
@@ -660,6 +675,10 @@ impl Session {
             Some(r) => r,
             None => st.record.insert(self.new_record()),
         };
+        // At most a century ahead: no backend stores an expiry of any size (Postgres's
+        // timestamps end in the year 294276, Redis's clock overflows), and no session
+        // needs more.
+        let expires_at = expires_at.min(self.now() + MAX_EXPIRY);
         r.expires_at = expires_at;
         st.expiry_at = Some(expires_at);
         Ok(())

@@ -165,6 +165,22 @@ async fn sessions(session: Session) -> Result<String, SessionError> {
     Ok(session.list_user_sessions().await?.len().to_string())
 }
 
+/// Swallows every session error and answers 200 (`let _ = …`): the layer must still fail.
+async fn swallow_read(session: Session) -> &'static str {
+    let _ = session.get_value("a").await;
+    "served as if nothing happened"
+}
+
+/// Swallows the failed read, then writes.
+async fn swallow_then_write(session: Session) -> &'static str {
+    let _ = session.get_value("a").await;
+    let _ = session.insert("a", "overwritten").await;
+    let _ = session
+        .update("n", |n: Option<u64>| n.unwrap_or(0) + 1)
+        .await;
+    "served as if nothing happened"
+}
+
 async fn slow_set(session: Session) -> Result<&'static str, SessionError> {
     session.get_value("x").await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -186,6 +202,8 @@ fn router(layer: SessionLayer) -> Router {
         .route("/regenerate", post(regenerate))
         .route("/sessions", get(sessions))
         .route("/slow-set", post(slow_set))
+        .route("/swallow-read", get(swallow_read))
+        .route("/swallow-write", post(swallow_then_write))
         .layer(layer)
 }
 
@@ -743,6 +761,10 @@ async fn a_failing_store_gives_5xx_and_no_set_cookie() {
         ("POST", "/incr", Some(c.as_str())),
         ("POST", "/login/x", Some(c.as_str())),
         ("POST", "/logout", Some(c.as_str())),
+        // Handlers that swallow the error: the layer fails closed all the same.
+        ("GET", "/swallow-read", Some(c.as_str())),
+        ("POST", "/swallow-write", Some(c.as_str())),
+        ("POST", "/swallow-write", None),
     ] {
         let r = send(&app, m, uri, cookie).await;
         assert!(r.status.is_server_error(), "{m} {uri}: {}", r.status);

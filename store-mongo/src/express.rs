@@ -26,6 +26,9 @@ use mongodb::IndexModel;
 use crate::layout::{date, read_date, read_id, Layout, LayoutError, F_ID, MAX_DATA_BYTES};
 
 pub(crate) const F_EXPIRES: &str = "expires";
+
+/// connect-mongo's default `ttl`: the expiry of a document stored without `expires`.
+const NO_EXPIRES_TTL: Duration = Duration::from_secs(14 * 86_400);
 pub(crate) const F_SESSION: &str = "session";
 
 /// connect-mongo's layout.
@@ -89,13 +92,21 @@ impl Layout for ExpressLayout {
 
     fn decode_document(&self, doc: &Document, _codec: &dyn Codec) -> Result<Record, DecodeError> {
         let id = read_id(doc)?;
-        let expires_at = read_date(doc, F_EXPIRES)?;
         let text = session_text(doc)?;
         let version = content_version(text.as_bytes());
-        Ok(self
-            .format
-            .decode(text.as_bytes())?
-            .into_record(id, expires_at, version))
+        let session = self.format.decode(text.as_bytes())?;
+        // connect-mongo reads a document without `expires` as live (its read filter is
+        // `$or: [{expires: {$exists: false}}, {expires: {$gt: now}}]`): so does this store,
+        // with the expiry the cookie states, else connect-mongo's default of 14 days from
+        // now. The next write stores a real `expires`.
+        let expires_at = if doc.contains_key(F_EXPIRES) {
+            read_date(doc, F_EXPIRES)?
+        } else {
+            session
+                .cookie_expires
+                .unwrap_or_else(|| self.clock.now() + NO_EXPIRES_TTL)
+        };
+        Ok(session.into_record(id, expires_at, version))
     }
 
     /// Not used: a save compares the `session` string itself (see `content_field`).

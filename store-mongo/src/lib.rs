@@ -515,7 +515,19 @@ impl MongoStore {
 
     /// `{expires_at: {$gt: now}}` merged into `filter`.
     fn live(&self, mut filter: Document, now: Timestamp) -> Document {
-        filter.insert(self.layout.expires_field(), doc! { "$gt": date(now) });
+        let field = self.layout.expires_field();
+        if self.layout.content_field().is_some() {
+            // Express layout: a document without `expires` is live, as for connect-mongo.
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { field: { "$exists": false } },
+                    doc! { field: { "$gt": date(now) } },
+                ],
+            );
+        } else {
+            filter.insert(field, doc! { "$gt": date(now) });
+        }
         filter
     }
 

@@ -60,10 +60,15 @@ fn unexpected(what: &'static str) -> StoreError {
     StoreError::backend(UnexpectedReply { what })
 }
 
-/// connect-redis's ttl: whole seconds until `expires_at`, rounded up.
+/// The longest TTL written: 100 years. Redis refuses an `EX` whose expiry overflows its
+/// millisecond clock (a far-future `set_expiry` answered 500), and no session needs more.
+const MAX_TTL_SECS: i64 = 100 * 365 * 86_400;
+
+/// connect-redis's ttl: whole seconds until `expires_at`, rounded up, at most
+/// [`MAX_TTL_SECS`].
 fn ttl_secs(expires_at: Timestamp, now: Timestamp) -> i64 {
     let ms = expires_at.as_millis().saturating_sub(now.as_millis());
-    ms.saturating_add(999).div_euclid(1000)
+    ms.saturating_add(999).div_euclid(1000).min(MAX_TTL_SECS)
 }
 
 fn text(v: Value) -> Option<Vec<u8>> {
@@ -200,6 +205,10 @@ mod tests {
         assert_eq!(ttl_secs(Timestamp::from_millis(11_001), now), 2);
         assert_eq!(ttl_secs(now, now), 0);
         assert_eq!(ttl_secs(Timestamp::from_millis(0), now), -10);
+        assert_eq!(
+            ttl_secs(Timestamp::from_millis(i64::MAX), now),
+            MAX_TTL_SECS
+        );
     }
 
     #[test]
