@@ -121,6 +121,74 @@ proptest! {
     }
 }
 
+/// Bytes of any cookie-ish content, non-ASCII (obs-text) included, that a `HeaderValue`
+/// may carry: neighbours set by other apps on the same site.
+fn junk_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        prop_oneof![
+            8 => 0x20u8..0x7f,
+            2 => 0x80u8..=0xff,
+            1 => Just(b';'),
+            1 => Just(b'='),
+        ],
+        0..120,
+    )
+}
+
+/// `before; sid=<ours>; after` as one header value, or `None` when the junk makes it an
+/// invalid header value.
+fn with_ours(before: &[u8], ours: &str, after: &[u8]) -> Option<HeaderValue> {
+    let mut v = before.to_vec();
+    v.extend_from_slice(b"; ");
+    v.extend_from_slice(ours.as_bytes());
+    v.extend_from_slice(b"; ");
+    v.extend_from_slice(after);
+    HeaderValue::from_bytes(&v).ok()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// A valid cookie is found among neighbours of any bytes, non-ASCII ones included (one
+    /// UTF-8 cookie of another app used to hide the session: the whole header was dropped).
+    #[test]
+    fn a_valid_cookie_is_found_among_any_bytes(before in junk_bytes(), after in junk_bytes()) {
+        let keys = keys();
+        let id = SessionId::generate();
+        let ours = format!("sid={}", keys.sign_cookie_value(&id));
+        let Some(value) = with_ours(&before, &ours, &after) else { return Ok(()) };
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, value);
+        let v = session_id_from_headers(&headers, "sid", &keys);
+        prop_assert_eq!(v.map(|v| v.id), Some(id));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Through the real middleware: a signed-in session's cookie among neighbours of any
+    /// bytes is found — the request sees its user and nothing new is created.
+    #[test]
+    fn a_signed_in_cookie_among_any_bytes_is_found_through_the_middleware(
+        before in junk_bytes(),
+        after in junk_bytes(),
+    ) {
+        let store = MemoryStore::new();
+        let app = router(SessionLayer::builder(store.clone(), keys()).build().expect("valid config"));
+        let rt = runtime();
+        let res = rt.block_on(app.clone().oneshot(Request::post("/login").body(Body::empty()).expect("request"))).expect("infallible");
+        let set = res.headers().get(SET_COOKIE).and_then(|v| v.to_str().ok()).expect("a cookie").to_owned();
+        let ours = set.split(';').next().expect("a pair").to_owned();
+        let Some(value) = with_ours(&before, &ours, &after) else { return Ok(()) };
+        let res = rt.block_on(app.oneshot(Request::get("/whoami").header(COOKIE, value).body(Body::empty()).expect("request"))).expect("infallible");
+        prop_assert_eq!(res.status(), StatusCode::OK);
+        let body = rt.block_on(http_body_util::BodyExt::collect(res.into_body())).expect("body").to_bytes();
+        prop_assert_eq!(&body[..], b"alice");
+        prop_assert_eq!(store.len(), 1);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

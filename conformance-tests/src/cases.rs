@@ -375,6 +375,37 @@ pub async fn delete_expired_removes_only_expired<S: SessionStore>(store: S) {
     // A second run finds nothing left to remove (the store is this test's alone).
     let again = store.delete_expired().await.expect("delete_expired");
     assert_eq!(again, 0, "a second cleanup removed {again} more");
+    // Records that expire after they were written — the case a store with native expiry
+    // must handle by itself (a TTL, a TTL index) — are gone for every method once their
+    // time has passed, whatever the cleanup removes; live ones of the same user stay.
+    let user = "expiring-user";
+    let now = Timestamp::now();
+    let short: Vec<Record> = (0..3)
+        .map(|_| {
+            let mut r = Record::new(SessionId::generate(), now, now + Duration::from_millis(300));
+            r.user_id = Some(user.into());
+            r
+        })
+        .collect();
+    let long = with_user(fresh_record(), user);
+    for r in short.iter().chain([&long]) {
+        store.create(r).await.expect("create");
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let removed = store.delete_expired().await.expect("delete_expired");
+    assert!(removed <= 3, "removed {removed}, more than had expired");
+    for r in &short {
+        assert!(store.load(&r.id).await.expect("load").is_none());
+        assert!(!store
+            .touch(&r.id, Timestamp::now() + HOUR)
+            .await
+            .expect("touch"));
+        assert!(matches!(store.save(r).await, Err(StoreError::NotFound)));
+    }
+    assert_eq!(must_load(&store, &long.id).await.data, long.data);
+    if store.capabilities().user_index {
+        assert_eq!(ids_of(&store, user).await, HashSet::from([long.id.clone()]));
+    }
 }
 
 /// list_for_user returns exactly that user's live sessions.
