@@ -75,6 +75,12 @@ impl axum_core::response::IntoResponse for SessionError {
                 _ => "session store unavailable",
             }));
         *res.status_mut() = self.status();
+        if self.status() == http::StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
         res
     }
 }

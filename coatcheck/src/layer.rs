@@ -266,6 +266,19 @@ fn set_cookie_header(shared: &Shared, action: &CookieAction, secure: bool) -> Op
     HeaderValue::from_str(&builder.build().to_string()).ok()
 }
 
+/// The answer when the session could not be read or written: the status, `no-store`, and
+/// for a `503` (store timeout, conflicts exhausted) a `Retry-After` of one second.
+fn failure_response<B: Default>(status: http::StatusCode) -> Response<B> {
+    let mut failed = Response::new(B::default());
+    *failed.status_mut() = status;
+    let headers = failed.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == http::StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    failed
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -319,12 +332,7 @@ where
                 .filter(|_| res.status().is_success() || res.status().is_redirection());
             if let Some(status) = swallowed {
                 tracing::warn!(%status, "a handler answered a success after a session store failure; answering with the failure");
-                let mut failed = Response::new(ResBody::default());
-                *failed.status_mut() = status;
-                failed
-                    .headers_mut()
-                    .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                return Ok(failed);
+                return Ok(failure_response(status));
             }
             match finished {
                 Ok(action) => {
@@ -339,12 +347,7 @@ where
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "session could not be saved; answering with an error");
-                    let mut failed = Response::new(ResBody::default());
-                    *failed.status_mut() = e.status();
-                    failed
-                        .headers_mut()
-                        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                    Ok(failed)
+                    Ok(failure_response(e.status()))
                 }
             }
         }

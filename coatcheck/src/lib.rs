@@ -60,6 +60,9 @@ pub use coatcheck_core::{
     StoreError, SystemClock, Timestamp, Verified,
 };
 
+/// The JSON value sessions hold ([`Session::get_value`] returns it).
+pub use serde_json::Value;
+
 /// The core crate, for store implementors.
 pub use coatcheck_core as core;
 

@@ -25,8 +25,14 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'(')
     .remove(b')');
 
-/// Why a [`KeyRing`] could not be built.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a [`KeyRing`] could not be built. Its `Debug` is its message, so `main` returning
+/// the error (`Error: …`) says what to do rather than `TooShort { index: 0, len: 5 }`.
+///
+/// ```
+/// let err = coatcheck_core::KeyRing::new(["short"]).unwrap_err();
+/// assert!(format!("{err:?}").contains("at least 32 are required"));
+/// ```
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyRingError {
     /// No secret was given.
@@ -34,8 +40,9 @@ pub enum KeyRingError {
     Empty,
     /// A secret is shorter than [`MIN_SECRET_LEN`] bytes.
     #[error(
-        "secret #{index} is {len} bytes; at least {MIN_SECRET_LEN} are required \
-         (use KeyRing::new_allowing_weak only to share an existing Express secret)"
+        "secret #{index} is {len} bytes; at least {MIN_SECRET_LEN} are required — generate one \
+         with `openssl rand -base64 48` (use KeyRing::new_allowing_weak only to share an \
+         existing Express secret)"
     )]
     TooShort {
         /// Position of the secret in the list.
@@ -43,6 +50,12 @@ pub enum KeyRingError {
         /// Its length in bytes.
         len: usize,
     },
+}
+
+impl std::fmt::Debug for KeyRingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// A cookie value that verified.
