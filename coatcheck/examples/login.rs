@@ -12,8 +12,9 @@
 //! `GET /sessions` (this user's devices), `GET /admin` (403 without the `admin` role).
 //! Users: `alice` / `wonderland` (admin), `bob` / `builder`.
 //!
-//! `requireAuth` is the [`CurrentUser`] extractor; `requireRole` is the [`require_role`]
-//! middleware.
+//! `requireAuth` is the library's `coatcheck::Authenticated` extractor; `requireRole` is its
+//! `coatcheck::RequireRole` route layer; the roles are stored with the login by
+//! `Session::login_with`.
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,14 +22,15 @@ use std::sync::Arc;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use coatcheck::{KeyRing, Secure, Session, SessionError, SessionLayer, SessionStore};
+use coatcheck::{
+    Authenticated, KeyRing, RequireRole, Secure, Session, SessionError, SessionLayer, SessionStore,
+    ROLES_KEY,
+};
 use serde::{Deserialize, Serialize};
 
 /// A user as the app knows it: the password is only ever kept as an argon2 hash.
@@ -81,43 +83,6 @@ impl IntoResponse for AppError {
     }
 }
 
-/// `requireAuth`: a handler that takes a `CurrentUser` only runs for a logged-in user;
-/// everyone else gets 401.
-#[derive(Debug, Clone, Serialize)]
-struct CurrentUser {
-    user_id: String,
-    roles: Vec<String>,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let session = Session::from_request_parts(parts, state).await?;
-        match session.user_id().await? {
-            Some(user_id) => Ok(CurrentUser {
-                user_id,
-                roles: session.get("roles").await?.unwrap_or_default(),
-            }),
-            None => Err(AppError::Status(StatusCode::UNAUTHORIZED, "log in first")),
-        }
-    }
-}
-
-/// `requireRole(role)`: 401 when logged out, 403 without the role.
-async fn require_role(
-    State(role): State<&'static str>,
-    user: CurrentUser,
-    req: Request,
-    next: Next,
-) -> Response {
-    if user.roles.iter().any(|r| r == role) {
-        next.run(req).await
-    } else {
-        AppError::Status(StatusCode::FORBIDDEN, "forbidden").into_response()
-    }
-}
-
 #[derive(Deserialize)]
 struct Credentials {
     username: String,
@@ -145,15 +110,26 @@ async fn login(
             "invalid credentials",
         ));
     };
-    // A new session id on every login (against fixation), the user indexed for revocation.
-    // Writing the roles first lets the login store them with the new id in one write.
-    session.insert("roles", &user.roles).await?;
-    session.login(creds.username.clone()).await?;
+    // A new session id on every login (against fixation), the user indexed for revocation,
+    // the roles stored with the new id in the same write.
+    session
+        .login_with(creds.username.clone(), [(ROLES_KEY, &user.roles)])
+        .await?;
     Ok("logged in")
 }
 
-async fn me(user: CurrentUser) -> Json<CurrentUser> {
-    Json(user)
+#[derive(Serialize)]
+struct Me {
+    user_id: String,
+    roles: Vec<String>,
+}
+
+async fn me(user: Authenticated) -> Result<Json<Me>, AppError> {
+    let roles = user.roles().await?;
+    Ok(Json(Me {
+        user_id: user.user_id,
+        roles,
+    }))
 }
 
 async fn logout(session: Session) -> Result<&'static str, AppError> {
@@ -161,8 +137,8 @@ async fn logout(session: Session) -> Result<&'static str, AppError> {
     Ok("logged out")
 }
 
-async fn logout_all(_user: CurrentUser, session: Session) -> Result<String, AppError> {
-    let n = session.logout_everywhere().await?;
+async fn logout_all(user: Authenticated) -> Result<String, AppError> {
+    let n = user.session.logout_everywhere().await?;
     Ok(format!("logged out of {n} sessions"))
 }
 
@@ -173,9 +149,9 @@ struct Device {
     expires_at_ms: i64,
 }
 
-async fn sessions(_user: CurrentUser, session: Session) -> Result<Json<Vec<Device>>, AppError> {
+async fn sessions(user: Authenticated) -> Result<Json<Vec<Device>>, AppError> {
     Ok(Json(
-        session
+        user.session
             .list_user_sessions()
             .await?
             .into_iter()
@@ -188,21 +164,51 @@ async fn sessions(_user: CurrentUser, session: Session) -> Result<Json<Vec<Devic
     ))
 }
 
-async fn admin(user: CurrentUser) -> String {
+async fn admin(user: Authenticated) -> String {
     format!("Welcome to the admin area, {}", user.user_id)
 }
 
+/// The store `COATCHECK_STORE` names (`memory` by default), at the URL of the usual
+/// variable, or a local server's default.
 async fn store() -> Result<Arc<dyn SessionStore>, Box<dyn std::error::Error>> {
     let kind = std::env::var("COATCHECK_STORE").unwrap_or_else(|_| "memory".into());
+    #[allow(unused)]
+    let url = |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.into());
     match kind.as_str() {
         "memory" => {
             let store = coatcheck::memory::MemoryStore::new();
             store.spawn_sweeper(std::time::Duration::from_secs(60));
             Ok(Arc::new(store))
         }
+        #[cfg(feature = "redis")]
+        "redis" => Ok(Arc::new(
+            coatcheck::redis::RedisStore::connect(&url("REDIS_URL", "redis://127.0.0.1:6379"))
+                .await?,
+        )),
+        #[cfg(feature = "postgres")]
+        "postgres" => {
+            let store = coatcheck::postgres::PostgresStore::builder().connect_lazy(&url(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ))?;
+            store.migrate().await?;
+            store.spawn_cleanup(std::time::Duration::from_secs(300));
+            Ok(Arc::new(store))
+        }
+        #[cfg(feature = "mongo")]
+        "mongo" => Ok(Arc::new(
+            coatcheck::mongo::MongoStore::connect(
+                &url(
+                    "MONGODB_URL",
+                    "mongodb://127.0.0.1:27017/?directConnection=true",
+                ),
+                "coatcheck_example",
+            )
+            .await?,
+        )),
         other => Err(format!(
-            "COATCHECK_STORE={other}: this build has only the memory store \
-             (run with --features {other} once that store's crate is enabled)"
+            "COATCHECK_STORE={other}: not a store this build has (memory, or redis / postgres / \
+             mongo with `--features {other}`)"
         )
         .into()),
     }
@@ -226,7 +232,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let admin_routes = Router::new()
         .route("/admin", get(admin))
-        .route_layer(middleware::from_fn_with_state("admin", require_role));
+        .route_layer(RequireRole::new("admin"));
     let app = Router::new()
         .route("/login", post(login))
         .route("/me", get(me))

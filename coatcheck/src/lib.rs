@@ -44,6 +44,8 @@ mod config;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+#[cfg(feature = "axum")]
+mod guard;
 mod layer;
 mod session;
 
@@ -53,6 +55,9 @@ pub use config::{
 pub use error::SessionError;
 pub use layer::{session_id_from_headers, SessionLayer, SessionService, StoreTimedOut};
 pub use session::Session;
+
+#[cfg(feature = "axum")]
+pub use guard::{AuthRejection, Authenticated, RequireRole, RequireRoleService, ROLES_KEY};
 
 pub use coatcheck_core::{
     Capabilities, Clock, Codec, Data, ExpiryPolicy, ExpressFormat, ExpressMaxAge, JsonCodec,

@@ -419,8 +419,43 @@ impl Session {
     }
 
     /// Logs `user_id` in: a new id (against fixation), the principal set and indexed.
+    ///
+    /// The principal is what `login` sets — in native mode no data key is special (a
+    /// `"userId"` value is plain data); in express-compatible mode it is the data under
+    /// [`SessionConfig::principal_key`](crate::SessionConfig::principal_key). If another
+    /// request ended this session meanwhile (logout everywhere, destroy), nothing is
+    /// created and [`SessionError::Ended`] (`409`) is returned.
     pub async fn login(&self, user_id: impl Into<String>) -> Result<(), SessionError> {
         self.rotate(Some(user_id.into())).await
+    }
+
+    /// Logs `user_id` in and stores `data` with it, in the same write — the tutorials'
+    /// `req.session.regenerate()`, then `req.session.userId = …; req.session.roles = …`.
+    ///
+    /// ```
+    /// use coatcheck::{Session, SessionError, ROLES_KEY};
+    ///
+    /// async fn login(session: Session) -> Result<&'static str, SessionError> {
+    ///     // ... after checking the credentials:
+    ///     session.login_with("ada", [(ROLES_KEY, vec!["admin"])]).await?;
+    ///     Ok("welcome")
+    /// }
+    /// ```
+    pub async fn login_with<I, K, V>(
+        &self,
+        user_id: impl Into<String>,
+        data: I,
+    ) -> Result<(), SessionError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Serialize,
+    {
+        // Written before the rotation, the data travels with it into the new record.
+        for (key, value) in data {
+            self.insert(key.as_ref(), value).await?;
+        }
+        self.login(user_id).await
     }
 
     async fn rotate(&self, user: Option<String>) -> Result<(), SessionError> {
@@ -595,7 +630,8 @@ impl Session {
     }
 
     /// Revokes every session of this session's user, on every device, this one included.
-    /// Returns how many were removed. Without a user, destroys this session only.
+    /// Returns how many were removed. For an anonymous session (nobody logged in) it
+    /// destroys this session only and returns 1 if one was stored, else 0.
     pub async fn logout_everywhere(&self) -> Result<u64, SessionError> {
         match self.user_id().await? {
             Some(user) => match self
