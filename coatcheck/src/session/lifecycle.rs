@@ -1,0 +1,306 @@
+//! The session's lifecycle: rotating its id (`regenerate`, `login`), ending it
+//! (`destroy`, `logout_everywhere`, `logout_other_devices`) and listing the user's sessions.
+
+use coatcheck_core::{Record, SessionInfo, StoreError};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::write::backoff;
+use super::{Op, Session};
+use crate::SessionError;
+
+impl Session {
+    /// New id, same data. The new record is stored first, then the old id is deleted, so
+    /// there is never a moment without a session, and the old id is dead afterwards.
+    pub async fn regenerate(&self) -> Result<(), SessionError> {
+        self.rotate(None).await
+    }
+
+    /// Logs `user_id` in: a new id (against fixation), the principal set and indexed.
+    ///
+    /// The principal is what `login` sets — in native mode no data key is special (a
+    /// `"userId"` value is plain data); in express-compatible mode it is the data under
+    /// [`SessionConfig::principal_key`](crate::SessionConfig::principal_key). If another
+    /// request ended this session meanwhile (logout everywhere, destroy), nothing is
+    /// created and [`SessionError::Ended`] (`409`) is returned.
+    pub async fn login(&self, user_id: impl Into<String>) -> Result<(), SessionError> {
+        self.rotate(Some(user_id.into())).await
+    }
+
+    /// Logs `user_id` in and stores `data` with it, in the same write — the tutorials'
+    /// `req.session.regenerate()`, then `req.session.userId = …; req.session.roles = …`.
+    ///
+    /// ```
+    /// use coatcheck::{Session, SessionError, ROLES_KEY};
+    ///
+    /// async fn login(session: Session) -> Result<&'static str, SessionError> {
+    ///     // ... after checking the credentials:
+    ///     session.login_with("ada", [(ROLES_KEY, vec!["admin"])]).await?;
+    ///     Ok("welcome")
+    /// }
+    /// ```
+    pub async fn login_with<I, K, V>(
+        &self,
+        user_id: impl Into<String>,
+        data: I,
+    ) -> Result<(), SessionError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Serialize,
+    {
+        // Written before the rotation, the data travels with it into the new record.
+        for (key, value) in data {
+            self.insert(key.as_ref(), value).await?;
+        }
+        self.login(user_id).await
+    }
+
+    async fn rotate(&self, user: Option<String>) -> Result<(), SessionError> {
+        self.ensure_loaded().await?;
+        if let (Some(key), Some(u)) = (self.principal_key(), &user) {
+            // Express mode: logging in writes the principal's key (Node's own integer id
+            // is kept when it names the same user).
+            let current = self
+                .state()
+                .record
+                .as_ref()
+                .and_then(|r| r.data.get(key).and_then(coatcheck_core::express_principal));
+            if current.as_deref() != Some(u.as_str()) {
+                self.change(Op::Set(key.to_owned(), Value::String(u.clone())))
+                    .await?;
+            }
+        }
+        let policy = self.inner.shared.config.expiry;
+        let now = self.now();
+        let state = {
+            let mut st = self.state();
+            let persisted = st.persisted;
+            let expiry_at = st.expiry_at;
+            if st.record.is_none() {
+                // Nothing stored yet: a login creates the session at the end of the request.
+                if let Some(user) = user {
+                    drop(st);
+                    let mut fresh = self.new_record();
+                    fresh.user_id = Some(user.clone());
+                    let mut st = self.state();
+                    st.record = Some(fresh);
+                    st.user_change = Some(Some(user));
+                    st.id_changed = true;
+                }
+                return Ok(());
+            }
+            if !persisted {
+                // Created by this request and not stored yet: just give it another id.
+                let new_id = (self.inner.shared.id_generator)();
+                if let Some(r) = st.record.as_mut() {
+                    r.id = new_id;
+                    if user.is_some() {
+                        r.user_id.clone_from(&user);
+                    }
+                }
+                if user.is_some() {
+                    st.user_change = Some(user);
+                }
+                st.id_changed = true;
+                return Ok(());
+            }
+            let Some(record) = st.record.clone() else {
+                return Ok(());
+            };
+            (record, st.ops.clone(), st.user_change.clone(), expiry_at)
+        };
+        let (mut view, ops, user_change, expiry_at) = state;
+        let shared = &self.inner.shared;
+        let old_id = view.id.clone();
+        let max = shared.config.max_save_retries;
+        let mut attempt = 0u32;
+        loop {
+            let mut next = view.clone();
+            // Always a fresh id: creating under the old one would bring it back if it was
+            // revoked meanwhile (found by the history checker).
+            next.id = (shared.id_generator)();
+            if user.is_some() {
+                next.user_id.clone_from(&user);
+            }
+            next.version = 1;
+            next.expires_at = policy.on_write(next.created_at, next.expires_at, expiry_at, now);
+            // The new record first, then the old one deleted if it is still at the version
+            // this request built on: never a moment without the session, and a rotation of
+            // a stale or revoked session fails instead of overwriting a newer write or
+            // bringing the session back under a new id.
+            let next = self.create_new(next).await?;
+            let outcome = shared
+                .bounded(
+                    "delete_version",
+                    shared.store.delete_version(&old_id, view.version),
+                )
+                .await;
+            let Err(refused) = outcome else {
+                tracing::debug!(old = %old_id.short_hash(), new = %next.id.short_hash(), "session id rotated");
+                self.stored_under_new_id(next);
+                return Ok(());
+            };
+            // The new record must not outlive a rotation that failed.
+            if let Err(e) = shared
+                .bounded("delete", shared.store.delete(&next.id))
+                .await
+            {
+                return self.fail(e);
+            }
+            match refused {
+                StoreError::Conflict if attempt < max => {
+                    attempt += 1;
+                    backoff(attempt).await;
+                    match shared.bounded("load", shared.store.load(&old_id)).await {
+                        Ok(Some(mut fresh)) => {
+                            if let Err(e) = self.replay(&ops, user_change.as_ref(), &mut fresh) {
+                                return self.fail(e);
+                            }
+                            view = fresh;
+                        }
+                        Ok(None) => return self.ended(),
+                        Err(e) => return self.fail(e),
+                    }
+                }
+                StoreError::Conflict => return self.fail(SessionError::TooManyConflicts(max + 1)),
+                StoreError::NotFound => return self.ended(),
+                e => return self.fail(e),
+            }
+        }
+    }
+
+    /// `record` is stored, with every change of this request, under an id the browser does
+    /// not have yet: the view is it, nothing is pending, the cookie goes out.
+    pub(super) fn stored_under_new_id(&self, record: Record) {
+        let mut st = self.state();
+        st.record = Some(record);
+        st.persisted = true;
+        st.ops.clear();
+        st.user_change = None;
+        st.expiry_at = None;
+        st.id_changed = true;
+    }
+
+    /// Another request ended the session while this one ran: it stays ended, nothing of
+    /// this request is written, the cookie is cleared.
+    pub(super) fn ended<T>(&self) -> Result<T, SessionError> {
+        tracing::debug!("session was ended by another request");
+        self.forget_local();
+        Err(SessionError::Ended)
+    }
+
+    /// Deletes the session now and clears the cookie. Writing afterwards starts a new one.
+    pub async fn destroy(&self) -> Result<(), SessionError> {
+        self.destroy_counted().await.map(drop)
+    }
+
+    /// [`Session::destroy`], telling whether a stored session was removed.
+    async fn destroy_counted(&self) -> Result<bool, SessionError> {
+        let id = {
+            let st = self.state();
+            st.record
+                .as_ref()
+                .map(|r| r.id.clone())
+                .or(st.cookie_id.clone())
+        };
+        let mut removed = false;
+        if let Some(id) = id {
+            removed = match self
+                .inner
+                .shared
+                .bounded("delete", self.inner.shared.store.delete(&id))
+                .await
+            {
+                Ok(removed) => removed,
+                Err(e) => return self.fail(e),
+            };
+            tracing::debug!(session = %id.short_hash(), "session destroyed");
+        }
+        self.forget_local();
+        Ok(removed)
+    }
+
+    pub(super) fn forget_local(&self) {
+        // Make sure a later access does not load the deleted record again.
+        let _ = self.inner.loaded.set(());
+        let mut st = self.state();
+        st.record = None;
+        st.persisted = false;
+        st.ops.clear();
+        st.user_change = None;
+        st.expiry_at = None;
+        st.destroyed = true;
+    }
+
+    /// Revokes every session of this session's user, on every device, this one included.
+    /// Returns how many were removed. For an anonymous session (nobody logged in) it
+    /// destroys this session only and returns 1 if one was stored, else 0.
+    pub async fn logout_everywhere(&self) -> Result<u64, SessionError> {
+        match self.user_id().await? {
+            Some(user) => match self
+                .inner
+                .shared
+                .bounded(
+                    "delete_for_user",
+                    self.inner.shared.store.delete_for_user(&user, None),
+                )
+                .await
+            {
+                Ok(n) => {
+                    self.forget_local();
+                    Ok(n)
+                }
+                Err(e) => self.fail(e),
+            },
+            None => Ok(u64::from(self.destroy_counted().await?)),
+        }
+    }
+
+    /// Revokes every other session of this session's user, keeping this one.
+    pub async fn logout_other_devices(&self) -> Result<u64, SessionError> {
+        self.ensure_loaded().await?;
+        let (user, id) = {
+            let st = self.state();
+            match st.record.as_ref() {
+                Some(r) if st.persisted => (r.user_id.clone(), Some(r.id.clone())),
+                Some(r) => (r.user_id.clone(), None),
+                None => (None, None),
+            }
+        };
+        match user {
+            Some(user) => match self
+                .inner
+                .shared
+                .bounded(
+                    "delete_for_user",
+                    self.inner.shared.store.delete_for_user(&user, id.as_ref()),
+                )
+                .await
+            {
+                Ok(n) => Ok(n),
+                Err(e) => self.fail(e),
+            },
+            None => Ok(0),
+        }
+    }
+
+    /// The live sessions of this session's user (empty when nobody is logged in).
+    pub async fn list_user_sessions(&self) -> Result<Vec<SessionInfo>, SessionError> {
+        match self.user_id().await? {
+            Some(user) => match self
+                .inner
+                .shared
+                .bounded(
+                    "list_for_user",
+                    self.inner.shared.store.list_for_user(&user),
+                )
+                .await
+            {
+                Ok(v) => Ok(v),
+                Err(e) => self.fail(e),
+            },
+            None => Ok(Vec::new()),
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The per-request session handle.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use coatcheck_core::{Data, Record, SessionId, Timestamp};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use crate::layer::Shared;
+use crate::SessionError;
+
+/// The furthest [`Session::set_expiry`] goes: 100 years.
+const MAX_EXPIRY: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+type UpdateFn = Arc<dyn Fn(Option<&Value>) -> Result<Value, SessionError> + Send + Sync>;
+
+/// One change the handler made, kept so it can be replayed onto a fresher record when a
+/// concurrent request saved first.
+#[derive(Clone)]
+enum Op {
+    Set(String, Value),
+    Remove(String),
+    Clear,
+    Update(String, UpdateFn),
+}
+
+fn apply(op: &Op, data: &mut Data) -> Result<(), SessionError> {
+    match op {
+        Op::Set(k, v) => {
+            data.insert(k.clone(), v.clone());
+        }
+        Op::Remove(k) => {
+            data.shift_remove(k);
+        }
+        Op::Clear => data.clear(),
+        Op::Update(k, f) => {
+            let next = f(data.get(k))?;
+            data.insert(k.clone(), next);
+        }
+    }
+    Ok(())
+}
+
+/// What the response's cookie should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CookieAction {
+    None,
+    Set {
+        id: SessionId,
+        expires_at: Timestamp,
+    },
+    Clear,
+}
+
+#[derive(Default)]
+struct State {
+    /// The verified id from the request's cookie (not known to exist until loaded).
+    cookie_id: Option<SessionId>,
+    /// The cookie was signed with an older secret.
+    resign: bool,
+    /// The session as this request sees it: the stored record with `ops` applied.
+    record: Option<Record>,
+    /// Whether `record` exists in the store (as opposed to created by this request).
+    persisted: bool,
+    ops: Vec<Op>,
+    user_change: Option<Option<String>>,
+    expiry_at: Option<Timestamp>,
+    /// The id changed in this request (regenerate / login): the cookie must be sent.
+    id_changed: bool,
+    /// The session was destroyed: clear the cookie unless a new one is written.
+    destroyed: bool,
+    /// A store operation failed: write nothing, set no cookie.
+    failed: bool,
+    /// The status of the first failure.
+    failure: Option<http::StatusCode>,
+    /// This request already wrote the session (`update` commits at once) and moved its
+    /// expiry: a persistent cookie's `Expires` must follow.
+    cookie_due: bool,
+}
+
+/// The session of the current request: cheap to clone, lazy, never hands out a lock.
+///
+/// Obtain it with the axum extractor (`session: Session` in a handler's arguments) or from
+/// the request extensions. Nothing is loaded until a method needs the data, and nothing is
+/// written until the handler has returned — then only what changed, before the response
+/// leaves. Values are JSON-model values; typed access goes through serde.
+///
+/// ```
+/// use coatcheck::Session;
+///
+/// async fn views(session: Session) -> Result<String, coatcheck::SessionError> {
+///     // `update` is replayed on the fresh value if another request saved in between,
+///     // so concurrent increments are never lost.
+///     let n: u64 = session.update("views", |n: Option<u64>| n.unwrap_or(0) + 1).await?;
+///     Ok(format!("{n} views"))
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    loaded: OnceCell<()>,
+    state: Mutex<State>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.state();
+        f.debug_struct("Session")
+            .field("id", &st.record.as_ref().map(|r| r.id.short_hash()))
+            .field("loaded", &self.inner.loaded.initialized())
+            .field("changes", &st.ops.len())
+            .finish()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, cookie_id: Option<SessionId>, resign: bool) -> Self {
+        Session {
+            inner: Arc::new(Inner {
+                shared,
+                loaded: OnceCell::new(),
+                state: Mutex::new(State {
+                    cookie_id,
+                    resign,
+                    ..State::default()
+                }),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding it; a poisoned lock still holds consistent state.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> Timestamp {
+        self.inner.shared.clock.now()
+    }
+
+    fn fail<T>(&self, e: impl Into<SessionError>) -> Result<T, SessionError> {
+        let e = e.into();
+        let mut st = self.state();
+        st.failed = true;
+        st.failure.get_or_insert(e.status());
+        Err(e)
+    }
+
+    /// The status of the first store failure of this request, if one failed. The layer
+    /// answers with it when the handler answered a success anyway (it swallowed the error):
+    /// a request whose session could not be read or written never looks like it worked.
+    pub(crate) fn failure(&self) -> Option<http::StatusCode> {
+        self.state().failure
+    }
+
+    /// Loads the record named by the cookie, once. Unknown, expired (idle or absolute) and
+    /// unreadable ids are not adopted.
+    async fn ensure_loaded(&self) -> Result<(), SessionError> {
+        let res = self
+            .inner
+            .loaded
+            .get_or_try_init(|| async {
+                let id = self.state().cookie_id.clone();
+                let record = match id {
+                    Some(id) => {
+                        self.inner
+                            .shared
+                            .bounded("load", self.inner.shared.store.load(&id))
+                            .await?
+                    }
+                    None => None,
+                };
+                let now = self.now();
+                let policy = &self.inner.shared.config.expiry;
+                let record = record.filter(|r| {
+                    policy
+                        .absolute_deadline(r.created_at)
+                        .is_none_or(|deadline| deadline > now)
+                });
+                let mut st = self.state();
+                st.persisted = record.is_some();
+                st.record = record;
+                Ok::<(), SessionError>(())
+            })
+            .await;
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn new_record(&self) -> Record {
+        let now = self.now();
+        let policy = &self.inner.shared.config.expiry;
+        Record::new(
+            (self.inner.shared.id_generator)(),
+            now,
+            policy.expires_at(now, now),
+        )
+    }
+
+    /// Applies a change to the view and logs it for replay, creating a fresh (not yet
+    /// stored) record if there is none.
+    async fn change(&self, op: Op) -> Result<(), SessionError> {
+        if let Op::Set(key, _) | Op::Update(key, _) = &op {
+            if self.inner.shared.config.express_reserved_keys
+                && coatcheck_core::is_express_reserved(key)
+            {
+                return Err(SessionError::ReservedKey(key.clone()));
+            }
+        }
+        self.ensure_loaded().await?;
+        let mut st = self.state();
+        let record = match st.record.as_mut() {
+            Some(r) => r,
+            None => st.record.insert(self.new_record()),
+        };
+        apply(&op, &mut record.data)?;
+        if let Some(key) = self.principal_key() {
+            // Express mode: the principal is the data under that key, both ways.
+            let user = record
+                .data
+                .get(key)
+                .and_then(coatcheck_core::express_principal);
+            if user != record.user_id {
+                record.user_id.clone_from(&user);
+                st.user_change = Some(user);
+            }
+        }
+        st.ops.push(op);
+        Ok(())
+    }
+
+    /// The data key that is the principal (express-compatible mode), if any.
+    fn principal_key(&self) -> Option<&str> {
+        self.inner.shared.config.principal_key.as_deref()
+    }
+
+    /// This request's changes onto a fresher record: the key changes, then the principal
+    /// (in express mode, the principal follows the data under its key).
+    fn replay(
+        &self,
+        ops: &[Op],
+        user_change: Option<&Option<String>>,
+        record: &mut Record,
+    ) -> Result<(), SessionError> {
+        for op in ops {
+            apply(op, &mut record.data)?;
+        }
+        match self.principal_key() {
+            Some(key) => {
+                record.user_id = record
+                    .data
+                    .get(key)
+                    .and_then(coatcheck_core::express_principal);
+            }
+            None => {
+                if let Some(u) = user_change {
+                    record.user_id.clone_from(u);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The value at `key`, deserialized into `T`.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        match self.get_value(key).await? {
+            Some(v) => {
+                serde_json::from_value(v)
+                    .map(Some)
+                    .map_err(|source| SessionError::Deserialize {
+                        key: key.to_owned(),
+                        source,
+                    })
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The raw JSON value at `key`.
+    pub async fn get_value(&self, key: &str) -> Result<Option<Value>, SessionError> {
+        self.ensure_loaded().await?;
+        Ok(self
+            .state()
+            .record
+            .as_ref()
+            .and_then(|r| r.data.get(key).cloned()))
+    }
+
+    /// Sets `key` to `value`. A session that did not exist is created when the response
+    /// leaves.
+    pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        let value = serde_json::to_value(value).map_err(SessionError::Serialize)?;
+        self.change(Op::Set(key.to_owned(), value)).await
+    }
+
+    /// Removes `key`, returning its value.
+    pub async fn remove(&self, key: &str) -> Result<Option<Value>, SessionError> {
+        let old = self.get_value(key).await?;
+        if old.is_some() {
+            self.change(Op::Remove(key.to_owned())).await?;
+        }
+        Ok(old)
+    }
+
+    /// Removes every key (the session itself, its id and user stay).
+    pub async fn clear(&self) -> Result<(), SessionError> {
+        self.ensure_loaded().await?;
+        if self.state().record.is_some() {
+            self.change(Op::Clear).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets `key` to `f(current value)` and returns the new value.
+    ///
+    /// If another request saved this session in between, `f` is run again on the fresh
+    /// value before saving, so read-modify-write updates (counters, lists) are never lost.
+    /// `f` may therefore run more than once: keep it free of side effects.
+    pub async fn update<T, F>(&self, key: &str, f: F) -> Result<T, SessionError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Fn(Option<T>) -> T + Send + Sync + 'static,
+    {
+        let owned = key.to_owned();
+        let func: UpdateFn = Arc::new(move |current: Option<&Value>| {
+            let current = current
+                .map(|v| serde_json::from_value::<T>(v.clone()))
+                .transpose()
+                .map_err(|source| SessionError::Deserialize {
+                    key: owned.clone(),
+                    source,
+                })?;
+            serde_json::to_value(f(current)).map_err(SessionError::Serialize)
+        });
+        self.change(Op::Update(key.to_owned(), func)).await?;
+        self.commit().await?;
+        self.get(key).await?.ok_or_else(|| {
+            SessionError::Serialize(serde::de::Error::custom("update produced no value"))
+        })
+    }
+
+    /// The session id, if the session exists (in the store, or created by this request).
+    pub async fn id(&self) -> Result<Option<SessionId>, SessionError> {
+        self.ensure_loaded().await?;
+        Ok(self.state().record.as_ref().map(|r| r.id.clone()))
+    }
+
+    /// The logged-in principal, if any.
+    pub async fn user_id(&self) -> Result<Option<String>, SessionError> {
+        self.ensure_loaded().await?;
+        Ok(self.state().record.as_ref().and_then(|r| r.user_id.clone()))
+    }
+
+    /// Whether the session is stored or will be at the end of this request.
+    pub async fn exists(&self) -> Result<bool, SessionError> {
+        self.ensure_loaded().await?;
+        Ok(self.state().record.is_some())
+    }
+
+    /// Sets when this session expires, written at the end of the request (capped by the
+    /// absolute lifetime). Use it for "remember me": later activity rolls expiry forward
+    /// by the idle timeout but never shortens it. To end a session now, use
+    /// [`Session::destroy`].
+    pub async fn set_expiry(&self, expires_at: Timestamp) -> Result<(), SessionError> {
+        self.ensure_loaded().await?;
+        let mut st = self.state();
+        let r = match st.record.as_mut() {
+            Some(r) => r,
+            None => st.record.insert(self.new_record()),
+        };
+        // At most a century ahead: no backend stores an expiry of any size (Postgres's
+        // timestamps end in the year 294276, Redis's clock overflows), and no session
+        // needs more.
+        let expires_at = expires_at.min(self.now() + MAX_EXPIRY);
+        r.expires_at = expires_at;
+        st.expiry_at = Some(expires_at);
+        Ok(())
+    }
+
+    /// Like [`Session::set_expiry`], relative to now.
+    pub async fn set_expiry_in(&self, d: Duration) -> Result<(), SessionError> {
+        self.set_expiry(self.now() + d).await
+    }
+}
+
+mod lifecycle;
+mod write;

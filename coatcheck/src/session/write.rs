@@ -1,0 +1,242 @@
+//! Writing the session: `update`'s immediate commit, and what the layer does once the
+//! handler has returned (create, compare-and-set save with replay, touch, the cookie).
+
+use std::time::Duration;
+
+use coatcheck_core::{Record, StoreError};
+
+use super::{CookieAction, Session};
+use crate::SessionError;
+
+impl Session {
+    /// Writes every pending change now (compare-and-set, replayed on conflict), so the view
+    /// is what is stored. `update` uses it to answer a committed value: a value computed
+    /// on a stale view and re-run at the end of the request would not be (found by the
+    /// history checker: concurrent increments answered the same number).
+    pub(super) async fn commit(&self) -> Result<(), SessionError> {
+        let shared = &self.inner.shared;
+        let policy = shared.config.expiry;
+        let (record, persisted, explicit, failed) = {
+            let st = self.state();
+            (st.record.clone(), st.persisted, st.expiry_at, st.failed)
+        };
+        if failed {
+            // An earlier store call of this request failed (and the handler went on): this
+            // request writes nothing, so nothing can be committed either.
+            return Err(StoreError::backend(EarlierFailure).into());
+        }
+        let Some(mut record) = record else {
+            return Ok(());
+        };
+        if !persisted {
+            record.expires_at =
+                policy.on_write(record.created_at, record.expires_at, explicit, self.now());
+            let created = self.create_new(record).await?;
+            // A new session: its cookie is sent at the end of the request.
+            self.stored_under_new_id(created);
+            return Ok(());
+        }
+        let before = record.expires_at;
+        match self.save_with_retries(record).await? {
+            Some(saved) => {
+                let mut st = self.state();
+                st.cookie_due |= saved.expires_at != before || explicit.is_some();
+                st.record = Some(saved);
+                st.expiry_at = None;
+                Ok(())
+            }
+            None => Err(SessionError::Ended),
+        }
+    }
+
+    /// Writes what changed, once the handler has returned. Called by the layer.
+    pub(crate) async fn finish(&self) -> Result<CookieAction, SessionError> {
+        let shared = &self.inner.shared;
+        let policy = shared.config.expiry;
+        let now = self.now();
+        let (record, persisted, dirty, explicit, id_changed, resign, destroyed, failed, due) = {
+            let mut st = self.state();
+            (
+                // The request is over: take the record rather than copy it.
+                st.record.take(),
+                st.persisted,
+                !st.ops.is_empty() || st.user_change.is_some() || st.expiry_at.is_some(),
+                st.expiry_at.is_some(),
+                st.id_changed,
+                st.resign,
+                st.destroyed,
+                st.failed,
+                st.cookie_due,
+            )
+        };
+        if failed {
+            return Ok(CookieAction::None);
+        }
+        let set = |r: &Record| CookieAction::Set {
+            id: r.id.clone(),
+            expires_at: r.expires_at,
+        };
+        let loaded = self.inner.loaded.initialized();
+        let Some(mut record) = record else {
+            if destroyed {
+                return Ok(CookieAction::Clear);
+            }
+            if loaded && shared.config.save_uninitialized {
+                let record = self.new_record();
+                return Ok(set(&self.create_new(record).await?));
+            }
+            return Ok(CookieAction::None);
+        };
+        if !persisted {
+            let explicit = self.state().expiry_at;
+            record.expires_at =
+                policy.on_write(record.created_at, record.expires_at, explicit, now);
+            return Ok(set(&self.create_new(record).await?));
+        }
+        // A persistent cookie's `Expires` follows the session's expiry whenever a write
+        // moves it, so the browser never drops a cookie whose session is live and in use
+        // (a user writing more often than `touch_after` used to keep the first `Expires`
+        // until the browser dropped it), and `set_expiry` reaches the browser.
+        let persistent_cookie = !policy.browser_session;
+        if dirty {
+            let before = record.expires_at;
+            return Ok(match self.save_with_retries(record).await? {
+                None => CookieAction::Clear,
+                Some(saved) => {
+                    let moved = saved.expires_at != before || explicit || due;
+                    if id_changed || resign || (persistent_cookie && moved) {
+                        set(&saved)
+                    } else {
+                        CookieAction::None
+                    }
+                }
+            });
+        }
+        if let Some(next) = policy.touch_due(record.created_at, record.expires_at, now) {
+            return match shared
+                .bounded("touch", shared.store.touch(&record.id, next))
+                .await
+            {
+                Ok(true) => Ok(if id_changed || resign || persistent_cookie {
+                    CookieAction::Set {
+                        id: record.id,
+                        expires_at: next,
+                    }
+                } else {
+                    CookieAction::None
+                }),
+                // Revoked or expired in the meantime: it stays gone.
+                Ok(false) => Ok(CookieAction::Clear),
+                Err(e) => self.fail(e),
+            };
+        }
+        Ok(if id_changed || resign || (persistent_cookie && due) {
+            set(&record)
+        } else {
+            CookieAction::None
+        })
+    }
+
+    /// Creates `record` under a fresh id if its own is taken; returns what was stored.
+    pub(super) async fn create_new(&self, mut record: Record) -> Result<Record, SessionError> {
+        let store = &self.inner.shared.store;
+        let mut attempts = 0;
+        loop {
+            match self
+                .inner
+                .shared
+                .bounded("create", store.create(&record))
+                .await
+            {
+                Ok(()) => {
+                    tracing::debug!(session = %record.id.short_hash(), "session created");
+                    return Ok(record);
+                }
+                Err(StoreError::IdTaken) if attempts < 3 => {
+                    attempts += 1;
+                    record.id = (self.inner.shared.id_generator)();
+                }
+                Err(e) => return self.fail(e),
+            }
+        }
+    }
+
+    /// Saves with compare-and-set, replaying this request's changes on a conflict. Returns
+    /// the stored record, or `None` when the session was ended meanwhile (it then stays
+    /// ended: the local view is forgotten).
+    pub(super) async fn save_with_retries(
+        &self,
+        mut record: Record,
+    ) -> Result<Option<Record>, SessionError> {
+        let shared = &self.inner.shared;
+        let policy = shared.config.expiry;
+        let (ops, user_change, expiry_at) = {
+            let mut st = self.state();
+            (
+                std::mem::take(&mut st.ops),
+                st.user_change.take(),
+                st.expiry_at,
+            )
+        };
+        let max = shared.config.max_save_retries;
+        let mut attempt = 0u32;
+        loop {
+            record.expires_at =
+                policy.on_write(record.created_at, record.expires_at, expiry_at, self.now());
+            match shared.bounded("save", shared.store.save(&record)).await {
+                Ok(version) => {
+                    record.version = version;
+                    return Ok(Some(record));
+                }
+                Err(StoreError::NotFound) => {
+                    tracing::debug!(session = %record.id.short_hash(), "session was revoked; not saved");
+                    self.forget_local();
+                    return Ok(None);
+                }
+                Err(StoreError::Conflict) if attempt < max => {
+                    attempt += 1;
+                    backoff(attempt).await;
+                    let fresh = match shared.bounded("load", shared.store.load(&record.id)).await {
+                        Ok(Some(fresh)) => fresh,
+                        Ok(None) => {
+                            self.forget_local();
+                            return Ok(None);
+                        }
+                        Err(e) => return self.fail(e),
+                    };
+                    let mut next = fresh;
+                    if let Err(e) = self.replay(&ops, user_change.as_ref(), &mut next) {
+                        return self.fail(e);
+                    }
+                    record = next;
+                }
+                Err(StoreError::Conflict) => {
+                    return self.fail(SessionError::TooManyConflicts(max + 1))
+                }
+                Err(e) => return self.fail(e),
+            }
+        }
+    }
+}
+
+/// The source of the error `update` answers after an earlier store call of the same
+/// request failed: the request is failing closed and writes nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("an earlier session store call of this request failed; nothing is written")]
+struct EarlierFailure;
+
+/// After the first conflict, retry at once (the other request has just finished saving);
+/// after that, randomised exponential backoff: up to 1, 2, 4 ... 32 ms.
+pub(super) async fn backoff(attempt: u32) {
+    if attempt <= 1 {
+        tokio::task::yield_now().await;
+        return;
+    }
+    let ceiling = 1u64 << (attempt - 2).min(5);
+    let mut b = [0u8; 8];
+    let r = getrandom::fill(&mut b)
+        .map(|_| u64::from_le_bytes(b))
+        .unwrap_or(0);
+    let micros = r % (ceiling * 1000);
+    tokio::time::sleep(Duration::from_micros(micros)).await;
+}
