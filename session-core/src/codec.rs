@@ -39,7 +39,8 @@ pub struct EncodeError(pub String);
 /// the data or a [`DecodeError`].
 ///
 /// ```
-/// use coatcheck_core::{Codec, Data, JsonCodec, NativeCodec};
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+/// use coatcheck::core::{Codec, Data, JsonCodec, NativeCodec};
 ///
 /// let mut data = Data::new();
 /// data.insert("views".into(), 3.into());

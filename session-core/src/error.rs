@@ -41,7 +41,8 @@ impl DecodeError {
 /// What a [`SessionStore`](crate::SessionStore) method can fail with.
 ///
 /// ```
-/// use coatcheck_core::StoreError;
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+/// use coatcheck::core::StoreError;
 ///
 /// let err = StoreError::backend(std::io::Error::other("connection refused"));
 /// assert!(err.is_backend());

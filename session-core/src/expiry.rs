@@ -12,7 +12,8 @@ use crate::Timestamp;
 /// would move `expires_at` by at least `touch_after`.
 ///
 /// ```
-/// use coatcheck_core::{ExpiryPolicy, Timestamp};
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+/// use coatcheck::core::{ExpiryPolicy, Timestamp};
 /// use std::time::Duration;
 ///
 /// let policy = ExpiryPolicy::new(Duration::from_secs(1800))
@@ -112,7 +113,8 @@ impl ExpiryPolicy {
     /// session by itself); in both cases capped at the absolute deadline.
     ///
     /// ```
-    /// use coatcheck_core::{ExpiryPolicy, Timestamp};
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+    /// use coatcheck::core::{ExpiryPolicy, Timestamp};
     /// use std::time::Duration;
     ///
     /// let p = ExpiryPolicy::new(Duration::from_secs(100)).with_absolute_timeout(Some(Duration::from_secs(150)));

@@ -53,8 +53,9 @@ pub const EXPRESS_RESERVED_KEYS: [&str; 9] = [
 /// Whether express-session would drop or own this key ([`EXPRESS_RESERVED_KEYS`]).
 ///
 /// ```
-/// assert!(coatcheck_core::is_express_reserved("regenerate"));
-/// assert!(!coatcheck_core::is_express_reserved("userId"));
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+/// assert!(coatcheck::core::is_express_reserved("regenerate"));
+/// assert!(!coatcheck::core::is_express_reserved("userId"));
 /// ```
 pub fn is_express_reserved(key: &str) -> bool {
     EXPRESS_RESERVED_KEYS.contains(&key)
@@ -78,7 +79,8 @@ pub enum ExpressMaxAge {
 /// The express-session format: how a [`Record`] becomes express-session's JSON and back.
 ///
 /// ```
-/// use coatcheck_core::{ExpressFormat, Record, SessionId, Timestamp};
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+/// use coatcheck::core::{ExpressFormat, Record, SessionId, Timestamp};
 /// use std::time::Duration;
 ///
 /// let format = ExpressFormat::new();
@@ -352,10 +354,11 @@ impl serde::Serialize for Wire<'_> {
 /// numeric ids) in decimal; anything else names none.
 ///
 /// ```
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use serde_json::json;
-/// assert_eq!(coatcheck_core::express_principal(&json!(42)).as_deref(), Some("42"));
-/// assert_eq!(coatcheck_core::express_principal(&json!("ann")).as_deref(), Some("ann"));
-/// assert_eq!(coatcheck_core::express_principal(&json!({"id": 1})), None);
+/// assert_eq!(coatcheck::core::express_principal(&json!(42)).as_deref(), Some("42"));
+/// assert_eq!(coatcheck::core::express_principal(&json!("ann")).as_deref(), Some("ann"));
+/// assert_eq!(coatcheck::core::express_principal(&json!({"id": 1})), None);
 /// ```
 pub fn express_principal(v: &Value) -> Option<String> {
     principal(v)
@@ -394,7 +397,8 @@ fn parse_iso(s: &str) -> Option<Timestamp> {
 /// derive versions in Rust rather than on the server.
 ///
 /// ```
-/// use coatcheck_core::content_version;
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+/// use coatcheck::core::content_version;
 /// assert_eq!(content_version(b"a"), content_version(b"a"));
 /// assert_ne!(content_version(b"a"), content_version(b"b"));
 /// ```

@@ -25,7 +25,8 @@ const MAX_LEN: usize = 128;
 /// by accident; use [`SessionId::as_str`] where the raw value is really needed (a store key).
 ///
 /// ```
-/// use coatcheck_core::SessionId;
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+/// use coatcheck::core::SessionId;
 ///
 /// let id = SessionId::generate();
 /// assert_eq!(id.as_str().len(), 32);
@@ -84,7 +85,8 @@ impl SessionId {
     /// A short, non-reversible tag for logs: the first 12 hex digits of SHA-256(id).
     ///
     /// ```
-    /// let id = coatcheck_core::SessionId::generate();
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+    /// let id = coatcheck::core::SessionId::generate();
     /// assert_eq!(id.short_hash().len(), 12);
     /// assert!(!id.as_str().contains(&id.short_hash()));
     /// ```

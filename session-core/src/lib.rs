@@ -6,7 +6,8 @@
 //! [`JsonCodec`]) and the [`SessionStore`] trait every store implements.
 //!
 //! ```
-//! use coatcheck_core::{KeyRing, SessionId};
+//! # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+//! use coatcheck::core::{KeyRing, SessionId};
 //!
 //! let ring = KeyRing::new(["a secret of at least thirty-two bytes!!"]).unwrap();
 //! let id = SessionId::generate();

@@ -8,7 +8,8 @@ pub type Data = serde_json::Map<String, serde_json::Value>;
 /// One session as a store keeps it.
 ///
 /// ```
-/// use coatcheck_core::{Record, SessionId, Timestamp};
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+/// use coatcheck::core::{Record, SessionId, Timestamp};
 /// use std::time::Duration;
 ///
 /// let now = Timestamp::now();

@@ -29,7 +29,8 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// the error (`Error: …`) says what to do rather than `TooShort { index: 0, len: 5 }`.
 ///
 /// ```
-/// let err = coatcheck_core::KeyRing::new(["short"]).unwrap_err();
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+/// let err = coatcheck::core::KeyRing::new(["short"]).unwrap_err();
 /// assert!(format!("{err:?}").contains("at least 32 are required"));
 /// ```
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,7 +86,8 @@ impl Verified {
 /// old ones until their cookies have expired".
 ///
 /// ```
-/// use coatcheck_core::{KeyRing, SessionId};
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+/// use coatcheck::core::{KeyRing, SessionId};
 ///
 /// let old = KeyRing::new(["old secret, thirty-two bytes long!!"]).unwrap();
 /// let rotated = KeyRing::new(["new secret, thirty-two bytes long!!", "old secret, thirty-two bytes long!!"]).unwrap();

@@ -8,7 +8,8 @@ use crate::{Record, SessionId, SessionInfo, StoreError, Timestamp};
 /// middleware know what to expect.
 ///
 /// ```
-/// let caps = coatcheck_core::Capabilities::new().with_user_index(true);
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+/// let caps = coatcheck::core::Capabilities::new().with_user_index(true);
 /// assert!(caps.user_index);
 /// assert!(!caps.native_expiry);
 /// ```
@@ -77,9 +78,10 @@ impl Capabilities {
 /// honours the whole contract:
 ///
 /// ```
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
-/// use coatcheck_core::*;
+/// use coatcheck::core::*;
 ///
 /// #[derive(Debug, Default)]
 /// struct TinyStore(Mutex<HashMap<SessionId, Record>>);

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// An instant in UTC with millisecond precision: milliseconds since the Unix epoch.
 ///
 /// ```
-/// use coatcheck_core::Timestamp;
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+/// use coatcheck::core::Timestamp;
 /// use std::time::Duration;
 ///
 /// let t = Timestamp::from_millis(1_000);
@@ -85,7 +86,8 @@ impl fmt::Debug for Timestamp {
 /// so that one application never mixes two clocks. Tests use [`ManualClock`].
 ///
 /// ```
-/// use coatcheck_core::{Clock, ManualClock, Timestamp};
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
+/// use coatcheck::core::{Clock, ManualClock, Timestamp};
 /// use std::time::Duration;
 ///
 /// let clock = ManualClock::new(Timestamp::from_millis(0));

@@ -15,8 +15,9 @@
 //!   with dead sessions.
 //!
 //! ```
-//! use coatcheck_core::{Record, SessionId, SessionStore, Timestamp};
-//! use coatcheck_memory::MemoryStore;
+//! # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod memory { pub use coatcheck_memory::*; } }
+//! use coatcheck::core::{Record, SessionId, SessionStore, Timestamp};
+//! use coatcheck::memory::MemoryStore;
 //! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -51,10 +52,11 @@ type UserShard = Mutex<HashMap<String, HashSet<SessionId>>>;
 /// Builder for a [`MemoryStore`].
 ///
 /// ```
-/// use coatcheck_core::ManualClock;
-/// use coatcheck_memory::MemoryStore;
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod memory { pub use coatcheck_memory::*; } }
+/// use coatcheck::core::ManualClock;
+/// use coatcheck::memory::MemoryStore;
 ///
-/// let clock = ManualClock::new(coatcheck_core::Timestamp::from_millis(0));
+/// let clock = ManualClock::new(coatcheck::core::Timestamp::from_millis(0));
 /// let store = MemoryStore::builder().capacity(10).shards(4).clock(clock).build();
 /// assert_eq!(store.len(), 0);
 /// ```
@@ -166,8 +168,9 @@ impl MemoryStore {
     /// its clones) is dropped. Needs a Tokio runtime.
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod memory { pub use coatcheck_memory::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let store = coatcheck_memory::MemoryStore::new();
+    /// let store = coatcheck::memory::MemoryStore::new();
     /// let sweeper = store.spawn_sweeper(std::time::Duration::from_secs(60));
     /// drop(store); // the sweeper ends at its next tick
     /// # sweeper.abort();

@@ -19,7 +19,8 @@
 //! writers never lose an update.
 //!
 //! ```no_run
-//! use coatcheck_mongo::MongoStore;
+//! # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
+//! use coatcheck::mongo::MongoStore;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -79,7 +80,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// constructors and [`MongoStore::ensure_indexes`].
 ///
 /// ```
-/// use coatcheck_mongo::{MongoStore, SetupError};
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
+/// use coatcheck::mongo::{MongoStore, SetupError};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -115,8 +117,9 @@ pub enum SetupError {
 /// (not per request) with [`MongoStore::connect`] or [`MongoStore::builder`].
 ///
 /// ```no_run
-/// use coatcheck_core::{Record, SessionId, SessionStore, Timestamp};
-/// use coatcheck_mongo::MongoStore;
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
+/// use coatcheck::core::{Record, SessionId, SessionStore, Timestamp};
+/// use coatcheck::mongo::MongoStore;
 /// use std::time::Duration;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -153,8 +156,9 @@ impl fmt::Debug for MongoStore {
 /// Builds a [`MongoStore`] on a client you already have. See [`MongoStore::builder`].
 ///
 /// ```
-/// use coatcheck_core::JsonCodec;
-/// use coatcheck_mongo::MongoStore;
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
+/// use coatcheck::core::JsonCodec;
+/// use coatcheck::mongo::MongoStore;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -186,11 +190,12 @@ impl MongoStoreBuilder {
     /// (two round trips), a Node write is last-write-wins. The codec setting is ignored.
     ///
     /// ```
-    /// use coatcheck_core::{ExpressFormat, SessionStore};
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
+    /// use coatcheck::core::{ExpressFormat, SessionStore};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
-    /// let store = coatcheck_mongo::MongoStore::builder(&client, "shared")
+    /// let store = coatcheck::mongo::MongoStore::builder(&client, "shared")
     ///     .express(ExpressFormat::new())
     ///     .build()?;
     /// assert!(!store.capabilities().user_index);
@@ -325,9 +330,10 @@ impl MongoStore {
     /// [`StoreError::Backend`] within seconds instead of hanging requests.
     ///
     /// ```no_run
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), coatcheck_mongo::SetupError> {
-    /// let store = coatcheck_mongo::MongoStore::connect(
+    /// # async fn main() -> Result<(), coatcheck::mongo::SetupError> {
+    /// let store = coatcheck::mongo::MongoStore::connect(
     ///     "mongodb://127.0.0.1:27017/?serverSelectionTimeoutMS=1000",
     ///     "myapp",
     /// )
@@ -347,6 +353,7 @@ impl MongoStore {
     /// defaults above. Ensures the indexes.
     ///
     /// ```no_run
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// use mongodb::options::ClientOptions;
     /// use std::time::Duration;
     ///
@@ -355,7 +362,7 @@ impl MongoStore {
     /// let mut options = ClientOptions::parse("mongodb://db.internal:27017").await?;
     /// options.server_selection_timeout = Some(Duration::from_secs(2));
     /// options.max_pool_size = Some(50);
-    /// let store = coatcheck_mongo::MongoStore::connect_with_options(options, "myapp").await?;
+    /// let store = coatcheck::mongo::MongoStore::connect_with_options(options, "myapp").await?;
     /// # let _ = store;
     /// # Ok(()) }
     /// ```
@@ -371,13 +378,14 @@ impl MongoStore {
     /// [`DEFAULT_CONNECT_TIMEOUT`] filled in where unset. No I/O.
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// use mongodb::options::ClientOptions;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let options = ClientOptions::parse("mongodb://127.0.0.1:27017").await?;
-    /// let client = coatcheck_mongo::MongoStore::client_with_defaults(options)?;
-    /// let store = coatcheck_mongo::MongoStore::builder(&client, "myapp").build()?;
+    /// let client = coatcheck::mongo::MongoStore::client_with_defaults(options)?;
+    /// let store = coatcheck::mongo::MongoStore::builder(&client, "myapp").build()?;
     /// # let _ = store;
     /// # Ok(()) }
     /// ```
@@ -397,13 +405,14 @@ impl MongoStore {
     /// it with [`client_with_defaults`](Self::client_with_defaults)).
     ///
     /// ```
-    /// use coatcheck_core::ManualClock;
-    /// use coatcheck_core::Timestamp;
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
+    /// use coatcheck::core::ManualClock;
+    /// use coatcheck::core::Timestamp;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
-    /// let store = coatcheck_mongo::MongoStore::builder(&client, "tests")
+    /// let store = coatcheck::mongo::MongoStore::builder(&client, "tests")
     ///     .collection("sessions_under_test")
     ///     .clock(ManualClock::new(Timestamp::from_millis(0)))
     ///     .build()?;
@@ -425,10 +434,11 @@ impl MongoStore {
     /// clock. No I/O; call [`ensure_indexes`](Self::ensure_indexes) once at startup.
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
-    /// let store = coatcheck_mongo::MongoStore::from_client(&client, "myapp", "sessions")?;
+    /// let store = coatcheck::mongo::MongoStore::from_client(&client, "myapp", "sessions")?;
     /// assert_eq!(store.collection_name(), "sessions");
     /// # Ok(()) }
     /// ```
@@ -448,10 +458,11 @@ impl MongoStore {
     /// on the same key exists with other options.
     ///
     /// ```no_run
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
-    /// let store = coatcheck_mongo::MongoStore::from_client(&client, "myapp", "sessions")?;
+    /// let store = coatcheck::mongo::MongoStore::from_client(&client, "myapp", "sessions")?;
     /// store.ensure_indexes().await?;
     /// store.ensure_indexes().await?; // again: nothing changes
     /// # Ok(()) }
@@ -468,10 +479,11 @@ impl MongoStore {
     /// The collection the sessions live in, for inspection, backups or tests.
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
-    /// let store = coatcheck_mongo::MongoStore::from_client(&client, "myapp", "sessions")?;
+    /// let store = coatcheck::mongo::MongoStore::from_client(&client, "myapp", "sessions")?;
     /// assert_eq!(store.collection().name(), "sessions");
     /// # Ok(()) }
     /// ```
@@ -482,11 +494,12 @@ impl MongoStore {
     /// The collection's name.
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
-    /// let store = coatcheck_mongo::MongoStore::builder(&client, "myapp").build()?;
-    /// assert_eq!(store.collection_name(), coatcheck_mongo::DEFAULT_COLLECTION);
+    /// let store = coatcheck::mongo::MongoStore::builder(&client, "myapp").build()?;
+    /// assert_eq!(store.collection_name(), coatcheck::mongo::DEFAULT_COLLECTION);
     /// # Ok(()) }
     /// ```
     pub fn collection_name(&self) -> &str {
@@ -496,10 +509,11 @@ impl MongoStore {
     /// The database the collection is in.
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
-    /// let store = coatcheck_mongo::MongoStore::builder(&client, "myapp").build()?;
+    /// let store = coatcheck::mongo::MongoStore::builder(&client, "myapp").build()?;
     /// assert_eq!(store.database().name(), "myapp");
     /// # Ok(()) }
     /// ```

@@ -20,8 +20,9 @@
 //!   connection, so the same store recovers by itself (see [`PostgresStoreBuilder::build`]).
 //!
 //! ```no_run
-//! use coatcheck_core::{Record, SessionId, SessionStore, Timestamp};
-//! use coatcheck_postgres::PostgresStore;
+//! # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+//! use coatcheck::core::{Record, SessionId, SessionStore, Timestamp};
+//! use coatcheck::postgres::PostgresStore;
 //! use std::time::Duration;
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -76,11 +77,12 @@ use crate::ts::PgTs;
 /// `log_timezone` to different zones, set `TimeZone` yourself to Node's.
 ///
 /// ```no_run
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
 /// use sqlx::Executor as _;
 /// # async fn f() -> Result<(), sqlx::Error> {
 /// let pool = sqlx::postgres::PgPoolOptions::new()
 ///     .after_connect(|conn, _| Box::pin(async move {
-///         conn.execute(coatcheck_postgres::EXPRESS_TIME_ZONE_SQL).await.map(drop)
+///         conn.execute(coatcheck::postgres::EXPRESS_TIME_ZONE_SQL).await.map(drop)
 ///     }))
 ///     .connect("postgres://app@localhost/app")
 ///     .await?;
@@ -112,7 +114,8 @@ pub const DEFAULT_CLEANUP_BATCH: u32 = 1_000;
 /// Building a [`PostgresStore`] failed. Nothing was sent to the server.
 ///
 /// ```
-/// use coatcheck_postgres::{ConfigError, PostgresStore};
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+/// use coatcheck::postgres::{ConfigError, PostgresStore};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let err = PostgresStore::builder()
@@ -154,7 +157,8 @@ pub enum ConfigError {
 /// [`PostgresStore::migrate`] failed; the source is the database's error.
 ///
 /// ```no_run
-/// # async fn f(store: coatcheck_postgres::PostgresStore) {
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+/// # async fn f(store: coatcheck::postgres::PostgresStore) {
 /// if let Err(e) = store.migrate().await {
 ///     eprintln!("{e}: {:?}", std::error::Error::source(&e));
 /// }
@@ -167,11 +171,12 @@ pub struct MigrateError(#[source] pub sqlx::Error);
 /// Builder for a [`PostgresStore`]; from [`PostgresStore::builder`].
 ///
 /// ```no_run
-/// use coatcheck_core::{JsonCodec, ManualClock, Timestamp};
-/// use coatcheck_postgres::PostgresStore;
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+/// use coatcheck::core::{JsonCodec, ManualClock, Timestamp};
+/// use coatcheck::postgres::PostgresStore;
 /// use std::time::Duration;
 ///
-/// # #[tokio::main] async fn main() -> Result<(), coatcheck_postgres::ConfigError> {
+/// # #[tokio::main] async fn main() -> Result<(), coatcheck::postgres::ConfigError> {
 /// let store = PostgresStore::builder()
 ///     .schema("auth")
 ///     .table("web_sessions")
@@ -245,9 +250,10 @@ impl PostgresStoreBuilder {
     /// (Rust saves stay compare-and-set; a Node write is last-write-wins).
     ///
     /// ```
-    /// use coatcheck_core::{ExpressFormat, SessionStore};
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), coatcheck_postgres::ConfigError> {
-    /// let store = coatcheck_postgres::PostgresStore::builder()
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+    /// use coatcheck::core::{ExpressFormat, SessionStore};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), coatcheck::postgres::ConfigError> {
+    /// let store = coatcheck::postgres::PostgresStore::builder()
     ///     .express(ExpressFormat::new())
     ///     .connect_lazy("postgres://app@localhost/app")?;
     /// assert_eq!(store.qualified_table_name(), "public.session");
@@ -262,7 +268,8 @@ impl PostgresStoreBuilder {
     /// The codec of the `data` column; default [`NativeCodec`]. Ignored in express mode.
     ///
     /// ```
-    /// let b = coatcheck_postgres::PostgresStore::builder().codec(coatcheck_core::JsonCodec);
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+    /// let b = coatcheck::postgres::PostgresStore::builder().codec(coatcheck::core::JsonCodec);
     /// ```
     pub fn codec(mut self, codec: impl Codec) -> Self {
         self.codec = Arc::new(codec);
@@ -315,7 +322,8 @@ impl PostgresStoreBuilder {
     /// [`connect_lazy`](Self::connect_lazy) turn it off.
     ///
     /// ```no_run
-    /// use coatcheck_postgres::PostgresStore;
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+    /// use coatcheck::postgres::PostgresStore;
     /// use sqlx::postgres::PgPoolOptions;
     ///
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -376,8 +384,9 @@ impl PostgresStoreBuilder {
     /// (see [`build`](Self::build) for how terminated connections are handled).
     ///
     /// ```no_run
-    /// # #[tokio::main] async fn main() -> Result<(), coatcheck_postgres::ConfigError> {
-    /// let store = coatcheck_postgres::PostgresStore::builder()
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+    /// # #[tokio::main] async fn main() -> Result<(), coatcheck::postgres::ConfigError> {
+    /// let store = coatcheck::postgres::PostgresStore::builder()
     ///     .connect_lazy("postgres://app@localhost/app")?;
     /// # drop(store); Ok(()) }
     /// ```
@@ -419,8 +428,9 @@ impl PostgresStoreBuilder {
 /// each operation.
 ///
 /// ```no_run
-/// use coatcheck_core::SessionStore;
-/// use coatcheck_postgres::PostgresStore;
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+/// use coatcheck::core::SessionStore;
+/// use coatcheck::postgres::PostgresStore;
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = PostgresStore::builder().connect_lazy("postgres://app@localhost/app")?;
@@ -512,8 +522,9 @@ impl PostgresStore {
     /// [`NativeCodec`], [`SystemClock`].
     ///
     /// ```no_run
-    /// # #[tokio::main] async fn main() -> Result<(), coatcheck_postgres::ConfigError> {
-    /// let store = coatcheck_postgres::PostgresStore::builder()
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+    /// # #[tokio::main] async fn main() -> Result<(), coatcheck::postgres::ConfigError> {
+    /// let store = coatcheck::postgres::PostgresStore::builder()
     ///     .connect_lazy("postgres://app@localhost/app")?;
     /// # drop(store); Ok(()) }
     /// ```
@@ -524,7 +535,8 @@ impl PostgresStore {
     /// The pool the store runs on.
     ///
     /// ```no_run
-    /// # async fn f(store: coatcheck_postgres::PostgresStore) -> Result<(), sqlx::Error> {
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+    /// # async fn f(store: coatcheck::postgres::PostgresStore) -> Result<(), sqlx::Error> {
     /// let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(store.pool()).await?;
     /// # Ok(()) }
     /// ```
@@ -535,7 +547,8 @@ impl PostgresStore {
     /// `schema.table`, unquoted.
     ///
     /// ```no_run
-    /// # async fn f(store: coatcheck_postgres::PostgresStore) {
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+    /// # async fn f(store: coatcheck::postgres::PostgresStore) {
     /// assert_eq!(store.qualified_table_name(), "public.coatcheck_sessions");
     /// # }
     /// ```
@@ -554,7 +567,8 @@ impl PostgresStore {
     /// tool instead.
     ///
     /// ```no_run
-    /// # async fn f(store: coatcheck_postgres::PostgresStore) -> Result<(), coatcheck_postgres::MigrateError> {
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+    /// # async fn f(store: coatcheck::postgres::PostgresStore) -> Result<(), coatcheck::postgres::MigrateError> {
     /// store.migrate().await?;
     /// store.migrate().await?; // a no-op the second time
     /// # Ok(()) }
@@ -583,7 +597,8 @@ impl PostgresStore {
     /// When called outside a Tokio runtime.
     ///
     /// ```no_run
-    /// # async fn f(store: coatcheck_postgres::PostgresStore) {
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+    /// # async fn f(store: coatcheck::postgres::PostgresStore) {
     /// let cleanup = store.spawn_cleanup(std::time::Duration::from_secs(600));
     /// // ... on shutdown:
     /// cleanup.abort();

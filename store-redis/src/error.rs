@@ -5,7 +5,8 @@ use std::time::Duration;
 /// Building a [`RedisStore`](crate::RedisStore) failed.
 ///
 /// ```
-/// use coatcheck_redis::{BuildError, RedisStore};
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+/// use coatcheck::redis::{BuildError, RedisStore};
 ///
 /// // Outside a Tokio runtime the lazy constructors refuse instead of panicking.
 /// let lazy = RedisStore::connect_lazy("redis://127.0.0.1");
@@ -38,7 +39,8 @@ pub enum BuildError {
 /// [`operation_timeout`](crate::RedisStoreBuilder::operation_timeout).
 ///
 /// ```
-/// use coatcheck_redis::OperationTimedOut;
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+/// use coatcheck::redis::OperationTimedOut;
 /// use std::time::Duration;
 ///
 /// let e = OperationTimedOut::new(Duration::from_secs(5));

@@ -148,8 +148,9 @@ impl Ctx {
 /// key layout, the commands each method sends and how to choose a connection.
 ///
 /// ```no_run
-/// use coatcheck_core::SessionStore;
-/// use coatcheck_redis::RedisStore;
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+/// use coatcheck::core::SessionStore;
+/// use coatcheck::redis::RedisStore;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// // One shared multiplexed connection (the fast default), keys `sess:<id>`.
@@ -159,7 +160,7 @@ impl Ctx {
 /// // Or configured:
 /// let store = RedisStore::builder()
 ///     .prefix("myapp:sess:")
-///     .codec(coatcheck_core::JsonCodec)
+///     .codec(coatcheck::core::JsonCodec)
 ///     .connect("redis://127.0.0.1:6379")
 ///     .await?;
 /// # Ok(()) }
@@ -186,8 +187,9 @@ impl RedisStore {
     /// A builder, for a prefix, codec, clock or timeouts other than the defaults.
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let builder = coatcheck_redis::RedisStore::builder().prefix("app1:");
+    /// let builder = coatcheck::redis::RedisStore::builder().prefix("app1:");
     /// let store = builder.connect_lazy("redis://127.0.0.1:6379").unwrap();
     /// assert_eq!(store.prefix(), "app1:");
     /// # }
@@ -201,8 +203,9 @@ impl RedisStore {
     /// not answer now; [`RedisStore::connect_lazy`] connects on first use instead.
     ///
     /// ```no_run
-    /// # async fn run() -> Result<(), coatcheck_redis::BuildError> {
-    /// let store = coatcheck_redis::RedisStore::connect("redis://127.0.0.1:6379/0").await?;
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// # async fn run() -> Result<(), coatcheck::redis::BuildError> {
+    /// let store = coatcheck::redis::RedisStore::connect("redis://127.0.0.1:6379/0").await?;
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str) -> Result<RedisStore, BuildError> {
@@ -213,8 +216,9 @@ impl RedisStore {
     /// while Redis is still down (its session operations fail with `Backend` until it is up).
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1:6379").unwrap();
+    /// let store = coatcheck::redis::RedisStore::connect_lazy("redis://127.0.0.1:6379").unwrap();
     /// # }
     /// ```
     pub fn connect_lazy(url: &str) -> Result<RedisStore, BuildError> {
@@ -225,10 +229,11 @@ impl RedisStore {
     /// you like: it is multiplexed).
     ///
     /// ```no_run
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
     /// let manager = redis::aio::ConnectionManager::new(client).await?;
-    /// let store = coatcheck_redis::RedisStore::from_connection_manager(manager);
+    /// let store = coatcheck::redis::RedisStore::from_connection_manager(manager);
     /// # Ok(()) }
     /// ```
     pub fn from_connection_manager(manager: ConnectionManager) -> RedisStore {
@@ -240,10 +245,11 @@ impl RedisStore {
     /// operations are still one round trip and pipeline under concurrency.
     ///
     /// ```no_run
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:6379")
     ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-    /// let store = coatcheck_redis::RedisStore::from_pool(pool);
+    /// let store = coatcheck::redis::RedisStore::from_pool(pool);
     /// # Ok(()) }
     /// ```
     pub fn from_pool(pool: deadpool_redis::Pool) -> RedisStore {
@@ -253,8 +259,9 @@ impl RedisStore {
     /// Connects to a Redis Cluster given some of its nodes' URLs.
     ///
     /// ```no_run
-    /// # async fn run() -> Result<(), coatcheck_redis::BuildError> {
-    /// let store = coatcheck_redis::RedisStore::connect_cluster([
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// # async fn run() -> Result<(), coatcheck::redis::BuildError> {
+    /// let store = coatcheck::redis::RedisStore::connect_cluster([
     ///     "redis://10.0.0.1:6379",
     ///     "redis://10.0.0.2:6379",
     /// ])
@@ -272,10 +279,11 @@ impl RedisStore {
     /// Uses an existing cluster connection.
     ///
     /// ```no_run
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:7001"])?;
     /// let conn = client.get_async_connection().await?;
-    /// let store = coatcheck_redis::RedisStore::from_cluster_connection(conn);
+    /// let store = coatcheck::redis::RedisStore::from_cluster_connection(conn);
     /// # Ok(()) }
     /// ```
     pub fn from_cluster_connection(conn: ClusterConnection) -> RedisStore {
@@ -285,10 +293,11 @@ impl RedisStore {
     /// Uses a deadpool-redis cluster pool, leased like [`RedisStore::from_pool`].
     ///
     /// ```no_run
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let pool = deadpool_redis::cluster::Config::from_urls(vec!["redis://127.0.0.1:7001".to_string()])
     ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-    /// let store = coatcheck_redis::RedisStore::from_cluster_pool(pool);
+    /// let store = coatcheck::redis::RedisStore::from_cluster_pool(pool);
     /// # Ok(()) }
     /// ```
     pub fn from_cluster_pool(pool: deadpool_redis::cluster::Pool) -> RedisStore {
@@ -298,8 +307,9 @@ impl RedisStore {
     /// The key prefix.
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
+    /// let store = coatcheck::redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
     /// assert_eq!(store.prefix(), "sess:");
     /// # }
     /// ```
@@ -312,8 +322,9 @@ impl RedisStore {
     /// indexes with separate commands (see the crate docs).
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
+    /// let store = coatcheck::redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
     /// assert!(!store.is_cluster());
     /// # }
     /// ```
@@ -324,9 +335,10 @@ impl RedisStore {
     /// The key under which the session `id` is stored: `{prefix}{id}`.
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
-    /// let id = coatcheck_core::SessionId::parse("AAAAAAAAAAAAAAAAAAAA").unwrap();
+    /// let store = coatcheck::redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
+    /// let id = coatcheck::core::SessionId::parse("AAAAAAAAAAAAAAAAAAAA").unwrap();
     /// assert_eq!(store.session_key(&id), "sess:AAAAAAAAAAAAAAAAAAAA");
     /// # }
     /// ```
@@ -337,8 +349,9 @@ impl RedisStore {
     /// The key of `user_id`'s index set: `{prefix}user:{user_id}` (the user id verbatim).
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let store = coatcheck_redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
+    /// let store = coatcheck::redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
     /// assert_eq!(store.user_index_key("alice"), b"sess:user:alice".to_vec());
     /// # }
     /// ```
@@ -350,14 +363,15 @@ impl RedisStore {
 /// Configures a [`RedisStore`]; finish with one of the connection methods.
 ///
 /// ```no_run
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
 /// use std::time::Duration;
-/// use coatcheck_redis::RedisStore;
+/// use coatcheck::redis::RedisStore;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = RedisStore::builder()
 ///     .prefix("shop:sess:")
-///     .codec(coatcheck_core::NativeCodec)
-///     .clock(coatcheck_core::SystemClock)
+///     .codec(coatcheck::core::NativeCodec)
+///     .clock(coatcheck::core::SystemClock)
 ///     .connection_timeout(Duration::from_secs(1))
 ///     .response_timeout(Duration::from_secs(2))
 ///     .operation_timeout(Some(Duration::from_secs(5)))
@@ -402,7 +416,8 @@ impl RedisStoreBuilder {
     /// own.
     ///
     /// ```
-    /// let b = coatcheck_redis::RedisStore::builder().prefix("tenant-7:sess:");
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// let b = coatcheck::redis::RedisStore::builder().prefix("tenant-7:sess:");
     /// ```
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -417,9 +432,10 @@ impl RedisStoreBuilder {
     /// The codec setting is ignored in this mode.
     ///
     /// ```
-    /// use coatcheck_core::{ExpressFormat, SessionStore};
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// use coatcheck::core::{ExpressFormat, SessionStore};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let store = coatcheck_redis::RedisStore::builder()
+    /// let store = coatcheck::redis::RedisStore::builder()
     ///     .express(ExpressFormat::new())
     ///     .connect_lazy("redis://127.0.0.1:6379")
     ///     .unwrap();
@@ -434,7 +450,8 @@ impl RedisStoreBuilder {
     /// The codec of the `d` (data) field; default [`NativeCodec`].
     ///
     /// ```
-    /// let b = coatcheck_redis::RedisStore::builder().codec(coatcheck_core::JsonCodec);
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// let b = coatcheck::redis::RedisStore::builder().codec(coatcheck::core::JsonCodec);
     /// ```
     pub fn codec(mut self, codec: impl Codec) -> Self {
         self.codec = Arc::new(codec);
@@ -444,8 +461,9 @@ impl RedisStoreBuilder {
     /// The clock that decides what is live (`expires_at > now`); default [`SystemClock`].
     ///
     /// ```
-    /// use coatcheck_core::{ManualClock, Timestamp};
-    /// let b = coatcheck_redis::RedisStore::builder().clock(ManualClock::new(Timestamp::now()));
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// use coatcheck::core::{ManualClock, Timestamp};
+    /// let b = coatcheck::redis::RedisStore::builder().clock(ManualClock::new(Timestamp::now()));
     /// ```
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
@@ -457,8 +475,9 @@ impl RedisStoreBuilder {
     /// [`OperationTimedOut`]. Default 5 s; `None` disables it.
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// use std::time::Duration;
-    /// let b = coatcheck_redis::RedisStore::builder().operation_timeout(Some(Duration::from_secs(2)));
+    /// let b = coatcheck::redis::RedisStore::builder().operation_timeout(Some(Duration::from_secs(2)));
     /// ```
     pub fn operation_timeout(mut self, limit: Option<Duration>) -> Self {
         self.operation_timeout = limit;
@@ -469,7 +488,8 @@ impl RedisStoreBuilder {
     /// default 1 s.
     ///
     /// ```
-    /// let b = coatcheck_redis::RedisStore::builder().connection_timeout(std::time::Duration::from_millis(500));
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// let b = coatcheck::redis::RedisStore::builder().connection_timeout(std::time::Duration::from_millis(500));
     /// ```
     pub fn connection_timeout(mut self, d: Duration) -> Self {
         self.connection_timeout = d;
@@ -480,7 +500,8 @@ impl RedisStoreBuilder {
     /// default 2 s.
     ///
     /// ```
-    /// let b = coatcheck_redis::RedisStore::builder().response_timeout(std::time::Duration::from_secs(1));
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// let b = coatcheck::redis::RedisStore::builder().response_timeout(std::time::Duration::from_secs(1));
     /// ```
     pub fn response_timeout(mut self, d: Duration) -> Self {
         self.response_timeout = d;
@@ -492,7 +513,8 @@ impl RedisStoreBuilder {
     /// Kept low so that a dead server turns into errors quickly.
     ///
     /// ```
-    /// let b = coatcheck_redis::RedisStore::builder().reconnect_retries(3);
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// let b = coatcheck::redis::RedisStore::builder().reconnect_retries(3);
     /// ```
     pub fn reconnect_retries(mut self, n: usize) -> Self {
         self.reconnect_retries = n;
@@ -503,7 +525,8 @@ impl RedisStoreBuilder {
     /// Each is multiplexed; more than one only helps when a single socket saturates.
     ///
     /// ```
-    /// let b = coatcheck_redis::RedisStore::builder().pool_connections(2);
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// let b = coatcheck::redis::RedisStore::builder().pool_connections(2);
     /// ```
     pub fn pool_connections(mut self, n: usize) -> Self {
         self.pool_connections = n.max(1);
@@ -518,8 +541,9 @@ impl RedisStoreBuilder {
     /// script by its first key. Default off.
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let store = coatcheck_redis::RedisStore::builder()
+    /// let store = coatcheck::redis::RedisStore::builder()
     ///     .single_key_scripts(true)
     ///     .connect_lazy("redis://proxy.internal:6379")
     ///     .unwrap();
@@ -535,7 +559,8 @@ impl RedisStoreBuilder {
     /// reconnect backoff of 50 ms doubling up to 500 ms, `reconnect_retries` times.
     ///
     /// ```
-    /// let config = coatcheck_redis::RedisStore::builder().connection_manager_config();
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// let config = coatcheck::redis::RedisStore::builder().connection_manager_config();
     /// ```
     pub fn connection_manager_config(&self) -> ConnectionManagerConfig {
         ConnectionManagerConfig::new()
@@ -549,8 +574,9 @@ impl RedisStoreBuilder {
     /// Connects now through a [`ConnectionManager`]; fails if the server does not answer.
     ///
     /// ```no_run
-    /// # async fn run() -> Result<(), coatcheck_redis::BuildError> {
-    /// let store = coatcheck_redis::RedisStore::builder().connect("redis://127.0.0.1").await?;
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// # async fn run() -> Result<(), coatcheck::redis::BuildError> {
+    /// let store = coatcheck::redis::RedisStore::builder().connect("redis://127.0.0.1").await?;
     /// # Ok(()) }
     /// ```
     pub async fn connect(self, url: &str) -> Result<RedisStore, BuildError> {
@@ -567,8 +593,9 @@ impl RedisStoreBuilder {
     /// outside one it returns [`BuildError::NoRuntime`].
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let store = coatcheck_redis::RedisStore::builder().connect_lazy("redis://127.0.0.1").unwrap();
+    /// let store = coatcheck::redis::RedisStore::builder().connect_lazy("redis://127.0.0.1").unwrap();
     /// # }
     /// ```
     pub fn connect_lazy(self, url: &str) -> Result<RedisStore, BuildError> {
@@ -583,9 +610,10 @@ impl RedisStoreBuilder {
     /// Uses an existing [`ConnectionManager`] (its own timeouts apply).
     ///
     /// ```no_run
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let manager = redis::Client::open("redis://127.0.0.1")?.get_connection_manager().await?;
-    /// let store = coatcheck_redis::RedisStore::builder().prefix("a:").connection_manager(manager);
+    /// let store = coatcheck::redis::RedisStore::builder().prefix("a:").connection_manager(manager);
     /// # Ok(()) }
     /// ```
     pub fn connection_manager(self, manager: ConnectionManager) -> RedisStore {
@@ -596,10 +624,11 @@ impl RedisStoreBuilder {
     /// connections once and multiplexes over them (see the crate docs, "Pool").
     ///
     /// ```no_run
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1")
     ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-    /// let store = coatcheck_redis::RedisStore::builder().pool(pool);
+    /// let store = coatcheck::redis::RedisStore::builder().pool(pool);
     /// # Ok(()) }
     /// ```
     pub fn pool(self, pool: deadpool_redis::Pool) -> RedisStore {
@@ -639,8 +668,9 @@ impl RedisStoreBuilder {
     /// Connects to a Redis Cluster now, given some of its nodes.
     ///
     /// ```no_run
-    /// # async fn run() -> Result<(), coatcheck_redis::BuildError> {
-    /// let store = coatcheck_redis::RedisStore::builder()
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// # async fn run() -> Result<(), coatcheck::redis::BuildError> {
+    /// let store = coatcheck::redis::RedisStore::builder()
     ///     .connect_cluster(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002"])
     ///     .await?;
     /// # Ok(()) }
@@ -664,8 +694,9 @@ impl RedisStoreBuilder {
     /// [`BuildError::NoRuntime`].
     ///
     /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let store = coatcheck_redis::RedisStore::builder()
+    /// let store = coatcheck::redis::RedisStore::builder()
     ///     .connect_cluster_lazy(["redis://127.0.0.1:7001"])
     ///     .unwrap();
     /// assert!(store.is_cluster());
@@ -685,11 +716,12 @@ impl RedisStoreBuilder {
     /// Uses an existing cluster connection (its own timeouts apply).
     ///
     /// ```no_run
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let conn = redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:7001"])?
     ///     .get_async_connection()
     ///     .await?;
-    /// let store = coatcheck_redis::RedisStore::builder().cluster_connection(conn);
+    /// let store = coatcheck::redis::RedisStore::builder().cluster_connection(conn);
     /// # Ok(()) }
     /// ```
     pub fn cluster_connection(self, conn: ClusterConnection) -> RedisStore {
@@ -699,10 +731,11 @@ impl RedisStoreBuilder {
     /// Uses a deadpool-redis cluster pool, leased like [`pool`](Self::pool).
     ///
     /// ```no_run
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let pool = deadpool_redis::cluster::Config::from_urls(vec!["redis://127.0.0.1:7001".to_string()])
     ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-    /// let store = coatcheck_redis::RedisStore::builder().cluster_pool(pool);
+    /// let store = coatcheck::redis::RedisStore::builder().cluster_pool(pool);
     /// # Ok(()) }
     /// ```
     pub fn cluster_pool(self, pool: deadpool_redis::cluster::Pool) -> RedisStore {
