@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the login example on every store it claims (memory, redis, postgres, mongo) and drives
+# Runs the quickstart (the README's first command), then the login example on every store it claims (memory, redis, postgres, mongo) and drives
 # it over HTTP as the README shows: log in, a protected route, a role-guarded route, log out
 # everywhere, the protected route again. So an example command in a README cannot rot.
 #
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-cargo build -q --example login --features redis,postgres,mongo
+cargo build -q --example login --example quickstart --features redis,postgres,mongo
 bin=target/debug/examples/login
 jar=$(mktemp -d)
 trap 'rm -rf "$jar"; [ -n "${app:-}" ] && kill "$app" 2>/dev/null || true' EXIT
@@ -25,15 +25,36 @@ expect() { # expect <what> <wanted> <got>
     fi
 }
 
+wait_port() { # wait_port <port> <pid> <log>
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || { cat "$3" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "examples-smoke: nothing listens on $1" >&2
+    exit 1
+}
+
+# The README's first command: the quickstart's counter goes up in one cookie jar.
+store=quickstart
+port=$(free_port)
+PORT=$port target/debug/examples/quickstart >"$jar/quickstart.log" 2>&1 &
+app=$!
+wait_port "$port" "$app" "$jar/quickstart.log"
+first=$(curl -s -c "$jar/q" -b "$jar/q" "http://127.0.0.1:$port/")
+second=$(curl -s -c "$jar/q" -b "$jar/q" "http://127.0.0.1:$port/")
+case "$second" in
+    *" 2 "*) ;;
+    *) echo "examples-smoke: quickstart answered '$first' then '$second'" >&2; exit 1 ;;
+esac
+kill "$app"; wait "$app" 2>/dev/null || true; app=
+echo "examples-smoke: quickstart: ok ($first / $second)"
+
 for store in memory redis postgres mongo; do
     port=$(free_port)
     COATCHECK_STORE=$store PORT=$port RUST_LOG=warn "$bin" >"$jar/$store.log" 2>&1 &
     app=$!
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-        kill -0 "$app" 2>/dev/null || { cat "$jar/$store.log" >&2; exit 1; }
-        sleep 0.1
-    done
+    wait_port "$port" "$app" "$jar/$store.log"
     base=http://127.0.0.1:$port
     c="$jar/$store.cookies"
     code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }

@@ -787,7 +787,9 @@ fn log_failure(op: &'static str, id: Option<&SessionId>, e: &StoreError) {
             tracing::warn!(op, session = session.as_deref(), error = %e, "coatcheck-redis: unreadable stored session");
         }
         _ => {
-            tracing::debug!(op, session = session.as_deref(), error = %e, "coatcheck-redis: refused");
+            // A conflict or a missing session is an answer, not a failure: the middleware
+            // logs one line per request about its retries; each refusal only at TRACE.
+            tracing::trace!(op, session = session.as_deref(), error = %e, "coatcheck-redis: refused");
         }
     }
 }

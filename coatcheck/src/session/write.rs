@@ -185,6 +185,9 @@ impl Session {
                 policy.on_write(record.created_at, record.expires_at, expiry_at, self.now());
             match shared.bounded("save", shared.store.save(&record)).await {
                 Ok(version) => {
+                    if attempt > 0 {
+                        tracing::debug!(session = %record.id.short_hash(), conflicts = attempt, "session saved after concurrent saves");
+                    }
                     record.version = version;
                     return Ok(Some(record));
                 }
@@ -211,7 +214,8 @@ impl Session {
                     record = next;
                 }
                 Err(StoreError::Conflict) => {
-                    return self.fail(SessionError::TooManyConflicts(max + 1))
+                    tracing::debug!(session = %record.id.short_hash(), conflicts = attempt + 1, "session not saved: concurrent saves kept winning");
+                    return self.fail(SessionError::TooManyConflicts(max + 1));
                 }
                 Err(e) => return self.fail(e),
             }
