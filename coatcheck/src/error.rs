@@ -59,6 +59,47 @@ impl SessionError {
     }
 }
 
+/// Marks a response the session layer or a [`SessionError`] made: it sits in the response's
+/// extensions, so an application renders its own page for session failures with any outer
+/// middleware (axum's `map_response`, a tower layer) instead of coatcheck's short plain text.
+///
+/// ```
+/// use axum::{middleware::map_response, response::{IntoResponse, Response}, Router};
+/// use coatcheck::SessionFailure;
+///
+/// async fn my_error_page(res: Response) -> Response {
+///     match res.extensions().get::<SessionFailure>() {
+///         Some(f) => (f.status, format!("<h1>Sorry</h1><p>{}</p>", f.message)).into_response(),
+///         None => res,
+///     }
+/// }
+///
+/// # fn wrap(app: Router) -> Router {
+/// // Outside the session layer, so it sees what the layer answers too.
+/// app.layer(map_response(my_error_page))
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionFailure {
+    /// The status coatcheck answered (`409`, `500`, `503`).
+    pub status: http::StatusCode,
+    /// What went wrong, for a person: no backend detail, no session id.
+    pub message: &'static str,
+}
+
+impl SessionFailure {
+    /// The failure for `status`, with coatcheck's message for it.
+    pub(crate) fn for_status(status: http::StatusCode) -> Self {
+        let message = match status {
+            http::StatusCode::SERVICE_UNAVAILABLE => "session store busy, retry",
+            http::StatusCode::CONFLICT => "session ended by another request",
+            _ => "session store unavailable",
+        };
+        SessionFailure { status, message }
+    }
+}
+
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for SessionError {
     fn into_response(self) -> axum_core::response::Response {
@@ -68,13 +109,11 @@ impl axum_core::response::IntoResponse for SessionError {
         } else {
             tracing::error!(error = %self, "session operation failed");
         }
+        let failure = SessionFailure::for_status(self.status());
         let mut res =
-            axum_core::response::Response::new(axum_core::body::Body::from(match self.status() {
-                http::StatusCode::SERVICE_UNAVAILABLE => "session store busy, retry",
-                http::StatusCode::CONFLICT => "session ended by another request",
-                _ => "session store unavailable",
-            }));
+            axum_core::response::Response::new(axum_core::body::Body::from(failure.message));
         *res.status_mut() = self.status();
+        res.extensions_mut().insert(failure);
         if self.status() == http::StatusCode::SERVICE_UNAVAILABLE {
             res.headers_mut().insert(
                 http::header::RETRY_AFTER,

@@ -266,11 +266,15 @@ fn set_cookie_header(shared: &Shared, action: &CookieAction, secure: bool) -> Op
     HeaderValue::from_str(&builder.build().to_string()).ok()
 }
 
-/// The answer when the session could not be read or written: the status, `no-store`, and
-/// for a `503` (store timeout, conflicts exhausted) a `Retry-After` of one second.
+/// The answer when the session could not be read or written: the status, `no-store`, for a
+/// `503` (store timeout, conflicts exhausted) a `Retry-After` of one second, and a
+/// [`SessionFailure`](crate::SessionFailure) extension for an application's own error page.
 fn failure_response<B: Default>(status: http::StatusCode) -> Response<B> {
     let mut failed = Response::new(B::default());
     *failed.status_mut() = status;
+    failed
+        .extensions_mut()
+        .insert(crate::SessionFailure::for_status(status));
     let headers = failed.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == http::StatusCode::SERVICE_UNAVAILABLE {

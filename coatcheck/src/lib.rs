@@ -52,7 +52,7 @@ mod session;
 pub use config::{
     ConfigError, SameSite, Secure, SessionConfig, SessionLayerBuilder, DEFAULT_STORE_TIMEOUT,
 };
-pub use error::SessionError;
+pub use error::{SessionError, SessionFailure};
 pub use layer::{session_id_from_headers, SessionLayer, SessionService, StoreTimedOut};
 pub use session::Session;
 

@@ -313,7 +313,7 @@ async fn update_answers_the_committed_value() {
 /// Many concurrent increments answer distinct values, 1..=n.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_increments_answer_distinct_committed_values() {
-    let (app, _) = app_with(|b| b.max_save_retries(200));
+    let (app, _) = app();
     let c = send(&app.router, "POST", "/put", None).await.cookie();
     let tasks: Vec<_> = (0..50)
         .map(|_| {
