@@ -14,8 +14,6 @@ impl Session {
     /// on a stale view and re-run at the end of the request would not be (found by the
     /// history checker: concurrent increments answered the same number).
     pub(super) async fn commit(&self) -> Result<(), SessionError> {
-        let shared = &self.inner.shared;
-        let policy = shared.config.expiry;
         let (record, persisted, explicit, failed) = {
             let st = self.state();
             (st.record.clone(), st.persisted, st.expiry_at, st.failed)
@@ -25,13 +23,11 @@ impl Session {
             // request writes nothing, so nothing can be committed either.
             return Err(StoreError::backend(EarlierFailure).into());
         }
-        let Some(mut record) = record else {
+        let Some(record) = record else {
             return Ok(());
         };
         if !persisted {
-            record.expires_at =
-                policy.on_write(record.created_at, record.expires_at, explicit, self.now());
-            let created = self.create_new(record).await?;
+            let created = self.create_first(record, explicit).await?;
             // A new session: its cookie is sent at the end of the request.
             self.stored_under_new_id(created);
             return Ok(());
@@ -61,7 +57,7 @@ impl Session {
                 st.record.take(),
                 st.persisted,
                 !st.ops.is_empty() || st.user_change.is_some() || st.expiry_at.is_some(),
-                st.expiry_at.is_some(),
+                st.expiry_at,
                 st.id_changed,
                 st.resign,
                 st.destroyed,
@@ -77,7 +73,7 @@ impl Session {
             expires_at: r.expires_at,
         };
         let loaded = self.inner.loaded.initialized();
-        let Some(mut record) = record else {
+        let Some(record) = record else {
             if destroyed {
                 return Ok(CookieAction::Clear);
             }
@@ -88,10 +84,7 @@ impl Session {
             return Ok(CookieAction::None);
         };
         if !persisted {
-            let explicit = self.state().expiry_at;
-            record.expires_at =
-                policy.on_write(record.created_at, record.expires_at, explicit, now);
-            return Ok(set(&self.create_new(record).await?));
+            return Ok(set(&self.create_first(record, explicit).await?));
         }
         // A persistent cookie's `Expires` follows the session's expiry whenever a write
         // moves it, so the browser never drops a cookie whose session is live and in use
@@ -103,7 +96,7 @@ impl Session {
             return Ok(match self.save_with_retries(record).await? {
                 None => CookieAction::Clear,
                 Some(saved) => {
-                    let moved = saved.expires_at != before || explicit || due;
+                    let moved = saved.expires_at != before || explicit.is_some() || due;
                     if id_changed || resign || (persistent_cookie && moved) {
                         set(&saved)
                     } else {
@@ -135,6 +128,19 @@ impl Session {
         } else {
             CookieAction::None
         })
+    }
+
+    /// Stores a session this request created: its expiry set by the policy (or the explicit
+    /// one), under a fresh id if its own is taken; returns what was stored.
+    async fn create_first(
+        &self,
+        mut record: Record,
+        explicit: Option<coatcheck_core::Timestamp>,
+    ) -> Result<Record, SessionError> {
+        let policy = self.inner.shared.config.expiry;
+        record.expires_at =
+            policy.on_write(record.created_at, record.expires_at, explicit, self.now());
+        self.create_new(record).await
     }
 
     /// Creates `record` under a fresh id if its own is taken; returns what was stored.
