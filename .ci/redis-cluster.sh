@@ -9,17 +9,21 @@
 # Ports: REDIS_CLUSTER_PORTS (default "7001 7002 7003"); node files, logs and pid files in
 # REDIS_CLUSTER_DIR (default ${TMPDIR:-/tmp}/coatcheck-redis-cluster). Data is not persisted.
 # Stop it with:  .ci/redis-cluster.sh stop
+# Other binaries of the same protocol (Valkey: .ci/valkey.sh) via REDIS_SERVER_BIN and
+# REDIS_CLI_BIN.
 set -euo pipefail
 
 HOST=127.0.0.1
 read -r -a PORTS <<<"${REDIS_CLUSTER_PORTS:-7001 7002 7003}"
 DIR="${REDIS_CLUSTER_DIR:-${TMPDIR:-/tmp}/coatcheck-redis-cluster}"
 
+SERVER_BIN=${REDIS_SERVER_BIN:-redis-server}
+CLI_BIN=${REDIS_CLI_BIN:-redis-cli}
 log() { echo "redis-cluster: $*" >&2; }
-cli() { local port=$1; shift; redis-cli -h "$HOST" -p "$port" "$@"; }
+cli() { local port=$1; shift; "$CLI_BIN" -h "$HOST" -p "$port" "$@"; }
 field() { cli "$1" cluster info 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"; }
 
-for bin in redis-server redis-cli; do
+for bin in "$SERVER_BIN" "$CLI_BIN"; do
   command -v "$bin" >/dev/null || { log "$bin not found"; exit 1; }
 done
 
@@ -39,7 +43,7 @@ mkdir -p "$DIR"
 for p in "${PORTS[@]}"; do
   if [[ "$(cli "$p" ping 2>/dev/null)" != "PONG" ]]; then
     log "starting node on $HOST:$p"
-    redis-server --bind "$HOST" --port "$p" --cluster-enabled yes \
+    "$SERVER_BIN" --bind "$HOST" --port "$p" --cluster-enabled yes \
       --cluster-config-file "$DIR/nodes-$p.conf" --cluster-node-timeout 5000 \
       --dir "$DIR" --save "" --appendonly no --daemonize yes \
       --pidfile "$DIR/redis-$p.pid" --logfile "$DIR/redis-$p.log" >&2
@@ -90,7 +94,7 @@ if ! formed; then
     nodes=()
     for p in "${PORTS[@]}"; do nodes+=("$HOST:$p"); done
     log "creating the cluster: ${nodes[*]}"
-    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >&2
+    "$CLI_BIN" --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >&2
     wait_formed 150 || { log "cluster did not reach cluster_state:ok"; exit 1; }
   fi
 fi

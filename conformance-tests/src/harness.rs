@@ -18,6 +18,10 @@ pub enum Backend {
     Redis,
     /// A Redis Cluster: `REDIS_CLUSTER_URLS` (comma-separated node URLs).
     RedisCluster,
+    /// A single Valkey ≥ 8.1 node (it has `SET … IFEQ`): `VALKEY_URL`.
+    Valkey,
+    /// A Valkey ≥ 8.1 cluster: `VALKEY_CLUSTER_URLS` (comma-separated node URLs).
+    ValkeyCluster,
     /// PostgreSQL: `DATABASE_URL`.
     Postgres,
     /// MongoDB or a MongoDB-wire server: `MONGODB_URL`.
@@ -30,6 +34,8 @@ impl Backend {
         match self {
             Backend::Redis => "redis",
             Backend::RedisCluster => "redis-cluster",
+            Backend::Valkey => "valkey",
+            Backend::ValkeyCluster => "valkey-cluster",
             Backend::Postgres => "postgres",
             Backend::Mongo => "mongo",
         }
@@ -40,6 +46,8 @@ impl Backend {
         match self {
             Backend::Redis => "REDIS_URL",
             Backend::RedisCluster => "REDIS_CLUSTER_URLS",
+            Backend::Valkey => "VALKEY_URL",
+            Backend::ValkeyCluster => "VALKEY_CLUSTER_URLS",
             Backend::Postgres => "DATABASE_URL",
             Backend::Mongo => "MONGODB_URL",
         }
@@ -130,6 +138,7 @@ mod containers {
     #[allow(dead_code)]
     enum Held {
         Redis(ContainerAsync<testcontainers_modules::redis::Redis>),
+        Valkey(ContainerAsync<testcontainers_modules::valkey::Valkey>),
         Postgres(ContainerAsync<testcontainers_modules::postgres::Postgres>),
         Mongo(ContainerAsync<testcontainers_modules::mongo::Mongo>),
     }
@@ -167,6 +176,15 @@ mod containers {
                 let port = c.get_host_port_ipv4(6379).await.map_err(err)?;
                 Ok((format!("redis://127.0.0.1:{port}"), Held::Redis(c)))
             }
+            Backend::Valkey => {
+                let c = testcontainers_modules::valkey::Valkey::default()
+                    .with_tag("8.1")
+                    .start()
+                    .await
+                    .map_err(err)?;
+                let port = c.get_host_port_ipv4(6379).await.map_err(err)?;
+                Ok((format!("redis://127.0.0.1:{port}"), Held::Valkey(c)))
+            }
             Backend::Postgres => {
                 let c = testcontainers_modules::postgres::Postgres::default()
                     .with_tag("16-alpine")
@@ -192,6 +210,7 @@ mod containers {
                 ))
             }
             Backend::RedisCluster => Err("no cluster image; set REDIS_CLUSTER_URLS".into()),
+            Backend::ValkeyCluster => Err("no cluster image; set VALKEY_CLUSTER_URLS".into()),
         }
     }
 
@@ -201,7 +220,8 @@ mod containers {
         if let Some(known) = started.get(&backend) {
             return known.clone();
         }
-        let found = if backend != Backend::RedisCluster && docker_answers() {
+        let clustered = matches!(backend, Backend::RedisCluster | Backend::ValkeyCluster);
+        let found = if !clustered && docker_answers() {
             // Start on a thread of its own with a runtime that is never shut down, so the
             // container outlives this test's runtime.
             let handle = std::thread::spawn(move || {

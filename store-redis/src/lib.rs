@@ -2,12 +2,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cas;
 mod conn;
 mod error;
 mod express;
 mod native;
 mod scripts;
 mod store;
+mod value;
 
 pub use error::{BuildError, OperationTimedOut};
 pub use store::{RedisStore, RedisStoreBuilder, DEFAULT_OPERATION_TIMEOUT, DEFAULT_PREFIX};

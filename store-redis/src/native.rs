@@ -22,6 +22,7 @@ use crate::conn::Topology;
 use crate::error::UnexpectedReply;
 use crate::scripts::{self, CONFLICT, MALFORMED, NONE, OK, WRONG_TYPE};
 use crate::store::Ctx;
+use crate::value;
 
 /// How many per-session commands a cluster `list_for_user`/`delete_for_user` keeps in flight.
 const CLUSTER_FAN_OUT: usize = 64;
@@ -76,6 +77,14 @@ fn int(v: &Value) -> Option<i64> {
         Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
         Value::SimpleString(s) => s.parse().ok(),
         _ => None,
+    }
+}
+
+/// A bulk string, or `None` for nil.
+fn bytes_or_nil(v: Value, what: &'static str) -> Result<Option<Vec<u8>>, StoreError> {
+    match v {
+        Value::Nil => Ok(None),
+        other => bytes(other).map(Some).ok_or_else(|| unexpected(what)),
     }
 }
 
@@ -169,18 +178,85 @@ fn pairs(v: Value) -> Result<Pairs, StoreError> {
     }
 }
 
+/// User, created and expires of the session at `id` (cluster listing): one `GET`, or one
+/// `HMGET` for a hash of the earlier layout.
+async fn read_info(
+    cx: &Ctx,
+    id: &SessionId,
+) -> Result<Option<(Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>)>, StoreError> {
+    let key = cx.session_key(id);
+    match cx.query(redis::cmd("GET").arg(&key)).await {
+        Ok(reply) => {
+            let Some(stored) = bytes_or_nil(reply, "GET")? else {
+                return Ok(None);
+            };
+            let p =
+                value::parse(&stored).ok_or_else(|| decode_err("not a coatcheck session value"))?;
+            Ok(Some((
+                p.user.map(<[u8]>::to_vec),
+                Some(p.created.to_string().into_bytes()),
+                Some(p.expires.to_string().into_bytes()),
+            )))
+        }
+        Err(StoreError::Decode(_)) => {
+            let reply = cx
+                .query(redis::cmd("HMGET").arg(&key).arg("u").arg("c").arg("e"))
+                .await?;
+            let fields = array(reply).ok_or_else(|| unexpected("HMGET"))?;
+            let mut it = fields.into_iter().map(bytes);
+            Ok(Some((
+                it.next().flatten(),
+                it.next().flatten(),
+                it.next().flatten(),
+            )))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Native {
-    pub(crate) async fn create(&self, cx: &Arc<Ctx>, r: &Record) -> Result<(), StoreError> {
+    /// The stored value of `r` at `version`, and its codec bytes' owner.
+    fn value_of(&self, r: &Record, version: u64) -> Result<Vec<u8>, StoreError> {
         let data = self.codec.encode(&r.data)?;
+        Ok(value::encode(
+            version,
+            r.created_at.as_millis(),
+            r.expires_at.as_millis(),
+            r.user_id.as_deref().map(str::as_bytes),
+            &data,
+        ))
+    }
+
+    pub(crate) async fn create(&self, cx: &Arc<Ctx>, r: &Record) -> Result<(), StoreError> {
+        let value = self.value_of(r, 1)?;
         let now = cx.now();
         let user = r.user_id.as_deref();
+        let cas = cx.cas().await;
+        // Without a user there is no index to keep in step: `SET … NX` is the whole create.
+        // Refused (the id is taken, or holds a record only our clock calls expired): the
+        // script decides.
+        if cas && user.is_none() && r.expires_at > now {
+            let reply = cx
+                .query(
+                    redis::cmd("SET")
+                        .arg(cx.session_key(&r.id))
+                        .arg(&value)
+                        .arg("NX")
+                        .arg("PXAT")
+                        .arg(r.expires_at.as_millis()),
+                )
+                .await?;
+            if matches!(reply, Value::Okay | Value::SimpleString(_)) {
+                cx.seen().put(&r.id, 1, value);
+                return Ok(());
+            }
+        }
         let cluster = cx.topology() == Topology::Cluster;
         let mut inv = scripts::CREATE_SCRIPT.prepare_invoke();
         inv.key(cx.session_key(&r.id))
             .arg(now.as_millis())
             .arg(r.id.as_str())
-            .arg(data)
-            .arg(r.created_at.as_millis())
+            .arg(&value)
             .arg(r.expires_at.as_millis())
             .arg(flag(user.is_some()))
             .arg(user.unwrap_or(""))
@@ -193,6 +269,9 @@ impl Native {
                     cx.index_add(user.as_bytes(), &r.id, r.expires_at, now)
                         .await?;
                 }
+                if cas {
+                    cx.seen().put(&r.id, 1, value);
+                }
                 Ok(())
             }
             NONE => Err(StoreError::IdTaken),
@@ -200,11 +279,57 @@ impl Native {
         }
     }
 
+    /// A record from a stored value; `None` when it expired by the store's clock.
+    fn record_of(
+        &self,
+        id: &SessionId,
+        p: &value::Parsed<'_>,
+        now: Timestamp,
+    ) -> Result<Option<Record>, StoreError> {
+        let expires_at = Timestamp::from_millis(p.expires);
+        if expires_at <= now {
+            return Ok(None);
+        }
+        let user_id = match p.user {
+            Some(u) => Some(String::from_utf8(u.to_vec()).map_err(|e| {
+                StoreError::Decode(DecodeError::with_source("session user id is not UTF-8", e))
+            })?),
+            None => None,
+        };
+        let mut record = Record::new(id.clone(), Timestamp::from_millis(p.created), expires_at);
+        record.data = self.codec.decode(p.data)?;
+        record.version = p.version;
+        record.user_id = user_id;
+        Ok(Some(record))
+    }
+
     pub(crate) async fn load(
         &self,
         cx: &Ctx,
         id: &SessionId,
     ) -> Result<Option<Record>, StoreError> {
+        let cas = cx.cas().await;
+        let reply = match cx.query(redis::cmd("GET").arg(cx.session_key(id))).await {
+            Ok(reply) => reply,
+            // A hash of the earlier layout (until its first write moves it).
+            Err(StoreError::Decode(_)) => return self.load_hash(cx, id).await,
+            Err(e) => return Err(e),
+        };
+        let Some(stored) = bytes_or_nil(reply, "GET")? else {
+            return Ok(None);
+        };
+        let p = value::parse(&stored).ok_or_else(|| {
+            decode_err("the session key holds a string that is not a coatcheck session value")
+        })?;
+        let record = self.record_of(id, &p, cx.now())?;
+        if cas && record.is_some() {
+            cx.seen().put(id, p.version, stored);
+        }
+        Ok(record)
+    }
+
+    /// `load` of a record stored by coatcheck-redis 0.1 (a hash with fields v, d, c, e, u).
+    async fn load_hash(&self, cx: &Ctx, id: &SessionId) -> Result<Option<Record>, StoreError> {
         let reply = cx
             .query(redis::cmd("HGETALL").arg(cx.session_key(id)))
             .await?;
@@ -212,7 +337,6 @@ impl Native {
         if fields.is_empty() {
             return Ok(None);
         }
-        let now = cx.now();
         let mut v = None;
         let mut d = None;
         let mut c = None;
@@ -233,44 +357,110 @@ impl Native {
                 "the session hash lacks one of the fields v, d, c, e",
             ));
         };
-        let expires_at = Timestamp::from_millis(parse_num(&e, "e")?);
-        if expires_at <= now {
-            return Ok(None);
-        }
-        let created_at = Timestamp::from_millis(parse_num(&c, "c")?);
-        let version: u64 = parse_num(&v, "v")?;
-        let data = self.codec.decode(&d)?;
-        let user_id = match u {
-            Some(u) => Some(String::from_utf8(u).map_err(|e| {
-                StoreError::Decode(DecodeError::with_source("session user id is not UTF-8", e))
-            })?),
-            None => None,
+        let p = value::Parsed {
+            version: parse_num(&v, "v")?,
+            created: parse_num(&c, "c")?,
+            expires: parse_num(&e, "e")?,
+            user: u.as_deref(),
+            data: &d,
         };
-        let mut record = Record::new(id.clone(), created_at, expires_at);
-        record.data = data;
-        record.version = version;
-        record.user_id = user_id;
-        Ok(Some(record))
+        self.record_of(id, &p, cx.now())
+    }
+
+    /// The fast path of `save` and `touch` on a server with `SET … IFEQ`: replaces the
+    /// remembered bytes `old` with `value` in one ordinary command (plus, when the session's
+    /// user index must now live longer, a `PEXPIREAT … GT` on it, first). `Ok(false)`: not
+    /// done, the script decides.
+    async fn replace(
+        &self,
+        cx: &Ctx,
+        id: &SessionId,
+        old: &[u8],
+        value: &[u8],
+        expires: i64,
+        extend_index: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let mut set = redis::cmd("SET");
+        set.arg(cx.session_key(id))
+            .arg(value)
+            .arg("IFEQ")
+            .arg(old)
+            .arg("PXAT")
+            .arg(expires);
+        let reply = match (extend_index, cx.topology()) {
+            (None, _) => cx.query_ifeq(&set).await?,
+            (Some(user), Topology::Single) => {
+                let mut pipe = redis::pipe();
+                pipe.cmd("PEXPIREAT")
+                    .arg(cx.index_key(user))
+                    .arg(expires)
+                    .arg("GT")
+                    .ignore()
+                    .add_command(set);
+                cx.query_ifeq_pipe(&pipe).await?
+            }
+            (Some(user), Topology::Cluster) => {
+                // Another slot: the index first, so that it never expires before the session.
+                cx.query(
+                    redis::cmd("PEXPIREAT")
+                        .arg(cx.index_key(user))
+                        .arg(expires)
+                        .arg("GT"),
+                )
+                .await?;
+                cx.query_ifeq(&set).await?
+            }
+        };
+        Ok(matches!(
+            reply,
+            Some(Value::Okay) | Some(Value::SimpleString(_))
+        ))
     }
 
     pub(crate) async fn save(&self, cx: &Arc<Ctx>, r: &Record) -> Result<u64, StoreError> {
-        let data = self.codec.encode(&r.data)?;
+        let next = r.version.saturating_add(1);
+        let value = self.value_of(r, next)?;
         let now = cx.now();
         let user = r.user_id.as_deref();
+        let cas = cx.cas().await;
+        if cas && r.expires_at > now {
+            if let Some(seen) = cx.seen().get(&r.id).filter(|e| e.version == r.version) {
+                // The user stays the same (its index already holds the session); a later
+                // expiry makes the index live longer.
+                let old = value::parse(&seen.bytes).filter(|old| {
+                    old.expires > now.as_millis() && old.user == user.map(str::as_bytes)
+                });
+                if let Some(old) = old {
+                    let extend = user.filter(|_| r.expires_at.as_millis() > old.expires);
+                    let e = r.expires_at.as_millis();
+                    let extend = extend.map(str::as_bytes);
+                    if self
+                        .replace(cx, &r.id, &seen.bytes, &value, e, extend)
+                        .await?
+                    {
+                        cx.seen().put(&r.id, next, value);
+                        return Ok(next);
+                    }
+                }
+            }
+        }
         let cluster = cx.topology() == Topology::Cluster;
         let mut inv = scripts::SAVE_SCRIPT.prepare_invoke();
         inv.key(cx.session_key(&r.id))
             .arg(now.as_millis())
             .arg(r.id.as_str())
             .arg(r.version.to_string())
-            .arg(data)
+            .arg(&value)
             .arg(r.expires_at.as_millis())
             .arg(flag(user.is_some()))
             .arg(user.unwrap_or(""))
             .arg(cx.index_prefix())
-            .arg(flag(!cluster))
-            .arg(r.version.saturating_add(1).to_string());
-        let out = Outcome::parse(cx.invoke(&inv).await?, "save script")?;
+            .arg(flag(!cluster));
+        let out = Outcome::parse(cx.invoke(&inv).await?, "save script");
+        if cas {
+            cx.seen().forget(&r.id);
+        }
+        let out = out?;
         match out.code {
             OK => {
                 if let (true, Some(user)) = (cluster && r.expires_at > now, user) {
@@ -287,7 +477,10 @@ impl Native {
                             .await?;
                     }
                 }
-                Ok(r.version.saturating_add(1))
+                if cas && r.expires_at > now {
+                    cx.seen().put(&r.id, next, value);
+                }
+                Ok(next)
             }
             NONE => Err(StoreError::NotFound),
             CONFLICT => Err(StoreError::Conflict),
@@ -302,6 +495,25 @@ impl Native {
         expires_at: Timestamp,
     ) -> Result<bool, StoreError> {
         let now = cx.now();
+        let cas = cx.cas().await;
+        if cas && expires_at > now {
+            if let Some(seen) = cx.seen().get(id) {
+                if let Some(old) =
+                    value::parse(&seen.bytes).filter(|old| old.expires > now.as_millis())
+                {
+                    let e = expires_at.as_millis();
+                    let value = value::with_expiry(&old, e);
+                    let extend = old.user.filter(|_| e > old.expires);
+                    if self.replace(cx, id, &seen.bytes, &value, e, extend).await? {
+                        cx.seen().put(id, seen.version, value);
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        if cas {
+            cx.seen().forget(id);
+        }
         let cluster = cx.topology() == Topology::Cluster;
         let mut inv = scripts::TOUCH_SCRIPT.prepare_invoke();
         inv.key(cx.session_key(id))
@@ -331,6 +543,40 @@ impl Native {
     pub(crate) async fn delete(&self, cx: &Ctx, id: &SessionId) -> Result<bool, StoreError> {
         let now = cx.now();
         let cluster = cx.topology() == Topology::Cluster;
+        if cx.cas().await {
+            if let Some(seen) = cx.seen().get(id) {
+                cx.seen().forget(id);
+                if let Some(old) = value::parse(&seen.bytes) {
+                    // A plain DEL, and the index entry of the user the session had when this
+                    // store last saw it (had another process changed the user since, that
+                    // user's index keeps a member of a missing key, which its next read
+                    // prunes).
+                    let key = cx.session_key(id);
+                    let removed = match (old.user, cluster) {
+                        (None, _) => cx.query(redis::cmd("DEL").arg(&key)).await?,
+                        (Some(user), false) => {
+                            let mut pipe = redis::pipe();
+                            pipe.cmd("DEL")
+                                .arg(&key)
+                                .cmd("SREM")
+                                .arg(cx.index_key(user))
+                                .arg(id.as_str())
+                                .ignore();
+                            let mut out = array(cx.query_pipe(&pipe).await?)
+                                .ok_or_else(|| unexpected("DEL"))?;
+                            out.pop().ok_or_else(|| unexpected("DEL"))?
+                        }
+                        (Some(user), true) => {
+                            let n = cx.query(redis::cmd("DEL").arg(&key)).await?;
+                            cx.query(redis::cmd("SREM").arg(cx.index_key(user)).arg(id.as_str()))
+                                .await?;
+                            n
+                        }
+                    };
+                    return Ok(int(&removed) == Some(1) && old.expires > now.as_millis());
+                }
+            }
+        }
         let mut inv = scripts::DELETE_SCRIPT.prepare_invoke();
         inv.key(cx.session_key(id))
             .arg(now.as_millis())
@@ -394,7 +640,7 @@ impl Native {
             .collect()
     }
 
-    /// Cluster `list_for_user`: SMEMBERS, then one HMGET per member (fanned out, each to
+    /// Cluster `list_for_user`: SMEMBERS, then one GET per member (fanned out, each to
     /// the member's own slot), then one SREM of the stale members.
     async fn cluster_list(
         &self,
@@ -409,27 +655,13 @@ impl Native {
                 let Some(id) = id else {
                     return Ok::<_, StoreError>((raw, None));
                 };
-                let reply = cx
-                    .query(
-                        redis::cmd("HMGET")
-                            .arg(cx.session_key(&id))
-                            .arg("u")
-                            .arg("c")
-                            .arg("e"),
-                    )
-                    .await;
-                let fields = match reply {
-                    Ok(v) => array(v).ok_or_else(|| unexpected("HMGET"))?,
-                    // Something else lives at that key: not a session of this user.
-                    Err(StoreError::Decode(_)) => return Ok((raw, None)),
+                let (u, c, e) = match read_info(cx, &id).await {
+                    Ok(Some(info)) => info,
+                    // Nothing there, or something else lives at that key: not a session of
+                    // this user.
+                    Ok(None) | Err(StoreError::Decode(_)) => return Ok((raw, None)),
                     Err(e) => return Err(e),
                 };
-                let mut it = fields.into_iter().map(bytes);
-                let (u, c, e) = (
-                    it.next().flatten(),
-                    it.next().flatten(),
-                    it.next().flatten(),
-                );
                 if u.as_deref() != Some(user.as_bytes()) {
                     return Ok((raw, None));
                 }

@@ -37,75 +37,87 @@ local function index_add(ikey, id, e, e_str, now)
     redis.call('PEXPIREAT', ikey, e_str)
   end
 end
+-- A native value (value.rs): C1 {v} {c} {e} {user length or -}:{user}{data}
+local function parse(s)
+  local v, c, e_str, ul, p = string.match(s, '^C1 (%d+) (%-?%d+) (%-?%d+) ([%-%d]%d*):()')
+  if not v then return nil end
+  local e = tonumber(e_str)
+  local u = false
+  if ul ~= '-' then
+    if not string.match(ul, '^%d+$') then return nil end
+    local n = tonumber(ul)
+    u = string.sub(s, p, p + n - 1)
+    if #u ~= n then return nil end
+  end
+  return {v = v, c = c, e = e, e_str = e_str, u = u, ul = ul, body = p, s = s}
+end
+-- The session at k: nil (absent), 'wrong' (another type), 'bad' (unreadable), or a table
+-- {v, c, e, e_str, u} from a value or from a hash of the earlier layout ({hash = true}).
+local function read(k)
+  local s = redis.pcall('GET', k)
+  if type(s) == 'table' and s.err then
+    if redis.call('TYPE', k)['ok'] ~= 'hash' then return 'wrong' end
+    local f = redis.call('HMGET', k, 'v', 'e', 'u', 'c')
+    local e = tonumber(f[2])
+    if not f[1] or not e or not string.match(f[1], '^%d+$') then return 'bad' end
+    return {v = f[1], e = e, e_str = f[2], u = f[3] or false, c = f[4] or '', hash = true}
+  end
+  if not s then return nil end
+  return parse(s) or 'bad'
+end
+local function failed(r)
+  if r == nil then return reply(0) end
+  if r == 'wrong' then return reply(-1) end
+  if r == 'bad' then return reply(-2) end
+  return nil
+end
 "#;
 
-/// KEYS[1] session; ARGV: now, id, data, created, expires, has_user, user, index prefix,
-/// inline.
+/// KEYS[1] session; ARGV: now, id, value, expires, has_user, user, index prefix, inline.
 const CREATE: &str = r#"
 local k = KEYS[1]
 local now = tonumber(ARGV[1])
-local id, e_str = ARGV[2], ARGV[5]
+local id, e_str = ARGV[2], ARGV[4]
 local e = tonumber(e_str)
-local has_u, user, ip, inline = ARGV[6] == '1', ARGV[7], ARGV[8], ARGV[9] == '1'
-local t = redis.call('TYPE', k)['ok']
+local has_u, user, ip, inline = ARGV[5] == '1', ARGV[6], ARGV[7], ARGV[8] == '1'
+local r = read(k)
+if r == 'wrong' then return reply(-1) end
+if r == 'bad' then return reply(-2) end
 local stale_u = false
-if t == 'hash' then
-  local f = redis.call('HMGET', k, 'e', 'u')
-  local old_e = tonumber(f[1])
-  if not old_e then return reply(-2) end
-  if old_e > now then return reply(0) end
-  stale_u = f[2]
+if r then
+  if r.e > now then return reply(0) end
+  stale_u = r.u
   redis.call('DEL', k)
   if inline and stale_u then redis.call('SREM', ip .. stale_u, id) end
-elseif t ~= 'none' then
-  return reply(-1)
 end
 if e <= now then return reply(1, stale_u) end
-local fields = {'v', '1', 'd', ARGV[3], 'c', ARGV[4], 'e', e_str}
-if has_u then
-  fields[#fields + 1] = 'u'
-  fields[#fields + 1] = user
-end
-redis.call('HSET', k, unpack(fields))
-redis.call('PEXPIREAT', k, e_str)
+redis.call('SET', k, ARGV[3], 'PXAT', e_str)
 if inline and has_u then index_add(ip .. user, id, e, e_str, now) end
 return reply(1, stale_u)
 "#;
 
-/// KEYS[1] session; ARGV: now, id, expected version, data, expires, has_user, user,
-/// index prefix, inline, next version (computed by the client: exact for any u64).
+/// KEYS[1] session; ARGV: now, id, expected version, value, expires, has_user, user,
+/// index prefix, inline.
 ///
-/// On the common path three commands run: `HMGET`, one `HSET` of every field, `PEXPIREAT`
-/// (always, so a key whose TTL was changed behind the store's back is put right). A key of another type makes `HMGET` fail, which
-/// `redis.pcall` turns into the `WRONG_TYPE` code without a separate `TYPE` call; only a
-/// hash without `v` costs an `EXISTS`, to tell a missing key from a malformed hash.
+/// The client builds the whole new value (its version is the expected one + 1, exact for
+/// any u64); the script compares and writes it with one `SET … PXAT` (which also replaces a
+/// hash of the earlier layout: the record moves to the new layout on its first save).
 const SAVE: &str = r#"
 local k = KEYS[1]
 local now = tonumber(ARGV[1])
 local id, e_str = ARGV[2], ARGV[5]
 local e = tonumber(e_str)
 local has_u, user, ip, inline = ARGV[6] == '1', ARGV[7], ARGV[8], ARGV[9] == '1'
-local f = redis.pcall('HMGET', k, 'v', 'e', 'u')
-if f.err then return reply(-1) end
-if not f[1] then
-  if not f[2] and not f[3] and redis.call('EXISTS', k) == 0 then return reply(0) end
-  return reply(-2)
-end
-local old_e = tonumber(f[2])
-if not old_e or not string.match(f[1], '^%d+$') then return reply(-2) end
-if old_e <= now then return reply(0) end
-if f[1] ~= ARGV[3] then return reply(-3) end
-local old_u = f[3]
+local r = read(k)
+local f = failed(r)
+if f then return f end
+if r.e <= now then return reply(0) end
+if r.v ~= ARGV[3] then return reply(-3) end
+local old_u = r.u
 if e <= now then
   redis.call('DEL', k)
 else
-  if has_u then
-    redis.call('HSET', k, 'v', ARGV[10], 'd', ARGV[4], 'e', e_str, 'u', user)
-  else
-    redis.call('HSET', k, 'v', ARGV[10], 'd', ARGV[4], 'e', e_str)
-    if old_u then redis.call('HDEL', k, 'u') end
-  end
-  redis.call('PEXPIREAT', k, e_str)
+  redis.call('SET', k, ARGV[4], 'PXAT', e_str)
 end
 if inline then
   if old_u and (e <= now or not has_u or old_u ~= user) then
@@ -113,7 +125,7 @@ if inline then
   end
   if has_u and e > now then index_add(ip .. user, id, e, e_str, now) end
 end
-return reply(1, old_u, f[2])
+return reply(1, old_u, r.e_str)
 "#;
 
 /// KEYS[1] session; ARGV: now, id, expires, index prefix, inline.
@@ -123,22 +135,24 @@ local now = tonumber(ARGV[1])
 local id, e_str = ARGV[2], ARGV[3]
 local e = tonumber(e_str)
 local ip, inline = ARGV[4], ARGV[5] == '1'
-local t = redis.call('TYPE', k)['ok']
-if t == 'none' then return reply(0) end
-if t ~= 'hash' then return reply(-1) end
-local f = redis.call('HMGET', k, 'e', 'u')
-local old_e = tonumber(f[1])
-if not old_e then return reply(-2) end
-if old_e <= now then return reply(0) end
+local r = read(k)
+local f = failed(r)
+if f then return f end
+if r.e <= now then return reply(0) end
 if e <= now then
   redis.call('DEL', k)
-  if inline and f[2] then redis.call('SREM', ip .. f[2], id) end
+  if inline and r.u then redis.call('SREM', ip .. r.u, id) end
 else
-  redis.call('HSET', k, 'e', e_str)
-  redis.call('PEXPIREAT', k, e_str)
-  if inline and f[2] then index_add(ip .. f[2], id, e, e_str, now) end
+  if r.hash then
+    redis.call('HSET', k, 'e', e_str)
+    redis.call('PEXPIREAT', k, e_str)
+  else
+    local head = 'C1 ' .. r.v .. ' ' .. r.c .. ' ' .. e_str .. ' ' .. r.ul .. ':'
+    redis.call('SET', k, head .. string.sub(r.s, r.body), 'PXAT', e_str)
+  end
+  if inline and r.u then index_add(ip .. r.u, id, e, e_str, now) end
 end
-return reply(1, f[2], f[1])
+return reply(1, r.u, r.e_str)
 "#;
 
 /// KEYS[1] session; ARGV: now, id, index prefix, inline.
@@ -146,18 +160,13 @@ const DELETE: &str = r#"
 local k = KEYS[1]
 local now = tonumber(ARGV[1])
 local id, ip, inline = ARGV[2], ARGV[3], ARGV[4] == '1'
-local t = redis.call('TYPE', k)['ok']
-if t == 'none' then return reply(0) end
-if t ~= 'hash' then
-  redis.call('DEL', k)
-  return reply(0)
-end
-local f = redis.call('HMGET', k, 'e', 'u')
+local r = read(k)
+if r == nil then return reply(0) end
 redis.call('DEL', k)
-if inline and f[2] then redis.call('SREM', ip .. f[2], id) end
-local old_e = tonumber(f[1])
-if old_e and old_e > now then return reply(1, f[2], f[1]) end
-return reply(0, f[2], f[1])
+if type(r) ~= 'table' then return reply(0) end
+if inline and r.u then redis.call('SREM', ip .. r.u, id) end
+if r.e > now then return reply(1, r.u, r.e_str) end
+return reply(0, r.u, r.e_str)
 "#;
 
 /// Single node only. KEYS[1] user index; ARGV: now, session key prefix, user.
@@ -167,21 +176,14 @@ local ikey = KEYS[1]
 local now, kp, user = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local out = {}
 for _, id in ipairs(redis.call('SMEMBERS', ikey)) do
-  local k = kp .. id
-  local keep = false
-  if redis.call('TYPE', k)['ok'] == 'hash' then
-    local f = redis.call('HMGET', k, 'u', 'c', 'e')
-    if f[1] == user then
-      local e = tonumber(f[3])
-      if e == nil or e > now then
-        keep = true
-        out[#out + 1] = id
-        out[#out + 1] = f[2] or ''
-        out[#out + 1] = f[3] or ''
-      end
-    end
+  local r = read(kp .. id)
+  if type(r) == 'table' and r.u == user and r.e > now then
+    out[#out + 1] = id
+    out[#out + 1] = r.c
+    out[#out + 1] = r.e_str
+  else
+    redis.call('SREM', ikey, id)
   end
-  if not keep then redis.call('SREM', ikey, id) end
 end
 return out
 "#;
@@ -195,20 +197,16 @@ local has_except, except = ARGV[4] == '1', ARGV[5]
 local n = 0
 for _, id in ipairs(redis.call('SMEMBERS', ikey)) do
   local k = kp .. id
-  local mine = false
-  if redis.call('TYPE', k)['ok'] == 'hash' then
-    local f = redis.call('HMGET', k, 'u', 'e')
-    if f[1] == user then
-      mine = true
-      if not (has_except and id == except) then
-        redis.call('DEL', k)
-        redis.call('SREM', ikey, id)
-        local e = tonumber(f[2])
-        if e and e > now then n = n + 1 end
-      end
+  local r = read(k)
+  if type(r) == 'table' and r.u == user then
+    if not (has_except and id == except) then
+      redis.call('DEL', k)
+      redis.call('SREM', ikey, id)
+      if r.e > now then n = n + 1 end
     end
+  else
+    redis.call('SREM', ikey, id)
   end
-  if not mine then redis.call('SREM', ikey, id) end
 end
 return n
 "#;
@@ -225,12 +223,10 @@ return 1
 /// (an expired one removed).
 const DELETE_IF_USER: &str = r#"
 local k = KEYS[1]
-if redis.call('TYPE', k)['ok'] ~= 'hash' then return 0 end
-local f = redis.call('HMGET', k, 'u', 'e')
-if f[1] ~= ARGV[2] then return 0 end
+local r = read(k)
+if type(r) ~= 'table' or r.u ~= ARGV[2] then return 0 end
 redis.call('DEL', k)
-local e = tonumber(f[2])
-if e and e > tonumber(ARGV[1]) then return 1 end
+if r.e > tonumber(ARGV[1]) then return 1 end
 return 2
 "#;
 

@@ -12,8 +12,9 @@ use coatcheck_core::{
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, RedisError, ScriptInvocation, Value};
+use redis::{Cmd, Pipeline, RedisError, ScriptInvocation, Value};
 
+use crate::cas::{self, Seen, Support};
 use crate::conn::{Leases, Source, Topology};
 use crate::error::{BuildError, OperationTimedOut};
 use crate::express::Express;
@@ -42,6 +43,10 @@ pub(crate) struct Ctx {
     index_prefix: String,
     clock: Arc<dyn Clock>,
     operation_timeout: Option<Duration>,
+    /// Whether the server has `SET … IFEQ`.
+    support: Support,
+    /// The bytes of the sessions last read or written (only kept when it has).
+    seen: Seen,
 }
 
 fn map_redis_error(e: RedisError) -> StoreError {
@@ -101,14 +106,100 @@ impl Ctx {
     }
 
     pub(crate) async fn query(&self, cmd: &Cmd) -> Result<Value, StoreError> {
+        self.raw_query(cmd).await?.map_err(map_redis_error)
+    }
+
+    /// The server's reply or error; the outer error: no connection to send it on.
+    async fn raw_query(&self, cmd: &Cmd) -> Result<Result<Value, RedisError>, StoreError> {
         let (mut conn, lease) = self.source.conn().await?;
-        match cmd.query_async::<Value>(&mut conn).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                self.source.failed(lease, &e).await;
-                Err(map_redis_error(e))
-            }
+        let r = cmd.query_async::<Value>(&mut conn).await;
+        if let Err(e) = &r {
+            self.source.failed(lease, e).await;
         }
+        Ok(r)
+    }
+
+    async fn raw_pipe(&self, pipe: &Pipeline) -> Result<Result<Value, RedisError>, StoreError> {
+        let (mut conn, lease) = self.source.conn().await?;
+        let r = pipe.query_async::<Value>(&mut conn).await;
+        if let Err(e) = &r {
+            self.source.failed(lease, e).await;
+        }
+        Ok(r)
+    }
+
+    /// A pipeline (not a transaction): the replies of its commands not marked `ignore`.
+    pub(crate) async fn query_pipe(&self, pipe: &Pipeline) -> Result<Value, StoreError> {
+        self.raw_pipe(pipe).await?.map_err(map_redis_error)
+    }
+
+    /// A command using `IFEQ`: `None` when the server turns out not to know it (it is then
+    /// never used again by this store).
+    pub(crate) async fn query_ifeq(&self, cmd: &Cmd) -> Result<Option<Value>, StoreError> {
+        self.unsupported_is_none(self.raw_query(cmd).await?)
+    }
+
+    /// A pipeline ending with a command using `IFEQ`: that command's reply, or `None` as in
+    /// [`Ctx::query_ifeq`].
+    pub(crate) async fn query_ifeq_pipe(
+        &self,
+        pipe: &Pipeline,
+    ) -> Result<Option<Value>, StoreError> {
+        match self.unsupported_is_none(self.raw_pipe(pipe).await?)? {
+            Some(Value::Array(mut replies)) => Ok(replies.pop()),
+            Some(_) => Err(StoreError::backend(crate::error::UnexpectedReply {
+                what: "pipeline",
+            })),
+            None => Ok(None),
+        }
+    }
+
+    fn unsupported_is_none(
+        &self,
+        r: Result<Value, RedisError>,
+    ) -> Result<Option<Value>, StoreError> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if cas::is_unsupported(&e) => {
+                tracing::warn!("coatcheck-redis: the server refused SET … IFEQ; using the Lua scripts from now on");
+                self.support.set(false);
+                Ok(None)
+            }
+            Err(e) => Err(map_redis_error(e)),
+        }
+    }
+
+    /// Whether to take the `SET … IFEQ` path: probes the server on first use (one
+    /// `SET {prefix}probe:ifeq "" IFEQ ""`, which never creates the key; Redis before 8.4
+    /// answers a syntax error). A probe that fails for another reason is repeated later.
+    pub(crate) async fn cas(&self) -> bool {
+        if let Some(known) = self.support.known() {
+            return known;
+        }
+        let probe = redis::cmd("SET")
+            .arg(format!("{}probe:ifeq", self.prefix))
+            .arg("")
+            .arg("IFEQ")
+            .arg("")
+            .clone();
+        match self.raw_query(&probe).await {
+            Ok(Ok(_)) => {
+                self.support.set(true);
+                tracing::debug!("coatcheck-redis: the server has SET … IFEQ");
+                true
+            }
+            Ok(Err(e)) if cas::is_unsupported(&e) => {
+                self.support.set(false);
+                tracing::debug!("coatcheck-redis: no SET … IFEQ on this server; Lua scripts");
+                false
+            }
+            Ok(Err(_)) | Err(_) => false,
+        }
+    }
+
+    /// The bytes of sessions last read or written, for `SET … IFEQ`.
+    pub(crate) fn seen(&self) -> &Seen {
+        &self.seen
     }
 
     /// Cluster only: adds `id` to the user's index and keeps the set alive at least until
@@ -390,6 +481,7 @@ pub struct RedisStoreBuilder {
     reconnect_retries: usize,
     pool_connections: usize,
     single_key_scripts: bool,
+    set_ifeq: bool,
     express: Option<ExpressFormat>,
 }
 
@@ -405,6 +497,7 @@ impl Default for RedisStoreBuilder {
             reconnect_retries: 2,
             pool_connections: 1,
             single_key_scripts: false,
+            set_ifeq: true,
             express: None,
         }
     }
@@ -552,6 +645,20 @@ impl RedisStoreBuilder {
     /// ```
     pub fn single_key_scripts(mut self, yes: bool) -> Self {
         self.single_key_scripts = yes;
+        self
+    }
+
+    /// Whether to use the server's own compare-and-set, `SET key value IFEQ old`, where it
+    /// has one (Valkey ≥ 8.1, Redis ≥ 8.4; learnt from one probe on first use). Default on:
+    /// a save, touch or delete right after a load is then one ordinary command instead of a
+    /// Lua script (see the crate docs). Off: always the scripts, as on Redis 7.
+    ///
+    /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// let b = coatcheck::redis::RedisStore::builder().use_set_ifeq(false);
+    /// ```
+    pub fn use_set_ifeq(mut self, yes: bool) -> Self {
+        self.set_ifeq = yes;
         self
     }
 
@@ -758,6 +865,8 @@ impl RedisStoreBuilder {
                 index_prefix,
                 clock: self.clock,
                 operation_timeout: self.operation_timeout,
+                support: Support::new(self.set_ifeq),
+                seen: Seen::default(),
             }),
             format: match self.express {
                 Some(format) => Format::Express(Express { format }),

@@ -6,6 +6,10 @@
 //!   node URLs; `.ci/redis-cluster.sh` starts one), over a `ClusterConnection` and over a
 //!   deadpool-redis cluster pool.
 //!
+//! - `valkey*`: the same on Valkey 8.1 at `VALKEY_URL` / `VALKEY_CLUSTER_URLS`
+//!   (`.ci/valkey.sh` starts both), where the store takes its `SET … IFEQ` path; and
+//!   `valkey_lua`, Valkey with that path turned off (the scripts alone).
+//!
 //! Every test gets its own key prefix, so they run in parallel and share nothing.
 
 use coatcheck_conformance::{harness, Backend};
@@ -16,13 +20,19 @@ fn prefix() -> String {
 }
 
 async fn single_url() -> String {
-    harness::url(Backend::Redis)
-        .await
-        .expect("checked by `requires`")
+    url_of(Backend::Redis).await
+}
+
+async fn url_of(backend: Backend) -> String {
+    harness::url(backend).await.expect("checked by `requires`")
 }
 
 async fn cluster_urls() -> Vec<String> {
-    harness::url(Backend::RedisCluster)
+    urls_of(Backend::RedisCluster).await
+}
+
+async fn urls_of(backend: Backend) -> Vec<String> {
+    harness::url(backend)
         .await
         .expect("checked by `requires`")
         .split(',')
@@ -32,30 +42,46 @@ async fn cluster_urls() -> Vec<String> {
 }
 
 async fn managed() -> RedisStore {
+    managed_on(Backend::Redis).await
+}
+
+async fn managed_on(backend: Backend) -> RedisStore {
     RedisStore::builder()
         .prefix(prefix())
-        .connect(&single_url().await)
+        .connect(&url_of(backend).await)
         .await
         .expect("connect to Redis")
 }
 
 async fn pooled() -> RedisStore {
-    let pool = deadpool_redis::Config::from_url(single_url().await)
+    pooled_on(Backend::Redis).await
+}
+
+async fn pooled_on(backend: Backend) -> RedisStore {
+    let pool = deadpool_redis::Config::from_url(url_of(backend).await)
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .expect("pool");
     RedisStore::builder().prefix(prefix()).pool(pool)
 }
 
 async fn cluster() -> RedisStore {
+    cluster_on(Backend::RedisCluster).await
+}
+
+async fn cluster_on(backend: Backend) -> RedisStore {
     RedisStore::builder()
         .prefix(prefix())
-        .connect_cluster(cluster_urls().await)
+        .connect_cluster(urls_of(backend).await)
         .await
         .expect("connect to Redis Cluster")
 }
 
 async fn cluster_pooled() -> RedisStore {
-    let pool = deadpool_redis::cluster::Config::from_urls(cluster_urls().await)
+    cluster_pooled_on(Backend::RedisCluster).await
+}
+
+async fn cluster_pooled_on(backend: Backend) -> RedisStore {
+    let pool = deadpool_redis::cluster::Config::from_urls(urls_of(backend).await)
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .expect("cluster pool");
     RedisStore::builder().prefix(prefix()).cluster_pool(pool)
@@ -145,5 +171,67 @@ coatcheck_conformance::express_suite!(
             .connect_cluster(cluster_urls().await)
             .await
             .expect("connect to Redis Cluster")
+    }
+);
+
+// Valkey 8.1: the `SET … IFEQ` path, everywhere the Redis suites run.
+coatcheck_conformance::suite!(
+    valkey,
+    requires = Backend::Valkey,
+    managed_on(Backend::Valkey)
+);
+coatcheck_conformance::suite!(
+    valkey_pool,
+    requires = Backend::Valkey,
+    pooled_on(Backend::Valkey)
+);
+coatcheck_conformance::suite!(
+    valkey_cluster,
+    requires = Backend::ValkeyCluster,
+    cluster_on(Backend::ValkeyCluster)
+);
+coatcheck_conformance::suite!(
+    valkey_cluster_pool,
+    requires = Backend::ValkeyCluster,
+    cluster_pooled_on(Backend::ValkeyCluster)
+);
+coatcheck_conformance::suite!(
+    valkey_single_key_scripts,
+    requires = Backend::Valkey,
+    async {
+        RedisStore::builder()
+            .prefix(prefix())
+            .single_key_scripts(true)
+            .connect(&url_of(Backend::Valkey).await)
+            .await
+            .expect("connect to Valkey")
+    }
+);
+coatcheck_conformance::suite!(valkey_lua, requires = Backend::Valkey, async {
+    RedisStore::builder()
+        .prefix(prefix())
+        .use_set_ifeq(false)
+        .connect(&url_of(Backend::Valkey).await)
+        .await
+        .expect("connect to Valkey")
+});
+coatcheck_conformance::express_suite!(valkey_express, requires = Backend::Valkey, async {
+    RedisStore::builder()
+        .prefix(prefix())
+        .express(coatcheck_core::ExpressFormat::new())
+        .connect(&url_of(Backend::Valkey).await)
+        .await
+        .expect("connect to Valkey")
+});
+coatcheck_conformance::express_suite!(
+    valkey_cluster_express,
+    requires = Backend::ValkeyCluster,
+    async {
+        RedisStore::builder()
+            .prefix(prefix())
+            .express(coatcheck_core::ExpressFormat::new())
+            .connect_cluster(urls_of(Backend::ValkeyCluster).await)
+            .await
+            .expect("connect to Valkey cluster")
     }
 );

@@ -137,7 +137,12 @@ async fn memory() {
 }
 
 async fn redis_store(express: bool) -> Made {
-    let url = harness::url(Backend::Redis).await.expect("checked");
+    node_store(Backend::Redis, express).await
+}
+
+/// A single Redis or Valkey node (Valkey 8.1: the `SET … IFEQ` path).
+async fn node_store(backend: Backend, express: bool) -> Made {
+    let url = harness::url(backend).await.expect("checked");
     let mut b = RedisStore::builder().prefix(format!("{}:", harness::unique_name("cc-hist")));
     if express {
         b = b.express(ExpressFormat::new());
@@ -167,12 +172,52 @@ async fn redis_express() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey() {
+    if !harness::require(Some(Backend::Valkey)).await {
+        return;
+    }
+    histories("valkey", 30, false, profile(true), || {
+        node_store(Backend::Valkey, false)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_express() {
+    if !harness::require(Some(Backend::Valkey)).await {
+        return;
+    }
+    histories("valkey_express", 20, true, profile(false), || {
+        node_store(Backend::Valkey, true)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster() {
     if !harness::require(Some(Backend::RedisCluster)).await {
         return;
     }
-    histories("redis_cluster", 30, false, profile(true), || async {
-        let urls: Vec<String> = harness::url(Backend::RedisCluster)
+    histories("redis_cluster", 30, false, profile(true), || {
+        cluster_store(Backend::RedisCluster)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_cluster() {
+    if !harness::require(Some(Backend::ValkeyCluster)).await {
+        return;
+    }
+    histories("valkey_cluster", 20, false, profile(true), || {
+        cluster_store(Backend::ValkeyCluster)
+    })
+    .await;
+}
+
+async fn cluster_store(backend: Backend) -> Made {
+    {
+        let urls: Vec<String> = harness::url(backend)
             .await
             .expect("checked")
             .split(',')
@@ -187,8 +232,7 @@ async fn redis_cluster() {
                 .expect("connect to Redis Cluster"),
         );
         (s, Box::new(()) as Box<dyn std::any::Any + Send>)
-    })
-    .await;
+    }
 }
 
 /// Drops the test's schema when the history is done.

@@ -9,6 +9,7 @@ use futures_util::StreamExt as _;
 /// A `redis-server` of the test's own, on a free loopback port (see
 /// [`coatcheck_conformance::servers`]): `start()` is `None` (a visible skip) without the
 /// binary, and fails the test instead when CI requires redis.
+#[allow(unused_imports)]
 pub use coatcheck_conformance::servers::Server as PrivateRedis;
 
 /// Records the commands that reach one server, through MONITOR.
@@ -100,4 +101,59 @@ pub fn script_commands(seen: &[Seen]) -> Vec<String> {
         .filter(|s| s.from_lua)
         .map(|s| s.name.clone())
         .collect()
+}
+
+/// Commands that name one key prefix, on one node or across every master of a cluster.
+pub struct PrefixRecorder {
+    nodes: Vec<Recorder>,
+    prefix: String,
+}
+
+impl PrefixRecorder {
+    /// On the one server at `url`.
+    pub async fn node(url: &str, prefix: &str) -> PrefixRecorder {
+        PrefixRecorder {
+            nodes: vec![Recorder::new(url).await],
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// On every master of the cluster `url` belongs to (from the cluster's own view: the
+    /// URLs a test was given may be a subset).
+    pub async fn cluster(url: &str, prefix: &str) -> PrefixRecorder {
+        let mut probe = redis::Client::open(url)
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("probe");
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut probe)
+            .await
+            .expect("nodes");
+        let mut recorders = Vec::new();
+        for line in nodes.lines().filter(|l| l.contains("master")) {
+            let addr = line.split_whitespace().nth(1).expect("addr");
+            let hostport = addr.split('@').next().expect("host:port");
+            recorders.push(Recorder::new(&format!("redis://{hostport}")).await);
+        }
+        PrefixRecorder {
+            nodes: recorders,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// What the servers executed since the last call that names the prefix.
+    pub async fn take(&mut self) -> Vec<Seen> {
+        let mut all = Vec::new();
+        for n in &mut self.nodes {
+            all.extend(
+                n.take()
+                    .await
+                    .into_iter()
+                    .filter(|s| s.line.contains(&self.prefix)),
+            );
+        }
+        all
+    }
 }

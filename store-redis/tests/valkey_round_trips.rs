@@ -1,0 +1,168 @@
+//! Commands per operation on Valkey 8.1, which has `SET … IFEQ`: after a load, a save, a
+//! touch or a delete is ordinary commands in one round trip, no Lua; the scripts run only
+//! where the server's compare-and-set cannot decide (a conflict, a change of user, a
+//! create with a user, the user-wide operations). Counted with MONITOR on the server at
+//! `VALKEY_URL` and on every master of `VALKEY_CLUSTER_URLS`, filtered by this test's own
+//! key prefix. Run with `-- --nocapture` to see them.
+
+mod common;
+
+use std::time::Duration;
+
+use coatcheck_conformance::{harness, Backend};
+use coatcheck_core::{Record, SessionId, SessionStore, Timestamp};
+use coatcheck_redis::RedisStore;
+use common::{client_commands, PrefixRecorder};
+use serde_json::json;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn record(user: Option<&str>) -> Record {
+    let now = Timestamp::now();
+    let mut r = Record::new(SessionId::generate(), now, now + HOUR);
+    r.data.insert("views".into(), json!(1));
+    r.user_id = user.map(str::to_owned);
+    r
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+async fn urls(backend: Backend) -> Option<Vec<String>> {
+    if !harness::require(Some(backend)).await {
+        return None;
+    }
+    let all = harness::url(backend).await.expect("checked");
+    Some(
+        all.split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    )
+}
+
+/// The same sequence on a node and on a cluster; `cluster` adds the commands a cluster
+/// sends separately (the index lives in another slot), and compares without order.
+async fn counts(store: RedisStore, rec: &mut PrefixRecorder, cluster: bool) {
+    let label = if cluster { "cluster" } else { "node" };
+    // The first operation probes for IFEQ once.
+    let warm = record(None);
+    store.create(&warm).await.expect("create");
+    let seen = client_commands(&rec.take().await);
+    assert_eq!(seen, ["SET", "SET"], "{label}: probe, then create");
+
+    macro_rules! expect {
+        ($what:expr, $op:expr, $cmds:expr) => {{
+            let out = $op.await;
+            let seen = client_commands(&rec.take().await);
+            eprintln!("{label}: {:<44} {:?}", $what, seen);
+            let want: Vec<String> = $cmds.iter().map(|s: &&str| s.to_string()).collect();
+            if cluster {
+                assert_eq!(sorted(seen), sorted(want), "{label}: {}", $what);
+            } else {
+                assert_eq!(seen, want, "{label}: {}", $what);
+            }
+            out
+        }};
+    }
+
+    let mut r = record(None);
+    expect!("create", store.create(&r), ["SET"]).expect("create");
+    expect!("load", store.load(&r.id), ["GET"]).expect("load");
+    r.data.insert("views".into(), json!(2));
+    r.version = expect!("save", store.save(&r), ["SET"]).expect("save");
+    let mut stale = r.clone();
+    stale.version = 1;
+    assert!(expect!(
+        "save (conflict: the script decides)",
+        store.save(&stale),
+        ["EVALSHA"]
+    )
+    .is_err());
+    expect!("load", store.load(&r.id), ["GET"]).expect("load");
+    assert!(expect!("touch", store.touch(&r.id, r.expires_at + HOUR), ["SET"]).expect("touch"));
+    assert!(expect!("delete", store.delete(&r.id), ["DEL"]).expect("delete"));
+
+    // With a user.
+    let mut a = record(Some("alice"));
+    let b = record(Some("alice"));
+    let with_index: &[&str] = if cluster {
+        &["EVALSHA", "EVALSHA"]
+    } else {
+        &["EVALSHA"]
+    };
+    expect!("create with user (script)", store.create(&a), with_index).expect("create");
+    expect!("create with user (script)", store.create(&b), with_index).expect("create");
+    a.data.insert("views".into(), json!(5));
+    a.version = expect!("save with user, same expiry", store.save(&a), ["SET"]).expect("save");
+    a.expires_at = a.expires_at + HOUR;
+    a.version = expect!(
+        "save with user, later expiry (+ index TTL)",
+        store.save(&a),
+        ["PEXPIREAT", "SET"]
+    )
+    .expect("save");
+    a.user_id = Some("bob".into());
+    a.version = expect!("save moving user (script)", store.save(&a), with_index).expect("save");
+    a.user_id = Some("alice".into());
+    a.version =
+        expect!("save moving user back (script)", store.save(&a), with_index).expect("save");
+    assert!(expect!(
+        "touch with user, later (+ index TTL)",
+        store.touch(&a.id, a.expires_at + HOUR),
+        ["PEXPIREAT", "SET"]
+    )
+    .expect("touch"));
+    let listed: &[&str] = if cluster {
+        &["SMEMBERS", "GET", "GET"]
+    } else {
+        &["EVALSHA"]
+    };
+    let listed = expect!(
+        "list_for_user (2 sessions)",
+        store.list_for_user("alice"),
+        listed
+    )
+    .expect("list");
+    assert_eq!(listed.len(), 2);
+    assert!(expect!("delete with user", store.delete(&b.id), ["DEL", "SREM"]).expect("delete"));
+    let dfu: &[&str] = if cluster {
+        &["SMEMBERS", "EVALSHA", "SREM", "SMEMBERS"]
+    } else {
+        &["EVALSHA"]
+    };
+    let n = expect!("delete_for_user", store.delete_for_user("alice", None), dfu).expect("dfu");
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_node_ifeq_round_trips() {
+    let Some(urls) = urls(Backend::Valkey).await else {
+        return;
+    };
+    let prefix = format!("{}:", harness::unique_name("vrt"));
+    let mut rec = PrefixRecorder::node(&urls[0], &prefix).await;
+    let store = RedisStore::builder()
+        .prefix(prefix.clone())
+        .connect(&urls[0])
+        .await
+        .expect("connect");
+    counts(store, &mut rec, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_cluster_ifeq_round_trips() {
+    let Some(urls) = urls(Backend::ValkeyCluster).await else {
+        return;
+    };
+    let prefix = format!("{}:", harness::unique_name("vrt"));
+    let mut rec = PrefixRecorder::cluster(&urls[0], &prefix).await;
+    let store = RedisStore::builder()
+        .prefix(prefix.clone())
+        .connect_cluster(&urls)
+        .await
+        .expect("connect");
+    counts(store, &mut rec, true).await;
+}
