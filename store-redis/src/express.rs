@@ -6,12 +6,15 @@
 //! ```
 //!
 //! - `create`: `SET key json EX ttl NX` (one command; Redis has already dropped an expired key).
-//! - `load`: one script: `GET`, `PTTL` and the SHA-1 of the stored text. The key's TTL is the
+//! - `load`: `MULTI`, `GET`, `PTTL`, `EXEC` (one round trip, no Lua). The key's TTL is the
 //!   expiry (Express's touch does not rewrite the JSON); a key without TTL falls back to
-//!   `cookie.expires`. The version is the first 64 bits of the SHA-1.
-//! - `save`: one script: compare-and-set on that hash (so two Rust requests never lose each
-//!   other's update), then `SET key json EX ttl`. A ttl ≤ 0 deletes the key, as connect-redis
-//!   does. A Node write in between is simply overwritten or overwrites: last-write-wins.
+//!   `cookie.expires`. The version is the first 64 bits of the SHA-1 of the stored text.
+//! - `save`: on a server with `SET … IFEQ`, right after a load of the same version: `SET key
+//!   json IFEQ <the JSON loaded> EX ttl`, one ordinary command (comparing the text is exactly
+//!   the compare-and-set on its hash). Otherwise, or when that finds other text, one script:
+//!   compare-and-set on the hash (so two Rust requests never lose each other's update), then
+//!   `SET key json EX ttl`. A ttl ≤ 0 deletes the key, as connect-redis does. A Node write in
+//!   between is simply overwritten or overwrites: last-write-wins.
 //! - `touch`: `EXPIRE key ttl`, as connect-redis does.
 //! - `delete`: `DEL key`.
 //! - No user index: connect-redis keeps none. `list_for_user`/`delete_for_user` return
@@ -24,13 +27,6 @@ use redis::{Script, Value};
 
 use crate::error::UnexpectedReply;
 use crate::store::Ctx;
-
-/// KEYS[1]; returns nil or {json, pttl, sha1-prefix}.
-const LOAD: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if not v then return false end
-return {v, redis.call('PTTL', KEYS[1]), string.sub(redis.sha1hex(v), 1, 16)}
-"#;
 
 /// KEYS[1]; ARGV: expected version (16 hex), json, ttl seconds. Returns 0 (missing),
 /// -1 (conflict) or the new version (16 hex).
@@ -47,7 +43,6 @@ end
 return string.sub(redis.sha1hex(ARGV[2]), 1, 16)
 "#;
 
-static LOAD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LOAD));
 static SAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SAVE));
 
 /// The express-session layout.
@@ -83,6 +78,16 @@ fn version_of(hex: &[u8]) -> Option<u64> {
     u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
 }
 
+/// The version of a stored text: the first 64 bits of its SHA-1 (what the save script
+/// computes with `redis.sha1hex`).
+fn version_of_text(json: &[u8]) -> u64 {
+    use sha1::Digest as _;
+    let digest = sha1::Sha1::digest(json);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
 impl Express {
     pub(crate) async fn create(&self, cx: &Ctx, r: &Record) -> Result<(), StoreError> {
         let now = cx.now();
@@ -96,14 +101,22 @@ impl Express {
             .query(
                 redis::cmd("SET")
                     .arg(cx.session_key(&r.id))
-                    .arg(json)
+                    .arg(&json)
                     .arg("EX")
                     .arg(ttl)
                     .arg("NX"),
             )
             .await?;
         match reply {
-            Value::Okay | Value::SimpleString(_) => Ok(()),
+            Value::Okay | Value::SimpleString(_) => {
+                // The caller holds this record at `r.version` (1), not at the hash of the
+                // text: remembering the text under that version lets its first save compare
+                // the text itself (the script, comparing hashes, would refuse it once).
+                if cx.cas().await {
+                    cx.seen().put(&r.id, r.version, json.into_bytes());
+                }
+                Ok(())
+            }
             Value::Nil => Err(StoreError::IdTaken),
             _ => Err(unexpected("SET NX")),
         }
@@ -114,27 +127,26 @@ impl Express {
         cx: &Ctx,
         id: &SessionId,
     ) -> Result<Option<Record>, StoreError> {
-        let mut inv = LOAD_SCRIPT.prepare_invoke();
-        inv.key(cx.session_key(id));
-        let reply = cx.invoke(&inv).await?;
-        let parts = match reply {
+        let key = cx.session_key(id);
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+        let reply = cx.query_pipe(&pipe).await?;
+        let mut parts = match reply {
+            Value::Array(a) if a.len() == 2 => a.into_iter(),
+            _ => return Err(unexpected("MULTI GET PTTL EXEC")),
+        };
+        let (Some(json), Some(pttl)) = (parts.next(), parts.next()) else {
+            return Err(unexpected("MULTI GET PTTL EXEC"));
+        };
+        let json = match json {
             Value::Nil => return Ok(None),
-            Value::Array(a) if a.len() == 3 => a,
-            _ => return Err(unexpected("express load script")),
+            other => text(other).ok_or_else(|| unexpected("GET"))?,
         };
-        let mut it = parts.into_iter();
-        let (Some(json), Some(pttl), Some(hash)) = (it.next(), it.next(), it.next()) else {
-            return Err(unexpected("express load script"));
-        };
-        let json = text(json).ok_or_else(|| unexpected("express load script"))?;
         let pttl = match pttl {
             Value::Int(i) => i,
-            _ => return Err(unexpected("express load script")),
+            _ => return Err(unexpected("PTTL")),
         };
-        let version = text(hash)
-            .as_deref()
-            .and_then(version_of)
-            .ok_or_else(|| unexpected("express load script"))?;
+        let version = version_of_text(&json);
         let now = cx.now();
         let session = self.format.decode(&json)?;
         let expires_at = if pttl >= 0 {
@@ -148,24 +160,55 @@ impl Express {
         if expires_at <= now {
             return Ok(None);
         }
+        if cx.cas().await {
+            cx.seen().put(id, version, json);
+        }
         Ok(Some(session.into_record(id.clone(), expires_at, version)))
     }
 
     pub(crate) async fn save(&self, cx: &Ctx, r: &Record) -> Result<u64, StoreError> {
         let now = cx.now();
         let json = self.format.encode(r, now)?;
+        let ttl = ttl_secs(r.expires_at, now);
+        let cas = cx.cas().await;
+        if cas && ttl > 0 {
+            if let Some(seen) = cx.seen().get(&r.id).filter(|e| e.version == r.version) {
+                let mut set = redis::cmd("SET");
+                set.arg(cx.session_key(&r.id))
+                    .arg(&json)
+                    .arg("IFEQ")
+                    .arg(&seen.bytes)
+                    .arg("EX")
+                    .arg(ttl);
+                if let Some(Value::Okay | Value::SimpleString(_)) = cx.query_ifeq(&set).await? {
+                    let version = version_of_text(json.as_bytes());
+                    cx.seen().put(&r.id, version, json.into_bytes());
+                    return Ok(version);
+                }
+            }
+        }
         let mut inv = SAVE_SCRIPT.prepare_invoke();
         inv.key(cx.session_key(&r.id))
             .arg(format!("{:016x}", r.version))
-            .arg(json)
-            .arg(ttl_secs(r.expires_at, now));
-        match cx.invoke(&inv).await? {
+            .arg(&json)
+            .arg(ttl);
+        let reply = cx.invoke(&inv).await;
+        if cas {
+            cx.seen().forget(&r.id);
+        }
+        match reply? {
             Value::Int(0) => Err(StoreError::NotFound),
             Value::Int(-1) => Err(StoreError::Conflict),
-            other => text(other)
-                .as_deref()
-                .and_then(version_of)
-                .ok_or_else(|| unexpected("express save script")),
+            other => {
+                let version = text(other)
+                    .as_deref()
+                    .and_then(version_of)
+                    .ok_or_else(|| unexpected("express save script"))?;
+                if cas && ttl > 0 {
+                    cx.seen().put(&r.id, version, json.into_bytes());
+                }
+                Ok(version)
+            }
         }
     }
 
@@ -186,6 +229,7 @@ impl Express {
     }
 
     pub(crate) async fn delete(&self, cx: &Ctx, id: &SessionId) -> Result<bool, StoreError> {
+        cx.seen().forget(id);
         match cx.query(redis::cmd("DEL").arg(cx.session_key(id))).await? {
             Value::Int(n) => Ok(n > 0),
             _ => Err(unexpected("DEL")),
@@ -209,6 +253,12 @@ mod tests {
             ttl_secs(Timestamp::from_millis(i64::MAX), now),
             MAX_TTL_SECS
         );
+    }
+
+    #[test]
+    fn the_version_of_a_text_is_the_first_64_bits_of_its_sha1() {
+        // SHA-1("abc") = a9993e364706816aba3e25717850c26c9cd0d89d
+        assert_eq!(version_of_text(b"abc"), 0xa999_3e36_4706_816a);
     }
 
     #[test]
