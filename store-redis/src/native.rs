@@ -1,15 +1,16 @@
-//! The native layout: one hash per session, Lua compare-and-set, a set per user.
+//! The native layout: one string per session (`value.rs`), a set per user; compare-and-set
+//! by `SET … IFEQ` where the server has it (`cas.rs`), by Lua scripts otherwise.
 //!
 //! ```text
-//! {prefix}{id}            HASH  v = version (decimal)      PEXPIREAT expires_at
-//!                               d = codec bytes
-//!                               c = created_at (ms, decimal)
-//!                               e = expires_at (ms, decimal)
-//!                               u = user id (absent when none)
-//! {prefix}user:{user id}  SET   session ids                PEXPIREAT >= its longest session
+//! {prefix}{id}            STRING  C1 {v} {c} {e} {user length or -}:{user}{data}   PXAT e
+//! {prefix}user:{user id}  SET     session ids        PEXPIREAT >= its longest session
 //! ```
 //!
-//! Session ids only use `A-Z a-z 0-9 - _`, so `{prefix}user:...` can never be a session key.
+//! Records of coatcheck-redis 0.1 (a hash per session, fields v, d, c, e, u) are still read,
+//! listed, touched and deleted; their first save writes the string.
+//!
+//! Session ids only use `A-Z a-z 0-9 - _`, so `{prefix}user:...` (and the IFEQ probe key
+//! `{prefix}probe:ifeq`) can never be a session key.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -127,10 +128,10 @@ fn decode_err(message: &str) -> StoreError {
 fn common_failure(code: i64) -> Option<StoreError> {
     match code {
         WRONG_TYPE => Some(decode_err(
-            "the session key holds a value that is not a coatcheck session hash",
+            "the session key holds a value of another type (neither a session string nor a 0.1 session hash)",
         )),
         MALFORMED => Some(decode_err(
-            "the session hash lacks a readable version or expiry field",
+            "the session key holds a string that is not a coatcheck session value, or a hash without a readable version or expiry",
         )),
         _ => None,
     }

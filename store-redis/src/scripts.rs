@@ -2,7 +2,8 @@
 //!
 //! Each runs with `EVALSHA` (redis-rs [`Script`] falls back to `SCRIPT LOAD` + `EVALSHA` on
 //! `NOSCRIPT`, e.g. after a server restart). Every script that works on a session declares
-//! exactly one key, the session hash, so it runs on a cluster too. On a single node the
+//! exactly one key, the session's, so it runs on a cluster too. They read the string layout
+//! (`value.rs`) and hashes of the 0.1 layout alike (`read`), and write strings. On a single node the
 //! `inline` argument is `'1'` and the script also maintains the user index set
 //! (`{index prefix}{user}`, built inside the script because the old user is only known
 //! there); on a cluster it is `'0'` and the script returns what the client needs to update
@@ -18,9 +19,9 @@ use redis::Script;
 pub(crate) const OK: i64 = 1;
 /// Nothing live there (save: `NotFound`; create: id taken; touch/delete: false).
 pub(crate) const NONE: i64 = 0;
-/// The key holds something that is not a hash.
+/// The key holds something that is neither a string nor a hash.
 pub(crate) const WRONG_TYPE: i64 = -1;
-/// The key holds a hash without readable `v`/`e` fields.
+/// The key holds a string that is not a session value, or a hash without readable `v`/`e`.
 pub(crate) const MALFORMED: i64 = -2;
 /// `save`: the stored version differs.
 pub(crate) const CONFLICT: i64 = -3;
