@@ -8,6 +8,9 @@ use coatcheck_core::{Clock, Codec, ExpressFormat, NativeCodec, SystemClock};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+#[cfg(doc)]
+use coatcheck_core::{SessionStore, StoreError};
+
 use crate::sql::{self, Layout, Statements};
 use crate::store::{Inner, PostgresStore};
 use crate::{

@@ -49,6 +49,8 @@ mod ts;
 
 use std::time::Duration;
 
+#[cfg(doc)]
+use coatcheck_core::{Clock, SessionStore, StoreError};
 pub use sqlx::PgPool;
 
 pub use crate::builder::PostgresStoreBuilder;

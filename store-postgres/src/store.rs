@@ -16,6 +16,10 @@ use crate::builder::PostgresStoreBuilder;
 use crate::sql::Statements;
 use crate::ts::PgTs;
 use crate::MigrateError;
+#[cfg(doc)]
+use crate::{DEFAULT_SCHEMA, DEFAULT_TABLE};
+#[cfg(doc)]
+use coatcheck_core::{NativeCodec, SystemClock};
 
 /// A session store in one PostgreSQL table. Cheap to clone (clones share the pool).
 ///
