@@ -14,8 +14,9 @@ use coatcheck_core::{SessionStore, StoreError};
 use crate::sql::{self, Layout, Statements};
 use crate::store::{Inner, PostgresStore};
 use crate::{
-    ConfigError, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_APPLICATION_NAME, DEFAULT_CLEANUP_BATCH,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_SCHEMA, DEFAULT_TABLE, EXPRESS_TABLE, EXPRESS_TIME_ZONE_SQL,
+    ConfigError, Durability, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_APPLICATION_NAME,
+    DEFAULT_CLEANUP_BATCH, DEFAULT_MAX_CONNECTIONS, DEFAULT_SCHEMA, DEFAULT_TABLE, EXPRESS_TABLE,
+    EXPRESS_TIME_ZONE_SQL,
 };
 
 /// Builder for a [`PostgresStore`]; from [`PostgresStore::builder`].
@@ -51,6 +52,7 @@ pub struct PostgresStoreBuilder {
     max_connections: u32,
     application_name: String,
     cleanup_batch: u32,
+    durability: Durability,
 }
 
 impl Default for PostgresStoreBuilder {
@@ -65,11 +67,26 @@ impl Default for PostgresStoreBuilder {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             application_name: DEFAULT_APPLICATION_NAME.to_owned(),
             cleanup_batch: DEFAULT_CLEANUP_BATCH,
+            durability: Durability::Full,
         }
     }
 }
 
 impl PostgresStoreBuilder {
+    /// How session writes reach the disk: [`Durability::Full`] (the default: nothing
+    /// acknowledged is ever lost) or [`Durability::RelaxedCommit`] (`create`, `save`, `touch`
+    /// don't wait for the WAL flush; a database crash can lose their last moments).
+    ///
+    /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+    /// use coatcheck::postgres::{Durability, PostgresStore};
+    /// let b = PostgresStore::builder().durability(Durability::RelaxedCommit);
+    /// ```
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
     /// The schema holding the table ([`DEFAULT_SCHEMA`] by default). Validated as an
     /// identifier when the store is built; created by [`PostgresStore::migrate`] if absent.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
@@ -208,7 +225,7 @@ impl PostgresStoreBuilder {
         }
         let attempts = pool.options().get_max_connections().saturating_add(1);
         let retry_window = pool.options().get_acquire_timeout();
-        let statements = Statements::new(layout, &self.schema, &table);
+        let statements = Statements::new(layout, &self.schema, &table, self.durability);
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 pool,

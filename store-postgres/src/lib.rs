@@ -104,6 +104,34 @@ pub const DEFAULT_APPLICATION_NAME: &str = "coatcheck";
 /// Rows removed per `DELETE` statement by [`SessionStore::delete_expired`].
 pub const DEFAULT_CLEANUP_BATCH: u32 = 1_000;
 
+/// How session writes reach the disk; [`PostgresStoreBuilder::durability`].
+///
+/// ```
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
+/// use coatcheck::postgres::{Durability, PostgresStore};
+/// let b = PostgresStore::builder().durability(Durability::RelaxedCommit);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Every acknowledged write is on disk (the server's `synchronous_commit`, `on` by
+    /// default): nothing acknowledged is ever lost. The default.
+    #[default]
+    Full,
+    /// `create`, `save` and `touch` commit with `synchronous_commit = off`, set by the
+    /// statement itself for its own transaction (`set_config(…, true)`; no other statement
+    /// on the connection is affected, so a pool shared with the application is fine). The
+    /// server acknowledges before its WAL reaches the disk: a crash of the database server
+    /// (not of the application) can lose the session writes of its last moments — at most
+    /// three times `wal_writer_delay` (200 ms by default: 600 ms), measured by
+    /// `coatcheck/tests/faults.rs`. The database stays consistent: a lost write is as if it
+    /// had not happened (an older version of the session, never a torn one).
+    ///
+    /// Revocations stay fully durable: `delete`, `delete_for_user` and `delete_expired`
+    /// never use it, so a crash cannot bring back a session that was logged out.
+    RelaxedCommit,
+}
+
 /// Building a [`PostgresStore`] failed. Nothing was sent to the server.
 ///
 /// ```

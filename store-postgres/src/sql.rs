@@ -11,7 +11,11 @@
 //! `timestamp` without time zone, i.e. in the connection's `TimeZone`) and compared in that
 //! same domain, so both apps must use the same `TimeZone`.
 
-use crate::ConfigError;
+use crate::{ConfigError, Durability};
+
+/// In a statement, `''` that sets `synchronous_commit = off` for the statement's own
+/// transaction when evaluated ([`Durability::RelaxedCommit`]).
+const RELAX: &str = "left(set_config('synchronous_commit', 'off', true), 0)";
 
 /// Longest identifier Postgres keeps (`NAMEDATALEN - 1`).
 pub(crate) const MAX_IDENT_LEN: usize = 63;
@@ -115,6 +119,8 @@ pub(crate) struct Statements {
     pub touch: String,
     /// `$1 id, $2 now` → `live bool` of the removed row, no row when absent.
     pub delete: String,
+    /// `$1 id, $2 expected version, $3 now`; affects one row when live at that version.
+    pub delete_version: String,
     /// `$1 user, $2 now` → `id, created_at, expires_at`.
     pub list_for_user: String,
     /// `$1 user, $2 now, $3 except id (nullable)`; rows affected = live sessions removed.
@@ -124,10 +130,31 @@ pub(crate) struct Statements {
 }
 
 impl Statements {
-    pub(crate) fn new(layout: Layout, schema: &str, table: &str) -> Self {
-        match layout {
+    pub(crate) fn new(layout: Layout, schema: &str, table: &str, durability: Durability) -> Self {
+        let mut s = match layout {
             Layout::Native => Self::native(schema, table),
             Layout::Express { user_key } => Self::express(schema, table, user_key.as_deref()),
+        };
+        if durability == Durability::RelaxedCommit {
+            s.relax();
+        }
+        s
+    }
+
+    /// `create`, `save` and `touch` evaluate [`RELAX`] once: in the inserted id (an
+    /// expression of `$1` only, so the row is the same), and in a one-row subquery joined by
+    /// the updates (their `WHERE` on the key still uses the primary key index; when no row
+    /// matches, nothing is written and nothing needs the setting).
+    fn relax(&mut self) {
+        self.create = self
+            .create
+            .replacen("VALUES ($1,", &format!("VALUES ($1 || {RELAX},"), 1);
+        for stmt in [&mut self.save, &mut self.touch] {
+            *stmt = stmt.replacen(
+                " WHERE ",
+                &format!(" FROM (SELECT {RELAX}) AS relaxed WHERE "),
+                1,
+            );
         }
     }
 
@@ -193,6 +220,9 @@ impl Statements {
                 e = secs("$2::timestamptz", "$3::timestamptz")
             ),
             delete: format!("DELETE FROM {t} WHERE sid = $1 RETURNING expire > $2::timestamp"),
+            delete_version: format!(
+                "DELETE FROM {t} WHERE sid = $1 AND {hash} = $2 AND expire > $3::timestamp"
+            ),
             list_for_user: format!(
                 "SELECT sid::text, to_timestamp(0), expire::timestamptz FROM {t} \
                  WHERE {user} = $1 AND expire > $2::timestamp"
@@ -249,6 +279,9 @@ impl Statements {
                 "UPDATE {t} SET expires_at = $2 WHERE id = $1 AND expires_at > $3"
             ),
             delete: format!("DELETE FROM {t} WHERE id = $1 RETURNING expires_at > $2"),
+            delete_version: format!(
+                "DELETE FROM {t} WHERE id = $1 AND version = $2 AND expires_at > $3"
+            ),
             list_for_user: format!(
                 "SELECT id, created_at, expires_at FROM {t} \
                  WHERE user_id = $1 AND expires_at > $2"
@@ -308,9 +341,33 @@ mod tests {
 
     #[test]
     fn statements_quote_names() {
-        let s = Statements::new(Layout::Native, "app", "Sess");
+        let s = Statements::new(Layout::Native, "app", "Sess", Durability::Full);
         assert!(s.load.contains("FROM \"app\".\"Sess\" WHERE"));
         assert!(s.migrate.contains("\"Sess_expires_at_idx\""));
         assert!(s.migrate.contains("nspname = 'app'"));
+        assert!(!s.save.contains("synchronous_commit"));
+    }
+
+    #[test]
+    fn relaxed_statements_set_synchronous_commit_for_writes_only() {
+        for layout in [
+            Layout::Native,
+            Layout::Express {
+                user_key: Some("userId".into()),
+            },
+        ] {
+            let s = Statements::new(layout, "app", "s", Durability::RelaxedCommit);
+            for w in [&s.create, &s.save, &s.touch] {
+                assert_eq!(w.matches("synchronous_commit").count(), 1, "{w}");
+            }
+            for r in [
+                &s.delete,
+                &s.delete_for_user,
+                &s.delete_expired_batch,
+                &s.load,
+            ] {
+                assert!(!r.contains("synchronous_commit"), "{r}");
+            }
+        }
     }
 }

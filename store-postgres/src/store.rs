@@ -469,6 +469,41 @@ impl SessionStore for PostgresStore {
         }
     }
 
+    /// One conditional `DELETE` (always durable); only when it removes nothing does the
+    /// save probe tell `Conflict` from `NotFound`.
+    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let now = inner.now();
+        let expected = inner.version_param(version)?;
+        let (sql, pool, key) = (inner.sql.delete_version.as_str(), &inner.pool, id.as_str());
+        let removed = inner
+            .run("delete_version", Retry::IfNotRun, move || {
+                sqlx::query(sql)
+                    .bind(key)
+                    .bind(expected)
+                    .bind(now)
+                    .execute(pool)
+            })
+            .await?
+            .rows_affected();
+        if removed > 0 {
+            return Ok(());
+        }
+        let probe = inner.sql.save_probe.as_str();
+        let live: Option<i64> = inner
+            .run("delete_version", Retry::ReadOnly, move || {
+                sqlx::query_scalar(probe)
+                    .bind(key)
+                    .bind(now)
+                    .fetch_optional(pool)
+            })
+            .await?;
+        match live {
+            Some(_) => Err(StoreError::Conflict),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
     async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError> {
         let inner = &*self.inner;
         let now = inner.now();

@@ -9,6 +9,20 @@ coatcheck_conformance::suite!(
     unreachable = async { common::unreachable_store().await }
 );
 
+// Relaxed durability: the same contract (only a database crash can tell the difference;
+// tests/durability.rs measures that).
+coatcheck_conformance::suite!(
+    postgres_relaxed,
+    requires = coatcheck_conformance::Backend::Postgres,
+    async {
+        common::scoped_with(
+            coatcheck_postgres::PostgresStore::builder()
+                .durability(coatcheck_postgres::Durability::RelaxedCommit),
+        )
+        .await
+    }
+);
+
 // Express-compatible mode: connect-pg-simple's table, with the principal index.
 coatcheck_conformance::express_suite!(
     postgres_express,
