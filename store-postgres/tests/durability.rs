@@ -20,6 +20,9 @@ use serde_json::json;
 
 const WRITERS: usize = 4;
 
+/// Every acknowledged save of one writer: (the counter it wrote, when it was acknowledged).
+type Acks = Vec<(u64, Instant)>;
+
 fn counter(r: &Record) -> u64 {
     r.data.get("n").and_then(|v| v.as_u64()).unwrap_or(0)
 }
@@ -37,7 +40,7 @@ async fn store(url: &str, durability: Durability, connections: u32) -> PostgresS
 
 /// Per writer: (acknowledged counter, when) for every acknowledged save, and the counter
 /// found after the crash and restart.
-async fn crash_under_writes(durability: Durability) -> Option<Vec<(Vec<(u64, Instant)>, u64)>> {
+async fn crash_under_writes(durability: Durability) -> Option<Vec<(Acks, u64)>> {
     let server = PostgresServer::start()?;
     let store = store(&server.url(), durability, 8).await;
     let now = Timestamp::now();
@@ -48,7 +51,7 @@ async fn crash_under_writes(durability: Durability) -> Option<Vec<(Vec<(u64, Ins
         ids.push(r.id);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let acks: Vec<Arc<Mutex<Vec<(u64, Instant)>>>> = (0..WRITERS).map(|_| Arc::default()).collect();
+    let acks: Vec<Arc<Mutex<Acks>>> = (0..WRITERS).map(|_| Arc::default()).collect();
     let tasks: Vec<_> = ids
         .iter()
         .zip(&acks)
@@ -96,7 +99,7 @@ async fn crash_under_writes(durability: Durability) -> Option<Vec<(Vec<(u64, Ins
 }
 
 /// Lost acknowledged saves and the loss window, per writer.
-fn losses(results: &[(Vec<(u64, Instant)>, u64)]) -> Vec<(u64, Duration)> {
+fn losses(results: &[(Acks, u64)]) -> Vec<(u64, Duration)> {
     results
         .iter()
         .map(|(acks, stored)| {
