@@ -41,10 +41,23 @@ async fn ts_incr(session: tower_sessions::Session) -> Result<String, StatusCode>
     Ok((n + 1).to_string())
 }
 
+/// The rolling idle timeout of the mixed workload, for every contender.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 pub fn coatcheck_router(store: Arc<dyn SessionStore>) -> Result<Router, BoxErr> {
-    let layer = SessionLayer::builder_shared(store, KeyRing::new([SECRET])?)
-        .secure(Secure::Never)
-        .build()?;
+    coatcheck_router_with(store, None)
+}
+
+/// With `idle`: that rolling idle timeout (`touch_after` keeps its default, min(60 s, idle/2)).
+pub fn coatcheck_router_with(
+    store: Arc<dyn SessionStore>,
+    idle: Option<std::time::Duration>,
+) -> Result<Router, BoxErr> {
+    let mut b = SessionLayer::builder_shared(store, KeyRing::new([SECRET])?).secure(Secure::Never);
+    if let Some(idle) = idle {
+        b = b.idle_timeout(idle);
+    }
+    let layer = b.build()?;
     Ok(Router::new()
         .route("/incr", post(cc_incr))
         .route("/read", get(cc_read))
@@ -52,10 +65,34 @@ pub fn coatcheck_router(store: Arc<dyn SessionStore>) -> Result<Router, BoxErr> 
         .layer(layer))
 }
 
+async fn ts_read(session: tower_sessions::Session) -> Result<String, StatusCode> {
+    let n: Option<u64> = session
+        .get("n")
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(n.unwrap_or(0).to_string())
+}
+
 fn tower_router<S: tower_sessions::SessionStore + Clone>(store: S) -> Router {
     Router::new()
         .route("/incr", post(ts_incr))
         .layer(tower_sessions::SessionManagerLayer::new(store).with_secure(false))
+}
+
+/// tower-sessions with a rolling idle timeout as its docs have it: `Expiry::OnInactivity`,
+/// which only moves when the session is saved (tower-sessions #74), so `with_always_save(true)`:
+/// every request, reads included, writes the whole session back.
+fn tower_router_idle<S: tower_sessions::SessionStore + Clone>(store: S) -> Router {
+    let idle = tower_sessions::cookie::time::Duration::seconds(IDLE.as_secs() as i64);
+    Router::new()
+        .route("/incr", post(ts_incr))
+        .route("/read", get(ts_read))
+        .layer(
+            tower_sessions::SessionManagerLayer::new(store)
+                .with_secure(false)
+                .with_expiry(tower_sessions::Expiry::OnInactivity(idle))
+                .with_always_save(true),
+        )
 }
 
 /// One POST /incr per call, with client `n`'s cookie.
@@ -118,20 +155,62 @@ impl Work for Http {
     }
 }
 
+/// The mixed workload: client `n % clients`; one request in ten is `POST /incr`, the others
+/// `GET /read` (the key space is ten times the clients, so both are spread over all clients).
+pub struct Mixed(Http);
+
+#[async_trait]
+impl Work for Mixed {
+    async fn once(&self, n: usize) -> Result<(), BoxErr> {
+        let clients = self.0.cookies.len();
+        let cookie = self.0.cookies[n % clients].as_deref();
+        if (n / clients) % 10 == 0 {
+            Http::send(&self.0.router, "POST", "/incr", cookie).await?;
+        } else {
+            Http::send(&self.0.router, "GET", "/read", cookie).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn mixed_pair(
+    title: &str,
+    coatcheck: Arc<dyn SessionStore>,
+    tower: Router,
+    server: Option<crate::cpu::Server>,
+    clients: usize,
+    s: &Settings,
+) -> Result<(), BoxErr> {
+    let cc =
+        Http::with_clients(coatcheck_router_with(coatcheck, Some(IDLE))?, clients, true).await?;
+    let ts = Http::with_clients(tower, clients, true).await?;
+    let contenders = vec![
+        Contender::new(format!("coatcheck, {title}"), Arc::new(Mixed(cc))).on(server.clone()),
+        Contender::new(
+            format!("tower-sessions (OnInactivity + always_save), {title}"),
+            Arc::new(Mixed(ts)),
+        )
+        .reference("tower-sessions")
+        .on(server),
+    ];
+    for c in [16, 64] {
+        section(&format!("Mixed, {title}"), &contenders, c, clients * 10, s).await?;
+    }
+    Ok(())
+}
+
 pub async fn run(s: &Settings) -> Result<(), BoxErr> {
     println!("## Middleware level: POST /incr (a session counter), in-process\n");
     let clients = if s.quick { 100 } else { 1000 };
     let bare = Router::new().route("/incr", post(|| async { "1" }));
-    let mut contenders = vec![Contender {
-        name: "bare handler (no sessions)".into(),
-        reference: None,
-        work: Arc::new(Http::with_clients(bare, clients, false).await?),
-    }];
+    let mut contenders = vec![Contender::new(
+        "bare handler (no sessions)",
+        Arc::new(Http::with_clients(bare, clients, false).await?),
+    )];
     if s.wants("memory") {
-        contenders.push(Contender {
-            name: "coatcheck over MemoryStore".into(),
-            reference: None,
-            work: Arc::new(
+        contenders.push(Contender::new(
+            "coatcheck over MemoryStore",
+            Arc::new(
                 Http::with_clients(
                     coatcheck_router(Arc::new(coatcheck_memory::MemoryStore::new()))?,
                     clients,
@@ -139,51 +218,73 @@ pub async fn run(s: &Settings) -> Result<(), BoxErr> {
                 )
                 .await?,
             ),
-        });
-        contenders.push(Contender {
-            name: "tower-sessions over MemoryStore".into(),
-            reference: Some("tower-sessions memory"),
-            work: Arc::new(
-                Http::with_clients(
-                    tower_router(tower_sessions::MemoryStore::default()),
-                    clients,
-                    true,
-                )
-                .await?,
-            ),
-        });
+        ));
+        contenders.push(
+            Contender::new(
+                "tower-sessions over MemoryStore",
+                Arc::new(
+                    Http::with_clients(
+                        tower_router(tower_sessions::MemoryStore::default()),
+                        clients,
+                        true,
+                    )
+                    .await?,
+                ),
+            )
+            .reference("tower-sessions memory"),
+        );
     }
-    if let (true, Some(url)) = (s.wants("redis"), &s.redis_url) {
+    for (backend, label, url) in [
+        ("redis", "Redis 7", &s.redis_url),
+        ("valkey", "Valkey 8.1", &s.valkey_url),
+    ] {
+        let (true, Some(url)) = (s.wants(backend), url) else {
+            continue;
+        };
+        let server = crate::cpu::Server::from_redis_url(url);
         let store = coatcheck_redis::RedisStore::builder()
             .prefix(format!("{}:", unique("benchhttp")))
             .connect(url)
             .await?;
-        contenders.push(Contender {
-            name: "coatcheck over Redis".into(),
-            reference: None,
-            work: Arc::new(
-                Http::with_clients(coatcheck_router(Arc::new(store))?, clients, true).await?,
-            ),
-        });
+        contenders.push(
+            Contender::new(
+                format!("coatcheck over {label}"),
+                Arc::new(
+                    Http::with_clients(coatcheck_router(Arc::new(store))?, clients, true).await?,
+                ),
+            )
+            .on(server.clone()),
+        );
         let ts = tower_sessions_redis_store::RedisStore::new(fred_pool(url).await?);
-        contenders.push(Contender {
-            name: "tower-sessions over Redis (fred)".into(),
-            reference: Some("tower-sessions redis"),
-            work: Arc::new(Http::with_clients(tower_router(ts), clients, true).await?),
-        });
+        let reference = if backend == "redis" {
+            "tower-sessions redis"
+        } else {
+            "tower-sessions valkey"
+        };
+        contenders.push(
+            Contender::new(
+                format!("tower-sessions over {label} (fred)"),
+                Arc::new(Http::with_clients(tower_router(ts), clients, true).await?),
+            )
+            .reference(reference)
+            .on(server),
+        );
     }
     if let (true, Some(url)) = (s.wants("postgres"), &s.database_url) {
+        let server = Some(crate::cpu::Server::Postgres);
         let store = coatcheck_postgres::PostgresStore::builder()
             .table(unique("benchhttp"))
             .build(lean_pg_pool(url, 16).await?)?;
         store.migrate().await?;
-        contenders.push(Contender {
-            name: "coatcheck over Postgres".into(),
-            reference: None,
-            work: Arc::new(
-                Http::with_clients(coatcheck_router(Arc::new(store))?, clients, true).await?,
-            ),
-        });
+        contenders.push(
+            Contender::new(
+                "coatcheck over Postgres",
+                Arc::new(
+                    Http::with_clients(coatcheck_router(Arc::new(store))?, clients, true).await?,
+                ),
+            )
+            .on(server.clone()),
+        );
         let ts = tower_sessions_sqlx_store::PostgresStore::new(
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(16)
@@ -192,14 +293,84 @@ pub async fn run(s: &Settings) -> Result<(), BoxErr> {
         )
         .with_schema_name(unique("benchhttp_ts"))?;
         ts.migrate().await?;
-        contenders.push(Contender {
-            name: "tower-sessions over Postgres".into(),
-            reference: Some("tower-sessions postgres"),
-            work: Arc::new(Http::with_clients(tower_router(ts), clients, true).await?),
-        });
+        contenders.push(
+            Contender::new(
+                "tower-sessions over Postgres",
+                Arc::new(Http::with_clients(tower_router(ts), clients, true).await?),
+            )
+            .reference("tower-sessions postgres")
+            .on(server),
+        );
     }
     for c in [16, 64] {
         section("Middleware", &contenders, c, clients, s).await?;
+    }
+
+    println!(
+        "## Middleware level, a realistic mix: 9 in 10 requests GET /read, 1 in 10 POST /incr, \
+         rolling idle timeout of 30 minutes\n"
+    );
+    println!(
+        "coatcheck: `idle_timeout(30 min)` (a read writes nothing until `touch_after`, 60 s, has \
+         passed since the last write or touch). tower-sessions: `Expiry::OnInactivity(30 min)` \
+         with `with_always_save(true)`, as its docs and issue #74 say a rolling idle timeout \
+         needs (the expiry only moves when the session is saved), so every request writes.\n"
+    );
+    if s.wants("memory") {
+        mixed_pair(
+            "MemoryStore",
+            Arc::new(coatcheck_memory::MemoryStore::new()),
+            tower_router_idle(tower_sessions::MemoryStore::default()),
+            None,
+            clients,
+            s,
+        )
+        .await?;
+    }
+    for (backend, label, url) in [
+        ("redis", "Redis 7", &s.redis_url),
+        ("valkey", "Valkey 8.1", &s.valkey_url),
+    ] {
+        let (true, Some(url)) = (s.wants(backend), url) else {
+            continue;
+        };
+        let store = coatcheck_redis::RedisStore::builder()
+            .prefix(format!("{}:", unique("benchmix")))
+            .connect(url)
+            .await?;
+        let ts = tower_sessions_redis_store::RedisStore::new(fred_pool(url).await?);
+        mixed_pair(
+            label,
+            Arc::new(store),
+            tower_router_idle(ts),
+            crate::cpu::Server::from_redis_url(url),
+            clients,
+            s,
+        )
+        .await?;
+    }
+    if let (true, Some(url)) = (s.wants("postgres"), &s.database_url) {
+        let store = coatcheck_postgres::PostgresStore::builder()
+            .table(unique("benchmix"))
+            .build(lean_pg_pool(url, 16).await?)?;
+        store.migrate().await?;
+        let ts = tower_sessions_sqlx_store::PostgresStore::new(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(16)
+                .connect(url)
+                .await?,
+        )
+        .with_schema_name(unique("benchmix_ts"))?;
+        ts.migrate().await?;
+        mixed_pair(
+            "Postgres",
+            Arc::new(store),
+            tower_router_idle(ts),
+            Some(crate::cpu::Server::Postgres),
+            clients,
+            s,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -1,15 +1,17 @@
 //! coatcheck-bench: coatcheck against the raw drivers and tower-sessions, in one run.
 //!
 //! ```text
-//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,postgres,mongo]
+//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo]
 //! ```
 //!
-//! Backends come from `REDIS_URL`, `DATABASE_URL`, `MONGODB_URL`; a backend without its URL
+//! Backends come from `REDIS_URL`, `VALKEY_URL`, `DATABASE_URL`, `MONGODB_URL`; a backend
+//! without its URL
 //! is left out (and said so). Every contender of a section runs in the same process,
 //! interleaved A B C A B C over the repetitions, and the table reports medians, min–max,
 //! p50/p99 latency and paired ratios (the median of the per-repetition ratios).
 
 mod count;
+mod cpu;
 mod http_level;
 mod report;
 mod store_level;
@@ -33,6 +35,31 @@ pub struct Contender {
     /// Ratios are given against contenders whose `reference` is set, by that label.
     pub reference: Option<&'static str>,
     pub work: Arc<dyn Work>,
+    /// The server whose CPU per operation is reported (none for in-process stores).
+    pub server: Option<cpu::Server>,
+}
+
+impl Contender {
+    pub fn new(name: impl Into<String>, work: Arc<dyn Work>) -> Self {
+        Contender {
+            name: name.into(),
+            reference: None,
+            work,
+            server: None,
+        }
+    }
+
+    /// Ratios of every contender of the section are given against this one, as `label`.
+    pub fn reference(mut self, label: &'static str) -> Self {
+        self.reference = Some(label);
+        self
+    }
+
+    /// Reports the CPU per operation of `server`.
+    pub fn on(mut self, server: Option<cpu::Server>) -> Self {
+        self.server = server;
+        self
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +70,7 @@ pub struct Settings {
     pub sessions: usize,
     pub backends: Vec<String>,
     pub redis_url: Option<String>,
+    pub valkey_url: Option<String>,
     pub database_url: Option<String>,
     pub mongodb_url: Option<String>,
 }
@@ -53,6 +81,7 @@ impl Settings {
         let mut backends = vec![
             "memory".to_owned(),
             "redis".into(),
+            "valkey".into(),
             "postgres".into(),
             "mongo".into(),
         ];
@@ -65,7 +94,9 @@ impl Settings {
                     backends = v.split(',').map(|s| s.trim().to_owned()).collect();
                 }
                 "-h" | "--help" => {
-                    println!("coatcheck-bench [--quick] [--backend memory,redis,postgres,mongo]");
+                    println!(
+                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo]"
+                    );
                     std::process::exit(0);
                 }
                 other => return Err(format!("unknown argument {other:?}").into()),
@@ -83,6 +114,7 @@ impl Settings {
             sessions: if quick { 500 } else { 10_000 },
             backends,
             redis_url: env("REDIS_URL"),
+            valkey_url: env("VALKEY_URL"),
             database_url: env("DATABASE_URL"),
             mongodb_url: env("MONGODB_URL"),
         })
@@ -120,6 +152,10 @@ impl Default for Rng {
 pub struct Run {
     pub ops_per_sec: f64,
     pub latencies_us: Vec<u32>,
+    /// Server CPU µs per operation, when the contender names its server.
+    pub server_us_per_op: Option<f64>,
+    /// This process's CPU µs per operation (application side and load generator).
+    pub client_us_per_op: Option<f64>,
 }
 
 pub async fn run_once(
@@ -153,6 +189,8 @@ pub async fn run_once(
     Ok(Run {
         ops_per_sec: all.len() as f64 / secs,
         latencies_us: all,
+        server_us_per_op: None,
+        client_us_per_op: None,
     })
 }
 
@@ -171,7 +209,19 @@ pub async fn section(
     }
     for _ in 0..s.reps {
         for (i, c) in contenders.iter().enumerate() {
-            runs[i].push(run_once(c.work.clone(), concurrency, s.duration, keyspace).await?);
+            let before = c.server.as_ref().and_then(cpu::Server::cpu_seconds);
+            let own_before = cpu::own_cpu_seconds();
+            let mut run = run_once(c.work.clone(), concurrency, s.duration, keyspace).await?;
+            let own_after = cpu::own_cpu_seconds();
+            let after = c.server.as_ref().and_then(cpu::Server::cpu_seconds);
+            let ops = run.latencies_us.len().max(1) as f64;
+            if let (Some(b), Some(a)) = (before, after) {
+                run.server_us_per_op = Some((a - b) * 1e6 / ops);
+            }
+            if let (Some(b), Some(a)) = (own_before, own_after) {
+                run.client_us_per_op = Some((a - b) * 1e6 / ops);
+            }
+            runs[i].push(run);
         }
     }
     report::table(title, contenders, &runs, concurrency);
@@ -198,6 +248,7 @@ async fn main() -> Result<(), BoxErr> {
     );
     for (b, url) in [
         ("redis", &s.redis_url),
+        ("valkey", &s.valkey_url),
         ("postgres", &s.database_url),
         ("mongo", &s.mongodb_url),
     ] {

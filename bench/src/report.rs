@@ -40,8 +40,14 @@ pub fn table(title: &str, contenders: &[Contender], runs: &[Vec<Run>], concurren
         .filter_map(|(i, c)| c.reference.map(|r| (i, r)))
         .collect();
     println!("### {title}, concurrency {concurrency}\n");
-    let mut header = "| contender | ops/s (median) | min–max | p50 µs | p99 µs |".to_owned();
-    let mut rule = "|---|---:|---:|---:|---:|".to_owned();
+    let cpu = contenders.iter().any(|c| c.server.is_some());
+    let mut header =
+        "| contender | ops/s (median) | min–max | p50 µs | p99 µs | app CPU µs/op |".to_owned();
+    let mut rule = "|---|---:|---:|---:|---:|---:|".to_owned();
+    if cpu {
+        header.push_str(" server CPU µs/op |");
+        rule.push_str("---:|");
+    }
     for (_, r) in &refs {
         header.push_str(&format!(" × {r} |"));
         rule.push_str("---:|");
@@ -65,6 +71,20 @@ pub fn table(title: &str, contenders: &[Contender], runs: &[Vec<Run>], concurren
             percentile(&lat, 0.5),
             percentile(&lat, 0.99)
         );
+        let own: Vec<f64> = runs[i].iter().filter_map(|r| r.client_us_per_op).collect();
+        if own.is_empty() {
+            line.push_str(" — |");
+        } else {
+            line.push_str(&format!(" {:.1} |", median(own)));
+        }
+        if cpu {
+            let per_op: Vec<f64> = runs[i].iter().filter_map(|r| r.server_us_per_op).collect();
+            if per_op.is_empty() {
+                line.push_str(" — |");
+            } else {
+                line.push_str(&format!(" {:.1} |", median(per_op)));
+            }
+        }
         for (j, _) in &refs {
             // Paired: the ratio within each repetition, then the median of those.
             let ratios: Vec<f64> = runs[i]

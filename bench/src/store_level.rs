@@ -195,37 +195,59 @@ pub async fn fred_pool(
     Ok(pool)
 }
 
-pub async fn run(s: &Settings) -> Result<(), BoxErr> {
-    println!("## Store level: one load + one save per request\n");
+/// One Redis-protocol server: Redis 7 (Lua compare-and-set) or Valkey 8.1 (`SET … IFEQ`).
+async fn redis_like(title: &str, url: &str, valkey: bool, s: &Settings) -> Result<(), BoxErr> {
     let n = s.sessions;
-    if s.wants("memory") {
-        let cc = Coatcheck::populate(Arc::new(coatcheck_memory::MemoryStore::new()), n).await?;
-        let ts = Tower::populate(tower_sessions::MemoryStore::default(), n).await?;
-        let contenders = vec![
-            Contender {
-                name: "coatcheck MemoryStore".into(),
-                reference: None,
-                work: Arc::new(cc),
-            },
-            Contender {
-                name: "tower-sessions MemoryStore".into(),
-                reference: Some("tower-sessions"),
-                work: Arc::new(ts),
-            },
-        ];
-        for c in [1, 16, 64] {
-            section("Memory", &contenders, c, n, s).await?;
+    let server = crate::cpu::Server::from_redis_url(url);
+    let prefix = format!("{}:", unique("bench"));
+    let mux = coatcheck_redis::RedisStore::builder()
+        .prefix(prefix.clone())
+        .connect(url)
+        .await?;
+    let cc_mux = Coatcheck::populate(Arc::new(mux), n).await?;
+    let pool =
+        deadpool_redis::Config::from_url(url).create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+    let client = redis::Client::open(url)?;
+    let conn = client.get_multiplexed_async_connection().await?;
+    let mut keys = Vec::with_capacity(n);
+    {
+        let mut c = conn.clone();
+        for i in 0..n {
+            let k = format!("{prefix}raw:{i}");
+            let _: () = c
+                .set_ex(&k, NativeCodec.encode(&sample_data(i))?, 3600)
+                .await?;
+            keys.push(k);
         }
     }
-    if let (true, Some(url)) = (s.wants("redis"), &s.redis_url) {
-        let prefix = format!("{}:", unique("bench"));
-        let mux = coatcheck_redis::RedisStore::builder()
+    let ts = Tower::populate(
+        tower_sessions_redis_store::RedisStore::new(fred_pool(url).await?),
+        n,
+    )
+    .await?;
+    let mut contenders = Vec::new();
+    if valkey {
+        let lua = coatcheck_redis::RedisStore::builder()
             .prefix(prefix.clone())
+            .use_set_ifeq(false)
             .connect(url)
             .await?;
-        let cc_mux = Coatcheck::populate(Arc::new(mux), n).await?;
-        let pool = deadpool_redis::Config::from_url(url)
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+        let cc_lua = Coatcheck {
+            store: Arc::new(lua),
+            ids: cc_mux.ids.clone(),
+        };
+        contenders.push(
+            Contender::new("coatcheck Valkey (multiplexed, SET IFEQ)", Arc::new(cc_mux))
+                .on(server.clone()),
+        );
+        contenders.push(
+            Contender::new(
+                "coatcheck Valkey, Lua path (use_set_ifeq(false))",
+                Arc::new(cc_lua),
+            )
+            .on(server.clone()),
+        );
+    } else {
         let cc_pool = Coatcheck {
             store: Arc::new(
                 coatcheck_redis::RedisStore::builder()
@@ -234,59 +256,67 @@ pub async fn run(s: &Settings) -> Result<(), BoxErr> {
             ),
             ids: cc_mux.ids.clone(),
         };
-        let client = redis::Client::open(url.as_str())?;
-        let conn = client.get_multiplexed_async_connection().await?;
-        let mut keys = Vec::with_capacity(n);
-        {
-            let mut c = conn.clone();
-            for i in 0..n {
-                let k = format!("{prefix}raw:{i}");
-                let _: () = c
-                    .set_ex(&k, NativeCodec.encode(&sample_data(i))?, 3600)
-                    .await?;
-                keys.push(k);
-            }
-        }
-        let ts = Tower::populate(
-            tower_sessions_redis_store::RedisStore::new(fred_pool(url).await?),
-            n,
+        contenders.push(
+            Contender::new("coatcheck Redis (multiplexed, default)", Arc::new(cc_mux))
+                .on(server.clone()),
+        );
+        contenders.push(
+            Contender::new("coatcheck Redis (deadpool pool)", Arc::new(cc_pool)).on(server.clone()),
+        );
+    }
+    contenders.push(
+        Contender::new(
+            "raw redis-rs multiplexed GET+SET",
+            Arc::new(RawRedisMux {
+                conn,
+                keys: keys.clone(),
+            }),
         )
-        .await?;
+        .reference("raw mux")
+        .on(server.clone()),
+    );
+    if !valkey {
+        contenders.push(
+            Contender::new(
+                "raw deadpool-redis GET+SET",
+                Arc::new(RawRedisPool { pool, keys }),
+            )
+            .on(server.clone()),
+        );
+    }
+    contenders.push(
+        Contender::new("tower-sessions-redis-store (fred)", Arc::new(ts))
+            .reference("tower-sessions")
+            .on(server),
+    );
+    for c in [1, 16, 64] {
+        section(title, &contenders, c, n, s).await?;
+    }
+    Ok(())
+}
+
+pub async fn run(s: &Settings) -> Result<(), BoxErr> {
+    println!("## Store level: one load + one save per request\n");
+    let n = s.sessions;
+    if s.wants("memory") {
+        let cc = Coatcheck::populate(Arc::new(coatcheck_memory::MemoryStore::new()), n).await?;
+        let ts = Tower::populate(tower_sessions::MemoryStore::default(), n).await?;
         let contenders = vec![
-            Contender {
-                name: "coatcheck Redis (multiplexed, default)".into(),
-                reference: None,
-                work: Arc::new(cc_mux),
-            },
-            Contender {
-                name: "coatcheck Redis (deadpool pool)".into(),
-                reference: None,
-                work: Arc::new(cc_pool),
-            },
-            Contender {
-                name: "raw redis-rs multiplexed GET+SET".into(),
-                reference: Some("raw mux"),
-                work: Arc::new(RawRedisMux {
-                    conn,
-                    keys: keys.clone(),
-                }),
-            },
-            Contender {
-                name: "raw deadpool-redis GET+SET".into(),
-                reference: None,
-                work: Arc::new(RawRedisPool { pool, keys }),
-            },
-            Contender {
-                name: "tower-sessions-redis-store (fred)".into(),
-                reference: Some("tower-sessions"),
-                work: Arc::new(ts),
-            },
+            Contender::new("coatcheck MemoryStore", Arc::new(cc)),
+            Contender::new("tower-sessions MemoryStore", Arc::new(ts)).reference("tower-sessions"),
         ];
         for c in [1, 16, 64] {
-            section("Redis", &contenders, c, n, s).await?;
+            section("Memory", &contenders, c, n, s).await?;
         }
     }
+    if let (true, Some(url)) = (s.wants("redis"), &s.redis_url) {
+        redis_like("Redis 7", url, false, s).await?;
+    }
+    if let (true, Some(url)) = (s.wants("valkey"), &s.valkey_url) {
+        redis_like("Valkey 8.1", url, true, s).await?;
+    }
     if let (true, Some(url)) = (s.wants("postgres"), &s.database_url) {
+        let server = Some(crate::cpu::Server::Postgres);
         let table = unique("bench");
         let pool = lean_pg_pool(url, 16).await?;
         let store = coatcheck_postgres::PostgresStore::builder()
@@ -294,6 +324,15 @@ pub async fn run(s: &Settings) -> Result<(), BoxErr> {
             .build(pool.clone())?;
         store.migrate().await?;
         let cc = Coatcheck::populate(Arc::new(store), n).await?;
+        let relaxed = Coatcheck {
+            store: Arc::new(
+                coatcheck_postgres::PostgresStore::builder()
+                    .table(table.clone())
+                    .durability(coatcheck_postgres::Durability::RelaxedCommit)
+                    .build(lean_pg_pool(url, 16).await?)?,
+            ),
+            ids: cc.ids.clone(),
+        };
         let raw_table = format!("{table}_raw");
         sqlx::query(&format!(
             "CREATE TABLE {raw_table} (id text primary key, data bytea not null)"
@@ -327,21 +366,19 @@ pub async fn run(s: &Settings) -> Result<(), BoxErr> {
         ts_store.migrate().await?;
         let ts = Tower::populate(ts_store, n).await?;
         let contenders = vec![
-            Contender {
-                name: "coatcheck Postgres".into(),
-                reference: None,
-                work: Arc::new(cc),
-            },
-            Contender {
-                name: "raw sqlx SELECT+UPDATE (lean pool)".into(),
-                reference: Some("raw sqlx"),
-                work: Arc::new(raw),
-            },
-            Contender {
-                name: "tower-sessions-sqlx-store".into(),
-                reference: Some("tower-sessions"),
-                work: Arc::new(ts),
-            },
+            Contender::new("coatcheck Postgres (durable, default)", Arc::new(cc))
+                .on(server.clone()),
+            Contender::new(
+                "coatcheck Postgres (Durability::RelaxedCommit)",
+                Arc::new(relaxed),
+            )
+            .on(server.clone()),
+            Contender::new("raw sqlx SELECT+UPDATE (lean pool)", Arc::new(raw))
+                .reference("raw sqlx")
+                .on(server.clone()),
+            Contender::new("tower-sessions-sqlx-store", Arc::new(ts))
+                .reference("tower-sessions")
+                .on(server),
         ];
         for c in [1, 16, 64] {
             section("Postgres", &contenders, c, n, s).await?;
@@ -364,11 +401,10 @@ pub async fn run(s: &Settings) -> Result<(), BoxErr> {
             .await?;
         let n_mongo = n.min(2_000);
         let cc = Coatcheck::populate(Arc::new(store.clone()), n_mongo).await?;
-        let contenders = vec![Contender {
-            name: "coatcheck Mongo (SecantusDB test server: not representative of mongod)".into(),
-            reference: None,
-            work: Arc::new(cc),
-        }];
+        let contenders = vec![Contender::new(
+            "coatcheck Mongo (SecantusDB test server: not representative of mongod)",
+            Arc::new(cc),
+        )];
         for c in [1, 16] {
             section("Mongo", &contenders, c, n_mongo, s).await?;
         }
