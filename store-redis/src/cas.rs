@@ -64,8 +64,17 @@ impl Seen {
         shard.get(id).cloned()
     }
 
+    /// Values longer than this are not remembered (their saves take the script): the memory
+    /// held is at most `SHARDS × SHARD_ENTRIES × MAX_BYTES` (1 GiB in theory, a few MB for
+    /// sessions of a few hundred bytes).
+    pub(crate) const MAX_BYTES: usize = 64 * 1024;
+
     /// Remembers that `id` now holds `bytes` at `version`.
     pub(crate) fn put(&self, id: &SessionId, version: u64, bytes: Vec<u8>) {
+        if bytes.len() > Self::MAX_BYTES {
+            self.forget(id);
+            return;
+        }
         let mut shard = self.shard(id).lock().unwrap_or_else(|p| p.into_inner());
         if shard.len() >= Self::SHARD_ENTRIES && !shard.contains_key(id) {
             shard.clear();
@@ -131,6 +140,12 @@ mod tests {
         assert_eq!((e.version, e.bytes.as_slice()), (2, &b"b"[..]));
         seen.forget(&id);
         assert!(seen.get(&id).is_none());
+        seen.put(&id, 3, b"c".to_vec());
+        seen.put(&id, 4, vec![0; Seen::MAX_BYTES + 1]);
+        assert!(
+            seen.get(&id).is_none(),
+            "too big: forgotten, not kept stale"
+        );
         for _ in 0..(Seen::SHARDS * Seen::SHARD_ENTRIES * 3) {
             seen.put(&SessionId::generate(), 1, Vec::new());
         }

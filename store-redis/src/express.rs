@@ -97,6 +97,8 @@ impl Express {
             // Already expired: as connect-redis, store nothing (expired = absent).
             return Ok(());
         }
+        // Before the write: a probe after it could time out an operation that succeeded.
+        let cas = cx.cas().await;
         let reply = cx
             .query(
                 redis::cmd("SET")
@@ -112,7 +114,7 @@ impl Express {
                 // The caller holds this record at `r.version` (1), not at the hash of the
                 // text: remembering the text under that version lets its first save compare
                 // the text itself (the script, comparing hashes, would refuse it once).
-                if cx.cas().await {
+                if cas {
                     cx.seen().put(&r.id, r.version, json.into_bytes());
                 }
                 Ok(())

@@ -369,9 +369,17 @@ impl Native {
     }
 
     /// The fast path of `save` and `touch` on a server with `SET … IFEQ`: replaces the
-    /// remembered bytes `old` with `value` in one ordinary command (plus, when the session's
-    /// user index must now live longer, a `PEXPIREAT … GT` on it, first). `Ok(false)`: not
+    /// remembered bytes `old` with `value` in one ordinary command. `index`: the session's
+    /// user (unchanged by this write) and whether its expiry moves later. `Ok(false)`: not
     /// done, the script decides.
+    ///
+    /// The index gets what the script's `index_add` would do, first: `SADD` (so a member
+    /// lost to an eviction, a failed cluster index write or a prune by a process whose clock
+    /// runs ahead comes back, as the script path brings it back), `PEXPIREAT … NX` (a set
+    /// just created has no TTL) and `PEXPIREAT … GT` (never shorten it). On a single node in
+    /// the same round trip, always, as the script does; on a cluster (another slot, another
+    /// round trip) when the expiry moves later, as the script path does there. A member added
+    /// for a write that then fails is pruned by the next read of the index.
     async fn replace(
         &self,
         cx: &Ctx,
@@ -379,7 +387,7 @@ impl Native {
         old: &[u8],
         value: &[u8],
         expires: i64,
-        extend_index: Option<&[u8]>,
+        index: Option<(&[u8], bool)>,
     ) -> Result<bool, StoreError> {
         let mut set = redis::cmd("SET");
         set.arg(cx.session_key(id))
@@ -388,29 +396,35 @@ impl Native {
             .arg(old)
             .arg("PXAT")
             .arg(expires);
-        let reply = match (extend_index, cx.topology()) {
-            (None, _) => cx.query_ifeq(&set).await?,
-            (Some(user), Topology::Single) => {
+        let index_add = |pipe: &mut redis::Pipeline, user: &[u8]| {
+            let key = cx.index_key(user);
+            pipe.cmd("SADD").arg(&key).arg(id.as_str()).ignore();
+            pipe.cmd("PEXPIREAT")
+                .arg(&key)
+                .arg(expires)
+                .arg("NX")
+                .ignore();
+            pipe.cmd("PEXPIREAT")
+                .arg(&key)
+                .arg(expires)
+                .arg("GT")
+                .ignore();
+        };
+        let reply = match (index, cx.topology()) {
+            (Some((user, _)), Topology::Single) => {
                 let mut pipe = redis::pipe();
-                pipe.cmd("PEXPIREAT")
-                    .arg(cx.index_key(user))
-                    .arg(expires)
-                    .arg("GT")
-                    .ignore()
-                    .add_command(set);
+                index_add(&mut pipe, user);
+                pipe.add_command(set);
                 cx.query_ifeq_pipe(&pipe).await?
             }
-            (Some(user), Topology::Cluster) => {
+            (Some((user, true)), Topology::Cluster) => {
                 // Another slot: the index first, so that it never expires before the session.
-                cx.query(
-                    redis::cmd("PEXPIREAT")
-                        .arg(cx.index_key(user))
-                        .arg(expires)
-                        .arg("GT"),
-                )
-                .await?;
+                let mut pipe = redis::pipe();
+                index_add(&mut pipe, user);
+                cx.query_pipe(&pipe).await?;
                 cx.query_ifeq(&set).await?
             }
+            (None | Some((_, false)), _) => cx.query_ifeq(&set).await?,
         };
         Ok(matches!(
             reply,
@@ -426,17 +440,15 @@ impl Native {
         let cas = cx.cas().await;
         if cas && r.expires_at > now {
             if let Some(seen) = cx.seen().get(&r.id).filter(|e| e.version == r.version) {
-                // The user stays the same (its index already holds the session); a later
-                // expiry makes the index live longer.
+                // Only when the user stays the same (a change of user is the script's).
                 let old = value::parse(&seen.bytes).filter(|old| {
                     old.expires > now.as_millis() && old.user == user.map(str::as_bytes)
                 });
                 if let Some(old) = old {
-                    let extend = user.filter(|_| r.expires_at.as_millis() > old.expires);
                     let e = r.expires_at.as_millis();
-                    let extend = extend.map(str::as_bytes);
+                    let index = user.map(|u| (u.as_bytes(), e > old.expires));
                     if self
-                        .replace(cx, &r.id, &seen.bytes, &value, e, extend)
+                        .replace(cx, &r.id, &seen.bytes, &value, e, index)
                         .await?
                     {
                         cx.seen().put(&r.id, next, value);
@@ -504,8 +516,8 @@ impl Native {
                 {
                     let e = expires_at.as_millis();
                     let value = value::with_expiry(&old, e);
-                    let extend = old.user.filter(|_| e > old.expires);
-                    if self.replace(cx, id, &seen.bytes, &value, e, extend).await? {
+                    let index = old.user.map(|u| (u, e > old.expires));
+                    if self.replace(cx, id, &seen.bytes, &value, e, index).await? {
                         cx.seen().put(id, seen.version, value);
                         return Ok(true);
                     }
@@ -541,40 +553,62 @@ impl Native {
         }
     }
 
+    /// The fast path of `delete` (after a load, on a server with `SET … IFEQ`): `GETDEL`,
+    /// and `SREM` from the index of the user the deleted value names. Whether it was live and
+    /// whose it was come from the value the server removed, never from the remembered bytes
+    /// (`remembered_user` only lets a single node send the `SREM` in the same round trip; a
+    /// value that turns out to name another user gets one more `SREM`). `None`: the key holds
+    /// something `GETDEL` cannot take (a hash of the 0.1 layout), the script decides.
+    async fn getdel(
+        &self,
+        cx: &Ctx,
+        id: &SessionId,
+        remembered_user: Option<&[u8]>,
+        now: Timestamp,
+    ) -> Result<Option<bool>, StoreError> {
+        let key = cx.session_key(id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GETDEL").arg(&key);
+        let sent_srem = match (remembered_user, cx.topology()) {
+            (Some(user), Topology::Single) => {
+                pipe.cmd("SREM").arg(cx.index_key(user)).arg(id.as_str());
+                Some(user)
+            }
+            _ => None,
+        };
+        let mut replies = cx.query_pipe_each(&pipe).await?.into_iter();
+        let removed = match replies.next() {
+            Some(Ok(v)) => bytes_or_nil(v, "GETDEL")?,
+            Some(Err(StoreError::Decode(_))) => return Ok(None),
+            Some(Err(e)) => return Err(e),
+            None => return Err(unexpected("GETDEL")),
+        };
+        if let Some(Err(e)) = replies.next() {
+            return Err(e);
+        }
+        let Some(removed) = removed else {
+            return Ok(Some(false));
+        };
+        // Something that was not a session value was removed: as the script does.
+        let Some(old) = value::parse(&removed) else {
+            return Ok(Some(false));
+        };
+        if let Some(user) = old.user.filter(|u| Some(*u) != sent_srem) {
+            cx.query(redis::cmd("SREM").arg(cx.index_key(user)).arg(id.as_str()))
+                .await?;
+        }
+        Ok(Some(old.expires > now.as_millis()))
+    }
+
     pub(crate) async fn delete(&self, cx: &Ctx, id: &SessionId) -> Result<bool, StoreError> {
         let now = cx.now();
         let cluster = cx.topology() == Topology::Cluster;
         if cx.cas().await {
             if let Some(seen) = cx.seen().get(id) {
                 cx.seen().forget(id);
-                if let Some(old) = value::parse(&seen.bytes) {
-                    // A plain DEL, and the index entry of the user the session had when this
-                    // store last saw it (had another process changed the user since, that
-                    // user's index keeps a member of a missing key, which its next read
-                    // prunes).
-                    let key = cx.session_key(id);
-                    let removed = match (old.user, cluster) {
-                        (None, _) => cx.query(redis::cmd("DEL").arg(&key)).await?,
-                        (Some(user), false) => {
-                            let mut pipe = redis::pipe();
-                            pipe.cmd("DEL")
-                                .arg(&key)
-                                .cmd("SREM")
-                                .arg(cx.index_key(user))
-                                .arg(id.as_str())
-                                .ignore();
-                            let mut out = array(cx.query_pipe(&pipe).await?)
-                                .ok_or_else(|| unexpected("DEL"))?;
-                            out.pop().ok_or_else(|| unexpected("DEL"))?
-                        }
-                        (Some(user), true) => {
-                            let n = cx.query(redis::cmd("DEL").arg(&key)).await?;
-                            cx.query(redis::cmd("SREM").arg(cx.index_key(user)).arg(id.as_str()))
-                                .await?;
-                            n
-                        }
-                    };
-                    return Ok(int(&removed) == Some(1) && old.expires > now.as_millis());
+                let user = value::parse(&seen.bytes).and_then(|p| p.user);
+                if let Some(removed) = self.getdel(cx, id, user, now).await? {
+                    return Ok(removed);
                 }
             }
         }

@@ -133,6 +133,28 @@ impl Ctx {
         self.raw_pipe(pipe).await?.map_err(map_redis_error)
     }
 
+    /// A pipeline whose replies are each the command's answer or its error (mapped as
+    /// [`Ctx::query`] maps them), in order (`ignore`d commands left out).
+    pub(crate) async fn query_pipe_each(
+        &self,
+        pipe: &Pipeline,
+    ) -> Result<Vec<Result<Value, StoreError>>, StoreError> {
+        let mut pipe = pipe.clone();
+        pipe.ignore_errors();
+        match self.raw_pipe(&pipe).await?.map_err(map_redis_error)? {
+            Value::Array(replies) => Ok(replies
+                .into_iter()
+                .map(|r| match r {
+                    Value::ServerError(e) => Err(map_redis_error(RedisError::from(e))),
+                    v => Ok(v),
+                })
+                .collect()),
+            _ => Err(StoreError::backend(crate::error::UnexpectedReply {
+                what: "pipeline",
+            })),
+        }
+    }
+
     /// A command using `IFEQ`: `None` when the server turns out not to know it (it is then
     /// never used again by this store).
     pub(crate) async fn query_ifeq(&self, cmd: &Cmd) -> Result<Option<Value>, StoreError> {
@@ -140,18 +162,39 @@ impl Ctx {
     }
 
     /// A pipeline ending with a command using `IFEQ`: that command's reply, or `None` as in
-    /// [`Ctx::query_ifeq`].
+    /// [`Ctx::query_ifeq`]. The replies are read one by one (redis-rs reports a server error
+    /// inside a pipeline without its code), so that "IFEQ unknown" is recognised there too.
     pub(crate) async fn query_ifeq_pipe(
         &self,
         pipe: &Pipeline,
     ) -> Result<Option<Value>, StoreError> {
-        match self.unsupported_is_none(self.raw_pipe(pipe).await?)? {
-            Some(Value::Array(mut replies)) => Ok(replies.pop()),
-            Some(_) => Err(StoreError::backend(crate::error::UnexpectedReply {
-                what: "pipeline",
-            })),
-            None => Ok(None),
+        let mut pipe = pipe.clone();
+        pipe.ignore_errors();
+        let replies = match self.raw_pipe(&pipe).await?.map_err(map_redis_error)? {
+            Value::Array(replies) => replies,
+            _ => {
+                return Err(StoreError::backend(crate::error::UnexpectedReply {
+                    what: "pipeline",
+                }))
+            }
+        };
+        let last = replies.len().saturating_sub(1);
+        for (i, reply) in replies.into_iter().enumerate() {
+            match reply {
+                Value::ServerError(e) => {
+                    let e = RedisError::from(e);
+                    if i == last && cas::is_unsupported(&e) {
+                        return self.unsupported_is_none(Err(e));
+                    }
+                    return Err(map_redis_error(e));
+                }
+                reply if i == last => return Ok(Some(reply)),
+                _ => {}
+            }
         }
+        Err(StoreError::backend(crate::error::UnexpectedReply {
+            what: "pipeline",
+        }))
     }
 
     fn unsupported_is_none(
@@ -171,7 +214,9 @@ impl Ctx {
 
     /// Whether to take the `SET … IFEQ` path: probes the server on first use (one
     /// `SET {prefix}probe:ifeq "" IFEQ ""`, which never creates the key; Redis before 8.4
-    /// answers a syntax error). A probe that fails for another reason is repeated later.
+    /// answers a syntax error). Any other error reply (an ACL refusing the key, a proxy's own
+    /// error) also settles it: the scripts. Only a probe that could not reach the server is
+    /// repeated, by the next operation.
     pub(crate) async fn cas(&self) -> bool {
         if let Some(known) = self.support.known() {
             return known;
@@ -188,12 +233,13 @@ impl Ctx {
                 tracing::debug!("coatcheck-redis: the server has SET … IFEQ");
                 true
             }
-            Ok(Err(e)) if cas::is_unsupported(&e) => {
+            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => false,
+            Ok(Err(e)) => {
                 self.support.set(false);
-                tracing::debug!("coatcheck-redis: no SET … IFEQ on this server; Lua scripts");
+                tracing::debug!(error = %e, "coatcheck-redis: no SET … IFEQ on this server; Lua scripts");
                 false
             }
-            Ok(Err(_)) | Err(_) => false,
+            Err(_) => false,
         }
     }
 
