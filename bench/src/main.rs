@@ -1,7 +1,7 @@
 //! coatcheck-bench: coatcheck against the raw drivers and tower-sessions, in one run.
 //!
 //! ```text
-//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo]
+//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo] [--part store,http,rt]
 //! ```
 //!
 //! Backends come from `REDIS_URL`, `VALKEY_URL`, `DATABASE_URL`, `MONGODB_URL`; a backend
@@ -69,6 +69,8 @@ pub struct Settings {
     pub reps: usize,
     pub sessions: usize,
     pub backends: Vec<String>,
+    /// `store`, `http`, `rt` (round trips): the parts to run (default all).
+    pub parts: Vec<String>,
     pub redis_url: Option<String>,
     pub valkey_url: Option<String>,
     pub database_url: Option<String>,
@@ -85,6 +87,7 @@ impl Settings {
             "postgres".into(),
             "mongo".into(),
         ];
+        let mut parts = vec!["store".to_owned(), "http".into(), "rt".into()];
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -93,9 +96,13 @@ impl Settings {
                     let v = args.next().ok_or("--backend needs a value")?;
                     backends = v.split(',').map(|s| s.trim().to_owned()).collect();
                 }
+                "--part" => {
+                    let v = args.next().ok_or("--part needs a value")?;
+                    parts = v.split(',').map(|s| s.trim().to_owned()).collect();
+                }
                 "-h" | "--help" => {
                     println!(
-                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo]"
+                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo] [--part store,http,rt]"
                     );
                     std::process::exit(0);
                 }
@@ -113,6 +120,7 @@ impl Settings {
             reps: if quick { 1 } else { 5 },
             sessions: if quick { 500 } else { 10_000 },
             backends,
+            parts,
             redis_url: env("REDIS_URL"),
             valkey_url: env("VALKEY_URL"),
             database_url: env("DATABASE_URL"),
@@ -256,8 +264,15 @@ async fn main() -> Result<(), BoxErr> {
             println!("_{b}: left out (no URL in the environment)._\n");
         }
     }
-    store_level::run(&s).await?;
-    http_level::run(&s).await?;
-    count::round_trips(&s).await?;
+    let part = |p: &str| s.parts.iter().any(|x| x == p);
+    if part("store") {
+        store_level::run(&s).await?;
+    }
+    if part("http") {
+        http_level::run(&s).await?;
+    }
+    if part("rt") {
+        count::round_trips(&s).await?;
+    }
     Ok(())
 }
