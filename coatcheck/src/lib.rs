@@ -71,6 +71,26 @@ pub use serde_json::Value;
 /// The core crate, for store implementors.
 pub use coatcheck_core as core;
 
+/// The stores' READMEs, run as doc tests of this facade: their examples are written against
+/// `coatcheck::…` paths, as an application that depends on `coatcheck` alone writes them.
+/// (Only in doc-test builds; `pub` so that `missing_docs` does not misplace the next item's
+/// documentation.)
+#[cfg(doctest)]
+pub mod store_readmes {
+    /// coatcheck-redis.
+    #[cfg(feature = "redis")]
+    #[doc = include_str!("../../store-redis/README.md")]
+    pub struct Redis;
+    /// coatcheck-postgres.
+    #[cfg(feature = "postgres")]
+    #[doc = include_str!("../../store-postgres/README.md")]
+    pub struct Postgres;
+    /// coatcheck-mongo.
+    #[cfg(feature = "mongo")]
+    #[doc = include_str!("../../store-mongo/README.md")]
+    pub struct Mongo;
+}
+
 /// The in-process store.
 #[cfg(feature = "memory")]
 pub mod memory {

@@ -235,6 +235,24 @@ impl Inner {
         PgTs(self.clock.now())
     }
 
+    /// The failure path of a compare-and-set (`save`, `delete_version`): the version of the
+    /// live row (`Conflict`), or `None` (`NotFound`).
+    async fn live_version(
+        &self,
+        op: &'static str,
+        id: &SessionId,
+        now: PgTs,
+    ) -> Result<Option<i64>, StoreError> {
+        let (probe, pool, key) = (self.sql.save_probe.as_str(), &self.pool, id.as_str());
+        self.run(op, Retry::ReadOnly, move || {
+            sqlx::query_scalar(probe)
+                .bind(key)
+                .bind(now)
+                .fetch_optional(pool)
+        })
+        .await
+    }
+
     /// Runs one statement, re-sending it (on another connection) while its connection turns
     /// out to be one the server terminated: at most `attempts` times in all, and no new
     /// attempt once the pool's acquire timeout has passed since the first.
@@ -447,15 +465,7 @@ impl SessionStore for PostgresStore {
             return inner.version_from_db(new_version);
         }
         // Failure path only: was it a version mismatch on a live row, or no live row?
-        let probe = inner.sql.save_probe.as_str();
-        let live: Option<i64> = inner
-            .run("save", Retry::ReadOnly, move || {
-                sqlx::query_scalar(probe)
-                    .bind(id)
-                    .bind(now)
-                    .fetch_optional(pool)
-            })
-            .await?;
+        let live = inner.live_version("save", &record.id, now).await?;
         let short = record.id.short_hash();
         match live {
             Some(stored) => {
@@ -489,16 +499,7 @@ impl SessionStore for PostgresStore {
         if removed > 0 {
             return Ok(());
         }
-        let probe = inner.sql.save_probe.as_str();
-        let live: Option<i64> = inner
-            .run("delete_version", Retry::ReadOnly, move || {
-                sqlx::query_scalar(probe)
-                    .bind(key)
-                    .bind(now)
-                    .fetch_optional(pool)
-            })
-            .await?;
-        match live {
+        match inner.live_version("delete_version", id, now).await? {
             Some(_) => Err(StoreError::Conflict),
             None => Err(StoreError::NotFound),
         }

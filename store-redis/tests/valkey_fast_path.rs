@@ -6,26 +6,16 @@
 //!   index write), as the script path does — otherwise "log out everywhere" misses it;
 //! - `delete` answers from the value it removed, not from stale remembered bytes.
 
+mod common;
+
 use std::time::Duration;
 
 use coatcheck_conformance::{harness, Backend};
 use coatcheck_core::{ManualClock, Record, SessionId, SessionStore, Timestamp};
 use coatcheck_redis::RedisStore;
+use common::urls_of;
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-async fn url(backend: Backend) -> Option<Vec<String>> {
-    if !harness::require(Some(backend)).await {
-        return None;
-    }
-    let all = harness::url(backend).await.expect("checked");
-    Some(
-        all.split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect(),
-    )
-}
 
 async fn store(urls: &[String], prefix: &str, clock: Option<ManualClock>) -> RedisStore {
     let mut b = RedisStore::builder().prefix(prefix);
@@ -67,7 +57,7 @@ async fn srem(urls: &[String], store: &RedisStore, user: &str, id: &SessionId) {
 }
 
 async fn index_comes_back(backend: Backend) {
-    let Some(urls) = url(backend).await else {
+    let Some(urls) = urls_of(backend).await else {
         return;
     };
     let prefix = format!("{}:", harness::unique_name("cc-fast"));
@@ -116,7 +106,7 @@ async fn valkey_cluster_fast_writes_restore_a_lost_index_member() {
 /// between e1 and e2, A's delete removes a live session and must say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_delete_answers_from_the_removed_value() {
-    let Some(urls) = url(Backend::Valkey).await else {
+    let Some(urls) = urls_of(Backend::Valkey).await else {
         return;
     };
     let prefix = format!("{}:", harness::unique_name("cc-fast"));

@@ -12,7 +12,7 @@ use std::time::Duration;
 use coatcheck_conformance::{harness, Backend};
 use coatcheck_core::{Record, SessionId, SessionStore, Timestamp};
 use coatcheck_redis::RedisStore;
-use common::{client_commands, PrefixRecorder};
+use common::{client_commands, urls_of, PrefixRecorder};
 use serde_json::json;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -28,19 +28,6 @@ fn record(user: Option<&str>) -> Record {
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
-}
-
-async fn urls(backend: Backend) -> Option<Vec<String>> {
-    if !harness::require(Some(backend)).await {
-        return None;
-    }
-    let all = harness::url(backend).await.expect("checked");
-    Some(
-        all.split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect(),
-    )
 }
 
 /// The same sequence on a node and on a cluster; `cluster` adds the commands a cluster
@@ -145,7 +132,7 @@ async fn counts(store: RedisStore, rec: &mut PrefixRecorder, cluster: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_node_ifeq_round_trips() {
-    let Some(urls) = urls(Backend::Valkey).await else {
+    let Some(urls) = urls_of(Backend::Valkey).await else {
         return;
     };
     let prefix = format!("{}:", harness::unique_name("vrt"));
@@ -160,7 +147,7 @@ async fn valkey_node_ifeq_round_trips() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_cluster_ifeq_round_trips() {
-    let Some(urls) = urls(Backend::ValkeyCluster).await else {
+    let Some(urls) = urls_of(Backend::ValkeyCluster).await else {
         return;
     };
     let prefix = format!("{}:", harness::unique_name("vrt"));
@@ -177,7 +164,7 @@ async fn valkey_cluster_ifeq_round_trips() {
 /// everywhere; on Valkey the saves after a load (and the first save after a create) are one
 /// `SET … IFEQ <the text loaded>`, on Redis 7 the save script.
 async fn express_counts(backend: Backend, ifeq: bool) {
-    let Some(urls) = urls(backend).await else {
+    let Some(urls) = urls_of(backend).await else {
         return;
     };
     let prefix = format!("{}:", harness::unique_name("xrt"));

@@ -157,3 +157,19 @@ impl PrefixRecorder {
         all
     }
 }
+
+/// The node URLs of `backend` (one for a node, several for a cluster), or `None` after a
+/// visible skip (a failure when CI requires it).
+pub async fn urls_of(backend: coatcheck_conformance::Backend) -> Option<Vec<String>> {
+    use coatcheck_conformance::harness;
+    if !harness::require(Some(backend)).await {
+        return None;
+    }
+    let all = harness::url(backend).await.expect("checked");
+    Some(
+        all.split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    )
+}
