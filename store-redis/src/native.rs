@@ -267,8 +267,7 @@ impl Native {
         match out.code {
             OK => {
                 if let (true, Some(user)) = (cluster && r.expires_at > now, user) {
-                    cx.index_add(user.as_bytes(), &r.id, r.expires_at, now)
-                        .await?;
+                    cx.index_add(user.as_bytes(), &r.id, r.expires_at).await?;
                 }
                 if cas {
                     cx.seen().put(&r.id, 1, value);
@@ -373,10 +372,9 @@ impl Native {
     /// user (unchanged by this write) and whether its expiry moves later. `Ok(false)`: not
     /// done, the script decides.
     ///
-    /// The index gets what the script's `index_add` would do, first: `SADD` (so a member
-    /// lost to an eviction, a failed cluster index write or a prune by a process whose clock
-    /// runs ahead comes back, as the script path brings it back), `PEXPIREAT … NX` (a set
-    /// just created has no TTL) and `PEXPIREAT … GT` (never shorten it). On a single node in
+    /// The index gets what the script's `index_add` would do, first ([`Ctx::push_index_add`];
+    /// its `SADD` brings back a member lost to an eviction, a failed cluster index write or
+    /// a prune by a process whose clock runs ahead, as the script path does). On a single node in
     /// the same round trip, always, as the script does; on a cluster (another slot, another
     /// round trip) when the expiry moves later, as the script path does there. A member added
     /// for a write that then fails is pruned by the next read of the index.
@@ -396,32 +394,17 @@ impl Native {
             .arg(old)
             .arg("PXAT")
             .arg(expires);
-        let index_add = |pipe: &mut redis::Pipeline, user: &[u8]| {
-            let key = cx.index_key(user);
-            pipe.cmd("SADD").arg(&key).arg(id.as_str()).ignore();
-            pipe.cmd("PEXPIREAT")
-                .arg(&key)
-                .arg(expires)
-                .arg("NX")
-                .ignore();
-            pipe.cmd("PEXPIREAT")
-                .arg(&key)
-                .arg(expires)
-                .arg("GT")
-                .ignore();
-        };
         let reply = match (index, cx.topology()) {
             (Some((user, _)), Topology::Single) => {
                 let mut pipe = redis::pipe();
-                index_add(&mut pipe, user);
+                cx.push_index_add(&mut pipe, user, id, expires);
                 pipe.add_command(set);
                 cx.query_ifeq_pipe(&pipe).await?
             }
             (Some((user, true)), Topology::Cluster) => {
                 // Another slot: the index first, so that it never expires before the session.
-                let mut pipe = redis::pipe();
-                index_add(&mut pipe, user);
-                cx.query_pipe(&pipe).await?;
+                cx.index_add(user, id, Timestamp::from_millis(expires))
+                    .await?;
                 cx.query_ifeq(&set).await?
             }
             (None | Some((_, false)), _) => cx.query_ifeq(&set).await?,
@@ -486,8 +469,7 @@ impl Native {
                         .old_expires
                         .is_some_and(|old| r.expires_at.as_millis() <= old);
                     if !(same_user && not_later) {
-                        cx.index_add(user.as_bytes(), &r.id, r.expires_at, now)
-                            .await?;
+                        cx.index_add(user.as_bytes(), &r.id, r.expires_at).await?;
                     }
                 }
                 if cas && r.expires_at > now {
@@ -543,7 +525,7 @@ impl Native {
                         .old_expires
                         .is_none_or(|old| expires_at.as_millis() > old);
                     if later {
-                        cx.index_add(user, id, expires_at, now).await?;
+                        cx.index_add(user, id, expires_at).await?;
                     }
                 }
                 Ok(true)

@@ -212,13 +212,6 @@ end
 return n
 "#;
 
-/// Cluster: KEYS[1] user index; ARGV: id, expires, now. Adds the member and makes sure the
-/// set lives at least as long as the session.
-const INDEX_ADD: &str = r#"
-index_add(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[2], tonumber(ARGV[3]))
-return 1
-"#;
-
 /// Cluster: KEYS[1] session; ARGV: now, user. Deletes the session if it belongs to `user`.
 /// Returns 0 (not that user's: a stale index member), 1 (a live session removed) or 2
 /// (an expired one removed).
@@ -242,6 +235,5 @@ pub(crate) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(DELE
 pub(crate) static LIST_FOR_USER_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(LIST_FOR_USER));
 pub(crate) static DELETE_FOR_USER_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| script(DELETE_FOR_USER));
-pub(crate) static INDEX_ADD_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(INDEX_ADD));
 pub(crate) static DELETE_IF_USER_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| script(DELETE_IF_USER));

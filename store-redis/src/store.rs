@@ -133,19 +133,20 @@ impl Ctx {
         self.raw_pipe(pipe).await?.map_err(map_redis_error)
     }
 
-    /// A pipeline whose replies are each the command's answer or its error (mapped as
-    /// [`Ctx::query`] maps them), in order (`ignore`d commands left out).
-    pub(crate) async fn query_pipe_each(
+    /// A pipeline whose replies are each the command's answer or its server error, in order
+    /// (`ignore`d commands left out): redis-rs reports an error inside a pipeline without
+    /// its code, so the replies are read one by one.
+    async fn raw_pipe_each(
         &self,
         pipe: &Pipeline,
-    ) -> Result<Vec<Result<Value, StoreError>>, StoreError> {
+    ) -> Result<Vec<Result<Value, RedisError>>, StoreError> {
         let mut pipe = pipe.clone();
         pipe.ignore_errors();
         match self.raw_pipe(&pipe).await?.map_err(map_redis_error)? {
             Value::Array(replies) => Ok(replies
                 .into_iter()
                 .map(|r| match r {
-                    Value::ServerError(e) => Err(map_redis_error(RedisError::from(e))),
+                    Value::ServerError(e) => Err(RedisError::from(e)),
                     v => Ok(v),
                 })
                 .collect()),
@@ -155,6 +156,19 @@ impl Ctx {
         }
     }
 
+    /// [`Ctx::raw_pipe_each`], errors mapped as [`Ctx::query`] maps them.
+    pub(crate) async fn query_pipe_each(
+        &self,
+        pipe: &Pipeline,
+    ) -> Result<Vec<Result<Value, StoreError>>, StoreError> {
+        Ok(self
+            .raw_pipe_each(pipe)
+            .await?
+            .into_iter()
+            .map(|r| r.map_err(map_redis_error))
+            .collect())
+    }
+
     /// A command using `IFEQ`: `None` when the server turns out not to know it (it is then
     /// never used again by this store).
     pub(crate) async fn query_ifeq(&self, cmd: &Cmd) -> Result<Option<Value>, StoreError> {
@@ -162,39 +176,19 @@ impl Ctx {
     }
 
     /// A pipeline ending with a command using `IFEQ`: that command's reply, or `None` as in
-    /// [`Ctx::query_ifeq`]. The replies are read one by one (redis-rs reports a server error
-    /// inside a pipeline without its code), so that "IFEQ unknown" is recognised there too.
+    /// [`Ctx::query_ifeq`]; an error of an earlier command is that error.
     pub(crate) async fn query_ifeq_pipe(
         &self,
         pipe: &Pipeline,
     ) -> Result<Option<Value>, StoreError> {
-        let mut pipe = pipe.clone();
-        pipe.ignore_errors();
-        let replies = match self.raw_pipe(&pipe).await?.map_err(map_redis_error)? {
-            Value::Array(replies) => replies,
-            _ => {
-                return Err(StoreError::backend(crate::error::UnexpectedReply {
-                    what: "pipeline",
-                }))
-            }
-        };
-        let last = replies.len().saturating_sub(1);
-        for (i, reply) in replies.into_iter().enumerate() {
-            match reply {
-                Value::ServerError(e) => {
-                    let e = RedisError::from(e);
-                    if i == last && cas::is_unsupported(&e) {
-                        return self.unsupported_is_none(Err(e));
-                    }
-                    return Err(map_redis_error(e));
-                }
-                reply if i == last => return Ok(Some(reply)),
-                _ => {}
-            }
+        let mut replies = self.raw_pipe_each(pipe).await?;
+        let last = replies.pop().ok_or_else(|| {
+            StoreError::backend(crate::error::UnexpectedReply { what: "pipeline" })
+        })?;
+        if let Some(Err(e)) = replies.into_iter().find(Result::is_err) {
+            return Err(map_redis_error(e));
         }
-        Err(StoreError::backend(crate::error::UnexpectedReply {
-            what: "pipeline",
-        }))
+        self.unsupported_is_none(last)
     }
 
     fn unsupported_is_none(
@@ -248,21 +242,38 @@ impl Ctx {
         &self.seen
     }
 
-    /// Cluster only: adds `id` to the user's index and keeps the set alive at least until
-    /// `expires_at`.
+    /// Appends to `pipe` what the scripts' `index_add` does, as three plain commands on the
+    /// index key: `SADD` the id, `PEXPIREAT … NX` (a set just created has no TTL) and
+    /// `PEXPIREAT … GT` (never shorten it), so the set lives at least until `expires_at`.
+    pub(crate) fn push_index_add(
+        &self,
+        pipe: &mut Pipeline,
+        user: &[u8],
+        id: &SessionId,
+        expires_at: i64,
+    ) {
+        let key = self.index_key(user);
+        pipe.cmd("SADD").arg(&key).arg(id.as_str()).ignore();
+        for when in ["NX", "GT"] {
+            pipe.cmd("PEXPIREAT")
+                .arg(&key)
+                .arg(expires_at)
+                .arg(when)
+                .ignore();
+        }
+    }
+
+    /// Cluster only (the index is in another slot than the session): [`Ctx::push_index_add`]
+    /// as one pipeline to the index's node.
     pub(crate) async fn index_add(
         &self,
         user: &[u8],
         id: &SessionId,
         expires_at: Timestamp,
-        now: Timestamp,
     ) -> Result<(), StoreError> {
-        let mut inv = crate::scripts::INDEX_ADD_SCRIPT.prepare_invoke();
-        inv.key(self.index_key(user))
-            .arg(id.as_str())
-            .arg(expires_at.as_millis())
-            .arg(now.as_millis());
-        self.invoke(&inv).await.map(drop)
+        let mut pipe = redis::pipe();
+        self.push_index_add(&mut pipe, user, id, expires_at.as_millis());
+        self.query_pipe(&pipe).await.map(drop)
     }
 
     async fn bounded<T>(

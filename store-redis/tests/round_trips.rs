@@ -239,7 +239,7 @@ async fn cluster_round_trips() {
     expect!(
         "create with user (+ index)",
         store.create(&a),
-        ["EVALSHA", "EVALSHA"]
+        ["EVALSHA", "SADD", "PEXPIREAT", "PEXPIREAT"]
     )
     .expect("create");
     store.create(&b).await.expect("create");
@@ -249,27 +249,27 @@ async fn cluster_round_trips() {
     a.version = expect!(
         "save with user, later expiry (+ index)",
         store.save(&a),
-        ["EVALSHA", "EVALSHA"]
+        ["EVALSHA", "SADD", "PEXPIREAT", "PEXPIREAT"]
     )
     .expect("save");
     a.user_id = Some("bob".into());
     a.version = expect!(
         "save moving user (+ index)",
         store.save(&a),
-        ["EVALSHA", "EVALSHA"]
+        ["EVALSHA", "SADD", "PEXPIREAT", "PEXPIREAT"]
     )
     .expect("save");
     a.user_id = Some("alice".into());
     a.version = expect!(
         "save moving user back (+ index)",
         store.save(&a),
-        ["EVALSHA", "EVALSHA"]
+        ["EVALSHA", "SADD", "PEXPIREAT", "PEXPIREAT"]
     )
     .expect("save");
     expect!(
         "touch with user, later (+ index)",
         store.touch(&a.id, a.expires_at + HOUR),
-        ["EVALSHA", "EVALSHA"]
+        ["EVALSHA", "SADD", "PEXPIREAT", "PEXPIREAT"]
     )
     .expect("touch");
     expect!(

@@ -76,7 +76,7 @@ async fn counts(store: RedisStore, rec: &mut PrefixRecorder, cluster: bool) {
     let mut a = record(Some("alice"));
     let b = record(Some("alice"));
     let with_index: &[&str] = if cluster {
-        &["EVALSHA", "EVALSHA"]
+        &["EVALSHA", "SADD", "PEXPIREAT", "PEXPIREAT"]
     } else {
         &["EVALSHA"]
     };
