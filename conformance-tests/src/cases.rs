@@ -54,7 +54,8 @@ fn user_index(caps: Capabilities, case: &str) -> bool {
     caps.user_index
 }
 
-pub(crate) async fn must_load<S: SessionStore>(store: &S, id: &SessionId) -> Record {
+/// The live record at `id`; panics (failing the case) when it is absent or the load fails.
+pub async fn must_load<S: SessionStore>(store: &S, id: &SessionId) -> Record {
     match store.load(id).await {
         Ok(Some(r)) => r,
         Ok(None) => panic!("record {id:?} should load but is absent"),

@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod cases;
+pub mod devices;
 pub mod express;
 pub mod harness;
 pub mod servers;
@@ -97,6 +98,13 @@ macro_rules! suite {
                 large_and_exotic_data_round_trips,
                 awkward_user_ids_and_edge_ids_match_literally,
             );
+            $crate::suite!(@dev $req, $factory;
+                device_and_last_seen_round_trip,
+                delete_device_revokes_only_the_users_own,
+                session_limit_refuses_at_the_limit,
+                session_limit_evicts_the_least_recently_seen,
+                concurrent_limited_creates_never_pass_the_limit,
+            );
 
             #[$crate::__tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn namespaces_are_isolated() {
@@ -114,6 +122,16 @@ macro_rules! suite {
             }
             )?
         }
+    };
+    (@dev $req:expr, $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[$crate::__tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                if !$crate::harness::require($req).await { return; }
+                let store = $factory.await;
+                $crate::devices::$case(store).await;
+            }
+        )*
     };
     (@one $req:expr, $factory:expr; $($case:ident),* $(,)?) => {
         $(

@@ -60,6 +60,10 @@ pub enum StoreError {
     /// `save` found no live record: it was deleted, revoked or has expired.
     #[error("session not found (deleted, revoked or expired)")]
     NotFound,
+    /// `create_limited` with [`LimitPolicy::Refuse`](crate::LimitPolicy::Refuse): the user
+    /// already has the most sessions allowed; nothing was created.
+    #[error("the user already has the most sessions allowed")]
+    LimitReached,
     /// The stored bytes are not a readable record.
     #[error(transparent)]
     Decode(#[from] DecodeError),

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod codec;
+mod device;
 mod error;
 mod expiry;
 mod express;
@@ -28,6 +29,7 @@ mod store;
 mod time;
 
 pub use codec::{Codec, EncodeError, JsonCodec, NativeCodec, MAX_DEPTH, NATIVE_FORMAT_V1};
+pub use device::{Device, DeviceHandle, LimitPolicy, SessionLimit, MAX_USER_AGENT_LEN};
 pub use error::{BoxError, DecodeError, StoreError};
 pub use expiry::ExpiryPolicy;
 pub use express::{

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use crate::{Record, SessionId, SessionInfo, StoreError, Timestamp};
+use crate::{Record, SessionId, SessionInfo, SessionLimit, StoreError, Timestamp};
 
 /// What a store can do beyond the required minimum, so the conformance suite and the
 /// middleware know what to expect.
@@ -26,6 +26,11 @@ pub struct Capabilities {
     /// The store keeps no creation time (express-compatible mode): `created_at` reads as the
     /// Unix epoch, and an absolute timeout cannot be enforced.
     pub no_creation_time: bool,
+    /// Records keep their [`Device`](crate::Device) and `last_seen`, `list_for_user`
+    /// returns them, and [`SessionStore::delete_device`] works.
+    pub devices: bool,
+    /// [`SessionStore::create_limited`] enforces a per-user limit atomically.
+    pub session_limit: bool,
 }
 
 impl Capabilities {
@@ -49,6 +54,18 @@ impl Capabilities {
     /// Sets `opaque_versions`.
     pub fn with_opaque_versions(mut self, yes: bool) -> Self {
         self.opaque_versions = yes;
+        self
+    }
+
+    /// Sets `devices`.
+    pub fn with_devices(mut self, yes: bool) -> Self {
+        self.devices = yes;
+        self
+    }
+
+    /// Sets `session_limit`.
+    pub fn with_session_limit(mut self, yes: bool) -> Self {
+        self.session_limit = yes;
         self
     }
 
@@ -234,6 +251,36 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// may return 0.
     async fn delete_expired(&self) -> Result<u64, StoreError>;
 
+    /// Revokes the live session of `user_id` whose device handle is `handle`, in one round
+    /// trip. Returns whether one was removed: a handle of another user's session, or of no
+    /// session, removes nothing and answers `false`. Its index entry goes with it.
+    ///
+    /// The provided implementation answers [`StoreError::Unsupported`]; stores with
+    /// [`Capabilities::devices`] override it.
+    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
+        let _ = (user_id, handle);
+        Err(StoreError::Unsupported("devices (delete_device)"))
+    }
+
+    /// [`create`](SessionStore::create) for a record whose `user_id` is set, keeping that
+    /// user at `limit.max` live sessions at most, atomically: two creates arriving together
+    /// never both get past the limit. When the user is at the limit, the policy either
+    /// revokes the least recently seen sessions (their number is returned) or refuses with
+    /// [`StoreError::LimitReached`], creating nothing.
+    ///
+    /// The provided implementation answers [`StoreError::Unsupported`]; stores with
+    /// [`Capabilities::session_limit`] override it.
+    async fn create_limited(
+        &self,
+        record: &Record,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        let _ = (record, limit);
+        Err(StoreError::Unsupported(
+            "a per-user session limit (create_limited)",
+        ))
+    }
+
     /// What this store supports beyond the minimum.
     fn capabilities(&self) -> Capabilities;
 }
@@ -270,6 +317,16 @@ impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
     }
     async fn delete_expired(&self) -> Result<u64, StoreError> {
         (**self).delete_expired().await
+    }
+    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
+        (**self).delete_device(user_id, handle).await
+    }
+    async fn create_limited(
+        &self,
+        record: &Record,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        (**self).create_limited(record, limit).await
     }
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()

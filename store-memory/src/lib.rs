@@ -39,8 +39,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coatcheck_core::{
-    Capabilities, Clock, Record, SessionId, SessionInfo, SessionStore, StoreError, SystemClock,
-    Timestamp,
+    Capabilities, Clock, LimitPolicy, Record, SessionId, SessionInfo, SessionLimit, SessionStore,
+    StoreError, SystemClock, Timestamp,
 };
 
 const DEFAULT_SHARDS: usize = 64;
@@ -98,6 +98,7 @@ impl MemoryStoreBuilder {
                 evictions: AtomicU64::new(0),
                 capacity: self.capacity,
                 clock: self.clock,
+                limit: Mutex::new(()),
             }),
         }
     }
@@ -120,6 +121,9 @@ struct Inner {
     evictions: AtomicU64,
     capacity: usize,
     clock: Arc<dyn Clock>,
+    /// Held by `create_limited` from its count to its insert, so two limited creates never
+    /// both see room (logins are rare; one lock for all users is enough).
+    limit: Mutex<()>,
 }
 
 impl Default for MemoryStore {
@@ -345,12 +349,8 @@ impl Inner {
         }
         evicted as usize
     }
-}
-
-#[async_trait]
-impl SessionStore for MemoryStore {
-    async fn create(&self, record: &Record) -> Result<(), StoreError> {
-        let inner = &self.inner;
+    fn create(&self, record: &Record) -> Result<(), StoreError> {
+        let inner = self;
         let now = inner.clock.now();
         inner.reserve_slot(now);
         let mut shard = inner.shard(&record.id);
@@ -375,6 +375,54 @@ impl SessionStore for MemoryStore {
             inner.index_add(u, &record.id);
         }
         Ok(())
+    }
+
+    /// The live sessions of `user` as (last seen, id), least recently seen first.
+    fn live_of(&self, user: &str, now: Timestamp) -> Vec<(Timestamp, SessionId)> {
+        let mut live: Vec<(Timestamp, SessionId)> = self
+            .user_ids(user)
+            .into_iter()
+            .filter_map(|id| {
+                self.shard(&id)
+                    .get(&id)
+                    .filter(|r| r.is_live(now) && r.user_id.as_deref() == Some(user))
+                    .map(|r| (r.last_seen, id.clone()))
+            })
+            .collect();
+        live.sort();
+        live
+    }
+
+    fn create_limited(&self, record: &Record, limit: SessionLimit) -> Result<u64, StoreError> {
+        let Some(user) = record.user_id.as_deref() else {
+            return self.create(record).map(|()| 0);
+        };
+        let _serial = lock(&self.limit);
+        let now = self.clock.now();
+        let live = self.live_of(user, now);
+        let max = limit.max as usize;
+        let mut evicted = 0;
+        if live.len() >= max {
+            if limit.policy == LimitPolicy::Refuse {
+                return Err(StoreError::LimitReached);
+            }
+            for (_, id) in &live[..=live.len() - max] {
+                let removed = self.shard(id).remove(id);
+                if let Some(r) = removed {
+                    self.forget(&r);
+                    evicted += 1;
+                }
+            }
+        }
+        self.create(record)?;
+        Ok(evicted)
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn create(&self, record: &Record) -> Result<(), StoreError> {
+        self.inner.create(record)
     }
 
     async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
@@ -402,6 +450,8 @@ impl SessionStore for MemoryStore {
         stored.data.clone_from(&record.data);
         stored.expires_at = record.expires_at;
         stored.user_id.clone_from(&record.user_id);
+        stored.device.clone_from(&record.device);
+        stored.last_seen = record.last_seen;
         stored.version += 1;
         let version = stored.version;
         if old_user != record.user_id {
@@ -421,6 +471,7 @@ impl SessionStore for MemoryStore {
             match self.inner.shard(id).get_mut(id).filter(|r| r.is_live(now)) {
                 Some(r) => {
                     r.expires_at = expires_at;
+                    r.last_seen = now;
                     true
                 }
                 None => false,
@@ -524,8 +575,40 @@ impl SessionStore for MemoryStore {
         Ok(self.inner.sweep(self.inner.clock.now()))
     }
 
+    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        for id in inner.user_ids(user_id) {
+            let mut shard = inner.shard(&id);
+            let mine = shard.get(&id).is_some_and(|r| {
+                r.user_id.as_deref() == Some(user_id)
+                    && r.device
+                        .as_ref()
+                        .is_some_and(|d| d.handle.as_str() == handle)
+            });
+            if mine {
+                if let Some(r) = shard.remove(&id) {
+                    inner.forget(&r);
+                    return Ok(r.is_live(now));
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    async fn create_limited(
+        &self,
+        record: &Record,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        self.inner.create_limited(record, limit)
+    }
+
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().with_user_index(true)
+        Capabilities::new()
+            .with_user_index(true)
+            .with_devices(true)
+            .with_session_limit(true)
     }
 }
 
