@@ -142,26 +142,8 @@ async fn logout_all(user: Authenticated) -> Result<String, AppError> {
     Ok(format!("logged out of {n} sessions"))
 }
 
-#[derive(Serialize)]
-struct Device {
-    id_hash: String,
-    created_at_ms: i64,
-    expires_at_ms: i64,
-}
-
-async fn sessions(user: Authenticated) -> Result<Json<Vec<Device>>, AppError> {
-    Ok(Json(
-        user.session
-            .list_user_sessions()
-            .await?
-            .into_iter()
-            .map(|s| Device {
-                id_hash: s.id.short_hash(),
-                created_at_ms: s.created_at.as_millis(),
-                expires_at_ms: s.expires_at.as_millis(),
-            })
-            .collect(),
-    ))
+async fn sessions(user: Authenticated) -> Result<Json<Vec<coatcheck::UserSession>>, AppError> {
+    Ok(Json(user.session.list_user_sessions().await?))
 }
 
 async fn admin(user: Authenticated) -> String {

@@ -4,7 +4,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coatcheck_core::{Clock, ExpiryPolicy, KeyRing, SessionId, SessionStore, SystemClock};
+use coatcheck_core::{
+    Clock, ExpiryPolicy, KeyRing, LimitPolicy, SessionId, SessionLimit, SessionStore, SystemClock,
+};
+
+use crate::device::IpCapture;
 
 use crate::layer::SessionLayer;
 
@@ -80,6 +84,14 @@ pub struct SessionConfig {
     /// The limit is per call: a request makes one to three calls, more only while it retries
     /// a save after version conflicts (at most `1 + 2 × max_save_retries`).
     pub store_timeout: Option<Duration>,
+    /// Keep the `User-Agent` header of the login in the session's device details (default
+    /// true; stores with [`Capabilities::devices`](coatcheck_core::Capabilities::devices)).
+    pub capture_user_agent: bool,
+    /// How much of the client address to keep with the device (default full).
+    pub capture_ip: IpCapture,
+    /// At most this many live sessions per user (default none); checked by the store at
+    /// every login, atomically.
+    pub session_limit: Option<SessionLimit>,
 }
 
 /// The default [`SessionConfig::store_timeout`].
@@ -102,6 +114,9 @@ impl Default for SessionConfig {
             express_reserved_keys: false,
             principal_key: None,
             store_timeout: Some(DEFAULT_STORE_TIMEOUT),
+            capture_user_agent: true,
+            capture_ip: IpCapture::Full,
+            session_limit: None,
         }
     }
 }
@@ -141,6 +156,10 @@ pub enum ConfigError {
     /// (express-compatible mode: Express records none).
     #[error("this store keeps no creation time, so an absolute timeout cannot be enforced")]
     AbsoluteTimeoutUnsupported,
+    /// [`SessionLayerBuilder::max_sessions_per_user`] with a store that cannot enforce a
+    /// limit atomically (see its [`Capabilities::session_limit`](coatcheck_core::Capabilities::session_limit)).
+    #[error("this store cannot enforce a per-user session limit atomically")]
+    SessionLimitUnsupported,
 }
 
 pub(crate) type IdGenerator = Arc<dyn Fn() -> SessionId + Send + Sync>;
@@ -362,9 +381,51 @@ impl SessionLayerBuilder {
         self
     }
 
+    /// Whether a login keeps the `User-Agent` header with the session's device (default
+    /// true). It is personal data: it lives as long as the session and goes with it.
+    pub fn capture_user_agent(mut self, yes: bool) -> Self {
+        self.config.capture_user_agent = yes;
+        self
+    }
+
+    /// How much of the client address a login keeps with the device: [`IpCapture::Full`]
+    /// (default), [`IpCapture::Truncated`] or [`IpCapture::Off`].
+    pub fn capture_ip(mut self, mode: IpCapture) -> Self {
+        self.config.capture_ip = mode;
+        self
+    }
+
+    /// At most `max` live sessions per user. At a login past it the store either revokes
+    /// the user's least recently seen sessions or refuses the login
+    /// ([`SessionError::SessionLimit`](crate::SessionError::SessionLimit), `409`),
+    /// atomically: two logins arriving together never both get past it. Rotating an id
+    /// of an already signed-in session (`regenerate`, a login as the same user) is not a
+    /// new device and is not checked. Needs a store with
+    /// [`Capabilities::session_limit`](coatcheck_core::Capabilities::session_limit), else
+    /// [`build`](Self::build) fails.
+    ///
+    /// ```
+    /// use coatcheck::{KeyRing, LimitPolicy, SessionLayer};
+    /// use coatcheck::memory::MemoryStore;
+    ///
+    /// let keys = KeyRing::new(["a secret of at least thirty-two bytes!!"]).unwrap();
+    /// let layer = SessionLayer::builder(MemoryStore::new(), keys)
+    ///     .max_sessions_per_user(3, LimitPolicy::EvictLeastRecentlySeen)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn max_sessions_per_user(mut self, max: u32, policy: LimitPolicy) -> Self {
+        self.config.session_limit = Some(SessionLimit::new(max, policy));
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<SessionLayer, ConfigError> {
         validate(&self.config)?;
+        if self.config.session_limit.is_some() && !self.store.capabilities().session_limit {
+            return Err(ConfigError::SessionLimitUnsupported);
+        }
         if self.config.expiry.absolute_timeout.is_some()
             && self.store.capabilities().no_creation_time
         {

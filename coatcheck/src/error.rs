@@ -38,6 +38,12 @@ pub enum SessionError {
     /// request was written and the cookie is cleared. Answers `409 Conflict`.
     #[error("the session was ended by another request; nothing was written")]
     Ended,
+    /// A login was refused: the user already has the most sessions
+    /// [`max_sessions_per_user`](crate::SessionLayerBuilder::max_sessions_per_user) allows
+    /// (policy [`LimitPolicy::Refuse`](coatcheck_core::LimitPolicy::Refuse)). Nothing was
+    /// written; the request's session stays as it was. Answers `409 Conflict`.
+    #[error("the user already has the most sessions allowed; sign out elsewhere first")]
+    SessionLimit,
     /// The `Session` extractor was used on a route without a `SessionLayer`.
     #[error("no SessionLayer on this route")]
     MissingLayer,
@@ -48,7 +54,7 @@ impl SessionError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             SessionError::TooManyConflicts(_) => http::StatusCode::SERVICE_UNAVAILABLE,
-            SessionError::Ended => http::StatusCode::CONFLICT,
+            SessionError::Ended | SessionError::SessionLimit => http::StatusCode::CONFLICT,
             SessionError::Store(StoreError::Backend(source))
                 if source.is::<crate::StoreTimedOut>() =>
             {
@@ -103,13 +109,16 @@ impl SessionFailure {
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for SessionError {
     fn into_response(self) -> axum_core::response::Response {
-        if matches!(self, SessionError::Ended) {
+        if matches!(self, SessionError::Ended | SessionError::SessionLimit) {
             // Not a failure: another request ended the session first.
             tracing::debug!(error = %self, "session operation refused");
         } else {
             tracing::error!(error = %self, "session operation failed");
         }
-        let failure = SessionFailure::for_status(self.status());
+        let mut failure = SessionFailure::for_status(self.status());
+        if matches!(self, SessionError::SessionLimit) {
+            failure.message = "too many signed-in sessions; sign out on another device first";
+        }
         let mut res =
             axum_core::response::Response::new(axum_core::body::Body::from(failure.message));
         *res.status_mut() = self.status();

@@ -320,7 +320,13 @@ where
                 .as_deref()
                 .unwrap_or("-")
         );
-        let session = Session::new(shared.clone(), cookie_id, resign);
+        let meta = crate::device::RequestMeta::capture(
+            &req,
+            shared.config.capture_user_agent,
+            shared.config.capture_ip,
+            shared.config.trust_proxy,
+        );
+        let session = Session::new(shared.clone(), cookie_id, resign, meta);
         req.extensions_mut().insert(session.clone());
         // The clone that was made ready is the one to call.
         let clone = self.inner.clone();

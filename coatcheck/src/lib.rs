@@ -41,6 +41,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod device;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
@@ -52,6 +53,7 @@ mod session;
 pub use config::{
     ConfigError, SameSite, Secure, SessionConfig, SessionLayerBuilder, DEFAULT_STORE_TIMEOUT,
 };
+pub use device::{IpCapture, UserSession};
 pub use error::{SessionError, SessionFailure};
 pub use layer::{session_id_from_headers, SessionLayer, SessionService, StoreTimedOut};
 pub use session::Session;
@@ -60,9 +62,10 @@ pub use session::Session;
 pub use guard::{AuthRejection, Authenticated, RequireRole, RequireRoleService, ROLES_KEY};
 
 pub use coatcheck_core::{
-    Capabilities, Clock, Codec, Data, ExpiryPolicy, ExpressFormat, ExpressMaxAge, JsonCodec,
-    KeyRing, KeyRingError, ManualClock, NativeCodec, Record, SessionId, SessionInfo, SessionStore,
-    StoreError, SystemClock, Timestamp, Verified,
+    Capabilities, Clock, Codec, Data, Device, DeviceHandle, ExpiryPolicy, ExpressFormat,
+    ExpressMaxAge, JsonCodec, KeyRing, KeyRingError, LimitPolicy, ManualClock, NativeCodec, Record,
+    SessionId, SessionInfo, SessionLimit, SessionStore, StoreError, SystemClock, Timestamp,
+    Verified,
 };
 
 /// The JSON value sessions hold ([`Session::get_value`] returns it).

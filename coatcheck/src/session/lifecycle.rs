@@ -1,7 +1,7 @@
 //! The session's lifecycle: rotating its id (`regenerate`, `login`), ending it
-//! (`destroy`, `logout_everywhere`, `logout_other_devices`) and listing the user's sessions.
+//! (`destroy`, `logout_everywhere`, `logout_other_devices`).
 
-use coatcheck_core::{Record, SessionInfo, StoreError};
+use coatcheck_core::{Record, StoreError};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -73,46 +73,46 @@ impl Session {
         }
         let policy = self.inner.shared.config.expiry;
         let now = self.now();
+        let limited = self.inner.shared.config.session_limit.is_some();
         let state = {
             let mut st = self.state();
             let persisted = st.persisted;
             let expiry_at = st.expiry_at;
-            if st.record.is_none() {
-                // Nothing stored yet: a login creates the session at the end of the request.
-                if let Some(user) = user {
-                    drop(st);
-                    let mut fresh = self.new_record();
-                    fresh.user_id = Some(user.clone());
-                    let mut st = self.state();
-                    st.record = Some(fresh);
-                    st.user_change = Some(Some(user));
-                    st.id_changed = true;
-                }
-                return Ok(());
-            }
             if !persisted {
-                // Created by this request and not stored yet: just give it another id.
-                let new_id = (self.inner.shared.id_generator)();
-                if let Some(r) = st.record.as_mut() {
-                    r.id = new_id;
-                    if user.is_some() {
-                        r.user_id.clone_from(&user);
+                // Nothing stored yet. Without a user it just takes another id; a login
+                // creates it (now, when a session limit must be checked, so that a refusal
+                // reaches the handler; else at the end of the request).
+                let Some(user) = user.clone() else {
+                    if let Some(r) = st.record.as_mut() {
+                        r.id = (self.inner.shared.id_generator)();
+                        st.id_changed = true;
                     }
-                }
-                if user.is_some() {
-                    st.user_change = Some(user);
-                }
-                st.id_changed = true;
-                return Ok(());
+                    return Ok(());
+                };
+                let existing = st.record.clone();
+                Err((existing, user, expiry_at))
+            } else {
+                let Some(record) = st.record.clone() else {
+                    return Ok(());
+                };
+                Ok((record, st.ops.clone(), st.user_change.clone(), expiry_at))
             }
-            let Some(record) = st.record.clone() else {
-                return Ok(());
-            };
-            (record, st.ops.clone(), st.user_change.clone(), expiry_at)
+        };
+        let state = match state {
+            Ok(state) => state,
+            Err((existing, user, expiry_at)) => {
+                return self
+                    .login_unstored(existing, user, expiry_at, limited)
+                    .await;
+            }
         };
         let (mut view, ops, user_change, expiry_at) = state;
         let shared = &self.inner.shared;
         let old_id = view.id.clone();
+        // A login as someone else is a new device for that user: the limit applies, and
+        // the handle is new. A rotation of the same user's session keeps its handle.
+        let same_user = user.is_none() || view.user_id == user;
+        let limited = limited && !same_user;
         let max = shared.config.max_save_retries;
         let mut attempt = 0u32;
         loop {
@@ -121,6 +121,8 @@ impl Session {
             // revoked meanwhile (found by the history checker).
             next.id = (shared.id_generator)();
             if user.is_some() {
+                let handle = next.device.take().filter(|_| same_user).map(|d| d.handle);
+                next.device = Some(self.inner.meta.device(handle));
                 next.user_id.clone_from(&user);
             }
             next.version = 1;
@@ -129,7 +131,7 @@ impl Session {
             // this request built on: never a moment without the session, and a rotation of
             // a stale or revoked session fails instead of overwriting a newer write or
             // bringing the session back under a new id.
-            let next = self.create_new(next).await?;
+            let next = self.create_new(next, limited).await?;
             let outcome = shared
                 .bounded(
                     "delete_version",
@@ -168,6 +170,32 @@ impl Session {
                 e => return self.fail(e),
             }
         }
+    }
+
+    /// A login of a session not stored yet (`existing`, or a fresh one).
+    async fn login_unstored(
+        &self,
+        existing: Option<Record>,
+        user: String,
+        expiry_at: Option<coatcheck_core::Timestamp>,
+        limited: bool,
+    ) -> Result<(), SessionError> {
+        let mut record = existing.unwrap_or_else(|| self.new_record());
+        record.id = (self.inner.shared.id_generator)();
+        let keep = record.user_id.as_deref() == Some(user.as_str());
+        let handle = record.device.take().filter(|_| keep).map(|d| d.handle);
+        record.device = Some(self.inner.meta.device(handle));
+        record.user_id = Some(user.clone());
+        if limited && !keep {
+            let created = self.create_first(record, expiry_at, true).await?;
+            self.stored_under_new_id(created);
+            return Ok(());
+        }
+        let mut st = self.state();
+        st.record = Some(record);
+        st.user_change = Some(Some(user));
+        st.id_changed = true;
+        Ok(())
     }
 
     /// `record` is stored, with every change of this request, under an id the browser does
@@ -282,25 +310,6 @@ impl Session {
                 Err(e) => self.fail(e),
             },
             None => Ok(0),
-        }
-    }
-
-    /// The live sessions of this session's user (empty when nobody is logged in).
-    pub async fn list_user_sessions(&self) -> Result<Vec<SessionInfo>, SessionError> {
-        match self.user_id().await? {
-            Some(user) => match self
-                .inner
-                .shared
-                .bounded(
-                    "list_for_user",
-                    self.inner.shared.store.list_for_user(&user),
-                )
-                .await
-            {
-                Ok(v) => Ok(v),
-                Err(e) => self.fail(e),
-            },
-            None => Ok(Vec::new()),
         }
     }
 }

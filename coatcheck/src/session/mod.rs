@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
+use crate::device::RequestMeta;
 use crate::layer::Shared;
 use crate::SessionError;
 
@@ -108,6 +109,8 @@ struct Inner {
     shared: Arc<Shared>,
     loaded: OnceCell<()>,
     state: Mutex<State>,
+    /// The device details of this request, recorded at login.
+    meta: RequestMeta,
 }
 
 impl fmt::Debug for Session {
@@ -122,10 +125,16 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(shared: Arc<Shared>, cookie_id: Option<SessionId>, resign: bool) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        cookie_id: Option<SessionId>,
+        resign: bool,
+        meta: RequestMeta,
+    ) -> Self {
         Session {
             inner: Arc::new(Inner {
                 shared,
+                meta,
                 loaded: OnceCell::new(),
                 state: Mutex::new(State {
                     cookie_id,
@@ -392,5 +401,6 @@ impl Session {
     }
 }
 
+mod devices;
 mod lifecycle;
 mod write;

@@ -27,7 +27,7 @@ impl Session {
             return Ok(());
         };
         if !persisted {
-            let created = self.create_first(record, explicit).await?;
+            let created = self.create_first(record, explicit, false).await?;
             // A new session: its cookie is sent at the end of the request.
             self.stored_under_new_id(created);
             return Ok(());
@@ -79,12 +79,12 @@ impl Session {
             }
             if loaded && shared.config.save_uninitialized {
                 let record = self.new_record();
-                return Ok(set(&self.create_new(record).await?));
+                return Ok(set(&self.create_new(record, false).await?));
             }
             return Ok(CookieAction::None);
         };
         if !persisted {
-            return Ok(set(&self.create_first(record, explicit).await?));
+            return Ok(set(&self.create_first(record, explicit, false).await?));
         }
         // A persistent cookie's `Expires` follows the session's expiry whenever a write
         // moves it, so the browser never drops a cookie whose session is live and in use
@@ -132,36 +132,55 @@ impl Session {
 
     /// Stores a session this request created: its expiry set by the policy (or the explicit
     /// one), under a fresh id if its own is taken; returns what was stored.
-    async fn create_first(
+    pub(super) async fn create_first(
         &self,
         mut record: Record,
         explicit: Option<coatcheck_core::Timestamp>,
+        limited: bool,
     ) -> Result<Record, SessionError> {
         let policy = self.inner.shared.config.expiry;
         record.expires_at =
             policy.on_write(record.created_at, record.expires_at, explicit, self.now());
-        self.create_new(record).await
+        self.create_new(record, limited).await
     }
 
     /// Creates `record` under a fresh id if its own is taken; returns what was stored.
-    pub(super) async fn create_new(&self, mut record: Record) -> Result<Record, SessionError> {
-        let store = &self.inner.shared.store;
+    /// `limited`: a login of a new device, checked against the per-user session limit by
+    /// the store; a refusal is [`SessionError::SessionLimit`] and fails nothing else.
+    pub(super) async fn create_new(
+        &self,
+        mut record: Record,
+        limited: bool,
+    ) -> Result<Record, SessionError> {
+        let shared = &self.inner.shared;
+        let limit = shared.config.session_limit.filter(|_| limited);
+        record.last_seen = self.now();
         let mut attempts = 0;
         loop {
-            match self
-                .inner
-                .shared
-                .bounded("create", store.create(&record))
-                .await
-            {
+            let outcome = match limit {
+                Some(limit) => shared
+                    .bounded(
+                        "create_limited",
+                        shared.store.create_limited(&record, limit),
+                    )
+                    .await
+                    .map(|evicted| {
+                        if evicted > 0 {
+                            tracing::debug!(evicted, "sessions over the per-user limit revoked");
+                        }
+                    }),
+                None => shared.bounded("create", shared.store.create(&record)).await,
+            };
+            match outcome {
                 Ok(()) => {
                     tracing::debug!(session = %record.id.short_hash(), "session created");
                     return Ok(record);
                 }
                 Err(StoreError::IdTaken) if attempts < 3 => {
                     attempts += 1;
-                    record.id = (self.inner.shared.id_generator)();
+                    record.id = (shared.id_generator)();
                 }
+                Err(StoreError::LimitReached) => return Err(SessionError::SessionLimit),
                 Err(e) => return self.fail(e),
             }
         }
@@ -187,8 +206,10 @@ impl Session {
         let max = shared.config.max_save_retries;
         let mut attempt = 0u32;
         loop {
+            let now = self.now();
             record.expires_at =
-                policy.on_write(record.created_at, record.expires_at, expiry_at, self.now());
+                policy.on_write(record.created_at, record.expires_at, expiry_at, now);
+            record.last_seen = now;
             match shared.bounded("save", shared.store.save(&record)).await {
                 Ok(version) => {
                     if attempt > 0 {
