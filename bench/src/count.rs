@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use coatcheck_core::{
-    Capabilities, Record, SessionId, SessionInfo, SessionStore, StoreError, Timestamp,
+    Capabilities, Record, SessionId, SessionInfo, SessionLimit, SessionStore, StoreError, Timestamp,
 };
 use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
@@ -95,6 +95,18 @@ impl SessionStore for Calls {
     async fn delete_for_user(&self, u: &str, e: Option<&SessionId>) -> Result<u64, StoreError> {
         self.tick();
         self.inner.delete_for_user(u, e).await
+    }
+    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
+        self.tick();
+        self.inner.delete_device(user_id, handle).await
+    }
+    async fn create_limited(
+        &self,
+        record: &Record,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        self.tick();
+        self.inner.create_limited(record, limit).await
     }
     async fn delete_expired(&self) -> Result<u64, StoreError> {
         self.inner.delete_expired().await

@@ -98,6 +98,16 @@ impl SessionStore for Counting {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.delete_for_user(u, e).await
     }
+    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
+        self.inner.delete_device(user_id, handle).await
+    }
+    async fn create_limited(
+        &self,
+        record: &Record,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        self.inner.create_limited(record, limit).await
+    }
     async fn delete_expired(&self) -> Result<u64, StoreError> {
         self.inner.delete_expired().await
     }

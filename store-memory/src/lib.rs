@@ -578,6 +578,8 @@ impl SessionStore for MemoryStore {
     async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
         let inner = &self.inner;
         let now = inner.clock.now();
+        // Every record of that device: during a rotation the old and the new id share it.
+        let mut removed = false;
         for id in inner.user_ids(user_id) {
             let mut shard = inner.shard(&id);
             let mine = shard.get(&id).is_some_and(|r| {
@@ -589,11 +591,11 @@ impl SessionStore for MemoryStore {
             if mine {
                 if let Some(r) = shard.remove(&id) {
                     inner.forget(&r);
-                    return Ok(r.is_live(now));
+                    removed |= r.is_live(now);
                 }
             }
         }
-        Ok(false)
+        Ok(removed)
     }
 
     async fn create_limited(

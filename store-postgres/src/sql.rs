@@ -105,24 +105,39 @@ pub(crate) struct Statements {
     /// What `migrate` sends: one simple-protocol query string, which Postgres runs as one
     /// implicit transaction (all or nothing) holding a transaction-scoped advisory lock.
     pub migrate: String,
-    /// `$1 id, $2 version, $3 data, $4 user_id, $5 created_at, $6 expires_at, $7 now`;
-    /// affects one row when inserted (or an expired row replaced), none when the id is live.
+    /// `$1 id, $2 version, $3 data, $4 user_id, $5 created_at, $6 expires_at, $7 now,
+    /// $8 device handle, $9 user agent, $10 ip, $11 last_seen`; affects one row when
+    /// inserted (or an expired row replaced), none when the id is live. (The express layout
+    /// keeps no device: `$8`–`$11` are bound and unused.)
     pub create: String,
-    /// `$1 id, $2 now` → `version, data, user_id, created_at, expires_at`.
+    /// `$1 id, $2 now` → `version, data, user_id, created_at, expires_at, device handle,
+    /// user agent, ip, last_seen`.
     pub load: String,
-    /// `$1 id, $2 expected version, $3 data, $4 user_id, $5 expires_at, $6 now` →
-    /// `version` (the new one), no row when the compare-and-set failed.
+    /// `$1 id, $2 expected version, $3 data, $4 user_id, $5 expires_at, $6 now,
+    /// $7 device handle, $8 user agent, $9 ip, $10 last_seen` → `version` (the new one), no
+    /// row when the compare-and-set failed.
     pub save: String,
     /// `$1 id, $2 now` → `version` of the live row: tells `Conflict` from `NotFound`.
     pub save_probe: String,
-    /// `$1 id, $2 expires_at, $3 now`; affects one row when live.
+    /// `$1 id, $2 expires_at, $3 now`; affects one row when live; moves `last_seen` to now.
     pub touch: String,
     /// `$1 id, $2 now` → `live bool` of the removed row, no row when absent.
     pub delete: String,
     /// `$1 id, $2 expected version, $3 now`; affects one row when live at that version.
     pub delete_version: String,
-    /// `$1 user, $2 now` → `id, created_at, expires_at`.
+    /// `$1 user, $2 now` → `id, created_at, expires_at, device handle, user agent, ip,
+    /// last_seen`.
     pub list_for_user: String,
+    /// `$1 user, $2 device handle, $3 now` → `live bool` per removed row (native only).
+    pub delete_device: String,
+    /// `$1 user`: takes the transaction-scoped advisory lock of this table and user, which
+    /// every limited create holds from its count to its commit (native only).
+    pub limit_lock: String,
+    /// `$1 user, $2 now` → `id` of the user's live sessions, least recently seen first
+    /// (native only).
+    pub limit_live: String,
+    /// `$1 ids (text[])`: removes those rows (native only).
+    pub delete_ids: String,
     /// `$1 user, $2 now, $3 except id (nullable)`; rows affected = live sessions removed.
     pub delete_for_user: String,
     /// `$1 now, $2 batch size`; rows affected = expired rows removed in this batch.
@@ -204,7 +219,8 @@ impl Statements {
             ),
             load: format!(
                 "SELECT {hash}, convert_to(sess::text, 'UTF8'), NULL::text, \
-                 to_timestamp(0), expire::timestamptz FROM {t} \
+                 to_timestamp(0), expire::timestamptz, NULL::text, NULL::text, NULL::text, \
+                 to_timestamp(0) FROM {t} \
                  WHERE sid = $1 AND expire > $2::timestamp"
             ),
             save: format!(
@@ -224,9 +240,14 @@ impl Statements {
                 "DELETE FROM {t} WHERE sid = $1 AND {hash} = $2 AND expire > $3::timestamp"
             ),
             list_for_user: format!(
-                "SELECT sid::text, to_timestamp(0), expire::timestamptz FROM {t} \
+                "SELECT sid::text, to_timestamp(0), expire::timestamptz, NULL::text, NULL::text, \
+                 NULL::text, to_timestamp(0) FROM {t} \
                  WHERE {user} = $1 AND expire > $2::timestamp"
             ),
+            delete_device: String::new(),
+            limit_lock: String::new(),
+            limit_live: String::new(),
+            delete_ids: String::new(),
             delete_for_user: format!(
                 "DELETE FROM {t} WHERE {user} = $1 AND expire > $2::timestamp \
                  AND sid IS DISTINCT FROM $3"
@@ -254,38 +275,62 @@ impl Statements {
                  \n    created_at timestamptz NOT NULL,\
                  \n    expires_at timestamptz NOT NULL\
                  \n);\
+                 \nALTER TABLE {t} ADD COLUMN IF NOT EXISTS device_handle text COLLATE \"C\",\
+                 \n    ADD COLUMN IF NOT EXISTS user_agent text,\
+                 \n    ADD COLUMN IF NOT EXISTS ip text,\
+                 \n    ADD COLUMN IF NOT EXISTS last_seen timestamptz;\
                  \nCREATE INDEX IF NOT EXISTS {expires_idx} ON {t} (expires_at);\
                  \nCREATE INDEX IF NOT EXISTS {user_idx} ON {t} (user_id) WHERE user_id IS NOT NULL;",
                 prelude = migrate_prelude(schema)
             ),
             create: format!(
-                "INSERT INTO {t} AS s (id, version, data, user_id, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
+                "INSERT INTO {t} AS s (id, version, data, user_id, created_at, expires_at, \
+                 device_handle, user_agent, ip, last_seen) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $8, $9, $10, $11) \
                  ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, data = EXCLUDED.data, \
                  user_id = EXCLUDED.user_id, created_at = EXCLUDED.created_at, \
-                 expires_at = EXCLUDED.expires_at \
+                 expires_at = EXCLUDED.expires_at, device_handle = EXCLUDED.device_handle, \
+                 user_agent = EXCLUDED.user_agent, ip = EXCLUDED.ip, \
+                 last_seen = EXCLUDED.last_seen \
                  WHERE s.expires_at <= $7"
             ),
             load: format!(
-                "SELECT version, data, user_id, created_at, expires_at FROM {t} \
+                "SELECT version, data, user_id, created_at, expires_at, device_handle, \
+                 user_agent, ip, coalesce(last_seen, created_at) FROM {t} \
                  WHERE id = $1 AND expires_at > $2"
             ),
             save: format!(
-                "UPDATE {t} SET data = $3, user_id = $4, expires_at = $5, version = version + 1 \
+                "UPDATE {t} SET data = $3, user_id = $4, expires_at = $5, version = version + 1, \
+                 device_handle = $7, user_agent = $8, ip = $9, last_seen = $10 \
                  WHERE id = $1 AND version = $2 AND expires_at > $6 RETURNING version"
             ),
             save_probe: format!("SELECT version FROM {t} WHERE id = $1 AND expires_at > $2"),
             touch: format!(
-                "UPDATE {t} SET expires_at = $2 WHERE id = $1 AND expires_at > $3"
+                "UPDATE {t} SET expires_at = $2, last_seen = $3 WHERE id = $1 AND expires_at > $3"
             ),
             delete: format!("DELETE FROM {t} WHERE id = $1 RETURNING expires_at > $2"),
             delete_version: format!(
                 "DELETE FROM {t} WHERE id = $1 AND version = $2 AND expires_at > $3"
             ),
             list_for_user: format!(
-                "SELECT id, created_at, expires_at FROM {t} \
+                "SELECT id, created_at, expires_at, device_handle, user_agent, ip, \
+                 coalesce(last_seen, created_at) FROM {t} \
                  WHERE user_id = $1 AND expires_at > $2"
             ),
+            delete_device: format!(
+                "DELETE FROM {t} WHERE user_id = $1 AND device_handle = $2 \
+                 RETURNING expires_at > $3"
+            ),
+            // The key: a 64-bit hash of the table and the user, so that users (and tables)
+            // do not wait for each other, except on a rare hash collision.
+            limit_lock: format!(
+                "SELECT pg_advisory_xact_lock(hashtextextended('{schema}.{table}:' || $1, 0))"
+            ),
+            limit_live: format!(
+                "SELECT id FROM {t} WHERE user_id = $1 AND expires_at > $2 \
+                 ORDER BY coalesce(last_seen, created_at), id"
+            ),
+            delete_ids: format!("DELETE FROM {t} WHERE id = ANY($1)"),
             delete_for_user: format!(
                 "DELETE FROM {t} WHERE user_id = $1 AND expires_at > $2 \
                  AND id IS DISTINCT FROM $3"

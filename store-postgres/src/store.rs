@@ -7,8 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use coatcheck_core::{
     Capabilities, Clock, Codec, DecodeError, EncodeError, ExpressFormat, Record, SessionId,
-    SessionInfo, SessionStore, StoreError, Timestamp,
+    SessionInfo, SessionLimit, SessionStore, StoreError, Timestamp,
 };
+
+mod devices;
+use devices::{device_columns, device_params};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row as _};
 
@@ -306,6 +309,7 @@ impl Inner {
         record.data = data;
         record.version = version;
         record.user_id = user_id;
+        (record.device, record.last_seen) = device_columns(row, 5)?;
         Ok(record)
     }
 
@@ -394,6 +398,7 @@ impl SessionStore for PostgresStore {
             record.user_id.as_deref(),
         );
         let (created, expires) = (PgTs(record.created_at), PgTs(record.expires_at));
+        let (handle, agent, ip, seen) = device_params(record);
         let done = inner
             .run("create", Retry::IfNotRun, move || {
                 sqlx::query(sql)
@@ -404,6 +409,10 @@ impl SessionStore for PostgresStore {
                     .bind(created)
                     .bind(expires)
                     .bind(now)
+                    .bind(handle)
+                    .bind(agent)
+                    .bind(ip)
+                    .bind(seen)
                     .execute(pool)
             })
             .await?
@@ -449,6 +458,7 @@ impl SessionStore for PostgresStore {
             record.user_id.as_deref(),
         );
         let expires = PgTs(record.expires_at);
+        let (handle, agent, ip, seen) = device_params(record);
         let saved: Option<i64> = inner
             .run("save", Retry::IfNotRun, move || {
                 sqlx::query_scalar(sql)
@@ -458,6 +468,10 @@ impl SessionStore for PostgresStore {
                     .bind(user)
                     .bind(expires)
                     .bind(now)
+                    .bind(handle)
+                    .bind(agent)
+                    .bind(ip)
+                    .bind(seen)
                     .fetch_optional(pool)
             })
             .await?;
@@ -559,8 +573,11 @@ impl SessionStore for PostgresStore {
             let raw: &str = row.try_get(0).map_err(store_error)?;
             let created_at: PgTs = row.try_get(1).map_err(store_error)?;
             let expires_at: PgTs = row.try_get(2).map_err(store_error)?;
+            let (device, last_seen) = device_columns(&row, 3)?;
             match SessionId::parse(raw) {
-                Ok(id) => out.push(SessionInfo::new(id, created_at.0, expires_at.0)),
+                Ok(id) => out.push(
+                    SessionInfo::new(id, created_at.0, expires_at.0).with_device(device, last_seen),
+                ),
                 // Not an id coatcheck could have written or looked up: another tool's row.
                 // Skipped (it is still revoked by delete_for_user, which works on user_id).
                 Err(e) => tracing::warn!(
@@ -623,9 +640,24 @@ impl SessionStore for PostgresStore {
         self.inner.delete_expired().await
     }
 
+    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
+        self.inner.delete_device(user_id, handle).await
+    }
+
+    async fn create_limited(
+        &self,
+        record: &Record,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        self.inner.create_limited(record, limit).await
+    }
+
     fn capabilities(&self) -> Capabilities {
         match &self.inner.express {
-            None => Capabilities::new().with_user_index(true),
+            None => Capabilities::new()
+                .with_user_index(true)
+                .with_devices(true)
+                .with_session_limit(true),
             Some(f) => Capabilities::new()
                 .with_user_index(f.user_key.is_some())
                 .with_opaque_versions(true)

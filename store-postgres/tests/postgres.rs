@@ -182,6 +182,10 @@ async fn ten_concurrent_migrations_of_a_fresh_table_all_succeed() {
             ("user_id", "text", "YES"),
             ("created_at", "timestamp with time zone", "NO"),
             ("expires_at", "timestamp with time zone", "NO"),
+            ("device_handle", "text", "YES"),
+            ("user_agent", "text", "YES"),
+            ("ip", "text", "YES"),
+            ("last_seen", "timestamp with time zone", "YES"),
         ]
     );
     let mut indexes: Vec<String> = sqlx::query_scalar(
@@ -624,4 +628,52 @@ where
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// A table of the layout before devices: `migrate` adds the device columns, its rows read
+/// with no device (last seen = created), are listed, and take a device at their next save.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_adds_device_columns_to_a_table_of_the_earlier_layout() {
+    require_pg!();
+    let url = url().await;
+    let schema = harness::unique_name("devmig");
+    let _guard = SchemaGuard {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let store = PostgresStore::builder()
+        .schema(&schema)
+        .table("sessions")
+        .connect_lazy(&url)
+        .expect("config");
+    let now = Timestamp::now();
+    sqlx::raw_sql(&format!(
+        "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".sessions (id text COLLATE \"C\" \
+         PRIMARY KEY, version bigint NOT NULL, data bytea NOT NULL, user_id text COLLATE \"C\", \
+         created_at timestamptz NOT NULL, expires_at timestamptz NOT NULL); \
+         INSERT INTO \"{schema}\".sessions VALUES ('{id}', 1, '\\x{data}', 'ada', \
+         to_timestamp({c}), to_timestamp({e}))",
+        id = "old-layout-session-id-0123456789",
+        data = coatcheck_core::Codec::encode(&coatcheck_core::NativeCodec, &Default::default())
+            .expect("encode")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        c = now.as_millis() / 1000,
+        e = now.as_millis() / 1000 + 3600,
+    ))
+    .execute(store.pool())
+    .await
+    .expect("old layout");
+    store.migrate().await.expect("migrate");
+    let id = SessionId::parse("old-layout-session-id-0123456789").expect("id");
+    let mut old = store.load(&id).await.expect("load").expect("live");
+    assert_eq!(old.device, None);
+    assert_eq!(old.last_seen, old.created_at);
+    let listed = store.list_for_user("ada").await.expect("list");
+    assert_eq!(listed.len(), 1);
+    old.device = Some(coatcheck_core::Device::new().with_user_agent(Some("curl/8")));
+    old.last_seen = Timestamp::now();
+    old.version = store.save(&old).await.expect("save");
+    assert_eq!(store.load(&id).await.expect("load"), Some(old));
 }

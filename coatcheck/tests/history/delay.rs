@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coatcheck::{
-    Capabilities, Record, SessionId, SessionInfo, SessionStore, StoreError, Timestamp,
+    Capabilities, Record, SessionId, SessionInfo, SessionLimit, SessionStore, StoreError, Timestamp,
 };
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -85,6 +85,16 @@ impl SessionStore for Delaying {
         except: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
         delayed!(self, self.inner.delete_for_user(user_id, except))
+    }
+    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
+        delayed!(self, self.inner.delete_device(user_id, handle))
+    }
+    async fn create_limited(
+        &self,
+        record: &Record,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        delayed!(self, self.inner.create_limited(record, limit))
     }
     async fn delete_expired(&self) -> Result<u64, StoreError> {
         delayed!(self, self.inner.delete_expired())

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use coatcheck_conformance::{harness, Backend};
 use coatcheck_core::{
-    Capabilities, Record, SessionId, SessionInfo, SessionStore, StoreError, Timestamp,
+    Capabilities, Record, SessionId, SessionInfo, SessionLimit, SessionStore, StoreError, Timestamp,
 };
 use coatcheck_postgres::{PostgresStore, PostgresStoreBuilder};
 use sqlx::Connection as _;
@@ -130,6 +130,16 @@ impl SessionStore for Scoped {
         except: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
         self.store.delete_for_user(user_id, except).await
+    }
+    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
+        self.store.delete_device(user_id, handle).await
+    }
+    async fn create_limited(
+        &self,
+        record: &Record,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        self.store.create_limited(record, limit).await
     }
     async fn delete_expired(&self) -> Result<u64, StoreError> {
         self.store.delete_expired().await
