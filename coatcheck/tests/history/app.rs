@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use coatcheck::{KeyRing, Session, SessionError, SessionLayer, SessionStore};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,12 @@ pub struct Seen {
     pub reg: Option<String>,
     /// How many sessions a revocation removed.
     pub count: Option<u64>,
+    /// The session's device handle (after the request's login, for `/login`).
+    #[serde(default)]
+    pub handle: Option<String>,
+    /// `/revoke_device`: the handle it revoked (`count` says whether a session went).
+    #[serde(default)]
+    pub revoked: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +91,8 @@ async fn seen(session: &Session) -> Result<Seen, SessionError> {
         n: session.get("n").await?,
         reg: session.get("reg").await?,
         count: None,
+        handle: session.device_handle().await?.map(|h| h.to_string()),
+        revoked: None,
     })
 }
 
@@ -139,6 +148,7 @@ async fn login(State(st): State<AppState>, Query(arg): Query<Arg>, session: Sess
     Ok(Json(Seen {
         lineage: Some(lineage),
         user: Some(arg.v),
+        handle: session.device_handle().await?.map(|h| h.to_string()),
         ..Seen::default()
     }))
 }
@@ -161,6 +171,28 @@ async fn logout_others(State(st): State<AppState>, session: Session) -> Answer {
     let mut before = seen(&session).await?;
     st.pause().await;
     before.count = Some(session.logout_other_devices().await?);
+    Ok(Json(before))
+}
+
+/// Signs out one of the user's other devices, picked at random from the list.
+async fn revoke_device(State(st): State<AppState>, session: Session) -> Answer {
+    let mut before = seen(&session).await?;
+    let others: Vec<String> = session
+        .list_user_sessions()
+        .await?
+        .into_iter()
+        .filter(|s| !s.current)
+        .filter_map(|s| s.handle.map(|h| h.to_string()))
+        .collect();
+    let pick = {
+        let mut rng = st.rng.lock().unwrap_or_else(|e| e.into_inner());
+        others.choose(&mut *rng).cloned()
+    };
+    st.pause().await;
+    if let Some(handle) = pick {
+        before.count = Some(u64::from(session.revoke_device(&handle).await?));
+        before.revoked = Some(handle);
+    }
     Ok(Json(before))
 }
 
@@ -206,6 +238,7 @@ pub fn app(
         .route("/logout_everywhere", post(logout_everywhere))
         .route("/logout_others", post(logout_others))
         .route("/expiry", post(expiry))
+        .route("/revoke_device", post(revoke_device))
         .with_state(state)
         .layer(layer)
 }

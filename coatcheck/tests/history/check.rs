@@ -8,8 +8,8 @@
 //! - **register**: the final value of a key is one written by an acknowledged write that no
 //!   other acknowledged write of that session followed in real time (no lost write);
 //! - **revoked**: no request that began after an acknowledged `destroy`, `logout_everywhere`
-//!   or `logout_other_devices` covering a session completed reads or writes it, and it is not
-//!   live at the end (under any id);
+//!   `logout_other_devices` or `revoke_device` covering a session completed reads or writes
+//!   it, and it is not live at the end (under any id);
 //! - **duplicate**: a session lives under one id at most (no orphan left by a rotation);
 //! - **index**: each user's index lists exactly the live sessions with that principal;
 //! - **status**: no panic, and no error but the documented ones: `503` (store timeout,
@@ -266,6 +266,12 @@ fn revoked(
             }
         }
     };
+    // Device handle -> the lineage it names (a handle belongs to one session for good).
+    let handles: HashMap<&str, &str> = events
+        .iter()
+        .filter_map(|e| e.seen.as_ref())
+        .filter_map(|s| Some((s.handle.as_deref()?, s.lineage.as_deref()?)))
+        .collect();
     for x in events
         .iter()
         .filter(|e| e.acked() || e.cookie == CookieOut::Cleared)
@@ -283,6 +289,16 @@ fn revoked(
                 let Some(l) = own else { continue };
                 if !rotated_during(by_lineage, l, x) {
                     cover(l, x);
+                }
+            }
+            (Op::RevokeDevice, _) => {
+                // A revocation that removed a live session removed every id of that
+                // device at that moment (a rotation in flight then fails): the lineage
+                // is over, whoever it belonged to.
+                if seen.count == Some(1) {
+                    if let Some(l) = seen.revoked.as_deref().and_then(|h| handles.get(h)) {
+                        cover(l, x);
+                    }
                 }
             }
             (Op::LogoutEverywhere, Some(u)) | (Op::LogoutOthers, Some(u)) => {

@@ -72,6 +72,10 @@ async fn histories<F, Fut>(
     let mut first_report = String::new();
     for &seed in &list {
         let (store, guard) = make().await;
+        let profile = Profile {
+            devices: profile.devices && store.capabilities().devices,
+            ..profile
+        };
         let delayed: Arc<dyn SessionStore> = Arc::new(delay::Delaying::new(
             store.clone(),
             StdRng::seed_from_u64(seed ^ 0x5EED),

@@ -29,6 +29,8 @@ pub struct Profile {
     pub ops_per_tab: usize,
     /// The store keeps a user index: `logout_everywhere` / `logout_other_devices` are used.
     pub user_index: bool,
+    /// The store keeps devices: `revoke_device` is used.
+    pub devices: bool,
     /// Longest pause around each store call, and inside a handler.
     pub store_pause: Duration,
     pub handler_pause: Duration,
@@ -41,6 +43,7 @@ impl Profile {
         tabs: 2,
         ops_per_tab: 14,
         user_index: true,
+        devices: true,
         store_pause: Duration::from_millis(3),
         handler_pause: Duration::from_millis(4),
     };
@@ -58,6 +61,7 @@ pub enum Op {
     LogoutEverywhere,
     LogoutOthers,
     Expiry,
+    RevokeDevice,
 }
 
 impl Op {
@@ -73,10 +77,11 @@ impl Op {
             Op::LogoutEverywhere => "/logout_everywhere",
             Op::LogoutOthers => "/logout_others",
             Op::Expiry => "/expiry",
+            Op::RevokeDevice => "/revoke_device",
         }
     }
 
-    fn pick(rng: &mut StdRng, user_index: bool) -> Op {
+    fn pick(rng: &mut StdRng, user_index: bool, devices: bool) -> Op {
         let table: &[(Op, u32)] = &[
             (Op::Read, 14),
             (Op::Incr, 20),
@@ -88,6 +93,7 @@ impl Op {
             (Op::LogoutEverywhere, if user_index { 3 } else { 0 }),
             (Op::LogoutOthers, if user_index { 3 } else { 0 }),
             (Op::Expiry, 4),
+            (Op::RevokeDevice, if devices { 4 } else { 0 }),
         ];
         let total: u32 = table.iter().map(|(_, w)| w).sum();
         let mut x = rng.gen_range(0..total);
@@ -187,7 +193,11 @@ pub async fn run(app: Router, profile: Profile, seed: u64) -> Vec<Event> {
             tasks.push(tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(tab_seed);
                 for i in 0..profile.ops_per_tab {
-                    let op = Op::pick(&mut rng, profile.user_index);
+                    let op = Op::pick(
+                        &mut rng,
+                        profile.user_index,
+                        profile.devices && profile.user_index,
+                    );
                     let arg = match op {
                         Op::Put => format!("v{device}.{tab}.{i}"),
                         Op::Login => {
