@@ -12,11 +12,9 @@
 //! Session ids only use `A-Z a-z 0-9 - _`, so `{prefix}user:...` (and the IFEQ probe key
 //! `{prefix}probe:ifeq`) can never be a session key.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use coatcheck_core::{Codec, DecodeError, Record, SessionId, SessionInfo, StoreError, Timestamp};
-use futures_util::stream::{self, StreamExt as _};
+use coatcheck_core::{Codec, DecodeError, Record, SessionId, StoreError, Timestamp};
 use redis::Value;
 
 use crate::conn::Topology;
@@ -25,13 +23,10 @@ use crate::scripts::{self, CONFLICT, MALFORMED, NONE, OK, WRONG_TYPE};
 use crate::store::Ctx;
 use crate::value;
 
-/// How many per-session commands a cluster `list_for_user`/`delete_for_user` keeps in flight.
-const CLUSTER_FAN_OUT: usize = 64;
+mod users;
 
 /// Field/value pairs of a hash, raw.
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
-/// A listed session, raw: id, created (`c`), expires (`e`).
-type RawInfo = (Vec<u8>, Vec<u8>, Vec<u8>);
 
 /// The native format: a hash per session, data through a [`Codec`].
 #[derive(Debug, Clone)]
@@ -179,51 +174,29 @@ fn pairs(v: Value) -> Result<Pairs, StoreError> {
     }
 }
 
-/// User, created and expires of the session at `id` (cluster listing): one `GET`, or one
-/// `HMGET` for a hash of the earlier layout.
-async fn read_info(
-    cx: &Ctx,
-    id: &SessionId,
-) -> Result<Option<(Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>)>, StoreError> {
-    let key = cx.session_key(id);
-    match cx.query(redis::cmd("GET").arg(&key)).await {
-        Ok(reply) => {
-            let Some(stored) = bytes_or_nil(reply, "GET")? else {
-                return Ok(None);
-            };
-            let p =
-                value::parse(&stored).ok_or_else(|| decode_err("not a coatcheck session value"))?;
-            Ok(Some((
-                p.user.map(<[u8]>::to_vec),
-                Some(p.created.to_string().into_bytes()),
-                Some(p.expires.to_string().into_bytes()),
-            )))
-        }
-        Err(StoreError::Decode(_)) => {
-            let reply = cx
-                .query(redis::cmd("HMGET").arg(&key).arg("u").arg("c").arg("e"))
-                .await?;
-            let fields = array(reply).ok_or_else(|| unexpected("HMGET"))?;
-            let mut it = fields.into_iter().map(bytes);
-            Ok(Some((
-                it.next().flatten(),
-                it.next().flatten(),
-                it.next().flatten(),
-            )))
-        }
-        Err(e) => Err(e),
-    }
-}
-
 impl Native {
     /// The stored value of `r` at `version`, and its codec bytes' owner.
     fn value_of(&self, r: &Record, version: u64) -> Result<Vec<u8>, StoreError> {
         let data = self.codec.encode(&r.data)?;
+        let block = r
+            .device
+            .as_ref()
+            .map(|d| value::device_block(d.user_agent.as_deref(), d.ip.as_deref()));
+        let device = r
+            .device
+            .as_ref()
+            .zip(block.as_deref())
+            .map(|(d, block)| value::RawDevice {
+                handle: d.handle.as_str().as_bytes(),
+                block,
+            });
         Ok(value::encode(
             version,
             r.created_at.as_millis(),
             r.expires_at.as_millis(),
+            r.last_seen.as_millis(),
             r.user_id.as_deref().map(str::as_bytes),
+            device,
             &data,
         ))
     }
@@ -300,6 +273,12 @@ impl Native {
         record.data = self.codec.decode(p.data)?;
         record.version = p.version;
         record.user_id = user_id;
+        if let Some(d) = &p.device {
+            record.device = Some(users::device_of(d.handle, d.block)?);
+        }
+        if let Some(seen) = p.seen {
+            record.last_seen = Timestamp::from_millis(seen);
+        }
         Ok(Some(record))
     }
 
@@ -361,7 +340,9 @@ impl Native {
             version: parse_num(&v, "v")?,
             created: parse_num(&c, "c")?,
             expires: parse_num(&e, "e")?,
+            seen: None,
             user: u.as_deref(),
+            device: None,
             data: &d,
         };
         self.record_of(id, &p, cx.now())
@@ -497,7 +478,7 @@ impl Native {
                     value::parse(&seen.bytes).filter(|old| old.expires > now.as_millis())
                 {
                     let e = expires_at.as_millis();
-                    let value = value::with_expiry(&old, e);
+                    let value = value::with_expiry(&old, e, now.as_millis());
                     let index = old.user.map(|u| (u, e > old.expires));
                     if self.replace(cx, id, &seen.bytes, &value, e, index).await? {
                         cx.seen().put(id, seen.version, value);
@@ -609,209 +590,6 @@ impl Native {
             OK => Ok(true),
             NONE => Ok(false),
             code => Err(common_failure(code).unwrap_or_else(|| unexpected("delete script"))),
-        }
-    }
-
-    pub(crate) async fn list_for_user(
-        &self,
-        cx: &Ctx,
-        user: &str,
-    ) -> Result<Vec<SessionInfo>, StoreError> {
-        let now = cx.now();
-        let index = cx.index_key(user.as_bytes());
-        let triples: Vec<RawInfo> = match cx.topology() {
-            Topology::Single => {
-                let mut inv = scripts::LIST_FOR_USER_SCRIPT.prepare_invoke();
-                inv.key(index)
-                    .arg(now.as_millis())
-                    .arg(cx.prefix())
-                    .arg(user);
-                let flat =
-                    array(cx.invoke(&inv).await?).ok_or_else(|| unexpected("list script"))?;
-                if flat.len() % 3 != 0 {
-                    return Err(unexpected("list script"));
-                }
-                let mut out = Vec::with_capacity(flat.len() / 3);
-                let mut it = flat.into_iter().map(bytes);
-                while let (Some(id), Some(c), Some(e)) = (it.next(), it.next(), it.next()) {
-                    match (id, c, e) {
-                        (Some(id), Some(c), Some(e)) => out.push((id, c, e)),
-                        _ => return Err(unexpected("list script")),
-                    }
-                }
-                out
-            }
-            Topology::Cluster => self.cluster_list(cx, user, &index, now).await?,
-        };
-        triples
-            .into_iter()
-            .map(|(id, c, e)| {
-                let id = std::str::from_utf8(&id)
-                    .ok()
-                    .and_then(|s| SessionId::parse(s).ok())
-                    .ok_or_else(|| decode_err("a user index member is not a session id"))?;
-                let created = Timestamp::from_millis(parse_num(&c, "c")?);
-                let expires = Timestamp::from_millis(parse_num(&e, "e")?);
-                Ok(SessionInfo::new(id, created, expires))
-            })
-            .collect()
-    }
-
-    /// Cluster `list_for_user`: SMEMBERS, then one GET per member (fanned out, each to
-    /// the member's own slot), then one SREM of the stale members.
-    async fn cluster_list(
-        &self,
-        cx: &Ctx,
-        user: &str,
-        index: &[u8],
-        now: Timestamp,
-    ) -> Result<Vec<RawInfo>, StoreError> {
-        let members = self.members(cx, index).await?;
-        let checks = stream::iter(members)
-            .map(|(raw, id)| async move {
-                let Some(id) = id else {
-                    return Ok::<_, StoreError>((raw, None));
-                };
-                let (u, c, e) = match read_info(cx, &id).await {
-                    Ok(Some(info)) => info,
-                    // Nothing there, or something else lives at that key: not a session of
-                    // this user.
-                    Ok(None) | Err(StoreError::Decode(_)) => return Ok((raw, None)),
-                    Err(e) => return Err(e),
-                };
-                if u.as_deref() != Some(user.as_bytes()) {
-                    return Ok((raw, None));
-                }
-                let live = e
-                    .as_deref()
-                    .and_then(|e| std::str::from_utf8(e).ok())
-                    .and_then(|e| e.parse::<i64>().ok())
-                    .is_none_or(|e| e > now.as_millis());
-                if !live {
-                    return Ok((raw, None));
-                }
-                Ok((
-                    raw.clone(),
-                    Some((raw, c.unwrap_or_default(), e.unwrap_or_default())),
-                ))
-            })
-            .buffer_unordered(CLUSTER_FAN_OUT)
-            .collect::<Vec<_>>()
-            .await;
-        let mut keep = Vec::new();
-        let mut stale = Vec::new();
-        for check in checks {
-            match check? {
-                (_, Some(found)) => keep.push(found),
-                (raw, None) => stale.push(raw),
-            }
-        }
-        if !stale.is_empty() {
-            cx.query(redis::cmd("SREM").arg(index).arg(stale)).await?;
-        }
-        Ok(keep)
-    }
-
-    /// The members of a user index, each with its parsed id (`None`: not a session id).
-    async fn members(
-        &self,
-        cx: &Ctx,
-        index: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Option<SessionId>)>, StoreError> {
-        let reply = cx.query(redis::cmd("SMEMBERS").arg(index)).await?;
-        let members = array(reply).ok_or_else(|| unexpected("SMEMBERS"))?;
-        members
-            .into_iter()
-            .map(|m| {
-                let raw = bytes(m).ok_or_else(|| unexpected("SMEMBERS"))?;
-                let id = std::str::from_utf8(&raw)
-                    .ok()
-                    .and_then(|s| SessionId::parse(s).ok());
-                Ok((raw, id))
-            })
-            .collect()
-    }
-
-    pub(crate) async fn delete_for_user(
-        &self,
-        cx: &Ctx,
-        user: &str,
-        except: Option<&SessionId>,
-    ) -> Result<u64, StoreError> {
-        let now = cx.now();
-        let index = cx.index_key(user.as_bytes());
-        match cx.topology() {
-            Topology::Single => {
-                let mut inv = scripts::DELETE_FOR_USER_SCRIPT.prepare_invoke();
-                inv.key(index)
-                    .arg(now.as_millis())
-                    .arg(cx.prefix())
-                    .arg(user)
-                    .arg(flag(except.is_some()))
-                    .arg(except.map_or("", SessionId::as_str));
-                let n = cx.invoke(&inv).await?;
-                int(&n)
-                    .and_then(|n| u64::try_from(n).ok())
-                    .ok_or_else(|| unexpected("delete_for_user script"))
-            }
-            Topology::Cluster => {
-                // Pass after pass until the index holds nothing but `except`: one pass over
-                // a snapshot of the set misses the new id of a rotation that replaced a
-                // listed session after the SMEMBERS (review finding; the history checker's
-                // revocation invariant).
-                let mut removed = 0u64;
-                loop {
-                    let members: Vec<_> = self
-                        .members(cx, &index)
-                        .await?
-                        .into_iter()
-                        .filter(|(_, id)| id.is_none() || id.as_ref() != except)
-                        .collect();
-                    if members.is_empty() {
-                        return Ok(removed);
-                    }
-                    let results = stream::iter(members)
-                        .map(|(raw, id)| async move {
-                            let Some(id) = id else {
-                                return Ok::<_, StoreError>((raw, 0));
-                            };
-                            let mut inv = scripts::DELETE_IF_USER_SCRIPT.prepare_invoke();
-                            inv.key(cx.session_key(&id)).arg(now.as_millis()).arg(user);
-                            let code = int(&cx.invoke(&inv).await?)
-                                .ok_or_else(|| unexpected("delete_if_user script"))?;
-                            Ok((raw, code))
-                        })
-                        .buffer_unordered(CLUSTER_FAN_OUT)
-                        .collect::<Vec<_>>()
-                        .await;
-                    let mut gone = HashSet::new();
-                    let mut first_err = None;
-                    for r in results {
-                        match r {
-                            Ok((raw, code)) => {
-                                if code == 1 {
-                                    removed += 1;
-                                }
-                                gone.insert(raw);
-                            }
-                            Err(e) => {
-                                first_err.get_or_insert(e);
-                            }
-                        }
-                    }
-                    if !gone.is_empty() {
-                        cx.query(
-                            redis::cmd("SREM")
-                                .arg(&index)
-                                .arg(gone.into_iter().collect::<Vec<_>>()),
-                        )
-                        .await?;
-                    }
-                    if let Some(e) = first_err {
-                        return Err(e);
-                    }
-                }
-            }
         }
     }
 }

@@ -25,6 +25,8 @@ pub(crate) const WRONG_TYPE: i64 = -1;
 pub(crate) const MALFORMED: i64 = -2;
 /// `save`: the stored version differs.
 pub(crate) const CONFLICT: i64 = -3;
+/// `create_limited` with the refusing policy: the user is at the limit.
+pub(crate) const LIMIT_REACHED: i64 = -4;
 
 const PRELUDE: &str = r#"
 local function reply(code, u, e)
@@ -38,19 +40,36 @@ local function index_add(ikey, id, e, e_str, now)
     redis.call('PEXPIREAT', ikey, e_str)
   end
 end
--- A native value (value.rs): C1 {v} {c} {e} {user length or -}:{user}{data}
+-- A native value (value.rs): C1 {v} {c} {e} {user length or -}:{user}{data}, or
+-- C2 {v} {c} {e} {seen} {handle} {user length or -}:{user}{device length}:{device}{data}
 local function parse(s)
-  local v, c, e_str, ul, p = string.match(s, '^C1 (%d+) (%-?%d+) (%-?%d+) ([%-%d]%d*):()')
+  local v, c, e_str, seen, h, ul, p
+  if string.sub(s, 1, 3) == 'C2 ' then
+    v, c, e_str, seen, h, ul, p =
+      string.match(s, '^C2 (%d+) (%-?%d+) (%-?%d+) (%-?%d+) ([%w_%-]+) ([%-%d]%d*):()')
+  else
+    v, c, e_str, ul, p = string.match(s, '^C1 (%d+) (%-?%d+) (%-?%d+) ([%-%d]%d*):()')
+  end
   if not v then return nil end
   local e = tonumber(e_str)
   local u = false
+  local q = p
   if ul ~= '-' then
     if not string.match(ul, '^%d+$') then return nil end
     local n = tonumber(ul)
     u = string.sub(s, p, p + n - 1)
     if #u ~= n then return nil end
+    q = p + n
   end
-  return {v = v, c = c, e = e, e_str = e_str, u = u, ul = ul, body = p, s = s}
+  local d = false
+  if h then
+    local dl, r = string.match(s, '^(%d+):()', q)
+    if not dl then return nil end
+    d = string.sub(s, r, r + tonumber(dl) - 1)
+    if #d ~= tonumber(dl) then return nil end
+  end
+  return {v = v, c = c, e = e, e_str = e_str, u = u, ul = ul, body = p, s = s,
+          seen = seen or false, h = h or false, d = d}
 end
 -- The session at k: nil (absent), 'wrong' (another type), 'bad' (unreadable), or a table
 -- {v, c, e, e_str, u} from a value or from a hash of the earlier layout ({hash = true}).
@@ -76,6 +95,43 @@ end
 
 /// KEYS[1] session; ARGV: now, id, value, expires, has_user, user, index prefix, inline.
 const CREATE: &str = r#"
+local evicted = ''
+"#;
+
+/// Single node only. KEYS[1] session, KEYS[2] the user's index; ARGV as `CREATE` (has_user
+/// is '1'), then max, policy ('evict' or 'refuse'), session key prefix. The user's live sessions are counted
+/// (stale members pruned); at the limit the least recently seen are removed, or the create
+/// is refused ([`LIMIT_REACHED`]); then the `CREATE` body runs, all in one script.
+const LIMIT: &str = r#"
+local now, sp = tonumber(ARGV[1]), ARGV[11]
+local user, max, evict = ARGV[6], tonumber(ARGV[9]), ARGV[10] == 'evict'
+local live = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local r = read(sp .. id)
+  if type(r) == 'table' and r.u == user and r.e > now then
+    live[#live + 1] = {tonumber(r.seen or r.c) or 0, id}
+  else
+    redis.call('SREM', KEYS[2], id)
+  end
+end
+local n = 0
+if #live >= max then
+  if not evict then return reply(-4) end
+  table.sort(live, function(a, b)
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    return a[2] < b[2]
+  end)
+  for i = 1, #live - max + 1 do
+    redis.call('DEL', sp .. live[i][2])
+    redis.call('SREM', KEYS[2], live[i][2])
+    n = n + 1
+  end
+end
+local evicted = tostring(n)
+"#;
+
+/// The body shared by `CREATE` and `CREATE_LIMITED` (`evicted` is set before it).
+const CREATE_BODY: &str = r#"
 local k = KEYS[1]
 local now = tonumber(ARGV[1])
 local id, e_str = ARGV[2], ARGV[4]
@@ -91,10 +147,10 @@ if r then
   redis.call('DEL', k)
   if inline and stale_u then redis.call('SREM', ip .. stale_u, id) end
 end
-if e <= now then return reply(1, stale_u) end
+if e <= now then return reply(1, stale_u, evicted) end
 redis.call('SET', k, ARGV[3], 'PXAT', e_str)
 if inline and has_u then index_add(ip .. user, id, e, e_str, now) end
-return reply(1, stale_u)
+return reply(1, stale_u, evicted)
 "#;
 
 /// KEYS[1] session; ARGV: now, id, expected version, value, expires, has_user, user,
@@ -148,7 +204,13 @@ else
     redis.call('HSET', k, 'e', e_str)
     redis.call('PEXPIREAT', k, e_str)
   else
-    local head = 'C1 ' .. r.v .. ' ' .. r.c .. ' ' .. e_str .. ' ' .. r.ul .. ':'
+    local head
+    if r.h then
+      head = 'C2 ' .. r.v .. ' ' .. r.c .. ' ' .. e_str .. ' ' .. ARGV[1] .. ' ' .. r.h .. ' '
+        .. r.ul .. ':'
+    else
+      head = 'C1 ' .. r.v .. ' ' .. r.c .. ' ' .. e_str .. ' ' .. r.ul .. ':'
+    end
     redis.call('SET', k, head .. string.sub(r.s, r.body), 'PXAT', e_str)
   end
   if inline and r.u then index_add(ip .. r.u, id, e, e_str, now) end
@@ -171,7 +233,8 @@ return reply(0, r.u, r.e_str)
 "#;
 
 /// Single node only. KEYS[1] user index; ARGV: now, session key prefix, user.
-/// Returns `[id, created, expires, ...]` of the user's live sessions and prunes the rest.
+/// Returns `[id, created, expires, seen, handle, device, ...]` of the user's live sessions
+/// (the last three empty without a device) and prunes the rest.
 const LIST_FOR_USER: &str = r#"
 local ikey = KEYS[1]
 local now, kp, user = tonumber(ARGV[1]), ARGV[2], ARGV[3]
@@ -182,6 +245,9 @@ for _, id in ipairs(redis.call('SMEMBERS', ikey)) do
     out[#out + 1] = id
     out[#out + 1] = r.c
     out[#out + 1] = r.e_str
+    out[#out + 1] = r.seen or ''
+    out[#out + 1] = r.h or ''
+    out[#out + 1] = r.d or ''
   else
     redis.call('SREM', ikey, id)
   end
@@ -212,6 +278,29 @@ end
 return n
 "#;
 
+/// Single node only. KEYS[1] user index; ARGV: now, session key prefix, user, handle.
+/// Removes every session of `user` with that device handle (during a rotation the old and
+/// the new id share it); returns how many were live.
+const DELETE_DEVICE: &str = r#"
+local ikey = KEYS[1]
+local now, kp, user, handle = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local n = 0
+for _, id in ipairs(redis.call('SMEMBERS', ikey)) do
+  local k = kp .. id
+  local r = read(k)
+  if type(r) == 'table' and r.u == user then
+    if r.h == handle then
+      redis.call('DEL', k)
+      redis.call('SREM', ikey, id)
+      if r.e > now then n = n + 1 end
+    end
+  else
+    redis.call('SREM', ikey, id)
+  end
+end
+return n
+"#;
+
 /// Cluster: KEYS[1] session; ARGV: now, user. Deletes the session if it belongs to `user`.
 /// Returns 0 (not that user's: a stale index member), 1 (a live session removed) or 2
 /// (an expired one removed).
@@ -228,7 +317,11 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
-pub(crate) static CREATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(CREATE));
+pub(crate) static CREATE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| script(&format!("{CREATE}{CREATE_BODY}")));
+pub(crate) static CREATE_LIMITED_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| script(&format!("{LIMIT}{CREATE_BODY}")));
+pub(crate) static DELETE_DEVICE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(DELETE_DEVICE));
 pub(crate) static SAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SAVE));
 pub(crate) static TOUCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(TOUCH));
 pub(crate) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(DELETE));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use coatcheck_core::{
     Capabilities, Clock, Codec, DecodeError, ExpressFormat, NativeCodec, Record, SessionId,
-    SessionInfo, SessionStore, StoreError, SystemClock, Timestamp,
+    SessionInfo, SessionLimit, SessionStore, StoreError, SystemClock, Timestamp,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
@@ -942,6 +942,8 @@ fn require_runtime() -> Result<(), BuildError> {
 
 const NO_INDEX: &str =
     "connect-redis keeps no per-user index, so express-compatible mode cannot list or revoke a user's sessions";
+const NO_DEVICES: &str =
+    "connect-redis's layout has no place for device details, so express-compatible mode keeps none";
 
 fn log_failure(op: &'static str, id: Option<&SessionId>, e: &StoreError) {
     let session = id.map(SessionId::short_hash);
@@ -1088,11 +1090,35 @@ impl SessionStore for RedisStore {
         Ok(0)
     }
 
+    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
+        let cx = &self.ctx;
+        let r = match &self.format {
+            Format::Native(f) => cx.bounded(f.delete_device(cx, user_id, handle)).await,
+            Format::Express(_) => Err(StoreError::Unsupported(NO_DEVICES)),
+        };
+        logged("delete_device", None, r)
+    }
+
+    async fn create_limited(
+        &self,
+        record: &Record,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        let cx = &self.ctx;
+        let r = match &self.format {
+            Format::Native(f) => cx.bounded(f.create_limited(cx, record, limit)).await,
+            Format::Express(_) => Err(StoreError::Unsupported(NO_DEVICES)),
+        };
+        logged("create_limited", Some(&record.id), r)
+    }
+
     fn capabilities(&self) -> Capabilities {
         match self.format {
             Format::Native(_) => Capabilities::new()
                 .with_user_index(true)
-                .with_native_expiry(true),
+                .with_native_expiry(true)
+                .with_devices(true)
+                .with_session_limit(self.ctx.topology() == Topology::Single),
             Format::Express(_) => Capabilities::new()
                 .with_native_expiry(true)
                 .with_opaque_versions(true)

@@ -1,0 +1,433 @@
+//! The user index: listing a user's sessions, revoking all of them, one device, and the
+//! per-user session limit.
+
+use std::collections::HashSet;
+
+use coatcheck_core::{
+    Device, DeviceHandle, LimitPolicy, Record, SessionId, SessionInfo, SessionLimit, StoreError,
+    Timestamp,
+};
+use futures_util::stream::{self, StreamExt as _};
+
+use super::{
+    array, bytes, bytes_or_nil, common_failure, decode_err, flag, int, parse_num, unexpected,
+    Native, Outcome,
+};
+use crate::conn::Topology;
+use crate::scripts::{self, LIMIT_REACHED, NONE, OK};
+use crate::store::Ctx;
+use crate::value;
+
+/// How many per-session commands a cluster `list_for_user`/`delete_for_user` keeps in flight.
+const CLUSTER_FAN_OUT: usize = 64;
+
+/// A listed session, raw.
+struct RawInfo {
+    id: Vec<u8>,
+    created: i64,
+    expires: i64,
+    /// `C2` values only.
+    seen: Option<i64>,
+    /// Handle and `{user agent}\n{ip}` block (`C2` values only).
+    device: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RawInfo {
+    fn into_info(self) -> Result<SessionInfo, StoreError> {
+        let id = std::str::from_utf8(&self.id)
+            .ok()
+            .and_then(|s| SessionId::parse(s).ok())
+            .ok_or_else(|| decode_err("a user index member is not a session id"))?;
+        let created = Timestamp::from_millis(self.created);
+        let device = match &self.device {
+            Some((h, block)) => Some(device_of(h, block)?),
+            None => None,
+        };
+        let seen = self.seen.map_or(created, Timestamp::from_millis);
+        Ok(
+            SessionInfo::new(id, created, Timestamp::from_millis(self.expires))
+                .with_device(device, seen),
+        )
+    }
+}
+
+/// A [`Device`] from a stored handle and details block.
+pub(super) fn device_of(handle: &[u8], block: &[u8]) -> Result<Device, StoreError> {
+    let handle = std::str::from_utf8(handle)
+        .ok()
+        .and_then(DeviceHandle::parse)
+        .ok_or_else(|| decode_err("stored device handle is not a handle"))?;
+    let raw = value::RawDevice { handle: b"", block };
+    let (ua, ip) = raw.details();
+    let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+    Ok(Device::new()
+        .with_handle(handle)
+        .with_user_agent(text(ua).as_deref())
+        .with_ip(text(ip).as_deref()))
+}
+
+/// The user and the listing of the session at `id` (cluster listing): one `GET`, or one
+/// `HMGET` for a hash of the earlier layout.
+async fn read_info(
+    cx: &Ctx,
+    id: &SessionId,
+    raw: Vec<u8>,
+) -> Result<Option<(Option<Vec<u8>>, RawInfo)>, StoreError> {
+    let key = cx.session_key(id);
+    match cx.query(redis::cmd("GET").arg(&key)).await {
+        Ok(reply) => {
+            let Some(stored) = bytes_or_nil(reply, "GET")? else {
+                return Ok(None);
+            };
+            let p =
+                value::parse(&stored).ok_or_else(|| decode_err("not a coatcheck session value"))?;
+            Ok(Some((
+                p.user.map(<[u8]>::to_vec),
+                RawInfo {
+                    id: raw,
+                    created: p.created,
+                    expires: p.expires,
+                    seen: p.seen,
+                    device: p.device.map(|d| (d.handle.to_vec(), d.block.to_vec())),
+                },
+            )))
+        }
+        Err(StoreError::Decode(_)) => {
+            let reply = cx
+                .query(redis::cmd("HMGET").arg(&key).arg("u").arg("c").arg("e"))
+                .await?;
+            let fields = array(reply).ok_or_else(|| unexpected("HMGET"))?;
+            let mut it = fields.into_iter().map(bytes);
+            let (u, c, e) = (
+                it.next().flatten(),
+                it.next().flatten(),
+                it.next().flatten(),
+            );
+            let num = |v: Option<Vec<u8>>, f| v.map_or(Ok(0), |v| parse_num(&v, f));
+            Ok(Some((
+                u,
+                RawInfo {
+                    id: raw,
+                    created: num(c, "c")?,
+                    expires: e.map_or(Ok(i64::MAX), |v| parse_num(&v, "e"))?,
+                    seen: None,
+                    device: None,
+                },
+            )))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Native {
+    pub(crate) async fn list_for_user(
+        &self,
+        cx: &Ctx,
+        user: &str,
+    ) -> Result<Vec<SessionInfo>, StoreError> {
+        let now = cx.now();
+        let index = cx.index_key(user.as_bytes());
+        let triples: Vec<RawInfo> = match cx.topology() {
+            Topology::Single => {
+                let mut inv = scripts::LIST_FOR_USER_SCRIPT.prepare_invoke();
+                inv.key(index)
+                    .arg(now.as_millis())
+                    .arg(cx.prefix())
+                    .arg(user);
+                let flat =
+                    array(cx.invoke(&inv).await?).ok_or_else(|| unexpected("list script"))?;
+                if flat.len() % 6 != 0 {
+                    return Err(unexpected("list script"));
+                }
+                let mut out = Vec::with_capacity(flat.len() / 6);
+                let mut it = flat.into_iter().map(bytes);
+                while let Some(id) = it.next() {
+                    let fields: Option<Vec<Vec<u8>>> =
+                        std::iter::once(id).chain(it.by_ref().take(5)).collect();
+                    let Some([id, c, e, s, h, d]) =
+                        fields.and_then(|f| <[Vec<u8>; 6]>::try_from(f).ok())
+                    else {
+                        return Err(unexpected("list script"));
+                    };
+                    out.push(RawInfo {
+                        id,
+                        created: parse_num(&c, "c")?,
+                        expires: parse_num(&e, "e")?,
+                        seen: if s.is_empty() {
+                            None
+                        } else {
+                            Some(parse_num(&s, "s")?)
+                        },
+                        device: (!h.is_empty()).then_some((h, d)),
+                    });
+                }
+                out
+            }
+            Topology::Cluster => self.cluster_list(cx, user, &index, now).await?,
+        };
+        triples.into_iter().map(RawInfo::into_info).collect()
+    }
+
+    /// Cluster `list_for_user`: SMEMBERS, then one GET per member (fanned out, each to
+    /// the member's own slot), then one SREM of the stale members.
+    async fn cluster_list(
+        &self,
+        cx: &Ctx,
+        user: &str,
+        index: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<RawInfo>, StoreError> {
+        let members = self.members(cx, index).await?;
+        let checks = stream::iter(members)
+            .map(|(raw, id)| async move {
+                let Some(id) = id else {
+                    return Ok::<_, StoreError>((raw, None));
+                };
+                let (u, info) = match read_info(cx, &id, raw.clone()).await {
+                    Ok(Some(found)) => found,
+                    // Nothing there, or something else lives at that key: not a session of
+                    // this user.
+                    Ok(None) | Err(StoreError::Decode(_)) => return Ok((raw, None)),
+                    Err(e) => return Err(e),
+                };
+                if u.as_deref() != Some(user.as_bytes()) || info.expires <= now.as_millis() {
+                    return Ok((raw, None));
+                }
+                Ok((raw, Some(info)))
+            })
+            .buffer_unordered(CLUSTER_FAN_OUT)
+            .collect::<Vec<_>>()
+            .await;
+        let mut keep = Vec::new();
+        let mut stale = Vec::new();
+        for check in checks {
+            match check? {
+                (_, Some(found)) => keep.push(found),
+                (raw, None) => stale.push(raw),
+            }
+        }
+        if !stale.is_empty() {
+            cx.query(redis::cmd("SREM").arg(index).arg(stale)).await?;
+        }
+        Ok(keep)
+    }
+
+    /// The members of a user index, each with its parsed id (`None`: not a session id).
+    async fn members(
+        &self,
+        cx: &Ctx,
+        index: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Option<SessionId>)>, StoreError> {
+        let reply = cx.query(redis::cmd("SMEMBERS").arg(index)).await?;
+        let members = array(reply).ok_or_else(|| unexpected("SMEMBERS"))?;
+        members
+            .into_iter()
+            .map(|m| {
+                let raw = bytes(m).ok_or_else(|| unexpected("SMEMBERS"))?;
+                let id = std::str::from_utf8(&raw)
+                    .ok()
+                    .and_then(|s| SessionId::parse(s).ok());
+                Ok((raw, id))
+            })
+            .collect()
+    }
+
+    pub(crate) async fn delete_for_user(
+        &self,
+        cx: &Ctx,
+        user: &str,
+        except: Option<&SessionId>,
+    ) -> Result<u64, StoreError> {
+        let now = cx.now();
+        let index = cx.index_key(user.as_bytes());
+        match cx.topology() {
+            Topology::Single => {
+                let mut inv = scripts::DELETE_FOR_USER_SCRIPT.prepare_invoke();
+                inv.key(index)
+                    .arg(now.as_millis())
+                    .arg(cx.prefix())
+                    .arg(user)
+                    .arg(flag(except.is_some()))
+                    .arg(except.map_or("", SessionId::as_str));
+                let n = cx.invoke(&inv).await?;
+                int(&n)
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(|| unexpected("delete_for_user script"))
+            }
+            Topology::Cluster => {
+                // Pass after pass until the index holds nothing but `except`: one pass over
+                // a snapshot of the set misses the new id of a rotation that replaced a
+                // listed session after the SMEMBERS (review finding; the history checker's
+                // revocation invariant).
+                let mut removed = 0u64;
+                loop {
+                    let members: Vec<_> = self
+                        .members(cx, &index)
+                        .await?
+                        .into_iter()
+                        .filter(|(_, id)| id.is_none() || id.as_ref() != except)
+                        .collect();
+                    if members.is_empty() {
+                        return Ok(removed);
+                    }
+                    let results = stream::iter(members)
+                        .map(|(raw, id)| async move {
+                            let Some(id) = id else {
+                                return Ok::<_, StoreError>((raw, 0));
+                            };
+                            let mut inv = scripts::DELETE_IF_USER_SCRIPT.prepare_invoke();
+                            inv.key(cx.session_key(&id)).arg(now.as_millis()).arg(user);
+                            let code = int(&cx.invoke(&inv).await?)
+                                .ok_or_else(|| unexpected("delete_if_user script"))?;
+                            Ok((raw, code))
+                        })
+                        .buffer_unordered(CLUSTER_FAN_OUT)
+                        .collect::<Vec<_>>()
+                        .await;
+                    let mut gone = HashSet::new();
+                    let mut first_err = None;
+                    for r in results {
+                        match r {
+                            Ok((raw, code)) => {
+                                if code == 1 {
+                                    removed += 1;
+                                }
+                                gone.insert(raw);
+                            }
+                            Err(e) => {
+                                first_err.get_or_insert(e);
+                            }
+                        }
+                    }
+                    if !gone.is_empty() {
+                        cx.query(
+                            redis::cmd("SREM")
+                                .arg(&index)
+                                .arg(gone.into_iter().collect::<Vec<_>>()),
+                        )
+                        .await?;
+                    }
+                    if let Some(e) = first_err {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Revokes every session of `user` with device handle `handle`: one script on a single
+    /// node; on a cluster (the index and the sessions live in other slots) the index's
+    /// members are read and each session of that device is deleted if it is still the
+    /// user's (a session's handle never changes, so reading it first is safe).
+    pub(crate) async fn delete_device(
+        &self,
+        cx: &Ctx,
+        user: &str,
+        handle: &str,
+    ) -> Result<bool, StoreError> {
+        let now = cx.now();
+        let index = cx.index_key(user.as_bytes());
+        if cx.topology() == Topology::Single {
+            let mut inv = scripts::DELETE_DEVICE_SCRIPT.prepare_invoke();
+            inv.key(index)
+                .arg(now.as_millis())
+                .arg(cx.prefix())
+                .arg(user)
+                .arg(handle);
+            let n =
+                int(&cx.invoke(&inv).await?).ok_or_else(|| unexpected("delete_device script"))?;
+            return Ok(n > 0);
+        }
+        let members = self.members(cx, &index).await?;
+        let results = stream::iter(members)
+            .map(|(raw, id)| async move {
+                let Some(id) = id else {
+                    return Ok::<_, StoreError>(None);
+                };
+                match read_info(cx, &id, raw.clone()).await {
+                    Ok(Some((u, info)))
+                        if u.as_deref() == Some(user.as_bytes())
+                            && info
+                                .device
+                                .as_ref()
+                                .is_some_and(|(h, _)| h == handle.as_bytes()) => {}
+                    Ok(_) | Err(StoreError::Decode(_)) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+                let mut inv = scripts::DELETE_IF_USER_SCRIPT.prepare_invoke();
+                inv.key(cx.session_key(&id)).arg(now.as_millis()).arg(user);
+                let code = int(&cx.invoke(&inv).await?)
+                    .ok_or_else(|| unexpected("delete_if_user script"))?;
+                Ok(Some((raw, code == 1)))
+            })
+            .buffer_unordered(CLUSTER_FAN_OUT)
+            .collect::<Vec<_>>()
+            .await;
+        let mut gone = Vec::new();
+        let mut live = false;
+        for r in results {
+            if let Some((raw, was_live)) = r? {
+                live |= was_live;
+                gone.push(raw);
+            }
+        }
+        if !gone.is_empty() {
+            cx.query(redis::cmd("SREM").arg(&index).arg(gone)).await?;
+        }
+        Ok(live)
+    }
+
+    /// `create` of a signed-in session under a per-user limit: one script (count, evict or
+    /// refuse, create, index) on a single node. A cluster cannot do it atomically (the
+    /// index and the sessions live in other slots), and says so.
+    pub(crate) async fn create_limited(
+        &self,
+        cx: &Ctx,
+        r: &Record,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        if cx.topology() == Topology::Cluster {
+            return Err(StoreError::Unsupported(
+                "a per-user session limit on Redis Cluster (the user index and the sessions \
+                 are in different slots, so no script can count and create atomically)",
+            ));
+        }
+        let Some(user) = r.user_id.as_deref() else {
+            return Err(StoreError::Unsupported(
+                "create_limited of a record without user",
+            ));
+        };
+        let value = self.value_of(r, 1)?;
+        let now = cx.now();
+        let policy = match limit.policy {
+            LimitPolicy::Refuse => "refuse",
+            _ => "evict",
+        };
+        let mut inv = scripts::CREATE_LIMITED_SCRIPT.prepare_invoke();
+        inv.key(cx.session_key(&r.id))
+            .key(cx.index_key(user.as_bytes()))
+            .arg(now.as_millis())
+            .arg(r.id.as_str())
+            .arg(&value)
+            .arg(r.expires_at.as_millis())
+            .arg(flag(true))
+            .arg(user)
+            .arg(cx.index_prefix())
+            .arg(flag(true))
+            .arg(limit.max)
+            .arg(policy)
+            .arg(cx.prefix());
+        let out = Outcome::parse(cx.invoke(&inv).await?, "create_limited script")?;
+        match out.code {
+            OK => Ok(out
+                .old_expires
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0)),
+            NONE => Err(StoreError::IdTaken),
+            LIMIT_REACHED => Err(StoreError::LimitReached),
+            code => {
+                Err(common_failure(code).unwrap_or_else(|| unexpected("create_limited script")))
+            }
+        }
+    }
+}
