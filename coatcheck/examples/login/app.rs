@@ -1,0 +1,454 @@
+//! The login example's router: JSON routes for `curl`, and server-rendered pages (a sign-in
+//! form and "Your devices") for a browser. `main.rs` picks the store and serves it;
+//! `tests/browser.rs` includes this file with `#[path]` and drives the pages in Chromium.
+//!
+//! CSRF: every state-changing route is a POST. The session cookie is `SameSite=Lax` (the
+//! layer's default), so a browser does not send it with a POST from another site: a forged
+//! form on another origin arrives logged out and changes nothing. As a second line, a POST
+//! whose `Origin` header names another host than `Host` is refused with `403` before it
+//! reaches the session ([`same_origin`]). Requests without `Origin` (curl, old browsers)
+//! pass: they are not the cross-site kind.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use coatcheck::{
+    Authenticated, KeyRing, LimitPolicy, RequireRole, Secure, Session, SessionError, SessionLayer,
+    SessionStore, Timestamp, UserSession, Value, ROLES_KEY,
+};
+use minijinja::{context, Environment};
+use serde::{Deserialize, Serialize};
+
+/// What the app is configured with besides its store.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The cookie signing secret (32 bytes or more).
+    pub secret: String,
+    /// At most this many signed-in devices per user, and what a login past it does; `None`
+    /// for no cap.
+    pub session_limit: Option<(u32, LimitPolicy)>,
+}
+
+/// The message the sign-in form shows when the cap refuses a login.
+pub const TOO_MANY_DEVICES: &str =
+    "You have too many devices signed in. Sign out on one of them first.";
+
+/// The app on `store`: serve it with `into_make_service_with_connect_info::<SocketAddr>()`
+/// so the devices page can show each device's address.
+pub fn app(
+    store: Arc<dyn SessionStore>,
+    options: Options,
+) -> Result<Router, Box<dyn std::error::Error>> {
+    let mut layer = SessionLayer::builder_shared(store, KeyRing::new([options.secret])?)
+        .secure(Secure::Never) // plain HTTP on localhost for the demo
+        .idle_timeout(Duration::from_secs(30 * 60))
+        .absolute_timeout(Duration::from_secs(12 * 3600));
+    if let Some((max, policy)) = options.session_limit {
+        layer = layer.max_sessions_per_user(max, policy);
+    }
+    let state = AppState {
+        users: users().map_err(|e| e.to_string())?,
+        pages: Arc::new(pages()?),
+    };
+    let admin_routes = Router::new()
+        .route("/admin", get(admin))
+        .route_layer(RequireRole::new("admin"));
+    Ok(Router::new()
+        .route("/", get(index))
+        .route("/login", post(login))
+        .route("/me", get(me))
+        .route("/logout", post(logout))
+        .route("/logout-all", post(logout_all))
+        .route("/logout-others", post(logout_others))
+        .route("/sessions", get(sessions))
+        .route("/sessions/{handle}/revoke", post(revoke))
+        .route("/devices", get(devices))
+        .merge(admin_routes)
+        .with_state(state)
+        .layer(layer.build()?)
+        .layer(middleware::from_fn(same_origin)))
+}
+
+#[derive(Clone)]
+struct AppState {
+    users: Users,
+    pages: Arc<Environment<'static>>,
+}
+
+/// The templates, embedded in the binary. A `.html` name turns HTML autoescaping on, so a
+/// user agent string (which the client chooses) is shown as text, never as markup.
+fn pages() -> Result<Environment<'static>, minijinja::Error> {
+    let mut env = Environment::new();
+    env.add_template("base.html", include_str!("templates/base.html"))?;
+    env.add_template("login.html", include_str!("templates/login.html"))?;
+    env.add_template("devices.html", include_str!("templates/devices.html"))?;
+    Ok(env)
+}
+
+/// A user as the app knows it: the password is only ever kept as an argon2 hash.
+struct User {
+    password_hash: String,
+    roles: Vec<String>,
+}
+
+type Users = Arc<HashMap<String, User>>;
+
+fn users() -> Result<Users, argon2::password_hash::Error> {
+    let mut users = HashMap::new();
+    for (name, password, roles) in [
+        ("alice", "wonderland", vec!["admin", "user"]),
+        ("bob", "builder", vec!["user"]),
+    ] {
+        let salt = SaltString::generate(&mut OsRng);
+        let hash = Argon2::default()
+            .hash_password(password.as_bytes(), &salt)?
+            .to_string();
+        users.insert(
+            name.to_owned(),
+            User {
+                password_hash: hash,
+                roles: roles.into_iter().map(String::from).collect(),
+            },
+        );
+    }
+    Ok(Arc::new(users))
+}
+
+/// An error the app answers with.
+enum AppError {
+    Session(SessionError),
+    Status(StatusCode, &'static str),
+    Page(minijinja::Error),
+}
+
+impl From<SessionError> for AppError {
+    fn from(e: SessionError) -> Self {
+        AppError::Session(e)
+    }
+}
+
+impl From<minijinja::Error> for AppError {
+    fn from(e: minijinja::Error) -> Self {
+        AppError::Page(e)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        match self {
+            AppError::Session(e) => e.into_response(),
+            AppError::Status(code, msg) => (code, msg).into_response(),
+            AppError::Page(e) => {
+                tracing::error!(error = %e, "template failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "page failed").into_response()
+            }
+        }
+    }
+}
+
+fn render(state: &AppState, name: &str, ctx: minijinja::Value) -> Result<Html<String>, AppError> {
+    Ok(Html(state.pages.get_template(name)?.render(ctx)?))
+}
+
+/// Whether the request is an HTML form post (answered with pages and redirects) rather
+/// than an API call (answered with JSON or text).
+fn is_form(headers: &HeaderMap) -> bool {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let accepts_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    content_type.starts_with("application/x-www-form-urlencoded") && !accepts_json
+}
+
+/// Refuses a state-changing request whose `Origin` is another host than the one it was
+/// sent to (see the module docs: `SameSite=Lax` already keeps the cookie off such posts).
+async fn same_origin(req: Request, next: Next) -> Response {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            let origin_host = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.split_once("://"))
+                .map(|(_, host)| host);
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok());
+            if origin_host.is_none() || origin_host != host {
+                return (StatusCode::FORBIDDEN, "cross-origin request refused").into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+/// The user whose password this is, checked with argon2.
+fn check(users: &Users, creds: &Credentials) -> Option<Vec<String>> {
+    let user = users.get(&creds.username);
+    // Verify against a real hash even for unknown users, so timing does not tell them apart.
+    let hash = user.map(|u| u.password_hash.as_str()).unwrap_or(
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$4u0Nz4M4mPo+3+G1J5oXMIs6pJnYE/q30bJ5t1QWJjU",
+    );
+    let ok = PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(creds.password.as_bytes(), &parsed)
+            .is_ok()
+    });
+    user.filter(|_| ok).map(|u| u.roles.clone())
+}
+
+/// Logs `user` in with its roles in the same write (`login_with`). `login_with` puts the
+/// roles into this request's session before it tries the login; when the store refuses
+/// the login (the per-user cap), the session this browser already had must not keep them
+/// (a signed-in bob would otherwise end up with alice's roles), so they are put back.
+async fn login_as(session: &Session, user: &str, roles: &[String]) -> Result<(), SessionError> {
+    let before: Option<Value> = session.get_value(ROLES_KEY).await?;
+    let outcome = session.login_with(user, [(ROLES_KEY, roles)]).await;
+    if matches!(outcome, Err(SessionError::SessionLimit)) {
+        match before {
+            Some(roles) => session.insert(ROLES_KEY, roles).await?,
+            None => {
+                session.remove(ROLES_KEY).await?;
+            }
+        }
+    }
+    outcome
+}
+
+async fn index(State(state): State<AppState>, session: Session) -> Result<Response, AppError> {
+    if session.user_id().await?.is_some() {
+        return Ok(Redirect::to("/devices").into_response());
+    }
+    Ok(render(&state, "login.html", context! {})?.into_response())
+}
+
+/// `POST /login`: JSON `{"username","password"}` (answers text) or the sign-in form
+/// (answers a redirect to the devices page, or the form again with what went wrong).
+async fn login(
+    State(state): State<AppState>,
+    session: Session,
+    req: Request,
+) -> Result<Response, AppError> {
+    let form = is_form(req.headers());
+    let creds = if form {
+        match Form::<Credentials>::from_request(req, &()).await {
+            Ok(Form(creds)) => creds,
+            Err(rejection) => return Ok(rejection.into_response()),
+        }
+    } else {
+        match Json::<Credentials>::from_request(req, &()).await {
+            Ok(Json(creds)) => creds,
+            Err(rejection) => return Ok(rejection.into_response()),
+        }
+    };
+    let form_again = |status: StatusCode, error: &str| -> Result<Response, AppError> {
+        let page = render(
+            &state,
+            "login.html",
+            context! { error, username => &creds.username },
+        )?;
+        Ok((status, page).into_response())
+    };
+    let Some(roles) = check(&state.users, &creds) else {
+        return if form {
+            form_again(StatusCode::UNAUTHORIZED, "Wrong username or password.")
+        } else {
+            Err(AppError::Status(
+                StatusCode::UNAUTHORIZED,
+                "invalid credentials",
+            ))
+        };
+    };
+    // A new session id on every login (against fixation), the user indexed for revocation,
+    // the roles stored with the new id in the same write.
+    match login_as(&session, &creds.username, &roles).await {
+        Ok(()) if form => Ok(Redirect::to("/devices").into_response()),
+        Ok(()) => Ok("logged in".into_response()),
+        Err(SessionError::SessionLimit) if form => {
+            form_again(StatusCode::CONFLICT, TOO_MANY_DEVICES)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Serialize)]
+struct Me {
+    user_id: String,
+    roles: Vec<String>,
+}
+
+async fn me(user: Authenticated) -> Result<Json<Me>, AppError> {
+    let roles = user.roles().await?;
+    Ok(Json(Me {
+        user_id: user.user_id,
+        roles,
+    }))
+}
+
+async fn logout(session: Session, headers: HeaderMap) -> Result<Response, AppError> {
+    session.destroy().await?;
+    Ok(if is_form(&headers) {
+        Redirect::to("/").into_response()
+    } else {
+        "logged out".into_response()
+    })
+}
+
+async fn logout_all(user: Authenticated, headers: HeaderMap) -> Result<Response, AppError> {
+    let n = user.session.logout_everywhere().await?;
+    Ok(if is_form(&headers) {
+        Redirect::to("/").into_response()
+    } else {
+        format!("logged out of {n} sessions").into_response()
+    })
+}
+
+/// `POST /logout-others`: every session of this user but this one.
+async fn logout_others(user: Authenticated, headers: HeaderMap) -> Result<Response, AppError> {
+    let n = user.session.logout_other_devices().await?;
+    Ok(if is_form(&headers) {
+        Redirect::to(&format!("/devices?signed_out={n}")).into_response()
+    } else {
+        Json(serde_json::json!({ "signed_out": n })).into_response()
+    })
+}
+
+/// `GET /sessions`: this user's devices as JSON (this one first, then by last activity).
+async fn sessions(user: Authenticated) -> Result<Json<Vec<UserSession>>, AppError> {
+    Ok(Json(user.session.list_user_sessions().await?))
+}
+
+/// `POST /sessions/{handle}/revoke`: signs one of this user's devices out. A handle of
+/// another user's device (or of none) revokes nothing.
+async fn revoke(
+    user: Authenticated,
+    Path(handle): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let revoked = user.session.revoke_device(&handle).await?;
+    if !is_form(&headers) {
+        return Ok(Json(serde_json::json!({ "revoked": revoked })).into_response());
+    }
+    // Revoking this device's own handle ended this session: back to the sign-in form.
+    let signed_in = user.session.user_id().await?.is_some();
+    Ok(match (signed_in, revoked) {
+        (false, _) => Redirect::to("/"),
+        (true, true) => Redirect::to("/devices?signed_out=1"),
+        (true, false) => Redirect::to("/devices?signed_out=0"),
+    }
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct DevicesQuery {
+    signed_out: Option<u64>,
+}
+
+/// One row of the devices page.
+#[derive(Serialize)]
+struct DeviceRow {
+    handle: String,
+    current: bool,
+    summary: String,
+    user_agent: String,
+    ip: Option<String>,
+    last_active: String,
+    signed_in: String,
+}
+
+/// `GET /devices`: "Your devices", or the sign-in form's address when logged out.
+async fn devices(
+    State(state): State<AppState>,
+    session: Session,
+    Query(query): Query<DevicesQuery>,
+) -> Result<Response, AppError> {
+    let Some(user) = session.user_id().await? else {
+        return Ok(Redirect::to("/").into_response());
+    };
+    let now = Timestamp::now();
+    let rows: Vec<DeviceRow> = session
+        .list_user_sessions()
+        .await?
+        .into_iter()
+        .map(|d| DeviceRow {
+            handle: d.handle.map(|h| h.to_string()).unwrap_or_default(),
+            current: d.current,
+            summary: describe(d.user_agent.as_deref()),
+            user_agent: d.user_agent.unwrap_or_default(),
+            ip: d.ip,
+            last_active: ago(now, d.last_seen),
+            signed_in: ago(now, d.created_at),
+        })
+        .collect();
+    let notice = query.signed_out.map(|n| match n {
+        0 => "No device was signed out.".to_owned(),
+        1 => "Signed out 1 device.".to_owned(),
+        n => format!("Signed out {n} devices."),
+    });
+    Ok(render(
+        &state,
+        "devices.html",
+        context! { user, devices => rows, notice },
+    )?
+    .into_response())
+}
+
+async fn admin(user: Authenticated) -> String {
+    format!("Welcome to the admin area, {}", user.user_id)
+}
+
+/// "Chrome on Linux" from a user agent (woothee's browser and OS names), or what of it is
+/// known.
+pub fn describe(user_agent: Option<&str>) -> String {
+    let Some(ua) = user_agent.filter(|ua| !ua.trim().is_empty()) else {
+        return "Unknown device".to_owned();
+    };
+    let known = |s: &str| !s.is_empty() && s != woothee::woothee::VALUE_UNKNOWN;
+    match woothee::parser::Parser::new().parse(ua) {
+        Some(r) if known(r.name) && known(r.os) => format!("{} on {}", r.name, r.os),
+        Some(r) if known(r.name) => r.name.to_owned(),
+        Some(r) if known(r.os) => format!("A browser on {}", r.os),
+        _ => "Unknown device".to_owned(),
+    }
+}
+
+/// "3 minutes ago": how long before `now` the moment `then` was, rounded.
+pub fn ago(now: Timestamp, then: Timestamp) -> String {
+    let secs = now.duration_since(then).as_secs();
+    let minutes = (secs + 30) / 60;
+    let hours = (secs + 1_800) / 3_600;
+    let (n, unit) = if secs < 45 {
+        return "just now".to_owned();
+    } else if minutes < 60 {
+        (minutes, "minute")
+    } else if hours < 24 {
+        (hours, "hour")
+    } else {
+        ((secs + 43_200) / 86_400, "day")
+    };
+    if n == 1 {
+        format!("1 {unit} ago")
+    } else {
+        format!("{n} {unit}s ago")
+    }
+}
