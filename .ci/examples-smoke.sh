@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo build -q --example login --example quickstart --features redis,postgres,mongo
-bin=target/debug/examples/login
+target=${CARGO_TARGET_DIR:-target}
+bin=$target/debug/examples/login
 jar=$(mktemp -d)
 trap 'rm -rf "$jar"; [ -n "${app:-}" ] && kill "$app" 2>/dev/null || true' EXIT
 
@@ -38,7 +39,7 @@ wait_port() { # wait_port <port> <pid> <log>
 # The README's first command: the quickstart's counter goes up in one cookie jar.
 store=quickstart
 port=$(free_port)
-PORT=$port target/debug/examples/quickstart >"$jar/quickstart.log" 2>&1 &
+PORT=$port "$target/debug/examples/quickstart" >"$jar/quickstart.log" 2>&1 &
 app=$!
 wait_port "$port" "$app" "$jar/quickstart.log"
 first=$(curl -s -c "$jar/q" -b "$jar/q" "http://127.0.0.1:$port/")
@@ -68,6 +69,15 @@ for store in memory redis postgres mongo; do
     expect "GET /admin as alice" 200 "$(code -b "$c" "$base/admin")"
     expect "POST /login wrong password" 401 "$(code -H 'content-type: application/json' \
         -d '{"username":"alice","password":"nope"}' "$base/login")"
+    expect "GET /sessions as alice" 200 "$(code -b "$c" "$base/sessions")"
+    expect "POST /sessions/{unknown}/revoke" '{"revoked":false}' "$(curl -s -b "$c" -X POST \
+        -H 'accept: application/json' "$base/sessions/AAAAAAAAAAAAAAAAAAAAAA/revoke")"
+    # The pages: the sign-in form, a form login redirecting to the devices page.
+    expect "GET / logged out" 200 "$(code "$base/")"
+    f="$jar/$store.form"
+    expect "POST /login as a form" 303 "$(code -c "$f" -b "$f" -d 'username=bob&password=builder' \
+        "$base/login")"
+    expect "GET /devices as bob" 200 "$(code -b "$f" "$base/devices")"
     expect "POST /logout-all" 200 "$(code -c "$c" -b "$c" -X POST "$base/logout-all")"
     expect "GET /me after logout-all" 401 "$(code -b "$c" "$base/me")"
     kill "$app"
