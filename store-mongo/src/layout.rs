@@ -8,7 +8,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use coatcheck_core::{Codec, DecodeError, EncodeError, Record, SessionId, SessionInfo, Timestamp};
+use coatcheck_core::{
+    Codec, DecodeError, Device, DeviceHandle, EncodeError, Record, SessionId, SessionInfo,
+    Timestamp,
+};
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Bson, DateTime, Document};
 use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
@@ -49,6 +52,11 @@ pub(crate) trait Layout: Send + Sync + fmt::Debug + 'static {
 
     /// The field whose whole content the version is a hash of (express layout), or `None`
     /// when the layout stores a version counter.
+    /// The field `touch` moves to now, where devices are kept.
+    fn seen_field(&self) -> Option<&'static str> {
+        None
+    }
+
     fn content_field(&self) -> Option<&'static str> {
         None
     }
@@ -76,6 +84,10 @@ pub(crate) const F_DATA: &str = "data";
 pub(crate) const F_USER: &str = "user_id";
 pub(crate) const F_CREATED: &str = "created_at";
 pub(crate) const F_EXPIRES: &str = "expires_at";
+pub(crate) const F_HANDLE: &str = "device_handle";
+pub(crate) const F_AGENT: &str = "user_agent";
+pub(crate) const F_IP: &str = "ip";
+pub(crate) const F_SEEN: &str = "last_seen";
 
 pub(crate) fn date(t: Timestamp) -> DateTime {
     DateTime::from_millis(t.as_millis())
@@ -110,6 +122,54 @@ fn wrong_type(name: &str, got: &Bson, expected: &str) -> DecodeError {
         "stored session field `{name}` is a BSON {}, expected {expected}",
         type_name(got)
     ))
+}
+
+/// The device fields and `last_seen` of a record (the device's only when it has one).
+fn device_fields(record: &Record) -> Document {
+    let mut d = doc! { F_SEEN: date(record.last_seen) };
+    if let Some(device) = &record.device {
+        d.insert(F_HANDLE, device.handle.as_str());
+        if let Some(ua) = &device.user_agent {
+            d.insert(F_AGENT, ua.as_str());
+        }
+        if let Some(ip) = &device.ip {
+            d.insert(F_IP, ip.as_str());
+        }
+    }
+    d
+}
+
+/// The device (`None` without a handle) and `last_seen` (`created` when absent: written
+/// before devices were kept).
+fn read_device(
+    doc: &Document,
+    created: Timestamp,
+) -> Result<(Option<Device>, Timestamp), DecodeError> {
+    let text = |name: &str| -> Result<Option<&str>, DecodeError> {
+        match doc.get(name) {
+            None | Some(Bson::Null) => Ok(None),
+            Some(Bson::String(s)) => Ok(Some(s.as_str())),
+            Some(other) => Err(wrong_type(name, other, "string")),
+        }
+    };
+    let seen = match doc.get(F_SEEN) {
+        None | Some(Bson::Null) => created,
+        Some(_) => read_date(doc, F_SEEN)?,
+    };
+    let device = match text(F_HANDLE)? {
+        None => None,
+        Some(h) => {
+            let handle = DeviceHandle::parse(h)
+                .ok_or_else(|| DecodeError::new(format!("`{F_HANDLE}` is not a device handle")))?;
+            Some(
+                Device::new()
+                    .with_handle(handle)
+                    .with_user_agent(text(F_AGENT)?)
+                    .with_ip(text(F_IP)?),
+            )
+        }
+    };
+    Ok((device, seen))
 }
 
 pub(crate) fn read_id(doc: &Document) -> Result<SessionId, DecodeError> {
@@ -182,6 +242,7 @@ impl Layout for NativeLayout {
         }
         d.insert(F_CREATED, date(record.created_at));
         d.insert(F_EXPIRES, date(record.expires_at));
+        d.extend(device_fields(record));
         Ok(d)
     }
 
@@ -196,6 +257,7 @@ impl Layout for NativeLayout {
         record.version = version;
         record.user_id = user_id;
         record.data = data;
+        (record.device, record.last_seen) = read_device(doc, created_at)?;
         Ok(record)
     }
 
@@ -209,15 +271,25 @@ impl Layout for NativeLayout {
             F_DATA: encode_data(record, codec)?,
             F_EXPIRES: date(record.expires_at),
         };
+        set.extend(device_fields(record));
         let mut update = Document::new();
+        let mut unset = Document::new();
         match &record.user_id {
             Some(user) => {
                 set.insert(F_USER, user.as_str());
             }
             // Absent rather than null, so that the sparse user index skips the document.
             None => {
-                update.insert("$unset", doc! { F_USER: "" });
+                unset.insert(F_USER, "");
             }
+        }
+        if record.device.is_none() {
+            for f in [F_HANDLE, F_AGENT, F_IP] {
+                unset.insert(f, "");
+            }
+        }
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
         }
         update.insert("$set", set);
         update.insert("$inc", doc! { F_VERSION: 1_i64 });
@@ -225,15 +297,20 @@ impl Layout for NativeLayout {
     }
 
     fn info_projection(&self) -> Document {
-        doc! { F_ID: 1, F_CREATED: 1, F_EXPIRES: 1 }
+        doc! { F_ID: 1, F_CREATED: 1, F_EXPIRES: 1, F_HANDLE: 1, F_AGENT: 1, F_IP: 1, F_SEEN: 1 }
     }
 
     fn decode_info(&self, doc: &Document) -> Result<SessionInfo, DecodeError> {
-        Ok(SessionInfo::new(
-            read_id(doc)?,
-            read_date(doc, F_CREATED)?,
-            read_date(doc, F_EXPIRES)?,
-        ))
+        let created = read_date(doc, F_CREATED)?;
+        let (device, seen) = read_device(doc, created)?;
+        Ok(
+            SessionInfo::new(read_id(doc)?, created, read_date(doc, F_EXPIRES)?)
+                .with_device(device, seen),
+        )
+    }
+
+    fn seen_field(&self) -> Option<&'static str> {
+        Some(F_SEEN)
     }
 
     fn indexes(&self) -> Vec<IndexModel> {

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod devices;
 mod express;
 mod layout;
 
@@ -49,7 +50,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use coatcheck_core::{
     content_version, Capabilities, Clock, Codec, ExpressFormat, NativeCodec, Record, SessionId,
-    SessionInfo, SessionStore, StoreError, SystemClock, Timestamp,
+    SessionInfo, SessionLimit, SessionStore, StoreError, SystemClock, Timestamp,
 };
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -704,10 +705,13 @@ impl SessionStore for MongoStore {
         let now = self.now();
         let result = self
             .collection
-            .update_one(
-                self.live(doc! { F_ID: id.as_str() }, now),
-                doc! { "$set": { self.layout.expires_field(): date(expires_at) } },
-            )
+            .update_one(self.live(doc! { F_ID: id.as_str() }, now), {
+                let mut set = doc! { self.layout.expires_field(): date(expires_at) };
+                if let Some(seen) = self.layout.seen_field() {
+                    set.insert(seen, date(now));
+                }
+                doc! { "$set": set }
+            })
             .await
             .map_err(backend)?;
         Ok(result.matched_count == 1)
@@ -786,10 +790,24 @@ impl SessionStore for MongoStore {
         Ok(result.deleted_count)
     }
 
+    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
+        self.remove_device(user_id, handle).await
+    }
+
+    async fn create_limited(
+        &self,
+        record: &Record,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        self.create_capped(record, limit).await
+    }
+
     fn capabilities(&self) -> Capabilities {
         let express = self.layout.content_field().is_some();
         Capabilities::new()
             .with_user_index(self.layout.user_field().is_some())
+            .with_devices(!express)
+            .with_session_limit(!express)
             .with_native_expiry(true)
             .with_opaque_versions(express)
             .with_no_creation_time(express)

@@ -154,7 +154,30 @@ async fn documents_have_the_documented_layout() {
         .get_binary_generic("data")
         .expect("data is generic binary");
     assert_eq!(data[0], coatcheck_core::NATIVE_FORMAT_V1);
-    assert_eq!(d.len(), 6, "no other fields: {d}");
+    assert_eq!(
+        d.get_datetime("last_seen")
+            .expect("last_seen is a date")
+            .timestamp_millis(),
+        r.last_seen.as_millis()
+    );
+    assert_eq!(d.len(), 7, "no other fields: {d}");
+
+    // A signed-in device: its handle, user agent and ip as strings beside the user.
+    let mut signed_in = live_record(Some("alice"));
+    signed_in.device = Some(
+        coatcheck_core::Device::new()
+            .with_user_agent(Some("curl/8"))
+            .with_ip(Some("192.0.2.1")),
+    );
+    store.create(&signed_in).await.expect("create");
+    let d = raw(&store, &signed_in.id).await.expect("stored");
+    let device = signed_in.device.as_ref().expect("device");
+    assert_eq!(
+        d.get_str("device_handle").expect("handle"),
+        device.handle.as_str()
+    );
+    assert_eq!(d.get_str("user_agent").expect("user_agent"), "curl/8");
+    assert_eq!(d.get_str("ip").expect("ip"), "192.0.2.1");
 
     // Logging out removes the field (the user index is sparse), and the version stays int64.
     r.user_id = None;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use coatcheck_conformance::{harness, Backend};
 use coatcheck_core::{
-    Capabilities, Record, SessionId, SessionInfo, SessionStore, StoreError, Timestamp,
+    Capabilities, Record, SessionId, SessionInfo, SessionLimit, SessionStore, StoreError, Timestamp,
 };
 use coatcheck_mongo::MongoStore;
 use mongodb::options::ClientOptions;
@@ -115,6 +115,16 @@ impl SessionStore for Scratch {
         except: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
         self.0.delete_for_user(user_id, except).await
+    }
+    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
+        self.0.delete_device(user_id, handle).await
+    }
+    async fn create_limited(
+        &self,
+        record: &Record,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        self.0.create_limited(record, limit).await
     }
     async fn delete_expired(&self) -> Result<u64, StoreError> {
         self.0.delete_expired().await
