@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::write::backoff;
-use super::{Op, Session};
+use super::{Op, Pending, Session};
 use crate::SessionError;
 
 impl Session {
@@ -24,7 +24,11 @@ impl Session {
     /// request ended this session meanwhile (logout everywhere, destroy), nothing is
     /// created and [`SessionError::Ended`] (`409`) is returned.
     pub async fn login(&self, user_id: impl Into<String>) -> Result<(), SessionError> {
-        self.rotate(Some(user_id.into())).await
+        self.ensure_loaded().await?;
+        let before = self.pending();
+        let outcome = self.rotate(Some(user_id.into())).await;
+        self.undo_if_refused(&outcome, before);
+        outcome
     }
 
     /// Logs `user_id` in and stores `data` with it, in the same write — the tutorials'
@@ -49,11 +53,27 @@ impl Session {
         K: AsRef<str>,
         V: Serialize,
     {
+        self.ensure_loaded().await?;
+        let before = self.pending();
         // Written before the rotation, the data travels with it into the new record.
         for (key, value) in data {
-            self.insert(key.as_ref(), value).await?;
+            if let Err(e) = self.insert(key.as_ref(), value).await {
+                self.restore(before);
+                return Err(e);
+            }
         }
-        self.login(user_id).await
+        let outcome = self.rotate(Some(user_id.into())).await;
+        // A refused login leaves the session as it was: the data meant for the new user
+        // must not stay in the old session (a review found the roles of a refused login
+        // saved into the session of the user already signed in there).
+        self.undo_if_refused(&outcome, before);
+        outcome
+    }
+
+    fn undo_if_refused(&self, outcome: &Result<(), SessionError>, before: Pending) {
+        if matches!(outcome, Err(SessionError::SessionLimit)) {
+            self.restore(before);
+        }
     }
 
     async fn rotate(&self, user: Option<String>) -> Result<(), SessionError> {

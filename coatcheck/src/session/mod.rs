@@ -83,6 +83,14 @@ struct State {
     cookie_due: bool,
 }
 
+/// The unwritten part of a request's state (see `Session::pending`).
+struct Pending {
+    record: Option<Record>,
+    ops: Vec<Op>,
+    user_change: Option<Option<String>>,
+    expiry_at: Option<Timestamp>,
+}
+
 /// The session of the current request: cheap to clone, lazy, never hands out a lock.
 ///
 /// Obtain it with the axum extractor (`session: Session` in a handler's arguments) or from
@@ -143,6 +151,25 @@ impl Session {
                 }),
             }),
         }
+    }
+
+    /// What this request has not written yet, to put back when a login is refused.
+    fn pending(&self) -> Pending {
+        let st = self.state();
+        Pending {
+            record: st.record.clone(),
+            ops: st.ops.clone(),
+            user_change: st.user_change.clone(),
+            expiry_at: st.expiry_at,
+        }
+    }
+
+    fn restore(&self, p: Pending) {
+        let mut st = self.state();
+        st.record = p.record;
+        st.ops = p.ops;
+        st.user_change = p.user_change;
+        st.expiry_at = p.expiry_at;
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -1,0 +1,424 @@
+//! Device details through the middleware: what a login records, the handle across
+//! rotations, listing with `current`, revoking one device, `last_seen` moving with the
+//! touch, and the per-user session limit (refuse, evict, concurrent logins, a refused
+//! login changing nothing).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Path;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use coatcheck::memory::MemoryStore;
+use coatcheck::{
+    Clock, ConfigError, IpCapture, KeyRing, LimitPolicy, ManualClock, Secure, Session,
+    SessionError, SessionLayer, SessionLayerBuilder, Timestamp, UserSession, ROLES_KEY,
+};
+use http::header::{COOKIE, SET_COOKIE, USER_AGENT};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+const SECRET: &str = "devices test secret, long enough: 0123456789";
+
+async fn login(session: Session, Path(user): Path<String>) -> Result<&'static str, SessionError> {
+    let role = format!("{user}-role");
+    session.login_with(user, [(ROLES_KEY, vec![role])]).await?;
+    Ok("ok")
+}
+
+async fn regenerate(session: Session) -> Result<&'static str, SessionError> {
+    session.regenerate().await?;
+    Ok("ok")
+}
+
+async fn devices(session: Session) -> Result<Json<Vec<UserSession>>, SessionError> {
+    Ok(Json(session.list_user_sessions().await?))
+}
+
+async fn revoke(session: Session, Path(h): Path<String>) -> Result<String, SessionError> {
+    Ok(session.revoke_device(&h).await?.to_string())
+}
+
+async fn whoami(session: Session) -> Result<String, SessionError> {
+    let roles: Option<Vec<String>> = session.get(ROLES_KEY).await?;
+    Ok(format!(
+        "{}:{}",
+        session.user_id().await?.unwrap_or_default(),
+        roles.unwrap_or_default().join(",")
+    ))
+}
+
+struct App {
+    router: Router,
+    clock: ManualClock,
+}
+
+fn app_with(f: impl FnOnce(SessionLayerBuilder) -> SessionLayerBuilder) -> App {
+    let clock = ManualClock::new(Timestamp::now());
+    let store = MemoryStore::builder().clock(clock.clone()).build();
+    let keys = KeyRing::new([SECRET]).expect("long secret");
+    let builder = SessionLayer::builder(store, keys)
+        .clock(clock.clone())
+        .secure(Secure::Never)
+        .trust_proxy(true)
+        .idle_timeout(Duration::from_secs(3600))
+        .touch_after(Duration::from_secs(60));
+    let layer = f(builder).build().expect("valid config");
+    let router = Router::new()
+        .route("/login/{user}", post(login))
+        .route("/regenerate", post(regenerate))
+        .route("/devices", get(devices))
+        .route("/revoke/{h}", post(revoke))
+        .route("/whoami", get(whoami))
+        .layer(layer);
+    App { router, clock }
+}
+
+struct Reply {
+    status: StatusCode,
+    cookie: Option<String>,
+    body: String,
+}
+
+/// A browser: its cookie, its user agent and address.
+struct Device {
+    cookie: Option<String>,
+    agent: &'static str,
+    ip: &'static str,
+}
+
+impl Device {
+    fn new(agent: &'static str, ip: &'static str) -> Self {
+        Device {
+            cookie: None,
+            agent,
+            ip,
+        }
+    }
+
+    async fn send(&mut self, app: &App, method: &str, uri: &str) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(USER_AGENT, self.agent)
+            .header("x-forwarded-for", self.ip);
+        if let Some(c) = &self.cookie {
+            req = req.header(COOKIE, c);
+        }
+        let res = app
+            .router
+            .clone()
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let status = res.status();
+        let cookie = res.headers().get(SET_COOKIE).map(|v| {
+            v.to_str()
+                .expect("ascii")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        });
+        if let Some(c) = &cookie {
+            self.cookie = if c.ends_with('=') {
+                None
+            } else {
+                Some(c.clone())
+            };
+        }
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        Reply {
+            status,
+            cookie,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    async fn devices(&mut self, app: &App) -> Vec<serde_json::Value> {
+        let r = self.send(app, "GET", "/devices").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        serde_json::from_str(&r.body).expect("json")
+    }
+}
+
+fn handle(list: &[serde_json::Value], current: bool) -> String {
+    list.iter()
+        .find(|d| d["current"] == current)
+        .and_then(|d| d["handle"].as_str())
+        .expect("a device")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_login_records_the_device_and_the_list_marks_this_one() {
+    let app = app_with(|b| b);
+    let mut firefox = Device::new(
+        "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
+        "198.51.100.7",
+    );
+    let mut phone = Device::new("Mozilla/5.0 (iPhone) Safari/604.1", "203.0.113.9");
+    firefox.send(&app, "POST", "/login/ada").await;
+    phone.send(&app, "POST", "/login/ada").await;
+    let list = firefox.devices(&app).await;
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["current"], true, "this device first");
+    assert_eq!(list[0]["user_agent"], firefox.agent);
+    assert_eq!(list[0]["ip"], "198.51.100.7");
+    assert_eq!(list[1]["user_agent"], phone.agent);
+    // The JSON names devices by handle, never by session id.
+    let body = serde_json::to_string(&list).expect("json");
+    for d in [&firefox, &phone] {
+        let id_part = d
+            .cookie
+            .as_deref()
+            .and_then(|c| c.split('=').nth(1))
+            .expect("cookie");
+        let id = id_part
+            .trim_start_matches("s%3A")
+            .split('.')
+            .next()
+            .expect("id");
+        assert!(!body.contains(id), "a session id leaked into the list");
+    }
+    assert_ne!(handle(&list, true), handle(&list, false));
+}
+
+#[tokio::test]
+async fn the_handle_survives_regenerate_and_a_login_as_the_same_user_but_not_another() {
+    let app = app_with(|b| b);
+    let mut d = Device::new("curl/8", "192.0.2.1");
+    d.send(&app, "POST", "/login/ada").await;
+    let h = handle(&d.devices(&app).await, true);
+    let before = d.cookie.clone();
+    d.send(&app, "POST", "/regenerate").await;
+    assert_ne!(d.cookie, before, "regenerate rotates the id");
+    assert_eq!(handle(&d.devices(&app).await, true), h);
+    d.send(&app, "POST", "/login/ada").await;
+    assert_eq!(handle(&d.devices(&app).await, true), h);
+    d.send(&app, "POST", "/login/bob").await;
+    assert_ne!(handle(&d.devices(&app).await, true), h);
+}
+
+#[tokio::test]
+async fn revoking_a_device_signs_it_out_and_another_users_handle_does_nothing() {
+    let app = app_with(|b| b);
+    let mut laptop = Device::new("laptop", "192.0.2.1");
+    let mut phone = Device::new("phone", "192.0.2.2");
+    let mut mallory = Device::new("mallory", "192.0.2.66");
+    laptop.send(&app, "POST", "/login/ada").await;
+    phone.send(&app, "POST", "/login/ada").await;
+    mallory.send(&app, "POST", "/login/mallory").await;
+    let phone_handle = handle(&laptop.devices(&app).await, false);
+
+    // Another user cannot revoke ada's device by its handle.
+    let r = mallory
+        .send(&app, "POST", &format!("/revoke/{phone_handle}"))
+        .await;
+    assert_eq!(r.body, "false");
+    assert_eq!(phone.send(&app, "GET", "/whoami").await.body, "ada:ada-role");
+    // Anonymous: nothing.
+    let mut anon = Device::new("anon", "192.0.2.3");
+    assert_eq!(
+        anon.send(&app, "POST", &format!("/revoke/{phone_handle}"))
+            .await
+            .body,
+        "false"
+    );
+
+    let r = laptop
+        .send(&app, "POST", &format!("/revoke/{phone_handle}"))
+        .await;
+    assert_eq!(r.body, "true");
+    let r = phone.send(&app, "GET", "/whoami").await;
+    assert_eq!(r.body, ":", "the revoked device is signed out");
+    assert_eq!(laptop.devices(&app).await.len(), 1);
+    assert_eq!(
+        laptop
+            .send(&app, "POST", &format!("/revoke/{phone_handle}"))
+            .await
+            .body,
+        "false"
+    );
+    assert_eq!(
+        laptop
+            .send(&app, "POST", "/revoke/not%20a%20handle")
+            .await
+            .body,
+        "false"
+    );
+}
+
+#[tokio::test]
+async fn last_seen_moves_with_the_touch_at_most_once_per_touch_after() {
+    let app = app_with(|b| b);
+    let mut d = Device::new("curl/8", "192.0.2.1");
+    d.send(&app, "POST", "/login/ada").await;
+    let seen = |l: &[serde_json::Value]| l[0]["last_seen"].as_i64().expect("ms");
+    let first = seen(&d.devices(&app).await);
+    app.clock.advance(Duration::from_secs(30));
+    d.send(&app, "GET", "/whoami").await;
+    assert_eq!(
+        seen(&d.devices(&app).await),
+        first,
+        "no write before touch_after"
+    );
+    app.clock.advance(Duration::from_secs(61));
+    d.send(&app, "GET", "/whoami").await;
+    assert_eq!(seen(&d.devices(&app).await), app.clock.now().as_millis());
+}
+
+#[tokio::test]
+async fn addresses_can_be_truncated_or_not_kept_and_user_agents_not_kept() {
+    for (mode, ua, expected_ip) in [
+        (
+            IpCapture::Truncated,
+            true,
+            serde_json::json!("198.51.100.0"),
+        ),
+        (IpCapture::Off, false, serde_json::Value::Null),
+    ] {
+        let app = app_with(|b| b.capture_ip(mode).capture_user_agent(ua));
+        let mut d = Device::new("curl/8", "198.51.100.7");
+        d.send(&app, "POST", "/login/ada").await;
+        let list = d.devices(&app).await;
+        assert_eq!(list[0]["ip"], expected_ip);
+        assert_eq!(list[0]["user_agent"].is_null(), !ua);
+    }
+}
+
+#[tokio::test]
+async fn the_limit_refuses_a_login_and_the_refused_login_changes_nothing() {
+    let app = app_with(|b| b.max_sessions_per_user(2, LimitPolicy::Refuse));
+    let mut a = Device::new("a", "192.0.2.1");
+    let mut b = Device::new("b", "192.0.2.2");
+    a.send(&app, "POST", "/login/ada").await;
+    b.send(&app, "POST", "/login/ada").await;
+    // c is signed in as bob, then tries ada's login: refused, still bob, bob's roles only.
+    let mut c = Device::new("c", "192.0.2.3");
+    c.send(&app, "POST", "/login/bob").await;
+    let bob = c.cookie.clone();
+    let r = c.send(&app, "POST", "/login/ada").await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(c.cookie, bob, "the cookie is not touched");
+    assert_eq!(c.send(&app, "GET", "/whoami").await.body, "bob:bob-role");
+    // A first request's login (no session yet) is refused the same way.
+    let mut fresh = Device::new("d", "192.0.2.4");
+    let r = fresh.send(&app, "POST", "/login/ada").await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.cookie.is_none(), "nothing stored, no cookie");
+    // Rotating a session of a user at the limit is not a new device.
+    assert_eq!(
+        a.send(&app, "POST", "/regenerate").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(a.devices(&app).await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_limit_evicts_the_least_recently_seen_device() {
+    let app = app_with(|b| b.max_sessions_per_user(2, LimitPolicy::EvictLeastRecentlySeen));
+    let mut old = Device::new("old", "192.0.2.1");
+    let mut recent = Device::new("recent", "192.0.2.2");
+    old.send(&app, "POST", "/login/ada").await;
+    app.clock.advance(Duration::from_secs(120));
+    recent.send(&app, "POST", "/login/ada").await;
+    app.clock.advance(Duration::from_secs(120));
+    let mut new = Device::new("new", "192.0.2.3");
+    assert_eq!(
+        new.send(&app, "POST", "/login/ada").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(old.send(&app, "GET", "/whoami").await.body, ":");
+    assert_eq!(recent.send(&app, "GET", "/whoami").await.body, "ada:ada-role");
+    let agents: Vec<_> = new
+        .devices(&app)
+        .await
+        .iter()
+        .map(|d| d["user_agent"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(agents, ["new", "recent"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_logins_never_pass_the_limit() {
+    let app = Arc::new(app_with(|b| {
+        b.max_sessions_per_user(3, LimitPolicy::Refuse)
+    }));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut d = Device::new("x", "192.0.2.1");
+                d.send(&app, "POST", "/login/ada").await.status
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            StatusCode::OK => ok += 1,
+            StatusCode::CONFLICT => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, 3);
+}
+
+#[tokio::test]
+async fn a_limit_on_a_store_without_the_capability_is_a_config_error() {
+    #[derive(Debug)]
+    struct NoLimit(MemoryStore);
+    #[async_trait::async_trait]
+    impl coatcheck::SessionStore for NoLimit {
+        async fn create(&self, r: &coatcheck::Record) -> Result<(), coatcheck::StoreError> {
+            self.0.create(r).await
+        }
+        async fn load(
+            &self,
+            id: &coatcheck::SessionId,
+        ) -> Result<Option<coatcheck::Record>, coatcheck::StoreError> {
+            self.0.load(id).await
+        }
+        async fn save(&self, r: &coatcheck::Record) -> Result<u64, coatcheck::StoreError> {
+            self.0.save(r).await
+        }
+        async fn touch(
+            &self,
+            id: &coatcheck::SessionId,
+            e: Timestamp,
+        ) -> Result<bool, coatcheck::StoreError> {
+            self.0.touch(id, e).await
+        }
+        async fn delete(&self, id: &coatcheck::SessionId) -> Result<bool, coatcheck::StoreError> {
+            self.0.delete(id).await
+        }
+        async fn list_for_user(
+            &self,
+            u: &str,
+        ) -> Result<Vec<coatcheck::SessionInfo>, coatcheck::StoreError> {
+            self.0.list_for_user(u).await
+        }
+        async fn delete_for_user(
+            &self,
+            u: &str,
+            e: Option<&coatcheck::SessionId>,
+        ) -> Result<u64, coatcheck::StoreError> {
+            self.0.delete_for_user(u, e).await
+        }
+        async fn delete_expired(&self) -> Result<u64, coatcheck::StoreError> {
+            self.0.delete_expired().await
+        }
+        fn capabilities(&self) -> coatcheck::Capabilities {
+            coatcheck::Capabilities::new().with_user_index(true)
+        }
+    }
+    let keys = KeyRing::new([SECRET]).expect("long secret");
+    let err = SessionLayer::builder(NoLimit(MemoryStore::new()), keys)
+        .max_sessions_per_user(2, LimitPolicy::Refuse)
+        .build()
+        .expect_err("refused");
+    assert_eq!(err, ConfigError::SessionLimitUnsupported);
+}
