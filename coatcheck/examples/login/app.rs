@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use coatcheck::{
     Authenticated, KeyRing, LimitPolicy, RequireRole, Secure, Session, SessionError, SessionLayer,
-    SessionStore, Timestamp, UserSession, Value, ROLES_KEY,
+    SessionStore, Timestamp, UserSession, ROLES_KEY,
 };
 use minijinja::{context, Environment};
 use serde::{Deserialize, Serialize};
@@ -217,24 +217,6 @@ fn check(users: &Users, creds: &Credentials) -> Option<Vec<String>> {
     user.filter(|_| ok).map(|u| u.roles.clone())
 }
 
-/// Logs `user` in with its roles in the same write (`login_with`). `login_with` puts the
-/// roles into this request's session before it tries the login; when the store refuses
-/// the login (the per-user cap), the session this browser already had must not keep them
-/// (a signed-in bob would otherwise end up with alice's roles), so they are put back.
-async fn login_as(session: &Session, user: &str, roles: &[String]) -> Result<(), SessionError> {
-    let before: Option<Value> = session.get_value(ROLES_KEY).await?;
-    let outcome = session.login_with(user, [(ROLES_KEY, roles)]).await;
-    if matches!(outcome, Err(SessionError::SessionLimit)) {
-        match before {
-            Some(roles) => session.insert(ROLES_KEY, roles).await?,
-            None => {
-                session.remove(ROLES_KEY).await?;
-            }
-        }
-    }
-    outcome
-}
-
 async fn index(State(state): State<AppState>, session: Session) -> Result<Response, AppError> {
     if session.user_id().await?.is_some() {
         return Ok(Redirect::to("/devices").into_response());
@@ -281,7 +263,11 @@ async fn login(
     };
     // A new session id on every login (against fixation), the user indexed for revocation,
     // the roles stored with the new id in the same write.
-    match login_as(&session, &creds.username, &roles).await {
+    // A login refused by the session limit leaves the session as it was (roles included).
+    match session
+        .login_with(&creds.username, [(ROLES_KEY, &roles)])
+        .await
+    {
         Ok(()) if form => Ok(Redirect::to("/devices").into_response()),
         Ok(()) => Ok("logged in".into_response()),
         Err(SessionError::SessionLimit) if form => {
