@@ -218,7 +218,10 @@ async fn revoking_a_device_signs_it_out_and_another_users_handle_does_nothing() 
         .send(&app, "POST", &format!("/revoke/{phone_handle}"))
         .await;
     assert_eq!(r.body, "false");
-    assert_eq!(phone.send(&app, "GET", "/whoami").await.body, "ada:ada-role");
+    assert_eq!(
+        phone.send(&app, "GET", "/whoami").await.body,
+        "ada:ada-role"
+    );
     // Anonymous: nothing.
     let mut anon = Device::new("anon", "192.0.2.3");
     assert_eq!(
@@ -332,7 +335,10 @@ async fn the_limit_evicts_the_least_recently_seen_device() {
         StatusCode::OK
     );
     assert_eq!(old.send(&app, "GET", "/whoami").await.body, ":");
-    assert_eq!(recent.send(&app, "GET", "/whoami").await.body, "ada:ada-role");
+    assert_eq!(
+        recent.send(&app, "GET", "/whoami").await.body,
+        "ada:ada-role"
+    );
     let agents: Vec<_> = new
         .devices(&app)
         .await

@@ -13,7 +13,7 @@ use axum::Router;
 use coatcheck::memory::MemoryStore;
 use coatcheck::{
     Capabilities, KeyRing, ManualClock, Record, Secure, Session, SessionError, SessionId,
-    SessionInfo, SessionLayer, SessionStore, StoreError, Timestamp,
+    SessionInfo, SessionLayer, SessionLimit, SessionStore, StoreError, Timestamp,
 };
 use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;

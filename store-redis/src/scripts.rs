@@ -313,6 +313,12 @@ if r.e > tonumber(ARGV[1]) then return 1 end
 return 2
 "#;
 
+/// KEYS[1] a limit lease; ARGV[1] its holder's token. Removes the lease if still theirs.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
@@ -321,6 +327,7 @@ pub(crate) static CREATE_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| script(&format!("{CREATE}{CREATE_BODY}")));
 pub(crate) static CREATE_LIMITED_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| script(&format!("{LIMIT}{CREATE_BODY}")));
+pub(crate) static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
 pub(crate) static DELETE_DEVICE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(DELETE_DEVICE));
 pub(crate) static SAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(SAVE));
 pub(crate) static TOUCH_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(TOUCH));

@@ -1118,7 +1118,7 @@ impl SessionStore for RedisStore {
                 .with_user_index(true)
                 .with_native_expiry(true)
                 .with_devices(true)
-                .with_session_limit(self.ctx.topology() == Topology::Single),
+                .with_session_limit(true),
             Format::Express(_) => Capabilities::new()
                 .with_native_expiry(true)
                 .with_opaque_versions(true)

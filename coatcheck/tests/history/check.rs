@@ -291,14 +291,12 @@ fn revoked(
                     cover(l, x);
                 }
             }
-            (Op::RevokeDevice, _) => {
-                // A revocation that removed a live session removed every id of that
-                // device at that moment (a rotation in flight then fails): the lineage
-                // is over, whoever it belonged to.
-                if seen.count == Some(1) {
-                    if let Some(l) = seen.revoked.as_deref().and_then(|h| handles.get(h)) {
-                        cover(l, x);
-                    }
+            // A revocation that removed a live session removed every id of that device at
+            // that moment (a rotation in flight then fails): the lineage is over, whoever
+            // it belonged to.
+            (Op::RevokeDevice, _) if seen.count == Some(1) => {
+                if let Some(l) = seen.revoked.as_deref().and_then(|h| handles.get(h)) {
+                    cover(l, x);
                 }
             }
             (Op::LogoutEverywhere, Some(u)) | (Op::LogoutOthers, Some(u)) => {

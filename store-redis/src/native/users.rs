@@ -2,6 +2,8 @@
 //! per-user session limit.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use coatcheck_core::{
     Device, DeviceHandle, LimitPolicy, Record, SessionId, SessionInfo, SessionLimit, StoreError,
@@ -378,25 +380,23 @@ impl Native {
     }
 
     /// `create` of a signed-in session under a per-user limit: one script (count, evict or
-    /// refuse, create, index) on a single node. A cluster cannot do it atomically (the
-    /// index and the sessions live in other slots), and says so.
+    /// refuse, create, index) on a single node. On a cluster no script can see the index
+    /// and the sessions (other slots): a per-user lease serialises the limited creates
+    /// instead (see `create_limited_cluster`).
     pub(crate) async fn create_limited(
         &self,
-        cx: &Ctx,
+        cx: &Arc<Ctx>,
         r: &Record,
         limit: SessionLimit,
     ) -> Result<u64, StoreError> {
-        if cx.topology() == Topology::Cluster {
-            return Err(StoreError::Unsupported(
-                "a per-user session limit on Redis Cluster (the user index and the sessions \
-                 are in different slots, so no script can count and create atomically)",
-            ));
-        }
         let Some(user) = r.user_id.as_deref() else {
             return Err(StoreError::Unsupported(
                 "create_limited of a record without user",
             ));
         };
+        if cx.topology() == Topology::Cluster {
+            return self.create_limited_cluster(cx, r, user, limit).await;
+        }
         let value = self.value_of(r, 1)?;
         let now = cx.now();
         let policy = match limit.policy {
@@ -430,4 +430,100 @@ impl Native {
             }
         }
     }
+
+    /// Redis Cluster: a lease `SET {prefix}limit:{user} token NX PX 10000` (retried for up
+    /// to 5 s, then a backend error), under it the cluster listing, the evictions (the
+    /// single-key delete-if-user script) or the refusal, the create, then the lease removed
+    /// by a compare-and-delete on its token. Limited creates of one user are serialised as
+    /// long as a holder finishes within the lease (each step is bounded by the store's
+    /// timeouts); a lease a crashed process left expires by itself.
+    async fn create_limited_cluster(
+        &self,
+        cx: &Arc<Ctx>,
+        r: &Record,
+        user: &str,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        let lease = format!("{}limit:{user}", cx.prefix());
+        let token = SessionId::generate();
+        let started = std::time::Instant::now();
+        let mut attempt = 0u64;
+        loop {
+            let reply = cx
+                .query(
+                    redis::cmd("SET")
+                        .arg(&lease)
+                        .arg(token.as_str())
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(LEASE.as_millis() as u64),
+                )
+                .await?;
+            if matches!(reply, redis::Value::Okay | redis::Value::SimpleString(_)) {
+                break;
+            }
+            if started.elapsed() > LEASE_WAIT {
+                return Err(StoreError::backend(LeaseBusy(LEASE_WAIT)));
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(attempt.min(20))).await;
+        }
+        let outcome = self.create_under_lease(cx, r, user, limit).await;
+        let mut release = scripts::RELEASE_SCRIPT.prepare_invoke();
+        release.key(&lease).arg(token.as_str());
+        if let Err(e) = cx.invoke(&release).await {
+            tracing::warn!(error = %e, "could not release a session-limit lease; it expires by itself");
+        }
+        outcome
+    }
+
+    async fn create_under_lease(
+        &self,
+        cx: &Arc<Ctx>,
+        r: &Record,
+        user: &str,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
+        let now = cx.now();
+        let index = cx.index_key(user.as_bytes());
+        let mut live = self.cluster_list(cx, user, &index, now).await?;
+        live.sort_by(|a, b| {
+            (a.seen.unwrap_or(a.created), &a.id).cmp(&(b.seen.unwrap_or(b.created), &b.id))
+        });
+        let max = usize::try_from(limit.max).unwrap_or(usize::MAX);
+        let mut evicted = 0;
+        if live.len() >= max {
+            if limit.policy == LimitPolicy::Refuse {
+                return Err(StoreError::LimitReached);
+            }
+            for victim in &live[..=live.len() - max] {
+                let Some(id) = std::str::from_utf8(&victim.id)
+                    .ok()
+                    .and_then(|s| SessionId::parse(s).ok())
+                else {
+                    continue;
+                };
+                let mut inv = scripts::DELETE_IF_USER_SCRIPT.prepare_invoke();
+                inv.key(cx.session_key(&id)).arg(now.as_millis()).arg(user);
+                let code = int(&cx.invoke(&inv).await?)
+                    .ok_or_else(|| unexpected("delete_if_user script"))?;
+                cx.query(redis::cmd("SREM").arg(&index).arg(&victim.id))
+                    .await?;
+                if code == 1 {
+                    evicted += 1;
+                }
+            }
+        }
+        self.create(cx, r).await?;
+        Ok(evicted)
+    }
 }
+
+/// How long a cluster limit lease holds before it expires by itself.
+const LEASE: Duration = Duration::from_secs(10);
+/// How long a limited create waits for a user's lease.
+const LEASE_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the per-user session limit lease of this user stayed taken for {0:?}")]
+struct LeaseBusy(Duration);
