@@ -63,7 +63,7 @@ pub async fn must_load<S: SessionStore>(store: &S, id: &SessionId) -> Record {
     }
 }
 
-async fn ids_of<S: SessionStore>(store: &S, user: &str) -> HashSet<SessionId> {
+pub(crate) async fn ids_of<S: SessionStore>(store: &S, user: &str) -> HashSet<SessionId> {
     store
         .list_for_user(user)
         .await

@@ -11,7 +11,7 @@ use coatcheck_core::{
     Device, LimitPolicy, Record, SessionId, SessionLimit, SessionStore, StoreError, Timestamp,
 };
 
-use crate::cases::{fresh_record, must_load, not_applicable};
+use crate::cases::{fresh_record, ids_of, must_load, not_applicable};
 
 fn signed_in(user: &str, last_seen_in_ms: u64) -> Record {
     let mut r = fresh_record();
@@ -71,16 +71,6 @@ fn handle_of(r: &Record) -> String {
         .as_ref()
         .map(|d| d.handle.to_string())
         .expect("a signed-in record has a device")
-}
-
-async fn live_ids<S: SessionStore>(store: &S, user: &str) -> HashSet<SessionId> {
-    store
-        .list_for_user(user)
-        .await
-        .expect("list_for_user")
-        .into_iter()
-        .map(|i| i.id)
-        .collect()
 }
 
 /// Device and `last_seen` are kept by create and save, listed by `list_for_user`, and
@@ -147,7 +137,7 @@ pub async fn delete_device_revokes_only_the_users_own<S: SessionStore>(store: S)
         .expect("unknown"));
     assert!(store.load(&c.id).await.expect("load").is_some());
     assert_eq!(
-        live_ids(&store, "alice").await,
+        ids_of(&store, "alice").await,
         HashSet::from([a.id.clone(), b.id.clone()])
     );
 
@@ -164,11 +154,8 @@ pub async fn delete_device_revokes_only_the_users_own<S: SessionStore>(store: S)
         .delete_device("alice", &handle_of(&a))
         .await
         .expect("twice"));
-    assert_eq!(
-        live_ids(&store, "alice").await,
-        HashSet::from([b.id.clone()])
-    );
-    assert_eq!(live_ids(&store, "bob").await, HashSet::from([c.id.clone()]));
+    assert_eq!(ids_of(&store, "alice").await, HashSet::from([b.id.clone()]));
+    assert_eq!(ids_of(&store, "bob").await, HashSet::from([c.id.clone()]));
 }
 
 /// At the limit, `Refuse` creates nothing and answers `LimitReached`; expired sessions
@@ -196,7 +183,7 @@ pub async fn session_limit_refuses_at_the_limit<S: SessionStore>(store: S) {
     ));
     assert!(store.load(&third.id).await.expect("load").is_none());
     assert_eq!(
-        live_ids(&store, "carol").await,
+        ids_of(&store, "carol").await,
         HashSet::from([first.id, second.id])
     );
     // Another user is not limited by carol's sessions.
@@ -229,7 +216,7 @@ pub async fn session_limit_evicts_the_least_recently_seen<S: SessionStore>(store
     );
     assert!(store.load(&stale.id).await.expect("load").is_none());
     assert_eq!(
-        live_ids(&store, "frank").await,
+        ids_of(&store, "frank").await,
         HashSet::from([fresh.id.clone(), new.id.clone()])
     );
     assert!(matches!(
@@ -265,7 +252,7 @@ pub async fn concurrent_limited_creates_never_pass_the_limit<S: SessionStore>(st
                 (_, Err(e)) => panic!("{user}: unexpected error: {e}"),
             }
         }
-        let live = live_ids(&*store, user).await;
+        let live = ids_of(&*store, user).await;
         match policy {
             LimitPolicy::Refuse => {
                 assert_eq!(created.len(), 3, "{user}: exactly the limit may be created");

@@ -98,7 +98,7 @@ macro_rules! suite {
                 large_and_exotic_data_round_trips,
                 awkward_user_ids_and_edge_ids_match_literally,
             );
-            $crate::suite!(@dev $req, $factory;
+            $crate::suite!(@in devices, $req, $factory;
                 device_and_last_seen_round_trip,
                 delete_device_revokes_only_the_users_own,
                 session_limit_refuses_at_the_limit,
@@ -123,23 +123,16 @@ macro_rules! suite {
             )?
         }
     };
-    (@dev $req:expr, $factory:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[$crate::__tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $case() {
-                if !$crate::harness::require($req).await { return; }
-                let store = $factory.await;
-                $crate::devices::$case(store).await;
-            }
-        )*
-    };
     (@one $req:expr, $factory:expr; $($case:ident),* $(,)?) => {
+        $crate::suite!(@in cases, $req, $factory; $($case),*);
+    };
+    (@in $module:ident, $req:expr, $factory:expr; $($case:ident),* $(,)?) => {
         $(
             #[$crate::__tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
                 if !$crate::harness::require($req).await { return; }
                 let store = $factory.await;
-                $crate::cases::$case(store).await;
+                $crate::$module::$case(store).await;
             }
         )*
     };

@@ -11,7 +11,7 @@ use coatcheck_core::{
 };
 
 mod devices;
-use devices::{device_columns, device_params};
+use devices::{device_columns, device_params, CreateArgs};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row as _};
 
@@ -389,31 +389,11 @@ impl SessionStore for PostgresStore {
         let inner = &*self.inner;
         let now = inner.now();
         let bytes = inner.encode(record, now.0)?;
-        let version = inner.version_param(record.version)?;
-        let (sql, pool, id, data, user) = (
-            inner.sql.create.as_str(),
-            &inner.pool,
-            record.id.as_str(),
-            bytes.as_slice(),
-            record.user_id.as_deref(),
-        );
-        let (created, expires) = (PgTs(record.created_at), PgTs(record.expires_at));
-        let (handle, agent, ip, seen) = device_params(record);
+        let args = CreateArgs::new(inner, record, &bytes, now)?;
+        let (sql, pool) = (inner.sql.create.as_str(), &inner.pool);
         let done = inner
             .run("create", Retry::IfNotRun, move || {
-                sqlx::query(sql)
-                    .bind(id)
-                    .bind(version)
-                    .bind(data)
-                    .bind(user)
-                    .bind(created)
-                    .bind(expires)
-                    .bind(now)
-                    .bind(handle)
-                    .bind(agent)
-                    .bind(ip)
-                    .bind(seen)
-                    .execute(pool)
+                args.query(sql).execute(pool)
             })
             .await?
             .rows_affected();

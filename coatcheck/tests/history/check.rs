@@ -291,12 +291,18 @@ fn revoked(
                     cover(l, x);
                 }
             }
-            // A revocation that removed a live session removed every id of that device at
-            // that moment (a rotation in flight then fails): the lineage is over, whoever
-            // it belonged to.
-            (Op::RevokeDevice, _) if seen.count == Some(1) => {
-                if let Some(l) = seen.revoked.as_deref().and_then(|h| handles.get(h)) {
-                    cover(l, x);
+            // A revocation that removed a live session of the user's device removed every
+            // id of that device at that moment (a rotation in flight then fails): the
+            // lineage is over — unless a login as another user overlapped it, which may
+            // have moved the session away first (the revoke then removed only a doomed
+            // in-flight rotation's id of the old user, and answered 1; found by the
+            // exploration, seed 61 of the README's command).
+            (Op::RevokeDevice, Some(u)) if seen.count == Some(1) => {
+                let l = seen.revoked.as_deref().and_then(|h| handles.get(h));
+                if let Some((l, evs)) = l.and_then(|l| by_lineage.get_key_value(*l)) {
+                    if principal_during(evs, x).as_deref() == Some(u.as_str()) {
+                        cover(l, x);
+                    }
                 }
             }
             (Op::LogoutEverywhere, Some(u)) | (Op::LogoutOthers, Some(u)) => {

@@ -49,6 +49,58 @@ pub(super) fn device_columns(
     Ok((device, seen.0))
 }
 
+/// The parameters of the `create` statement, bound in its order (`sql.rs`).
+#[derive(Clone, Copy)]
+pub(super) struct CreateArgs<'a> {
+    id: &'a str,
+    version: i64,
+    data: &'a [u8],
+    user: Option<&'a str>,
+    created: PgTs,
+    expires: PgTs,
+    now: PgTs,
+    device: (Option<&'a str>, Option<&'a str>, Option<&'a str>, PgTs),
+}
+
+impl<'a> CreateArgs<'a> {
+    pub(super) fn new(
+        inner: &Inner,
+        record: &'a Record,
+        data: &'a [u8],
+        now: PgTs,
+    ) -> Result<Self, StoreError> {
+        Ok(CreateArgs {
+            id: record.id.as_str(),
+            version: inner.version_param(record.version)?,
+            data,
+            user: record.user_id.as_deref(),
+            created: PgTs(record.created_at),
+            expires: PgTs(record.expires_at),
+            now,
+            device: device_params(record),
+        })
+    }
+
+    pub(super) fn query(
+        self,
+        sql: &'a str,
+    ) -> sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let (handle, agent, ip, seen) = self.device;
+        sqlx::query(sql)
+            .bind(self.id)
+            .bind(self.version)
+            .bind(self.data)
+            .bind(self.user)
+            .bind(self.created)
+            .bind(self.expires)
+            .bind(self.now)
+            .bind(handle)
+            .bind(agent)
+            .bind(ip)
+            .bind(seen)
+    }
+}
+
 /// What one limited create came to.
 enum Limited {
     Created(u64),
@@ -100,10 +152,8 @@ impl Inner {
         };
         let now = self.now();
         let bytes = self.encode(record, now.0)?;
-        let version = self.version_param(record.version)?;
-        let (created, expires) = (PgTs(record.created_at), PgTs(record.expires_at));
-        let (handle, agent, ip, seen) = device_params(record);
-        let (pool, sql, id, data) = (&self.pool, &self.sql, record.id.as_str(), bytes.as_slice());
+        let args = CreateArgs::new(self, record, &bytes, now)?;
+        let (pool, sql) = (&self.pool, &self.sql);
         let max = usize::try_from(limit.max).unwrap_or(usize::MAX);
         let outcome = self
             .run("create_limited", Retry::IfNotRun, move || async move {
@@ -130,18 +180,8 @@ impl Inner {
                         .await?
                         .rows_affected();
                 }
-                let inserted = sqlx::query(&sql.create)
-                    .bind(id)
-                    .bind(version)
-                    .bind(data)
-                    .bind(user)
-                    .bind(created)
-                    .bind(expires)
-                    .bind(now)
-                    .bind(handle)
-                    .bind(agent)
-                    .bind(ip)
-                    .bind(seen)
+                let inserted = args
+                    .query(&sql.create)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();

@@ -20,6 +20,19 @@ use crate::scripts::{self, LIMIT_REACHED, NONE, OK};
 use crate::store::Ctx;
 use crate::value;
 
+/// The single-key delete-if-user script (cluster paths): 0 not that user's (a stale index
+/// member), 1 a live session removed, 2 an expired one removed.
+async fn delete_if_user(
+    cx: &Ctx,
+    id: &SessionId,
+    user: &str,
+    now: Timestamp,
+) -> Result<i64, StoreError> {
+    let mut inv = scripts::DELETE_IF_USER_SCRIPT.prepare_invoke();
+    inv.key(cx.session_key(id)).arg(now.as_millis()).arg(user);
+    int(&cx.invoke(&inv).await?).ok_or_else(|| unexpected("delete_if_user script"))
+}
+
 /// How many per-session commands a cluster `list_for_user`/`delete_for_user` keeps in flight.
 const CLUSTER_FAN_OUT: usize = 64;
 
@@ -277,10 +290,7 @@ impl Native {
                             let Some(id) = id else {
                                 return Ok::<_, StoreError>((raw, 0));
                             };
-                            let mut inv = scripts::DELETE_IF_USER_SCRIPT.prepare_invoke();
-                            inv.key(cx.session_key(&id)).arg(now.as_millis()).arg(user);
-                            let code = int(&cx.invoke(&inv).await?)
-                                .ok_or_else(|| unexpected("delete_if_user script"))?;
+                            let code = delete_if_user(cx, &id, user, now).await?;
                             Ok((raw, code))
                         })
                         .buffer_unordered(CLUSTER_FAN_OUT)
@@ -356,10 +366,7 @@ impl Native {
                     Ok(_) | Err(StoreError::Decode(_)) => return Ok(None),
                     Err(e) => return Err(e),
                 }
-                let mut inv = scripts::DELETE_IF_USER_SCRIPT.prepare_invoke();
-                inv.key(cx.session_key(&id)).arg(now.as_millis()).arg(user);
-                let code = int(&cx.invoke(&inv).await?)
-                    .ok_or_else(|| unexpected("delete_if_user script"))?;
+                let code = delete_if_user(cx, &id, user, now).await?;
                 Ok(Some((raw, code == 1)))
             })
             .buffer_unordered(CLUSTER_FAN_OUT)
@@ -503,10 +510,7 @@ impl Native {
                 else {
                     continue;
                 };
-                let mut inv = scripts::DELETE_IF_USER_SCRIPT.prepare_invoke();
-                inv.key(cx.session_key(&id)).arg(now.as_millis()).arg(user);
-                let code = int(&cx.invoke(&inv).await?)
-                    .ok_or_else(|| unexpected("delete_if_user script"))?;
+                let code = delete_if_user(cx, &id, user, now).await?;
                 cx.query(redis::cmd("SREM").arg(&index).arg(&victim.id))
                     .await?;
                 if code == 1 {
