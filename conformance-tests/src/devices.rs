@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coatcheck_core::{
-    Device, LimitPolicy, Record, SessionId, SessionLimit, SessionStore, StoreError, Timestamp,
+    Device, LimitPolicy, Record, SessionLimit, SessionStore, StoreError, Timestamp,
 };
 
 use crate::cases::{fresh_record, ids_of, must_load, not_applicable};
