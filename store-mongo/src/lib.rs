@@ -42,6 +42,7 @@
 mod devices;
 mod express;
 mod layout;
+mod setup;
 
 use std::fmt;
 use std::sync::Arc;
@@ -49,8 +50,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coatcheck_core::{
-    content_version, Capabilities, Clock, Codec, ExpressFormat, NativeCodec, Record, SessionId,
-    SessionInfo, SessionLimit, SessionStore, StoreError, SystemClock, Timestamp,
+    content_version, Capabilities, Clock, Codec, NativeCodec, Record, SessionId, SessionInfo,
+    SessionLimit, SessionStore, StoreError, SystemClock, Timestamp,
 };
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -60,8 +61,8 @@ use mongodb::{Client, Collection, Database};
 /// The MongoDB driver this store is built on, for building clients and options.
 pub use mongodb;
 
-use crate::express::ExpressLayout;
-use crate::layout::{date, Layout, LayoutError, NativeLayout, F_ID};
+use crate::layout::{date, Layout, LayoutError, F_ID};
+pub use crate::setup::{MongoStoreBuilder, SetupError};
 
 /// The collection used when none is given.
 pub const DEFAULT_COLLECTION: &str = "sessions";
@@ -74,43 +75,6 @@ pub const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connect timeout applied by [`MongoStore::connect`] and
 /// [`MongoStore::connect_with_options`] when the options do not set one.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Setting a store up failed: bad URL or names, or the indexes could not be ensured.
-///
-/// Errors of the store's operations are [`StoreError`]s; this type is only returned by
-/// constructors and [`MongoStore::ensure_indexes`].
-///
-/// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
-/// use coatcheck::mongo::{MongoStore, SetupError};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let err = MongoStore::connect("not a mongodb url", "app").await.unwrap_err();
-/// assert!(matches!(err, SetupError::Options(_)));
-/// # }
-/// ```
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SetupError {
-    /// The connection string or client options were rejected.
-    #[error("invalid MongoDB connection options: {0}")]
-    Options(#[source] mongodb::error::Error),
-    /// The database or collection name is not one MongoDB accepts.
-    #[error("invalid MongoDB {what} name {name:?}: {why}")]
-    InvalidName {
-        /// `"database"` or `"collection"`.
-        what: &'static str,
-        /// The rejected name.
-        name: String,
-        /// Why it was rejected.
-        why: &'static str,
-    },
-    /// Creating the TTL or user index failed (server unreachable, or an index with the same
-    /// key but other options already exists).
-    #[error("could not ensure the session indexes: {0}")]
-    Indexes(#[source] mongodb::error::Error),
-}
 
 /// A [`SessionStore`] on a MongoDB collection.
 ///
@@ -152,151 +116,6 @@ impl fmt::Debug for MongoStore {
             .field("clock", &self.clock)
             .finish()
     }
-}
-
-/// Builds a [`MongoStore`] on a client you already have. See [`MongoStore::builder`].
-///
-/// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
-/// use coatcheck::core::JsonCodec;
-/// use coatcheck::mongo::MongoStore;
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// // Creating a client does no I/O; neither does `build`.
-/// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
-/// let store = MongoStore::builder(&client, "myapp")
-///     .collection("web_sessions")
-///     .codec(JsonCodec)
-///     .build()?;
-/// assert_eq!(store.collection_name(), "web_sessions");
-/// # Ok(()) }
-/// ```
-#[derive(Debug)]
-pub struct MongoStoreBuilder {
-    client: Client,
-    database: String,
-    collection: String,
-    codec: Arc<dyn Codec>,
-    clock: Arc<dyn Clock>,
-    express: Option<ExpressFormat>,
-}
-
-impl MongoStoreBuilder {
-    /// Express-compatible mode: documents as connect-mongo (default options) writes them,
-    /// `{_id, expires: Date, session: "<express-session JSON>"}`, with its TTL index on
-    /// `expires`, so an Express app using connect-mongo on the same collection (its default
-    /// is also `sessions`) shares them. No user index (the principal is inside a JSON
-    /// string), no creation time; a Rust save is a compare-and-set on the stored string
-    /// (two round trips), a Node write is last-write-wins. The codec setting is ignored.
-    ///
-    /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
-    /// use coatcheck::core::{ExpressFormat, SessionStore};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
-    /// let store = coatcheck::mongo::MongoStore::builder(&client, "shared")
-    ///     .express(ExpressFormat::new())
-    ///     .build()?;
-    /// assert!(!store.capabilities().user_index);
-    /// # Ok(()) }
-    /// ```
-    pub fn express(mut self, format: ExpressFormat) -> Self {
-        self.express = Some(format);
-        self
-    }
-
-    /// The collection name (default [`DEFAULT_COLLECTION`], `sessions`).
-    pub fn collection(mut self, name: impl Into<String>) -> Self {
-        self.collection = name.into();
-        self
-    }
-
-    /// The codec for the `data` field (default [`NativeCodec`]).
-    pub fn codec(mut self, codec: impl Codec) -> Self {
-        self.codec = Arc::new(codec);
-        self
-    }
-
-    /// The clock "now" is read from when deciding liveness (default [`SystemClock`]).
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// Builds the store. No I/O: call [`MongoStore::ensure_indexes`] once at startup (or use
-    /// [`build_with_indexes`](Self::build_with_indexes)).
-    pub fn build(self) -> Result<MongoStore, SetupError> {
-        check_database_name(&self.database)?;
-        check_collection_name(&self.collection)?;
-        let collection = self
-            .client
-            .database(&self.database)
-            .collection::<Document>(&self.collection);
-        Ok(MongoStore {
-            collection,
-            layout: match self.express {
-                Some(format) => Arc::new(ExpressLayout {
-                    format,
-                    clock: self.clock.clone(),
-                }),
-                None => Arc::new(NativeLayout),
-            },
-            codec: self.codec,
-            clock: self.clock,
-        })
-    }
-
-    /// Builds the store and ensures its indexes (one `createIndexes` command).
-    pub async fn build_with_indexes(self) -> Result<MongoStore, SetupError> {
-        let store = self.build()?;
-        store.ensure_indexes().await?;
-        Ok(store)
-    }
-}
-
-fn check_database_name(name: &str) -> Result<(), SetupError> {
-    let bad = |why| {
-        Err(SetupError::InvalidName {
-            what: "database",
-            name: name.to_owned(),
-            why,
-        })
-    };
-    if name.is_empty() {
-        return bad("it is empty");
-    }
-    if name.len() >= 64 {
-        return bad("it must be shorter than 64 bytes");
-    }
-    if name
-        .chars()
-        .any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'))
-    {
-        return bad("it contains one of / \\ . space \" $ or NUL");
-    }
-    Ok(())
-}
-
-fn check_collection_name(name: &str) -> Result<(), SetupError> {
-    let bad = |why| {
-        Err(SetupError::InvalidName {
-            what: "collection",
-            name: name.to_owned(),
-            why,
-        })
-    };
-    if name.is_empty() {
-        return bad("it is empty");
-    }
-    if name.contains('$') || name.contains('\0') {
-        return bad("it contains `$` or NUL");
-    }
-    if name.starts_with("system.") {
-        return bad("the `system.` prefix is reserved");
-    }
-    Ok(())
 }
 
 /// Whether a driver error is a duplicate key error (E11000).
@@ -811,21 +630,5 @@ impl SessionStore for MongoStore {
             .with_native_expiry(true)
             .with_opaque_versions(express)
             .with_no_creation_time(express)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_validated() {
-        assert!(check_collection_name("sessions").is_ok());
-        assert!(check_collection_name("").is_err());
-        assert!(check_collection_name("a$b").is_err());
-        assert!(check_collection_name("system.sessions").is_err());
-        assert!(check_database_name("app").is_ok());
-        assert!(check_database_name("a.b").is_err());
-        assert!(check_database_name(&"d".repeat(64)).is_err());
     }
 }
