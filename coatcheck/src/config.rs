@@ -9,6 +9,7 @@ use coatcheck_core::{
 };
 
 use crate::device::IpCapture;
+use crate::transport::Transport;
 
 use crate::layer::SessionLayer;
 
@@ -92,6 +93,8 @@ pub struct SessionConfig {
     /// At most this many live sessions per user (default none); checked by the store at
     /// every login, atomically.
     pub session_limit: Option<SessionLimit>,
+    /// Where the session token travels (default: the cookie).
+    pub transport: Transport,
 }
 
 /// The default [`SessionConfig::store_timeout`].
@@ -117,6 +120,7 @@ impl Default for SessionConfig {
             capture_user_agent: true,
             capture_ip: IpCapture::Full,
             session_limit: None,
+            transport: Transport::cookie(),
         }
     }
 }
@@ -378,6 +382,14 @@ impl SessionLayerBuilder {
     /// Replaces the whole configuration.
     pub fn config(mut self, config: SessionConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Where the session token travels: the cookie (default), a request header for API and
+    /// mobile clients, or both ([`Transport`]). A header token is not sent by browsers on
+    /// their own, which changes the CSRF picture: see SECURITY.md.
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.config.transport = transport;
         self
     }
 

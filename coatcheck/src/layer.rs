@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::config::{IdGenerator, SameSite, Secure, SessionConfig, SessionLayerBuilder};
 use crate::session::{CookieAction, Session};
+use crate::transport::token_value;
 
 /// What every request of one layer shares.
 pub(crate) struct Shared {
@@ -300,11 +301,22 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let shared = self.shared.clone();
-        let cookie =
-            session_id_from_headers(req.headers(), &shared.config.name, &shared.keys).map(|v| {
-                let resign = v.needs_resign();
-                (v.id, resign)
-            });
+        let transport = &shared.config.transport;
+        // A request that carries the header token is answered in the header; any other one
+        // with the cookie (when the cookie is on).
+        let header_token = transport.read(req.headers(), &shared.keys);
+        let via_header = header_token.is_some() || !transport.uses_cookie();
+        let verified = match header_token {
+            Some(token) => token,
+            None if transport.uses_cookie() => {
+                session_id_from_headers(req.headers(), &shared.config.name, &shared.keys)
+            }
+            None => None,
+        };
+        let cookie = verified.map(|v| {
+            let resign = v.needs_resign();
+            (v.id, resign)
+        });
         let secure = is_secure(&shared.config, &req);
         let (cookie_id, resign) = match cookie {
             Some((id, resign)) => (Some(id), resign),
@@ -326,6 +338,9 @@ where
             shared.config.capture_ip,
             shared.config.trust_proxy,
         );
+        // A header token is sent back only when it changes (a new session, a rotated id, a
+        // token signed with an older secret), as Spring Session's header resolver does.
+        let sent = cookie_id.clone().filter(|_| !resign);
         let session = Session::new(shared.clone(), cookie_id, resign, meta);
         req.extensions_mut().insert(session.clone());
         // The clone that was made ready is the one to call.
@@ -345,6 +360,24 @@ where
                 return Ok(failure_response(status));
             }
             match finished {
+                Ok(action) if via_header => {
+                    if let Some(name) = shared.config.transport.response_header() {
+                        let value = match &action {
+                            CookieAction::None => None,
+                            CookieAction::Set { id, .. } if sent.as_ref() == Some(id) => None,
+                            CookieAction::Set { id, .. } => Some(token_value(&shared.keys, Some(id))),
+                            CookieAction::Clear => Some(token_value(&shared.keys, None)),
+                        };
+                        if let Some(value) = value {
+                            let headers = res.headers_mut();
+                            headers.insert(name, value);
+                            if !headers.contains_key(CACHE_CONTROL) {
+                                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                            }
+                        }
+                    }
+                    Ok(res)
+                }
                 Ok(action) => {
                     if let Some(value) = set_cookie_header(&shared, &action, secure) {
                         let headers = res.headers_mut();

@@ -49,6 +49,7 @@ mod extract;
 mod guard;
 mod layer;
 mod session;
+mod transport;
 
 pub use config::{
     ConfigError, SameSite, Secure, SessionConfig, SessionLayerBuilder, DEFAULT_STORE_TIMEOUT,
@@ -57,6 +58,7 @@ pub use device::{IpCapture, UserSession};
 pub use error::{SessionError, SessionFailure};
 pub use layer::{session_id_from_headers, SessionLayer, SessionService, StoreTimedOut};
 pub use session::Session;
+pub use transport::{Transport, BEARER_RESPONSE_HEADER};
 
 #[cfg(feature = "axum")]
 pub use guard::{AuthRejection, Authenticated, RequireRole, RequireRoleService, ROLES_KEY};

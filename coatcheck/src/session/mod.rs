@@ -347,6 +347,41 @@ impl Session {
         Ok(old)
     }
 
+    /// Removes `key` and returns its value as a `T` — flash messages, one-time tokens. A
+    /// value of another type is a [`SessionError::Deserialize`] and stays in place.
+    ///
+    /// ```
+    /// use coatcheck::{Session, SessionError};
+    ///
+    /// async fn page(session: Session) -> Result<String, SessionError> {
+    ///     let flash: Option<String> = session.take("flash").await?;
+    ///     Ok(flash.unwrap_or_default())
+    /// }
+    /// ```
+    pub async fn take<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        let value = self.get::<T>(key).await?;
+        if value.is_some() {
+            self.change(Op::Remove(key.to_owned())).await?;
+        }
+        Ok(value)
+    }
+
+    /// When this session expires unless used again, as stored (or as
+    /// [`set_expiry`](Session::set_expiry) set it in this request); `None` when there is no
+    /// session. A write at the end of this request moves it as the expiry policy says.
+    pub async fn expires_at(&self) -> Result<Option<Timestamp>, SessionError> {
+        self.ensure_loaded().await?;
+        Ok(self.state().record.as_ref().map(|r| r.expires_at))
+    }
+
+    /// When this session was first created (kept across `login`/`regenerate`); `None` when
+    /// there is no session. Express-compatible stores keep no creation time: the Unix
+    /// epoch.
+    pub async fn created_at(&self) -> Result<Option<Timestamp>, SessionError> {
+        self.ensure_loaded().await?;
+        Ok(self.state().record.as_ref().map(|r| r.created_at))
+    }
+
     /// Removes every key (the session itself, its id and user stay).
     pub async fn clear(&self) -> Result<(), SessionError> {
         self.ensure_loaded().await?;
