@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-cargo build -q --example login --example quickstart --features redis,postgres,mongo
+cargo build -q --example login --example quickstart --example api_client --features redis,postgres,mongo
 target=${CARGO_TARGET_DIR:-target}
 bin=$target/debug/examples/login
 jar=$(mktemp -d)
@@ -50,6 +50,24 @@ case "$second" in
 esac
 kill "$app"; wait "$app" 2>/dev/null || true; app=
 echo "examples-smoke: quickstart: ok ($first / $second)"
+
+# The API client example: the token in x-session-token, used as a Bearer token, dead after
+# logout (the README's api_client command).
+store=api_client
+port=$(free_port)
+PORT=$port "$target/debug/examples/api_client" >"$jar/api.log" 2>&1 &
+app=$!
+wait_port "$port" "$app" "$jar/api.log"
+api=http://127.0.0.1:$port
+token=$(curl -s -D - -o /dev/null -H 'content-type: application/json' -d '{"username":"ada"}' "$api/login" \
+    | tr -d '\r' | sed -n 's/^x-session-token: //p')
+[ -n "$token" ] || { echo "examples-smoke: api_client: no token after login" >&2; exit 1; }
+expect "GET /me with the token" '{"user":"ada"}' "$(curl -s -H "authorization: Bearer $token" "$api/me")"
+expect "GET /me without" 401 "$(curl -s -o /dev/null -w '%{http_code}' "$api/me")"
+expect "POST /logout" 204 "$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "authorization: Bearer $token" "$api/logout")"
+expect "GET /me after logout" 401 "$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" "$api/me")"
+kill "$app"; wait "$app" 2>/dev/null || true; app=
+echo "examples-smoke: api_client: ok"
 
 for store in memory redis postgres mongo; do
     port=$(free_port)
