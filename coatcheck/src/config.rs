@@ -9,6 +9,7 @@ use coatcheck_core::{
 };
 
 use crate::device::IpCapture;
+use crate::events::{SessionEvent, Subscriber, DEFAULT_EVENT_QUEUE};
 use crate::transport::Transport;
 
 use crate::layer::SessionLayer;
@@ -193,6 +194,8 @@ pub struct SessionLayerBuilder {
     pub(crate) config: SessionConfig,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) id_generator: IdGenerator,
+    pub(crate) subscriber: Option<Subscriber>,
+    pub(crate) event_queue: usize,
 }
 
 impl fmt::Debug for SessionLayerBuilder {
@@ -212,6 +215,8 @@ impl SessionLayerBuilder {
             config: SessionConfig::default(),
             clock: Arc::new(SystemClock),
             id_generator: Arc::new(SessionId::generate),
+            subscriber: None,
+            event_queue: DEFAULT_EVENT_QUEUE,
         }
     }
 
@@ -382,6 +387,39 @@ impl SessionLayerBuilder {
     /// Replaces the whole configuration.
     pub fn config(mut self, config: SessionConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Calls `subscriber` with every [`SessionEvent`] (created, logged in, destroyed,
+    /// revoked, gone on read, conflicts exhausted): audit logs, closing a revoked session's
+    /// WebSockets, side tables. Delivered off the request path on tokio's blocking pool, at
+    /// most once and in no guaranteed order; a subscriber that blocks or panics changes
+    /// nothing for the request. Past [`event_queue`](Self::event_queue) pending events, new
+    /// ones are dropped and counted.
+    ///
+    /// ```
+    /// use coatcheck::{KeyRing, SessionEvent, SessionLayer};
+    /// use coatcheck::memory::MemoryStore;
+    ///
+    /// let keys = KeyRing::new(["a secret of at least thirty-two bytes!!"]).unwrap();
+    /// let layer = SessionLayer::builder(MemoryStore::new(), keys)
+    ///     .on_event(|event| {
+    ///         if let SessionEvent::Revoked { user, count, .. } = event {
+    ///             println!("audit: {count} sessions of {user} revoked");
+    ///         }
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn on_event(mut self, subscriber: impl Fn(SessionEvent) + Send + Sync + 'static) -> Self {
+        self.subscriber = Some(Arc::new(subscriber));
+        self
+    }
+
+    /// How many events may wait or run at once before new ones are dropped (default 1024).
+    pub fn event_queue(mut self, n: usize) -> Self {
+        self.event_queue = n;
         self
     }
 

@@ -15,6 +15,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::config::{IdGenerator, SameSite, Secure, SessionConfig, SessionLayerBuilder};
+use crate::events::Events;
 use crate::session::{CookieAction, Session};
 use crate::transport::token_value;
 
@@ -25,6 +26,7 @@ pub(crate) struct Shared {
     pub(crate) config: SessionConfig,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) id_generator: IdGenerator,
+    pub(crate) events: Events,
 }
 
 impl Shared {
@@ -123,8 +125,14 @@ impl SessionLayer {
                 config: b.config,
                 clock: b.clock,
                 id_generator: b.id_generator,
+                events: Events::new(b.subscriber, b.event_queue),
             }),
         }
+    }
+
+    /// How many lifecycle events were dropped because the subscriber's queue was full.
+    pub fn events_dropped(&self) -> u64 {
+        self.shared.events.dropped()
     }
 
     /// The configuration in force.

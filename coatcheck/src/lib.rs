@@ -43,6 +43,7 @@
 mod config;
 mod device;
 mod error;
+mod events;
 #[cfg(feature = "axum")]
 mod extract;
 #[cfg(feature = "axum")]
@@ -56,6 +57,7 @@ pub use config::{
 };
 pub use device::{IpCapture, UserSession};
 pub use error::{SessionError, SessionFailure};
+pub use events::{RevokeScope, SessionEvent, DEFAULT_EVENT_QUEUE};
 pub use layer::{session_id_from_headers, SessionLayer, SessionService, StoreTimedOut};
 pub use session::Session;
 pub use transport::{Transport, BEARER_RESPONSE_HEADER};

@@ -2,7 +2,7 @@
 
 use coatcheck_core::DeviceHandle;
 
-use super::Session;
+use super::{RevokeScope, Session, SessionEvent};
 use crate::{SessionError, UserSession};
 
 impl Session {
@@ -83,6 +83,13 @@ impl Session {
             Ok(removed) => {
                 if own {
                     self.forget_local();
+                }
+                if let (true, Some(h)) = (removed, DeviceHandle::parse(handle)) {
+                    self.emit(SessionEvent::Revoked {
+                        user,
+                        scope: RevokeScope::Device(h),
+                        count: 1,
+                    });
                 }
                 Ok(removed)
             }

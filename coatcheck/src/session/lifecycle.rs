@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::write::backoff;
-use super::{Op, Pending, Session};
+use super::{Op, Pending, RevokeScope, Session, SessionEvent};
 use crate::SessionError;
 
 impl Session {
@@ -160,6 +160,13 @@ impl Session {
                 .await;
             let Err(refused) = outcome else {
                 tracing::debug!(old = %old_id.short_hash(), new = %next.id.short_hash(), "session id rotated");
+                if let (Some(u), true) = (&user, self.events_on()) {
+                    self.emit(SessionEvent::LoggedIn {
+                        user: u.clone(),
+                        old_handle: view.device.as_ref().map(|d| d.handle.clone()),
+                        new_handle: next.device.as_ref().map(|d| d.handle.clone()),
+                    });
+                }
                 self.stored_under_new_id(next);
                 return Ok(());
             };
@@ -185,7 +192,10 @@ impl Session {
                         Err(e) => return self.fail(e),
                     }
                 }
-                StoreError::Conflict => return self.fail(SessionError::TooManyConflicts(max + 1)),
+                StoreError::Conflict => {
+                    self.emit(SessionEvent::ConflictsExhausted { attempts: max + 1 });
+                    return self.fail(SessionError::TooManyConflicts(max + 1));
+                }
                 StoreError::NotFound => return self.ended(),
                 e => return self.fail(e),
             }
@@ -203,15 +213,19 @@ impl Session {
         let mut record = existing.unwrap_or_else(|| self.new_record());
         record.id = (self.inner.shared.id_generator)();
         let keep = record.user_id.as_deref() == Some(user.as_str());
+        let old_handle = record.device.as_ref().map(|d| d.handle.clone());
         let handle = record.device.take().filter(|_| keep).map(|d| d.handle);
         record.device = Some(self.inner.meta.device(handle));
         record.user_id = Some(user.clone());
         if limited && !keep {
             let created = self.create_first(record, expiry_at, true).await?;
+            self.state().pending_login = Some((user, old_handle));
+            self.announce_login(&created);
             self.stored_under_new_id(created);
             return Ok(());
         }
         let mut st = self.state();
+        st.pending_login = Some((user.clone(), old_handle));
         st.record = Some(record);
         st.user_change = Some(Some(user));
         st.id_changed = true;
@@ -245,12 +259,14 @@ impl Session {
 
     /// [`Session::destroy`], telling whether a stored session was removed.
     async fn destroy_counted(&self) -> Result<bool, SessionError> {
-        let id = {
+        let (id, user, handle) = {
             let st = self.state();
-            st.record
-                .as_ref()
-                .map(|r| r.id.clone())
-                .or(st.cookie_id.clone())
+            let r = st.record.as_ref();
+            (
+                r.map(|r| r.id.clone()).or(st.cookie_id.clone()),
+                r.and_then(|r| r.user_id.clone()),
+                r.and_then(|r| r.device.as_ref().map(|d| d.handle.clone())),
+            )
         };
         let mut removed = false;
         if let Some(id) = id {
@@ -264,6 +280,9 @@ impl Session {
                 Err(e) => return self.fail(e),
             };
             tracing::debug!(session = %id.short_hash(), "session destroyed");
+            if removed {
+                self.emit(SessionEvent::Destroyed { user, handle });
+            }
         }
         self.forget_local();
         Ok(removed)
@@ -279,6 +298,7 @@ impl Session {
         st.user_change = None;
         st.expiry_at = None;
         st.destroyed = true;
+        st.pending_login = None;
     }
 
     /// Revokes every session of this session's user, on every device, this one included.
@@ -297,6 +317,11 @@ impl Session {
             {
                 Ok(n) => {
                     self.forget_local();
+                    self.emit(SessionEvent::Revoked {
+                        user,
+                        scope: RevokeScope::Everywhere,
+                        count: n,
+                    });
                     Ok(n)
                 }
                 Err(e) => self.fail(e),
@@ -326,7 +351,14 @@ impl Session {
                 )
                 .await
             {
-                Ok(n) => Ok(n),
+                Ok(n) => {
+                    self.emit(SessionEvent::Revoked {
+                        user,
+                        scope: RevokeScope::OtherDevices,
+                        count: n,
+                    });
+                    Ok(n)
+                }
                 Err(e) => self.fail(e),
             },
             None => Ok(0),

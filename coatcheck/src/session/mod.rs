@@ -4,13 +4,14 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use coatcheck_core::{Data, Record, SessionId, Timestamp};
+use coatcheck_core::{Data, DeviceHandle, Record, SessionId, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::device::RequestMeta;
+use crate::events::{RevokeScope, SessionEvent};
 use crate::layer::Shared;
 use crate::SessionError;
 
@@ -81,6 +82,8 @@ struct State {
     /// This request already wrote the session (`update` commits at once) and moved its
     /// expiry: a persistent cookie's `Expires` must follow.
     cookie_due: bool,
+    /// A login of a session not stored yet, announced once it is (user, handle before).
+    pending_login: Option<(String, Option<DeviceHandle>)>,
 }
 
 /// The unwritten part of a request's state (see `Session::pending`).
@@ -177,6 +180,16 @@ impl Session {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Hands an event to the layer's subscriber, if there is one.
+    fn emit(&self, event: SessionEvent) {
+        self.inner.shared.events.emit(event);
+    }
+
+    /// Whether anyone listens to events.
+    fn events_on(&self) -> bool {
+        self.inner.shared.events.on()
+    }
+
     fn now(&self) -> Timestamp {
         self.inner.shared.clock.now()
     }
@@ -204,11 +217,11 @@ impl Session {
             .loaded
             .get_or_try_init(|| async {
                 let id = self.state().cookie_id.clone();
-                let record = match id {
+                let record = match &id {
                     Some(id) => {
                         self.inner
                             .shared
-                            .bounded("load", self.inner.shared.store.load(&id))
+                            .bounded("load", self.inner.shared.store.load(id))
                             .await?
                     }
                     None => None,
@@ -220,6 +233,9 @@ impl Session {
                         .absolute_deadline(r.created_at)
                         .is_none_or(|deadline| deadline > now)
                 });
+                if record.is_none() && id.is_some() {
+                    self.emit(SessionEvent::NotFoundOnRead);
+                }
                 let mut st = self.state();
                 st.persisted = record.is_some();
                 st.record = record;

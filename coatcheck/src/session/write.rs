@@ -6,6 +6,7 @@ use std::time::Duration;
 use coatcheck_core::{Record, StoreError};
 
 use super::{CookieAction, Session};
+use crate::events::SessionEvent;
 use crate::SessionError;
 
 impl Session {
@@ -28,6 +29,7 @@ impl Session {
         };
         if !persisted {
             let created = self.create_first(record, explicit, false).await?;
+            self.announce_login(&created);
             // A new session: its cookie is sent at the end of the request.
             self.stored_under_new_id(created);
             return Ok(());
@@ -79,12 +81,16 @@ impl Session {
             }
             if loaded && shared.config.save_uninitialized {
                 let record = self.new_record();
-                return Ok(set(&self.create_new(record, false).await?));
+                let created = self.create_new(record, false).await?;
+                self.emit(SessionEvent::Created);
+                return Ok(set(&created));
             }
             return Ok(CookieAction::None);
         };
         if !persisted {
-            return Ok(set(&self.create_first(record, explicit, false).await?));
+            let created = self.create_first(record, explicit, false).await?;
+            self.announce_login(&created);
+            return Ok(set(&created));
         }
         // A persistent cookie's `Expires` follows the session's expiry whenever a write
         // moves it, so the browser never drops a cookie whose session is live and in use
@@ -141,7 +147,21 @@ impl Session {
         let policy = self.inner.shared.config.expiry;
         record.expires_at =
             policy.on_write(record.created_at, record.expires_at, explicit, self.now());
-        self.create_new(record, limited).await
+        let created = self.create_new(record, limited).await?;
+        self.emit(SessionEvent::Created);
+        Ok(created)
+    }
+
+    /// A login of this request's new session, now stored: its event.
+    pub(super) fn announce_login(&self, created: &Record) {
+        let pending = self.state().pending_login.take();
+        if let (Some((user, old_handle)), true) = (pending, self.events_on()) {
+            self.emit(SessionEvent::LoggedIn {
+                user,
+                old_handle,
+                new_handle: created.device.as_ref().map(|d| d.handle.clone()),
+            });
+        }
     }
 
     /// Creates `record` under a fresh id if its own is taken; returns what was stored.
@@ -242,6 +262,7 @@ impl Session {
                 }
                 Err(StoreError::Conflict) => {
                     tracing::debug!(session = %record.id.short_hash(), conflicts = attempt + 1, "session not saved: concurrent saves kept winning");
+                    self.emit(SessionEvent::ConflictsExhausted { attempts: max + 1 });
                     return self.fail(SessionError::TooManyConflicts(max + 1));
                 }
                 Err(e) => return self.fail(e),

@@ -1,0 +1,250 @@
+//! Lifecycle events: each fires when it should, names devices by handle, and a subscriber
+//! that blocks or panics changes nothing for the request.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::Path;
+use axum::routing::post;
+use axum::Router;
+use coatcheck::memory::MemoryStore;
+use coatcheck::{
+    KeyRing, RevokeScope, Secure, Session, SessionError, SessionEvent, SessionLayer,
+    SessionLayerBuilder,
+};
+use http::header::{COOKIE, SET_COOKIE};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+const SECRET: &str = "events test secret, long enough: 0123456789";
+
+async fn put(session: Session) -> Result<&'static str, SessionError> {
+    session.insert("k", 1).await?;
+    Ok("ok")
+}
+async fn login(session: Session, Path(u): Path<String>) -> Result<&'static str, SessionError> {
+    session.login(u).await?;
+    Ok("ok")
+}
+async fn destroy(session: Session) -> Result<&'static str, SessionError> {
+    session.destroy().await?;
+    Ok("ok")
+}
+async fn everywhere(session: Session) -> Result<String, SessionError> {
+    Ok(session.logout_everywhere().await?.to_string())
+}
+async fn others(session: Session) -> Result<String, SessionError> {
+    Ok(session.logout_other_devices().await?.to_string())
+}
+async fn revoke_first_other(session: Session) -> Result<String, SessionError> {
+    let list = session.list_user_sessions().await?;
+    let other = list
+        .iter()
+        .find(|s| !s.current)
+        .and_then(|s| s.handle.clone());
+    Ok(match other {
+        Some(h) => session.revoke_device(h.as_str()).await?.to_string(),
+        None => "none".into(),
+    })
+}
+async fn read(session: Session) -> Result<String, SessionError> {
+    Ok(session.user_id().await?.unwrap_or_default())
+}
+
+fn app(f: impl FnOnce(SessionLayerBuilder) -> SessionLayerBuilder) -> (Router, SessionLayer) {
+    let keys = KeyRing::new([SECRET]).expect("long secret");
+    let layer = f(SessionLayer::builder(MemoryStore::new(), keys).secure(Secure::Never))
+        .build()
+        .expect("valid config");
+    let router = Router::new()
+        .route("/put", post(put))
+        .route("/login/{u}", post(login))
+        .route("/destroy", post(destroy))
+        .route("/everywhere", post(everywhere))
+        .route("/others", post(others))
+        .route("/revoke", post(revoke_first_other))
+        .route("/read", post(read))
+        .layer(layer.clone());
+    (router, layer)
+}
+
+/// A browser: its cookie.
+#[derive(Default)]
+struct Jar(Option<String>);
+
+impl Jar {
+    async fn send(&mut self, app: &Router, uri: &str) -> (StatusCode, String) {
+        let mut req = Request::builder().method("POST").uri(uri);
+        if let Some(c) = &self.0 {
+            req = req.header(COOKIE, c);
+        }
+        let res = app
+            .clone()
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        if let Some(c) = res.headers().get(SET_COOKIE) {
+            let pair = c.to_str().expect("ascii").split(';').next().unwrap_or("");
+            self.0 = (!pair.ends_with('=')).then(|| pair.to_owned());
+        }
+        let status = res.status();
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+type Log = Arc<Mutex<Vec<SessionEvent>>>;
+
+fn recorder() -> (Log, impl Fn(SessionEvent) + Send + Sync + 'static) {
+    let log: Log = Arc::default();
+    let sink = log.clone();
+    (log, move |e| sink.lock().expect("lock").push(e))
+}
+
+/// Waits (events are delivered off the request path) until `n` events are in.
+async fn events(log: &Log, n: usize) -> Vec<SessionEvent> {
+    let started = Instant::now();
+    loop {
+        let got = log.lock().expect("lock").clone();
+        if got.len() >= n || started.elapsed() > Duration::from_secs(5) {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn drain(log: &Log, n: usize) -> Vec<SessionEvent> {
+    let got = events(log, n).await;
+    log.lock().expect("lock").clear();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_fires_when_it_should() {
+    let (log, sink) = recorder();
+    let (app, _) = app(|b| b.on_event(sink));
+    let mut a = Jar::default();
+    a.send(&app, "/put").await;
+    assert_eq!(drain(&log, 1).await, [SessionEvent::Created]);
+
+    a.send(&app, "/login/ada").await;
+    let got = drain(&log, 1).await;
+    let SessionEvent::LoggedIn {
+        user,
+        old_handle,
+        new_handle,
+    } = &got[0]
+    else {
+        panic!("{got:?}")
+    };
+    assert_eq!((user.as_str(), old_handle), ("ada", &None));
+    let a_handle = new_handle.clone().expect("a handle");
+
+    // A first-request login: created, then logged in.
+    let mut b = Jar::default();
+    b.send(&app, "/login/ada").await;
+    let got = drain(&log, 2).await;
+    assert!(got.contains(&SessionEvent::Created), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|e| matches!(e, SessionEvent::LoggedIn { user, .. } if user == "ada")),
+        "{got:?}"
+    );
+
+    assert_eq!(b.send(&app, "/revoke").await.1, "true");
+    assert_eq!(
+        drain(&log, 1).await,
+        [SessionEvent::Revoked {
+            user: "ada".into(),
+            scope: RevokeScope::Device(a_handle),
+            count: 1
+        }]
+    );
+    // a's cookie now names a revoked session.
+    a.send(&app, "/read").await;
+    assert_eq!(drain(&log, 1).await, [SessionEvent::NotFoundOnRead]);
+
+    let mut c = Jar::default();
+    c.send(&app, "/login/ada").await;
+    drain(&log, 2).await;
+    assert_eq!(b.send(&app, "/others").await.1, "1");
+    let got = drain(&log, 1).await;
+    assert!(
+        matches!(
+            &got[..],
+            [SessionEvent::Revoked {
+                scope: RevokeScope::OtherDevices,
+                count: 1,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+    assert_eq!(b.send(&app, "/everywhere").await.1, "1");
+    let got = drain(&log, 1).await;
+    assert!(
+        matches!(
+            &got[..],
+            [SessionEvent::Revoked {
+                scope: RevokeScope::Everywhere,
+                count: 1,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+
+    let mut d = Jar::default();
+    d.send(&app, "/put").await;
+    drain(&log, 1).await;
+    d.send(&app, "/destroy").await;
+    assert_eq!(
+        drain(&log, 1).await,
+        [SessionEvent::Destroyed {
+            user: None,
+            handle: None
+        }]
+    );
+    // Nothing more was sent.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(log.lock().expect("lock").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_or_panicking_subscriber_changes_nothing_for_the_request() {
+    let (app_blocking, _) = app(|b| b.on_event(|_| std::thread::sleep(Duration::from_secs(2))));
+    let (app_panic, _) = app(|b| b.on_event(|_| panic!("a subscriber bug")));
+    for app in [&app_blocking, &app_panic] {
+        for _ in 0..6 {
+            let started = Instant::now();
+            let (status, _) = Jar::default().send(app, "/put").await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "a request waited"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_and_counts_never_blocks() {
+    let keys = KeyRing::new([SECRET]).expect("long secret");
+    let layer = SessionLayer::builder(MemoryStore::new(), keys)
+        .secure(Secure::Never)
+        .on_event(|_| std::thread::sleep(Duration::from_secs(2)))
+        .event_queue(2)
+        .build()
+        .expect("valid config");
+    let app = Router::new().route("/put", post(put)).layer(layer.clone());
+    for _ in 0..10 {
+        assert_eq!(Jar::default().send(&app, "/put").await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        layer.events_dropped(),
+        8,
+        "2 in the queue, the rest dropped"
+    );
+}
