@@ -23,6 +23,7 @@ mod error;
 mod expiry;
 mod express;
 mod id;
+mod notice;
 mod record;
 mod signing;
 mod store;
@@ -37,6 +38,7 @@ pub use express::{
     ExpressSession, EXPRESS_RESERVED_KEYS,
 };
 pub use id::{InvalidSessionId, SessionId};
+pub use notice::ExpiryNotice;
 pub use record::{Data, Record, SessionInfo};
 pub use signing::{KeyRing, KeyRingError, Verified, MIN_SECRET_LEN};
 pub use store::{Capabilities, SessionStore};

@@ -54,7 +54,7 @@ use coatcheck_core::{Clock, SessionStore, StoreError};
 pub use sqlx::PgPool;
 
 pub use crate::builder::PostgresStoreBuilder;
-pub use crate::store::PostgresStore;
+pub use crate::store::{PostgresStore, REPORT_QUEUE};
 
 /// In express-compatible mode, sets the connection's `TimeZone` to the one an Express app's
 /// node-postgres connection gets from the server — the role's or database's default

@@ -1,7 +1,7 @@
 //! [`PostgresStore`] and its [`SessionStore`] implementation.
 
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,6 +10,8 @@ use coatcheck_core::{
     SessionInfo, SessionLimit, SessionStore, StoreError, Timestamp,
 };
 
+mod cleanup;
+pub use cleanup::REPORT_QUEUE;
 mod devices;
 use devices::{device_columns, device_params, CreateArgs};
 use sqlx::postgres::PgRow;
@@ -185,51 +187,6 @@ impl PostgresStore {
             .map_err(MigrateError)?;
         tracing::debug!(table = %self.inner.qualified_name, "session table migrated");
         Ok(())
-    }
-
-    /// Spawns a task running [`SessionStore::delete_expired`] every `every` (the first run
-    /// right away). An error is logged (`tracing` warning) and the task carries on at the
-    /// next tick. The task holds only a weak reference: it ends by itself once every clone
-    /// of the store has been dropped; `abort()` the handle to stop it earlier.
-    ///
-    /// A zero `every` is taken as one millisecond.
-    ///
-    /// # Panics
-    ///
-    /// When called outside a Tokio runtime.
-    ///
-    /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
-    /// # async fn f(store: coatcheck::postgres::PostgresStore) {
-    /// let cleanup = store.spawn_cleanup(std::time::Duration::from_secs(600));
-    /// // ... on shutdown:
-    /// cleanup.abort();
-    /// # }
-    /// ```
-    pub fn spawn_cleanup(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let every = every.max(Duration::from_millis(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(inner) = weak.upgrade() else {
-                    break;
-                };
-                match inner.delete_expired().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(
-                        table = %inner.qualified_name, removed = n, "expired sessions removed"
-                    ),
-                    Err(e) => tracing::warn!(
-                        table = %inner.qualified_name, error = %e,
-                        "session cleanup failed; retrying at the next interval"
-                    ),
-                }
-            }
-            tracing::debug!("session cleanup task ends: the store was dropped");
-        })
     }
 }
 

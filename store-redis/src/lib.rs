@@ -14,11 +14,13 @@ mod conn;
 mod error;
 mod express;
 mod native;
+mod notices;
 mod scripts;
 mod store;
 mod value;
 
 pub use error::{BuildError, OperationTimedOut};
+pub use notices::{NoticeError, Notifications, NOTICE_QUEUE};
 pub use store::{RedisStore, RedisStoreBuilder, DEFAULT_OPERATION_TIMEOUT, DEFAULT_PREFIX};
 
 /// The redis-rs crate this store is built on, to build a `ConnectionManager`,
