@@ -63,6 +63,11 @@ pub struct SessionConfig {
     pub partitioned: bool,
     /// Idle and absolute timeouts, browser-session cookies, touch interval.
     pub expiry: ExpiryPolicy,
+    /// The timeouts of a session whose user chose "remember me"
+    /// ([`Session::remember_me`](crate::Session::remember_me)); its cookie always persists.
+    /// `None` (the default): the same timeouts as [`expiry`](SessionConfig::expiry). The
+    /// `touch_after` of `expiry` applies to both.
+    pub remember_me: Option<ExpiryPolicy>,
     /// Store sessions nothing was written to (default false: no record, no cookie).
     pub save_uninitialized: bool,
     /// How many times a save is retried after a version conflict (default 32).
@@ -113,6 +118,7 @@ impl Default for SessionConfig {
             same_site: SameSite::Lax,
             partitioned: false,
             expiry: ExpiryPolicy::default(),
+            remember_me: None,
             save_uninitialized: false,
             max_save_retries: 32,
             express_reserved_keys: false,
@@ -122,6 +128,27 @@ impl Default for SessionConfig {
             capture_ip: IpCapture::Full,
             session_limit: None,
             transport: Transport::cookie(),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The policy of a remembered session: a persistent cookie, the
+    /// [`remember_me`](SessionConfig::remember_me) timeouts (else those of `expiry`), the
+    /// `touch_after` of `expiry`.
+    pub(crate) fn remembered(&self) -> ExpiryPolicy {
+        self.remember_me
+            .unwrap_or(self.expiry)
+            .with_browser_session(false)
+            .with_touch_after(self.expiry.touch_after)
+    }
+
+    /// The policy that governs a session with this data.
+    pub(crate) fn policy_for(&self, data: &coatcheck_core::Data) -> ExpiryPolicy {
+        if crate::session::is_remembered(data) {
+            self.remembered()
+        } else {
+            self.expiry
         }
     }
 }
@@ -289,6 +316,33 @@ impl SessionLayerBuilder {
     /// Browser-session cookies: no `Expires`; the server still enforces the timeouts.
     pub fn browser_session(mut self, yes: bool) -> Self {
         self.config.expiry = self.config.expiry.with_browser_session(yes);
+        self
+    }
+    /// The timeouts of sessions whose user chose "remember me" with
+    /// [`Session::remember_me`](crate::Session::remember_me): their cookie persists (it
+    /// has `Expires` even with [`browser_session`](Self::browser_session)), they expire
+    /// after `idle` without activity and, if given, `absolute` after their creation. The
+    /// other sessions keep the layer's own timeouts. Without this call a remembered session
+    /// differs only in its persistent cookie.
+    ///
+    /// ```
+    /// use coatcheck::{memory::MemoryStore, KeyRing, SessionLayer};
+    /// use std::time::Duration;
+    ///
+    /// const DAY: Duration = Duration::from_secs(86_400);
+    /// let layer = SessionLayer::builder(MemoryStore::new(), KeyRing::new(["a secret of at least thirty-two bytes!"]).unwrap())
+    ///     // Unticked: the cookie dies with the browser, 30 minutes idle, 12 hours at most.
+    ///     .browser_session(true)
+    ///     .idle_timeout(Duration::from_secs(30 * 60))
+    ///     .absolute_timeout(12 * 3600 * Duration::from_secs(1))
+    ///     // Ticked: a cookie for 30 days of inactivity, 90 days at most.
+    ///     .remember_me(30 * DAY, Some(90 * DAY))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn remember_me(mut self, idle: Duration, absolute: Option<Duration>) -> Self {
+        self.config.remember_me = Some(ExpiryPolicy::new(idle).with_absolute_timeout(absolute));
         self
     }
     /// The least time between two touches of one session (connect-mongo: `touchAfter`).
@@ -476,7 +530,11 @@ impl SessionLayerBuilder {
         if self.config.session_limit.is_some() && !self.store.capabilities().session_limit {
             return Err(ConfigError::SessionLimitUnsupported);
         }
-        if self.config.expiry.absolute_timeout.is_some()
+        let remembered_absolute = self
+            .config
+            .remember_me
+            .is_some_and(|p| p.absolute_timeout.is_some());
+        if (self.config.expiry.absolute_timeout.is_some() || remembered_absolute)
             && self.store.capabilities().no_creation_time
         {
             return Err(ConfigError::AbsoluteTimeoutUnsupported);
@@ -529,14 +587,16 @@ pub(crate) fn validate(c: &SessionConfig) -> Result<(), ConfigError> {
     if c.store_timeout.is_some_and(|t| t.is_zero()) {
         return Err(ConfigError::ZeroStoreTimeout);
     }
-    if c.expiry.idle_timeout.is_zero() {
-        return Err(ConfigError::ZeroIdleTimeout);
-    }
-    if c.expiry.touch_after >= c.expiry.idle_timeout {
-        return Err(ConfigError::TouchAfterNotBelowIdle {
-            touch_after: c.expiry.touch_after,
-            idle: c.expiry.idle_timeout,
-        });
+    for policy in [c.expiry, c.remembered()] {
+        if policy.idle_timeout.is_zero() {
+            return Err(ConfigError::ZeroIdleTimeout);
+        }
+        if policy.touch_after >= policy.idle_timeout {
+            return Err(ConfigError::TouchAfterNotBelowIdle {
+                touch_after: policy.touch_after,
+                idle: policy.idle_timeout,
+            });
+        }
     }
     Ok(())
 }

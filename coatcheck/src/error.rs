@@ -29,9 +29,11 @@ pub enum SessionError {
     /// Concurrent requests kept saving the same session; the retries ran out.
     #[error("session kept being saved concurrently; gave up after {0} attempts")]
     TooManyConflicts(u32),
-    /// In express-compatible mode, a key express-session drops or owns
-    /// ([`coatcheck_core::EXPRESS_RESERVED_KEYS`]); nothing was changed.
-    #[error("session key {0:?} is reserved by express-session")]
+    /// A key the application may not write: the session's own
+    /// [`REMEMBER_ME_KEY`](crate::REMEMBER_ME_KEY), or, in express-compatible mode, a key
+    /// express-session drops or owns ([`coatcheck_core::EXPRESS_RESERVED_KEYS`]); nothing
+    /// was changed.
+    #[error("session key {0:?} is reserved")]
     ReservedKey(String),
     /// The session was ended by another request (destroyed, logged out everywhere, or
     /// rotated by a concurrent `login`/`regenerate`) while this one ran: nothing of this

@@ -241,14 +241,9 @@ fn set_cookie_header(shared: &Shared, action: &CookieAction, secure: bool) -> Op
     let c = &shared.config;
     let mut builder = match action {
         CookieAction::None => return None,
-        CookieAction::Set { id, expires_at } => {
+        CookieAction::Set { id, expires } => {
             let b = cookie::Cookie::build((c.name.clone(), shared.keys.sign_cookie_value(id)));
-            match shared
-                .config
-                .expiry
-                .cookie_expires(*expires_at)
-                .and_then(to_cookie_time)
-            {
+            match expires.and_then(to_cookie_time) {
                 Some(t) => b.expires(t),
                 None => b,
             }

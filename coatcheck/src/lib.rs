@@ -59,17 +59,17 @@ pub use device::{IpCapture, UserSession};
 pub use error::{SessionError, SessionFailure};
 pub use events::{RevokeScope, SessionEvent, DEFAULT_EVENT_QUEUE};
 pub use layer::{session_id_from_headers, SessionLayer, SessionService, StoreTimedOut};
-pub use session::Session;
+pub use session::{Session, REMEMBER_ME_KEY};
 pub use transport::{Transport, BEARER_RESPONSE_HEADER};
 
 #[cfg(feature = "axum")]
 pub use guard::{AuthRejection, Authenticated, RequireRole, RequireRoleService, ROLES_KEY};
 
 pub use coatcheck_core::{
-    Capabilities, Clock, Codec, Data, Device, DeviceHandle, ExpiryPolicy, ExpressFormat,
-    ExpressMaxAge, JsonCodec, KeyRing, KeyRingError, LimitPolicy, ManualClock, NativeCodec, Record,
-    SessionId, SessionInfo, SessionLimit, SessionStore, StoreError, SystemClock, Timestamp,
-    Verified,
+    Capabilities, Clock, Codec, Data, Device, DeviceHandle, ExpiryNotice, ExpiryPolicy,
+    ExpressFormat, ExpressMaxAge, JsonCodec, KeyRing, KeyRingError, LimitPolicy, ManualClock,
+    NativeCodec, Record, SessionId, SessionInfo, SessionLimit, SessionStore, StoreError,
+    SystemClock, Timestamp, Verified,
 };
 
 /// The JSON value sessions hold ([`Session::get_value`] returns it).

@@ -248,3 +248,44 @@ async fn a_full_queue_drops_and_counts_never_blocks() {
         "2 in the queue, the rest dropped"
     );
 }
+
+/// A save that keeps losing to concurrent saves: the request fails with `503` and the
+/// event says how many attempts were made. The concurrent save is the handler's own, made
+/// straight through the store between reading the session and its end-of-request save.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_exhausted_fires_when_the_retries_run_out() {
+    use coatcheck::SessionStore as _;
+    let (log, sink) = recorder();
+    let store = MemoryStore::new();
+    let keys = KeyRing::new([SECRET]).expect("long secret");
+    let layer = SessionLayer::builder(store.clone(), keys)
+        .secure(Secure::Never)
+        .max_save_retries(0)
+        .on_event(sink)
+        .build()
+        .expect("valid config");
+    let race = move |session: Session| {
+        let store = store.clone();
+        async move {
+            session.insert("k", 2).await?;
+            let id = session.id().await?.expect("an existing session");
+            let mut theirs = store.load(&id).await.expect("load").expect("stored");
+            theirs.data.insert("theirs".into(), true.into());
+            store.save(&theirs).await.expect("their save");
+            Ok::<_, SessionError>("ok")
+        }
+    };
+    let app = Router::new()
+        .route("/put", post(put))
+        .route("/race", post(race))
+        .layer(layer);
+    let mut jar = Jar::default();
+    jar.send(&app, "/put").await;
+    assert_eq!(drain(&log, 1).await, [SessionEvent::Created]);
+    let (status, _) = jar.send(&app, "/race").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        drain(&log, 1).await,
+        [SessionEvent::ConflictsExhausted { attempts: 1 }]
+    );
+}

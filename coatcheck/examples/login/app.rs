@@ -50,8 +50,15 @@ pub fn app(
 ) -> Result<Router, Box<dyn std::error::Error>> {
     let mut layer = SessionLayer::builder_shared(store, KeyRing::new([options.secret])?)
         .secure(Secure::Never) // plain HTTP on localhost for the demo
+        // Unticked "Remember me": the cookie ends with the browser, 30 minutes idle, 12
+        // hours at most. Ticked: a cookie for 30 days of inactivity, 90 days at most.
+        .browser_session(true)
         .idle_timeout(Duration::from_secs(30 * 60))
-        .absolute_timeout(Duration::from_secs(12 * 3600));
+        .absolute_timeout(Duration::from_secs(12 * 3600))
+        .remember_me(
+            Duration::from_secs(30 * 86_400),
+            Some(Duration::from_secs(90 * 86_400)),
+        );
     if let Some((max, policy)) = options.session_limit {
         layer = layer.max_sessions_per_user(max, policy);
     }
@@ -200,6 +207,26 @@ async fn same_origin(req: Request, next: Next) -> Response {
 struct Credentials {
     username: String,
     password: String,
+    /// The "Remember me" checkbox: `on` from the form, `true` from JSON; absent is no.
+    #[serde(default)]
+    remember: Option<Checkbox>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Checkbox {
+    Bool(bool),
+    Text(String),
+}
+
+impl Credentials {
+    fn remember(&self) -> bool {
+        match &self.remember {
+            Some(Checkbox::Bool(b)) => *b,
+            Some(Checkbox::Text(t)) => t == "on" || t == "true",
+            None => false,
+        }
+    }
 }
 
 /// The user whose password this is, checked with argon2.
@@ -264,10 +291,14 @@ async fn login(
     // A new session id on every login (against fixation), the user indexed for revocation,
     // the roles stored with the new id in the same write.
     // A login refused by the session limit leaves the session as it was (roles included).
-    match session
+    let outcome = session
         .login_with(&creds.username, [(ROLES_KEY, &roles)])
-        .await
-    {
+        .await;
+    // After the login: a refused login must not change the session already signed in here.
+    if outcome.is_ok() {
+        session.remember_me(creds.remember()).await?;
+    }
+    match outcome {
         Ok(()) if form => Ok(Redirect::to("/devices").into_response()),
         Ok(()) => Ok("logged in".into_response()),
         Err(SessionError::SessionLimit) if form => {

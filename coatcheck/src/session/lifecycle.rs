@@ -91,7 +91,6 @@ impl Session {
                     .await?;
             }
         }
-        let policy = self.inner.shared.config.expiry;
         let now = self.now();
         let limited = self.inner.shared.config.session_limit.is_some();
         let state = {
@@ -146,6 +145,7 @@ impl Session {
                 next.user_id.clone_from(&user);
             }
             next.version = 1;
+            let policy = self.inner.shared.config.policy_for(&next.data);
             next.expires_at = policy.on_write(next.created_at, next.expires_at, expiry_at, now);
             // The new record first, then the old one deleted if it is still at the version
             // this request built on: never a moment without the session, and a rotation of

@@ -15,6 +15,19 @@ use crate::events::{RevokeScope, SessionEvent};
 use crate::layer::Shared;
 use crate::SessionError;
 
+/// The data key that marks a remembered session ([`Session::remember_me`]), stored as
+/// `true`. The choice lives in the session's data, so every store and layout keeps it with
+/// no schema change (Django keeps its per-session expiry the same way, in
+/// `_session_expiry`); the application never sees the key, cannot write it, and
+/// [`Session::clear`] keeps it. An Express app sharing the sessions sees it as a plain
+/// value.
+pub const REMEMBER_ME_KEY: &str = "coatcheck.remember";
+
+/// Whether this session data says "remember me".
+pub(crate) fn is_remembered(data: &Data) -> bool {
+    data.get(REMEMBER_ME_KEY) == Some(&Value::Bool(true))
+}
+
 /// The furthest [`Session::set_expiry`] goes: 100 years.
 const MAX_EXPIRY: Duration = Duration::from_secs(100 * 365 * 86_400);
 
@@ -38,7 +51,8 @@ fn apply(op: &Op, data: &mut Data) -> Result<(), SessionError> {
         Op::Remove(k) => {
             data.shift_remove(k);
         }
-        Op::Clear => data.clear(),
+        // The session's own settings are not the application's data.
+        Op::Clear => data.retain(|k, _| k == REMEMBER_ME_KEY),
         Op::Update(k, f) => {
             let next = f(data.get(k))?;
             data.insert(k.clone(), next);
@@ -53,7 +67,8 @@ pub(crate) enum CookieAction {
     None,
     Set {
         id: SessionId,
-        expires_at: Timestamp,
+        /// `Expires`, for a persistent cookie; `None` for a browser-session cookie.
+        expires: Option<Timestamp>,
     },
     Clear,
 }
@@ -73,6 +88,9 @@ struct State {
     expiry_at: Option<Timestamp>,
     /// The id changed in this request (regenerate / login): the cookie must be sent.
     id_changed: bool,
+    /// "Remember me" changed in this request: the cookie must be sent (with or without
+    /// `Expires`).
+    remember_changed: bool,
     /// The session was destroyed: clear the cookie unless a new one is written.
     destroyed: bool,
     /// A store operation failed: write nothing, set no cookie.
@@ -227,9 +245,10 @@ impl Session {
                     None => None,
                 };
                 let now = self.now();
-                let policy = &self.inner.shared.config.expiry;
+                let config = &self.inner.shared.config;
                 let record = record.filter(|r| {
-                    policy
+                    config
+                        .policy_for(&r.data)
                         .absolute_deadline(r.created_at)
                         .is_none_or(|deadline| deadline > now)
                 });
@@ -261,13 +280,20 @@ impl Session {
     /// Applies a change to the view and logs it for replay, creating a fresh (not yet
     /// stored) record if there is none.
     async fn change(&self, op: Op) -> Result<(), SessionError> {
-        if let Op::Set(key, _) | Op::Update(key, _) = &op {
-            if self.inner.shared.config.express_reserved_keys
-                && coatcheck_core::is_express_reserved(key)
+        if let Op::Set(key, _) | Op::Update(key, _) | Op::Remove(key) = &op {
+            if key == REMEMBER_ME_KEY
+                || (self.inner.shared.config.express_reserved_keys
+                    && coatcheck_core::is_express_reserved(key))
             {
                 return Err(SessionError::ReservedKey(key.clone()));
             }
         }
+        self.change_unchecked(op).await
+    }
+
+    /// [`change`](Session::change) without the reserved-key check: for the session's own
+    /// settings.
+    async fn change_unchecked(&self, op: Op) -> Result<(), SessionError> {
         self.ensure_loaded().await?;
         let mut st = self.state();
         let record = match st.record.as_mut() {
@@ -340,6 +366,9 @@ impl Session {
     /// The raw JSON value at `key`.
     pub async fn get_value(&self, key: &str) -> Result<Option<Value>, SessionError> {
         self.ensure_loaded().await?;
+        if key == REMEMBER_ME_KEY {
+            return Ok(None);
+        }
         Ok(self
             .state()
             .record
@@ -476,6 +505,68 @@ impl Session {
     /// Like [`Session::set_expiry`], relative to now.
     pub async fn set_expiry_in(&self, d: Duration) -> Result<(), SessionError> {
         self.set_expiry(self.now() + d).await
+    }
+
+    /// The "remember me" checkbox, for this session: `true` gives it a persistent cookie and
+    /// the layer's [`remember_me`](crate::SessionLayerBuilder::remember_me) timeouts,
+    /// `false` the layer's own (a browser-session cookie with
+    /// [`browser_session`](crate::SessionLayerBuilder::browser_session)). Its expiry is
+    /// set from the chosen policy now — switching back shortens it — and the cookie is sent
+    /// again at the end of the request. The choice is kept across
+    /// [`login`](Session::login) and [`regenerate`](Session::regenerate), in every store
+    /// (it is kept in the data, under [`REMEMBER_ME_KEY`]). A session that does not exist
+    /// yet is created when the response leaves, as with [`insert`](Session::insert).
+    ///
+    /// Call it after [`login`](Session::login) has succeeded: a login refused by
+    /// [`max_sessions_per_user`](crate::SessionLayerBuilder::max_sessions_per_user) then
+    /// leaves the session already signed in on that browser exactly as it was.
+    ///
+    /// ```
+    /// use coatcheck::{Session, SessionError};
+    ///
+    /// async fn login(session: Session, remember: bool) -> Result<&'static str, SessionError> {
+    ///     // ... after checking the credentials:
+    ///     session.login("ada").await?;
+    ///     session.remember_me(remember).await?;
+    ///     Ok("welcome")
+    /// }
+    /// ```
+    pub async fn remember_me(&self, yes: bool) -> Result<(), SessionError> {
+        if self.is_remembered().await? == yes {
+            return Ok(());
+        }
+        let op = if yes {
+            Op::Set(REMEMBER_ME_KEY.to_owned(), Value::Bool(true))
+        } else {
+            Op::Remove(REMEMBER_ME_KEY.to_owned())
+        };
+        self.change_unchecked(op).await?;
+        let now = self.now();
+        let mut st = self.state();
+        let Some(r) = st.record.as_mut() else {
+            return Ok(());
+        };
+        let expires_at = self
+            .inner
+            .shared
+            .config
+            .policy_for(&r.data)
+            .expires_at(r.created_at, now);
+        r.expires_at = expires_at;
+        st.expiry_at = Some(expires_at);
+        st.remember_changed = true;
+        Ok(())
+    }
+
+    /// Whether this session is remembered ([`Session::remember_me`]); `false` when there is
+    /// no session.
+    pub async fn is_remembered(&self) -> Result<bool, SessionError> {
+        self.ensure_loaded().await?;
+        Ok(self
+            .state()
+            .record
+            .as_ref()
+            .is_some_and(|r| is_remembered(&r.data)))
     }
 }
 

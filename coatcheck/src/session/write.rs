@@ -50,7 +50,6 @@ impl Session {
     /// Writes what changed, once the handler has returned. Called by the layer.
     pub(crate) async fn finish(&self) -> Result<CookieAction, SessionError> {
         let shared = &self.inner.shared;
-        let policy = shared.config.expiry;
         let now = self.now();
         let (record, persisted, dirty, explicit, id_changed, resign, destroyed, failed, due) = {
             let mut st = self.state();
@@ -60,7 +59,8 @@ impl Session {
                 st.persisted,
                 !st.ops.is_empty() || st.user_change.is_some() || st.expiry_at.is_some(),
                 st.expiry_at,
-                st.id_changed,
+                // A new id, or a cookie that changes between persistent and not.
+                st.id_changed || st.remember_changed,
                 st.resign,
                 st.destroyed,
                 st.failed,
@@ -70,9 +70,13 @@ impl Session {
         if failed {
             return Ok(CookieAction::None);
         }
+        // The cookie of a session follows its own policy ("remember me" or not).
         let set = |r: &Record| CookieAction::Set {
             id: r.id.clone(),
-            expires_at: r.expires_at,
+            expires: shared
+                .config
+                .policy_for(&r.data)
+                .cookie_expires(r.expires_at),
         };
         let loaded = self.inner.loaded.initialized();
         let Some(record) = record else {
@@ -96,6 +100,7 @@ impl Session {
         // moves it, so the browser never drops a cookie whose session is live and in use
         // (a user writing more often than `touch_after` used to keep the first `Expires`
         // until the browser dropped it), and `set_expiry` reaches the browser.
+        let policy = shared.config.policy_for(&record.data);
         let persistent_cookie = !policy.browser_session;
         if dirty {
             let before = record.expires_at;
@@ -119,7 +124,7 @@ impl Session {
                 Ok(true) => Ok(if id_changed || resign || persistent_cookie {
                     CookieAction::Set {
                         id: record.id,
-                        expires_at: next,
+                        expires: policy.cookie_expires(next),
                     }
                 } else {
                     CookieAction::None
@@ -144,7 +149,7 @@ impl Session {
         explicit: Option<coatcheck_core::Timestamp>,
         limited: bool,
     ) -> Result<Record, SessionError> {
-        let policy = self.inner.shared.config.expiry;
+        let policy = self.inner.shared.config.policy_for(&record.data);
         record.expires_at =
             policy.on_write(record.created_at, record.expires_at, explicit, self.now());
         let created = self.create_new(record, limited).await?;
@@ -214,7 +219,6 @@ impl Session {
         mut record: Record,
     ) -> Result<Option<Record>, SessionError> {
         let shared = &self.inner.shared;
-        let policy = shared.config.expiry;
         let (ops, user_change, expiry_at) = {
             let mut st = self.state();
             (
@@ -227,6 +231,9 @@ impl Session {
         let mut attempt = 0u32;
         loop {
             let now = self.now();
+            // The policy of the record as it will be stored: a replayed "remember me"
+            // (or a concurrent one) decides it.
+            let policy = shared.config.policy_for(&record.data);
             record.expires_at =
                 policy.on_write(record.created_at, record.expires_at, expiry_at, now);
             record.last_seen = now;

@@ -54,12 +54,22 @@ async function device(userAgent) {
 }
 
 /** Fills the sign-in form at `url` and submits it; answers the status of the page it lands on. */
-async function signIn(page, url, username = 'alice', password = 'wonderland') {
+async function signIn(page, url, username = 'alice', password = 'wonderland', remember = false) {
   await page.goto(`${url}/`);
   await page.fill('#username', username);
   await page.fill('#password', password);
+  if (remember) await page.check('#remember');
   const [response] = await Promise.all([page.waitForNavigation(), page.click('#login-button')]);
   return response.status();
+}
+
+/** The session cookie's expiry in seconds since the epoch as the browser keeps it; -1 for a
+ * cookie that ends with the browser session. */
+async function sessionCookieExpires(page) {
+  const cookies = await page.context().cookies();
+  const sid = cookies.find((c) => c.name === 'sid');
+  assert.ok(sid, `a session cookie: ${JSON.stringify(cookies.map((c) => c.name))}`);
+  return sid.expires;
 }
 
 /** Clicks a button that submits a form, and waits for the page the post leads to. */
@@ -108,14 +118,18 @@ async function main() {
   const laptopHandle = list[0].handle;
   step('device 1 (Chrome on Linux) signed in: one device listed, marked as this device');
 
+  assert.equal(await sessionCookieExpires(laptop), -1, '"Remember me" unticked: a browser-session cookie');
+
   const phone = await device(SAFARI_IPHONE);
-  assert.equal(await signIn(phone, base), 200);
+  assert.equal(await signIn(phone, base, 'alice', 'wonderland', true), 200);
+  const days = ((await sessionCookieExpires(phone)) - Date.now() / 1000) / 86400;
+  assert.ok(days > 29 && days <= 30.01, `"Remember me" ticked: a cookie for 30 days, got ${days}`);
   list = await rows(phone);
   assert.equal(list.length, 2);
   assert.ok(list[0].current && list[0].summary === 'Safari on iPhone', JSON.stringify(list));
   const phoneHandle = list[0].handle;
   assert.notEqual(phoneHandle, laptopHandle);
-  step('device 2 (Safari on iPhone) signed in: it sees both, itself first');
+  step('device 2 (Safari on iPhone) signed in with "Remember me" (a 30-day cookie; device 1 has a browser-session cookie): it sees both, itself first');
 
   await laptop.goto(`${base}/devices`);
   list = await rows(laptop);
