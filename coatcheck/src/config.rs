@@ -8,6 +8,7 @@ use coatcheck_core::{
     Clock, ExpiryPolicy, KeyRing, LimitPolicy, SessionId, SessionLimit, SessionStore, SystemClock,
 };
 
+use crate::credentials::CredentialCheck;
 use crate::device::IpCapture;
 use crate::events::{SessionEvent, Subscriber, DEFAULT_EVENT_QUEUE};
 use crate::transport::Transport;
@@ -223,6 +224,7 @@ pub struct SessionLayerBuilder {
     pub(crate) id_generator: IdGenerator,
     pub(crate) subscriber: Option<Subscriber>,
     pub(crate) event_queue: usize,
+    pub(crate) credential_check: Option<CredentialCheck>,
 }
 
 impl fmt::Debug for SessionLayerBuilder {
@@ -244,6 +246,7 @@ impl SessionLayerBuilder {
             id_generator: Arc::new(SessionId::generate),
             subscriber: None,
             event_queue: DEFAULT_EVENT_QUEUE,
+            credential_check: None,
         }
     }
 

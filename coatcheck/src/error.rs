@@ -30,7 +30,8 @@ pub enum SessionError {
     #[error("session kept being saved concurrently; gave up after {0} attempts")]
     TooManyConflicts(u32),
     /// A key the application may not write: the session's own
-    /// [`REMEMBER_ME_KEY`](crate::REMEMBER_ME_KEY), or, in express-compatible mode, a key
+    /// [`REMEMBER_ME_KEY`](crate::REMEMBER_ME_KEY) and
+    /// [`CREDENTIAL_KEY`](crate::CREDENTIAL_KEY), or, in express-compatible mode, a key
     /// express-session drops or owns ([`coatcheck_core::EXPRESS_RESERVED_KEYS`]); nothing
     /// was changed.
     #[error("session key {0:?} is reserved")]
@@ -46,6 +47,16 @@ pub enum SessionError {
     /// written; the request's session stays as it was. Answers `409 Conflict`.
     #[error("the user already has the most sessions allowed; sign out elsewhere first")]
     SessionLimit,
+    /// A login was refused: the
+    /// [`credential_check`](crate::SessionLayerBuilder::credential_check) lookup says the
+    /// user does not exist. Nothing was written. Answers `401 Unauthorized`.
+    #[error("the user to log in does not exist (credential check)")]
+    UnknownUser,
+    /// The application's
+    /// [`credential_check`](crate::SessionLayerBuilder::credential_check) lookup failed:
+    /// the session could not be checked, so it is not used. Answers `500`.
+    #[error("credential check failed: {0}")]
+    CredentialLookup(#[source] crate::CredentialLookupError),
     /// The `Session` extractor was used on a route without a `SessionLayer`.
     #[error("no SessionLayer on this route")]
     MissingLayer,
@@ -57,6 +68,7 @@ impl SessionError {
         match self {
             SessionError::TooManyConflicts(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             SessionError::Ended | SessionError::SessionLimit => http::StatusCode::CONFLICT,
+            SessionError::UnknownUser => http::StatusCode::UNAUTHORIZED,
             SessionError::Store(StoreError::Backend(source))
                 if source.is::<crate::StoreTimedOut>() =>
             {
@@ -111,15 +123,22 @@ impl SessionFailure {
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for SessionError {
     fn into_response(self) -> axum_core::response::Response {
-        if matches!(self, SessionError::Ended | SessionError::SessionLimit) {
+        if matches!(
+            self,
+            SessionError::Ended | SessionError::SessionLimit | SessionError::UnknownUser
+        ) {
             // Not a failure: another request ended the session first.
             tracing::debug!(error = %self, "session operation refused");
         } else {
             tracing::error!(error = %self, "session operation failed");
         }
         let mut failure = SessionFailure::for_status(self.status());
-        if matches!(self, SessionError::SessionLimit) {
-            failure.message = "too many signed-in sessions; sign out on another device first";
+        match self {
+            SessionError::SessionLimit => {
+                failure.message = "too many signed-in sessions; sign out on another device first";
+            }
+            SessionError::UnknownUser => failure.message = "no such user; sign in again",
+            _ => {}
         }
         let mut res =
             axum_core::response::Response::new(axum_core::body::Body::from(failure.message));

@@ -53,6 +53,15 @@ pub enum SessionEvent {
     /// A request's cookie or token verified, but its session was gone when read (expired,
     /// past its absolute lifetime, or revoked).
     NotFoundOnRead,
+    /// A signed-in session's stamp no longer matched its user's credentials (see
+    /// [`credential_check`](crate::SessionLayerBuilder::credential_check)): it was
+    /// deleted when read, and the request carried on logged out.
+    CredentialsChanged {
+        /// Its principal.
+        user: String,
+        /// Its device handle, if one was recorded.
+        handle: Option<DeviceHandle>,
+    },
     /// A save gave up after this many attempts lost to concurrent saves (`503`).
     ConflictsExhausted {
         /// Attempts made.

@@ -15,6 +15,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::config::{IdGenerator, SameSite, Secure, SessionConfig, SessionLayerBuilder};
+use crate::credentials::CredentialCheck;
 use crate::events::Events;
 use crate::session::{CookieAction, Session};
 use crate::transport::token_value;
@@ -27,6 +28,7 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) id_generator: IdGenerator,
     pub(crate) events: Events,
+    pub(crate) credentials: Option<CredentialCheck>,
 }
 
 impl Shared {
@@ -126,6 +128,7 @@ impl SessionLayer {
                 clock: b.clock,
                 id_generator: b.id_generator,
                 events: Events::new(b.subscriber, b.event_queue),
+                credentials: b.credential_check,
             }),
         }
     }

@@ -41,6 +41,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod credentials;
 mod device;
 mod error;
 mod events;
@@ -55,6 +56,7 @@ mod transport;
 pub use config::{
     ConfigError, SameSite, Secure, SessionConfig, SessionLayerBuilder, DEFAULT_STORE_TIMEOUT,
 };
+pub use credentials::{CredentialLookupError, CREDENTIAL_KEY};
 pub use device::{IpCapture, UserSession};
 pub use error::{SessionError, SessionFailure};
 pub use events::{RevokeScope, SessionEvent, DEFAULT_EVENT_QUEUE};

@@ -2,10 +2,11 @@
 //! policy, kept across `login`/`regenerate`, switched back, hidden from the application's
 //! data; and kept by every store and layout.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::Path;
 use axum::routing::post;
 use axum::Router;
@@ -18,10 +19,8 @@ use coatcheck::{
     Timestamp, REMEMBER_ME_KEY,
 };
 use coatcheck_conformance::{harness, Backend};
-use http::header::{COOKIE, SET_COOKIE};
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use common::Jar;
+use http::StatusCode;
 
 const SECRET: &str = "remember-me test secret, long enough: 0123456789";
 const MIN: Duration = Duration::from_secs(60);
@@ -98,37 +97,7 @@ fn layer(store: impl SessionStore, clock: &ManualClock) -> SessionLayer {
         .expect("valid config")
 }
 
-/// A browser: its cookie, and the last `Set-Cookie` it got.
-#[derive(Default)]
-struct Jar {
-    cookie: Option<String>,
-    last_set: Option<String>,
-}
-
 impl Jar {
-    async fn send(&mut self, app: &Router, uri: &str) -> (StatusCode, String) {
-        let mut req = Request::builder().method("POST").uri(uri);
-        if let Some(c) = &self.cookie {
-            req = req.header(COOKIE, c);
-        }
-        let res = app
-            .clone()
-            .oneshot(req.body(Body::empty()).expect("request"))
-            .await
-            .expect("infallible");
-        self.last_set = res
-            .headers()
-            .get(SET_COOKIE)
-            .map(|c| c.to_str().expect("ascii").to_owned());
-        if let Some(c) = &self.last_set {
-            let pair = c.split(';').next().unwrap_or("");
-            self.cookie = (!pair.ends_with('=')).then(|| pair.to_owned());
-        }
-        let status = res.status();
-        let body = res.into_body().collect().await.expect("body").to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
-    }
-
     /// Whether the last `Set-Cookie` persists (has `Expires`); panics if none was sent.
     fn persistent(&self) -> bool {
         self.last_set

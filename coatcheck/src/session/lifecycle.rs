@@ -23,12 +23,13 @@ impl Session {
     /// [`SessionConfig::principal_key`](crate::SessionConfig::principal_key). If another
     /// request ended this session meanwhile (logout everywhere, destroy), nothing is
     /// created and [`SessionError::Ended`] (`409`) is returned.
+    ///
+    /// With a [`credential_check`](crate::SessionLayerBuilder::credential_check), the
+    /// stamp of the user's current credentials is stored in the same write
+    /// ([`SessionError::UnknownUser`] when the lookup does not know the user).
     pub async fn login(&self, user_id: impl Into<String>) -> Result<(), SessionError> {
-        self.ensure_loaded().await?;
-        let before = self.pending();
-        let outcome = self.rotate(Some(user_id.into())).await;
-        self.undo_if_refused(&outcome, before);
-        outcome
+        self.login_with(user_id, std::iter::empty::<(&str, Value)>())
+            .await
     }
 
     /// Logs `user_id` in and stores `data` with it, in the same write — the tutorials'
@@ -54,6 +55,11 @@ impl Session {
         V: Serialize,
     {
         self.ensure_loaded().await?;
+        let user = user_id.into();
+        let stamp = match &self.inner.shared.credentials {
+            Some(check) => Some(check.stamp(&user).await?.ok_or(SessionError::UnknownUser)?),
+            None => None,
+        };
         let before = self.pending();
         // Written before the rotation, the data travels with it into the new record.
         for (key, value) in data {
@@ -62,7 +68,14 @@ impl Session {
                 return Err(e);
             }
         }
-        let outcome = self.rotate(Some(user_id.into())).await;
+        if let Some(stamp) = stamp {
+            let set = Op::Set(crate::CREDENTIAL_KEY.to_owned(), stamp.into_value());
+            if let Err(e) = self.change_unchecked(set).await {
+                self.restore(before);
+                return Err(e);
+            }
+        }
+        let outcome = self.rotate(Some(user)).await;
         // A refused login leaves the session as it was: the data meant for the new user
         // must not stay in the old session (a review found the roles of a refused login
         // saved into the session of the user already signed in there).

@@ -23,6 +23,12 @@ use crate::SessionError;
 /// value.
 pub const REMEMBER_ME_KEY: &str = "coatcheck.remember";
 
+/// Whether `key` is one of the session's own keys, which the application neither reads
+/// nor writes and `clear` keeps.
+fn is_internal(key: &str) -> bool {
+    key == REMEMBER_ME_KEY || key == crate::CREDENTIAL_KEY
+}
+
 /// Whether this session data says "remember me".
 pub(crate) fn is_remembered(data: &Data) -> bool {
     data.get(REMEMBER_ME_KEY) == Some(&Value::Bool(true))
@@ -52,7 +58,7 @@ fn apply(op: &Op, data: &mut Data) -> Result<(), SessionError> {
             data.shift_remove(k);
         }
         // The session's own settings are not the application's data.
-        Op::Clear => data.retain(|k, _| k == REMEMBER_ME_KEY),
+        Op::Clear => data.retain(|k, _| is_internal(k)),
         Op::Update(k, f) => {
             let next = f(data.get(k))?;
             data.insert(k.clone(), next);
@@ -255,6 +261,10 @@ impl Session {
                 if record.is_none() && id.is_some() {
                     self.emit(SessionEvent::NotFoundOnRead);
                 }
+                let record = match record {
+                    Some(r) => self.check_credentials(r).await?,
+                    None => None,
+                };
                 let mut st = self.state();
                 st.persisted = record.is_some();
                 st.record = record;
@@ -265,6 +275,31 @@ impl Session {
             Ok(()) => Ok(()),
             Err(e) => self.fail(e),
         }
+    }
+
+    /// A signed-in session whose stamp does not match its user's current credentials is
+    /// deleted and read as absent (the cookie is cleared): see
+    /// [`credential_check`](crate::SessionLayerBuilder::credential_check).
+    async fn check_credentials(&self, record: Record) -> Result<Option<Record>, SessionError> {
+        let shared = &self.inner.shared;
+        let (Some(check), Some(user)) = (&shared.credentials, record.user_id.clone()) else {
+            return Ok(Some(record));
+        };
+        if let Some(stamp) = check.stamp(&user).await? {
+            if stamp.matches(record.data.get(crate::CREDENTIAL_KEY)) {
+                return Ok(Some(record));
+            }
+        }
+        shared
+            .bounded("delete", shared.store.delete(&record.id))
+            .await?;
+        tracing::debug!(session = %record.id.short_hash(), "credentials changed: session ended");
+        self.state().destroyed = true;
+        self.emit(SessionEvent::CredentialsChanged {
+            user,
+            handle: record.device.map(|d| d.handle),
+        });
+        Ok(None)
     }
 
     fn new_record(&self) -> Record {
@@ -281,7 +316,7 @@ impl Session {
     /// stored) record if there is none.
     async fn change(&self, op: Op) -> Result<(), SessionError> {
         if let Op::Set(key, _) | Op::Update(key, _) | Op::Remove(key) = &op {
-            if key == REMEMBER_ME_KEY
+            if is_internal(key)
                 || (self.inner.shared.config.express_reserved_keys
                     && coatcheck_core::is_express_reserved(key))
             {
@@ -366,7 +401,7 @@ impl Session {
     /// The raw JSON value at `key`.
     pub async fn get_value(&self, key: &str) -> Result<Option<Value>, SessionError> {
         self.ensure_loaded().await?;
-        if key == REMEMBER_ME_KEY {
+        if is_internal(key) {
             return Ok(None);
         }
         Ok(self
