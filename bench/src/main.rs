@@ -1,7 +1,7 @@
 //! coatcheck-bench: coatcheck against the raw drivers and tower-sessions, in one run.
 //!
 //! ```text
-//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo] [--part store,http,rt]
+//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo] [--part codec,store,http,rt]
 //! ```
 //!
 //! Backends come from `REDIS_URL`, `VALKEY_URL`, `DATABASE_URL`, `MONGODB_URL`; a backend
@@ -10,6 +10,7 @@
 //! interleaved A B C A B C over the repetitions, and the table reports medians, min–max,
 //! p50/p99 latency and paired ratios (the median of the per-repetition ratios).
 
+mod codec_cost;
 mod count;
 mod cpu;
 mod http_level;
@@ -87,7 +88,12 @@ impl Settings {
             "postgres".into(),
             "mongo".into(),
         ];
-        let mut parts = vec!["store".to_owned(), "http".into(), "rt".into()];
+        let mut parts = vec![
+            "codec".to_owned(),
+            "store".into(),
+            "http".into(),
+            "rt".into(),
+        ];
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -102,7 +108,7 @@ impl Settings {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo] [--part store,http,rt]"
+                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo] [--part codec,store,http,rt]"
                     );
                     std::process::exit(0);
                 }
@@ -265,6 +271,9 @@ async fn main() -> Result<(), BoxErr> {
         }
     }
     let part = |p: &str| s.parts.iter().any(|x| x == p);
+    if part("codec") {
+        codec_cost::run(&s)?;
+    }
     if part("store") {
         store_level::run(&s).await?;
     }

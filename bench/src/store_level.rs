@@ -333,6 +333,15 @@ pub async fn run(s: &Settings) -> Result<(), BoxErr> {
             ),
             ids: cc.ids.clone(),
         };
+        // The same store with session data encrypted at rest (XChaCha20-Poly1305), on a
+        // table of its own populated encrypted.
+        let enc_table = format!("{table}_enc");
+        let encrypted = coatcheck_postgres::PostgresStore::builder()
+            .table(enc_table.clone())
+            .codec(crate::codec_cost::bench_codec())
+            .build(lean_pg_pool(url, 16).await?)?;
+        encrypted.migrate().await?;
+        let encrypted = Coatcheck::populate(Arc::new(encrypted), n).await?;
         let raw_table = format!("{table}_raw");
         sqlx::query(&format!(
             "CREATE TABLE {raw_table} (id text primary key, data bytea not null)"
@@ -373,6 +382,11 @@ pub async fn run(s: &Settings) -> Result<(), BoxErr> {
                 Arc::new(relaxed),
             )
             .on(server.clone()),
+            Contender::new(
+                "coatcheck Postgres (durable, EncryptedCodec)",
+                Arc::new(encrypted),
+            )
+            .on(server.clone()),
             Contender::new("raw sqlx SELECT+UPDATE (lean pool)", Arc::new(raw))
                 .reference("raw sqlx")
                 .on(server.clone()),
@@ -386,6 +400,7 @@ pub async fn run(s: &Settings) -> Result<(), BoxErr> {
         for q in [
             format!("DROP TABLE IF EXISTS {table}"),
             format!("DROP TABLE IF EXISTS {raw_table}"),
+            format!("DROP TABLE IF EXISTS {enc_table}"),
             format!("DROP SCHEMA IF EXISTS {ts_schema} CASCADE"),
         ] {
             sqlx::query(&q).execute(&pool).await?;

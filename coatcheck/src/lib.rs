@@ -68,10 +68,10 @@ pub use transport::{Transport, BEARER_RESPONSE_HEADER};
 pub use guard::{AuthRejection, Authenticated, RequireRole, RequireRoleService, ROLES_KEY};
 
 pub use coatcheck_core::{
-    Capabilities, Clock, Codec, Data, Device, DeviceHandle, ExpiryNotice, ExpiryPolicy,
-    ExpressFormat, ExpressMaxAge, JsonCodec, KeyRing, KeyRingError, LimitPolicy, ManualClock,
-    NativeCodec, Record, SessionId, SessionInfo, SessionLimit, SessionStore, StoreError,
-    SystemClock, Timestamp, Verified,
+    Capabilities, Clock, Codec, Data, DataKeyError, DataKeys, Device, DeviceHandle, EncryptedCodec,
+    ExpiryNotice, ExpiryPolicy, ExpressFormat, ExpressMaxAge, JsonCodec, KeyRing, KeyRingError,
+    LimitPolicy, ManualClock, NativeCodec, Record, SessionId, SessionInfo, SessionLimit,
+    SessionStore, StoreError, SystemClock, Timestamp, Verified,
 };
 
 /// The JSON value sessions hold ([`Session::get_value`] returns it).

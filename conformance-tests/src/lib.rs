@@ -39,6 +39,7 @@
 
 pub mod cases;
 pub mod devices;
+pub mod encryption;
 pub mod express;
 pub mod harness;
 pub mod servers;

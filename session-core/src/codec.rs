@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::{Data, DecodeError};
+use crate::{Data, DecodeError, SessionId};
 
 /// The leading byte of the native format, version 1: MessagePack follows.
 pub const NATIVE_FORMAT_V1: u8 = 0x01;
@@ -55,6 +55,27 @@ pub trait Codec: Send + Sync + fmt::Debug + 'static {
     fn encode(&self, data: &Data) -> Result<Vec<u8>, EncodeError>;
     /// Bytes to data, or a [`DecodeError`].
     fn decode(&self, bytes: &[u8]) -> Result<Data, DecodeError>;
+
+    /// The data of session `id` to bytes. Stores call this one: a codec that binds the
+    /// bytes to their session ([`EncryptedCodec`](crate::EncryptedCodec)) needs the id.
+    /// By default, [`encode`](Codec::encode).
+    fn encode_for(&self, id: &SessionId, data: &Data) -> Result<Vec<u8>, EncodeError> {
+        let _ = id;
+        self.encode(data)
+    }
+
+    /// The bytes stored for session `id` back to data. By default,
+    /// [`decode`](Codec::decode).
+    fn decode_for(&self, id: &SessionId, bytes: &[u8]) -> Result<Data, DecodeError> {
+        let _ = id;
+        self.decode(bytes)
+    }
+
+    /// Whether this codec encrypts: a store refuses it where its bytes are not what is
+    /// stored (express-compatible layouts, which Node must read).
+    fn encrypts(&self) -> bool {
+        false
+    }
 }
 
 /// The native format: one format byte ([`NATIVE_FORMAT_V1`]) then MessagePack (rmp-serde).

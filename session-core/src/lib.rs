@@ -3,7 +3,7 @@
 //! The I/O-free heart of coatcheck: the [`Record`] a store keeps, the [`SessionId`],
 //! time ([`Timestamp`], [`Clock`]), the [`ExpiryPolicy`], cookie signing with key rotation
 //! ([`KeyRing`], express-session's cookie format), value codecs ([`NativeCodec`],
-//! [`JsonCodec`]) and the [`SessionStore`] trait every store implements.
+//! [`JsonCodec`], [`EncryptedCodec`] for data encrypted at rest) and the [`SessionStore`] trait every store implements.
 //!
 //! ```
 //! # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
@@ -19,6 +19,7 @@
 
 mod codec;
 mod device;
+mod encrypted;
 mod error;
 mod expiry;
 mod express;
@@ -31,6 +32,7 @@ mod time;
 
 pub use codec::{Codec, EncodeError, JsonCodec, NativeCodec, MAX_DEPTH, NATIVE_FORMAT_V1};
 pub use device::{Device, DeviceHandle, LimitPolicy, SessionLimit, MAX_USER_AGENT_LEN};
+pub use encrypted::{DataKeyError, DataKeys, EncryptedCodec, ENCRYPTED_FORMAT_V1};
 pub use error::{BoxError, DecodeError, StoreError};
 pub use expiry::ExpiryPolicy;
 pub use express::{

@@ -94,7 +94,7 @@ pub(crate) fn date(t: Timestamp) -> DateTime {
 }
 
 fn encode_data(record: &Record, codec: &dyn Codec) -> Result<Binary, LayoutError> {
-    let bytes = codec.encode(&record.data)?;
+    let bytes = codec.encode_for(&record.id, &record.data)?;
     if bytes.len() > MAX_DATA_BYTES {
         return Err(EncodeError(format!(
             "encoded session data is {} bytes; MongoDB documents are limited to 16 MiB",
@@ -252,7 +252,7 @@ impl Layout for NativeLayout {
         let created_at = read_date(doc, F_CREATED)?;
         let expires_at = read_date(doc, F_EXPIRES)?;
         let user_id = read_user(doc)?;
-        let data = codec.decode(read_data(doc)?)?;
+        let data = codec.decode_for(&id, read_data(doc)?)?;
         let mut record = Record::new(id, created_at, expires_at);
         record.version = version;
         record.user_id = user_id;

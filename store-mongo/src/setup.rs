@@ -45,6 +45,10 @@ pub enum SetupError {
         /// Why it was rejected.
         why: &'static str,
     },
+    /// An encrypting codec ([`EncryptedCodec`](coatcheck_core::EncryptedCodec)) with
+    /// express-compatible mode: Node reads the `session` field as plain JSON.
+    #[error("express-compatible mode stores express-session's JSON and cannot encrypt it; drop the encrypting codec or the express format")]
+    EncryptedExpress,
     /// Creating the TTL or user index failed (server unreachable, or an index with the same
     /// key but other options already exists).
     #[error("could not ensure the session indexes: {0}")]
@@ -127,6 +131,9 @@ impl MongoStoreBuilder {
     pub fn build(self) -> Result<MongoStore, SetupError> {
         check_database_name(&self.database)?;
         check_collection_name(&self.collection)?;
+        if self.express.is_some() && self.codec.encrypts() {
+            return Err(SetupError::EncryptedExpress);
+        }
         let collection = self
             .client
             .database(&self.database)

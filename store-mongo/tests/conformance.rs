@@ -12,6 +12,11 @@ coatcheck_conformance::suite!(
     unreachable = async { crate::common::unreachable().await },
 );
 
+// Session data encrypted at rest: the same contract.
+coatcheck_conformance::suite!(mongo_encrypted, requires = Backend::Mongo, async {
+    crate::common::scratch_encrypted().await
+},);
+
 // Express-compatible mode: connect-mongo's documents.
 coatcheck_conformance::express_suite!(
     mongo_express,
@@ -19,3 +24,20 @@ coatcheck_conformance::express_suite!(
     async { crate::common::scratch_with(Some(coatcheck_core::ExpressFormat::new())).await },
     unreachable = async { crate::common::unreachable().await },
 );
+
+#[tokio::test]
+async fn express_mode_refuses_an_encrypting_codec() {
+    let options = coatcheck_mongo::mongodb::options::ClientOptions::parse("mongodb://127.0.0.1:1")
+        .await
+        .expect("parses");
+    let client = coatcheck_mongo::mongodb::Client::with_options(options).expect("client");
+    let refused = coatcheck_mongo::MongoStore::builder(&client, "coatcheck_test")
+        .express(coatcheck_core::ExpressFormat::new())
+        .codec(coatcheck_conformance::encryption::codec())
+        .build();
+    assert!(
+        matches!(refused, Err(coatcheck_mongo::SetupError::EncryptedExpress)),
+        "{:?}",
+        refused.err()
+    );
+}

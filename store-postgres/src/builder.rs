@@ -132,7 +132,8 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// The codec of the `data` column; default [`NativeCodec`]. Ignored in express mode.
+    /// The codec of the `data` column; default [`NativeCodec`]. Ignored in express mode,
+    /// except that an encrypting one is refused there ([`ConfigError::EncryptedExpress`]).
     ///
     /// ```
     /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
@@ -222,6 +223,9 @@ impl PostgresStoreBuilder {
         };
         if self.cleanup_batch == 0 {
             return Err(ConfigError::ZeroCleanupBatch);
+        }
+        if self.express.is_some() && self.codec.encrypts() {
+            return Err(ConfigError::EncryptedExpress);
         }
         let attempts = pool.options().get_max_connections().saturating_add(1);
         let retry_window = pool.options().get_acquire_timeout();

@@ -169,6 +169,10 @@ pub enum ConfigError {
     /// A pool size of zero.
     #[error("the pool needs at least one connection")]
     ZeroConnections,
+    /// An encrypting codec ([`EncryptedCodec`](coatcheck_core::EncryptedCodec)) with
+    /// express-compatible mode: Node reads the `sess` column as plain JSON.
+    #[error("express-compatible mode stores express-session's JSON and cannot encrypt it; drop the encrypting codec or the express format")]
+    EncryptedExpress,
     /// [`PostgresStoreBuilder::connect_lazy`] was called outside a Tokio runtime (sqlx's
     /// pool spawns its maintenance task there).
     #[error("connect_lazy must be called from within a Tokio runtime")]

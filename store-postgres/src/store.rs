@@ -261,7 +261,7 @@ impl Inner {
         let expires_at: PgTs = row.try_get(4).map_err(store_error)?;
         let version = u64::try_from(version)
             .map_err(|_| DecodeError::new(format!("negative session version {version}")))?;
-        let data = self.codec.decode(data)?;
+        let data = self.codec.decode_for(id, data)?;
         let mut record = Record::new(id.clone(), created_at.0, expires_at.0);
         record.data = data;
         record.version = version;
@@ -300,7 +300,7 @@ impl Inner {
     fn encode(&self, record: &Record, now: Timestamp) -> Result<Vec<u8>, StoreError> {
         match &self.express {
             Some(f) => Ok(f.encode(record, now)?.into_bytes()),
-            None => Ok(self.codec.encode(&record.data)?),
+            None => Ok(self.codec.encode_for(&record.id, &record.data)?),
         }
     }
 

@@ -23,6 +23,19 @@ coatcheck_conformance::suite!(
     }
 );
 
+// Session data encrypted at rest: the same contract.
+coatcheck_conformance::suite!(
+    postgres_encrypted,
+    requires = coatcheck_conformance::Backend::Postgres,
+    async {
+        common::scoped_with(
+            coatcheck_postgres::PostgresStore::builder()
+                .codec(coatcheck_conformance::encryption::codec()),
+        )
+        .await
+    }
+);
+
 // Express-compatible mode: connect-pg-simple's table, with the principal index.
 coatcheck_conformance::express_suite!(
     postgres_express,

@@ -29,6 +29,11 @@ pub enum BuildError {
     /// A cluster constructor was given no node URL.
     #[error("a Redis Cluster needs at least one node URL")]
     NoClusterNodes,
+    /// An encrypting codec ([`EncryptedCodec`](coatcheck_core::EncryptedCodec)) with
+    /// express-compatible mode: Node reads the session as plain JSON, so it cannot be
+    /// encrypted.
+    #[error("express-compatible mode stores express-session's JSON and cannot encrypt it; drop the encrypting codec or the express format")]
+    EncryptedExpress,
     /// A constructor that spawns background tasks was called outside a Tokio runtime.
     #[error("coatcheck-redis needs a Tokio runtime: build the store inside one")]
     NoRuntime,

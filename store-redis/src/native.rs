@@ -177,7 +177,7 @@ fn pairs(v: Value) -> Result<Pairs, StoreError> {
 impl Native {
     /// The stored value of `r` at `version`, and its codec bytes' owner.
     fn value_of(&self, r: &Record, version: u64) -> Result<Vec<u8>, StoreError> {
-        let data = self.codec.encode(&r.data)?;
+        let data = self.codec.encode_for(&r.id, &r.data)?;
         let block = r
             .device
             .as_ref()
@@ -270,7 +270,7 @@ impl Native {
             None => None,
         };
         let mut record = Record::new(id.clone(), Timestamp::from_millis(p.created), expires_at);
-        record.data = self.codec.decode(p.data)?;
+        record.data = self.codec.decode_for(id, p.data)?;
         record.version = p.version;
         record.user_id = user_id;
         if let Some(d) = &p.device {

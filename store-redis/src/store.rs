@@ -597,7 +597,9 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The codec of the `d` (data) field; default [`NativeCodec`].
+    /// The codec of the session's data; default [`NativeCodec`].
+    /// [`EncryptedCodec`](coatcheck_core::EncryptedCodec) encrypts it at rest (refused in
+    /// express mode by the constructors that connect: [`BuildError::EncryptedExpress`]).
     ///
     /// ```
     /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
@@ -745,6 +747,7 @@ impl RedisStoreBuilder {
     /// ```
     pub async fn connect(self, url: &str) -> Result<RedisStore, BuildError> {
         require_runtime()?;
+        self.refuse_encrypted_express()?;
         let client = redis::Client::open(url).map_err(BuildError::InvalidUrl)?;
         let manager = ConnectionManager::new_with_config(client, self.connection_manager_config())
             .await
@@ -764,6 +767,7 @@ impl RedisStoreBuilder {
     /// ```
     pub fn connect_lazy(self, url: &str) -> Result<RedisStore, BuildError> {
         require_runtime()?;
+        self.refuse_encrypted_express()?;
         let client = redis::Client::open(url).map_err(BuildError::InvalidUrl)?;
         let manager =
             ConnectionManager::new_lazy_with_config(client, self.connection_manager_config())
@@ -844,6 +848,7 @@ impl RedisStoreBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        self.refuse_encrypted_express()?;
         require_runtime()?;
         let client = self.cluster_client(urls)?;
         let conn = client
@@ -871,6 +876,7 @@ impl RedisStoreBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        self.refuse_encrypted_express()?;
         require_runtime()?;
         let client = self.cluster_client(urls)?;
         let conn = client.get_pending_async_connection_with_config(self.cluster_config());
@@ -907,7 +913,20 @@ impl RedisStoreBuilder {
         self.finish(Source::ClusterPool(Leases::new(pool, n)))
     }
 
+    /// Express mode stores Node's JSON: an encrypting codec cannot apply there.
+    fn refuse_encrypted_express(&self) -> Result<(), BuildError> {
+        if self.express.is_some() && self.codec.encrypts() {
+            return Err(BuildError::EncryptedExpress);
+        }
+        Ok(())
+    }
+
     fn finish(self, source: Source) -> RedisStore {
+        if self.refuse_encrypted_express().is_err() {
+            // The constructors that take a connection cannot fail; the ones that connect
+            // refuse this combination (BuildError::EncryptedExpress).
+            tracing::error!("express-compatible mode ignores the encrypting codec: sessions are stored as plain JSON");
+        }
         let index_prefix = format!("{}user:", self.prefix);
         let topology = if self.single_key_scripts {
             Topology::Cluster

@@ -235,3 +235,43 @@ coatcheck_conformance::express_suite!(
             .expect("connect to Valkey cluster")
     }
 );
+
+// Session data encrypted at rest: the same contract, on Redis 7 (scripts), Valkey (the
+// `SET … IFEQ` path compares the encrypted bytes) and a cluster.
+async fn encrypted_on(backend: Backend) -> RedisStore {
+    let b = RedisStore::builder()
+        .prefix(prefix())
+        .codec(coatcheck_conformance::encryption::codec());
+    match backend {
+        Backend::RedisCluster => b.connect_cluster(urls_of(backend).await).await,
+        _ => b.connect(&url_of(backend).await).await,
+    }
+    .expect("connect")
+}
+
+coatcheck_conformance::suite!(redis_encrypted, requires = Backend::Redis, async {
+    encrypted_on(Backend::Redis).await
+});
+
+coatcheck_conformance::suite!(valkey_encrypted, requires = Backend::Valkey, async {
+    encrypted_on(Backend::Valkey).await
+});
+
+coatcheck_conformance::suite!(
+    redis_cluster_encrypted,
+    requires = Backend::RedisCluster,
+    async { encrypted_on(Backend::RedisCluster).await }
+);
+
+#[tokio::test]
+async fn express_mode_refuses_an_encrypting_codec() {
+    let refused = RedisStore::builder()
+        .express(coatcheck_core::ExpressFormat::new())
+        .codec(coatcheck_conformance::encryption::codec())
+        .connect_lazy("redis://127.0.0.1:1");
+    assert!(
+        matches!(refused, Err(coatcheck_redis::BuildError::EncryptedExpress)),
+        "{:?}",
+        refused.err()
+    );
+}

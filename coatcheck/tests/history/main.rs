@@ -186,6 +186,27 @@ async fn valkey() {
     .await;
 }
 
+/// Valkey with session data encrypted at rest: the `SET … IFEQ` path compares the bytes it
+/// last wrote, which now differ at every write (a fresh nonce).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_encrypted() {
+    if !harness::require(Some(Backend::Valkey)).await {
+        return;
+    }
+    histories("valkey_encrypted", 15, false, profile(true), || async {
+        let url = harness::url(Backend::Valkey).await.expect("checked");
+        let store = RedisStore::builder()
+            .prefix(format!("{}:", harness::unique_name("cc-hist")))
+            .codec(coatcheck_conformance::encryption::codec())
+            .connect(&url)
+            .await
+            .expect("connect to Valkey");
+        let s: Arc<dyn SessionStore> = Arc::new(store);
+        (s, Box::new(()) as _)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_express() {
     if !harness::require(Some(Backend::Valkey)).await {

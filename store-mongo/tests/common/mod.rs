@@ -41,6 +41,18 @@ pub async fn scratch() -> Scratch {
 
 /// Like [`scratch`], in express-compatible mode when a format is given.
 pub async fn scratch_with(express: Option<coatcheck_core::ExpressFormat>) -> Scratch {
+    scratch_built(express, None).await
+}
+
+/// Like [`scratch`], with session data encrypted by the conformance test codec.
+pub async fn scratch_encrypted() -> Scratch {
+    scratch_built(None, Some(coatcheck_conformance::encryption::codec())).await
+}
+
+async fn scratch_built(
+    express: Option<coatcheck_core::ExpressFormat>,
+    codec: Option<coatcheck_core::EncryptedCodec>,
+) -> Scratch {
     let url = harness::url(Backend::Mongo)
         .await
         .expect("checked by `requires`");
@@ -48,6 +60,9 @@ pub async fn scratch_with(express: Option<coatcheck_core::ExpressFormat>) -> Scr
     let mut builder = MongoStore::builder(&client, DB).collection(harness::unique_name("cc"));
     if let Some(format) = express {
         builder = builder.express(format);
+    }
+    if let Some(codec) = codec {
+        builder = builder.codec(codec);
     }
     let store = builder
         .build_with_indexes()
