@@ -69,9 +69,9 @@ pub use guard::{AuthRejection, Authenticated, RequireRole, RequireRoleService, R
 
 pub use coatcheck_core::{
     Capabilities, Clock, Codec, Data, DataKeyError, DataKeys, Device, DeviceHandle, EncryptedCodec,
-    ExpiryNotice, ExpiryPolicy, ExpressFormat, ExpressMaxAge, JsonCodec, KeyRing, KeyRingError,
-    LimitPolicy, ManualClock, NativeCodec, Record, SessionId, SessionInfo, SessionLimit,
-    SessionStore, StoreError, SystemClock, Timestamp, Verified,
+    ExpiryNotice, ExpiryPolicy, ExpressFormat, ExpressMaxAge, HashedIds, HashedIdsError, JsonCodec,
+    KeyRing, KeyRingError, LimitPolicy, ManualClock, NativeCodec, Record, SessionId, SessionInfo,
+    SessionLimit, SessionStore, StoreError, SystemClock, Timestamp, Verified,
 };
 
 /// The JSON value sessions hold ([`Session::get_value`] returns it).

@@ -73,6 +73,14 @@ pub(crate) async fn ids_of<S: SessionStore>(store: &S, user: &str) -> HashSet<Se
         .collect()
 }
 
+/// The ids `store` lists for these sessions (hashed by a hashing store).
+pub(crate) fn keys<'a, S: SessionStore + ?Sized>(
+    store: &S,
+    ids: impl IntoIterator<Item = &'a SessionId>,
+) -> HashSet<SessionId> {
+    ids.into_iter().map(|id| store.stored_id(id)).collect()
+}
+
 /// create then load returns the same record: every field, times to the millisecond.
 pub async fn create_then_load_returns_every_field<S: SessionStore>(store: S) {
     let mut r = with_user(fresh_record(), "user-1");
@@ -405,7 +413,7 @@ pub async fn delete_expired_removes_only_expired<S: SessionStore>(store: S) {
     }
     assert_eq!(must_load(&store, &long.id).await.data, long.data);
     if store.capabilities().user_index {
-        assert_eq!(ids_of(&store, user).await, HashSet::from([long.id.clone()]));
+        assert_eq!(ids_of(&store, user).await, keys(&store, [&long.id]));
     }
 }
 
@@ -423,15 +431,19 @@ pub async fn list_for_user_returns_only_live_sessions_of_that_user<S: SessionSto
         store.create(r).await.expect("create");
     }
     let listed = store.list_for_user("alice").await.expect("list");
-    let mut expected: Vec<SessionInfo> = mine.iter().map(SessionInfo::from).collect();
+    let mut expected: Vec<SessionInfo> = mine
+        .iter()
+        .map(|r| {
+            let mut info = SessionInfo::from(r);
+            info.id = store.stored_id(&r.id);
+            info
+        })
+        .collect();
     let mut got = listed.clone();
     expected.sort_by(|a, b| a.id.cmp(&b.id));
     got.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(got, expected);
-    assert_eq!(
-        ids_of(&store, "bob").await,
-        HashSet::from([theirs.id.clone()])
-    );
+    assert_eq!(ids_of(&store, "bob").await, keys(&store, [&theirs.id]));
     assert!(ids_of(&store, "nobody").await.is_empty());
     // A deleted session leaves the list.
     store.delete(&mine[0].id).await.expect("delete");
@@ -453,10 +465,7 @@ pub async fn delete_for_user_removes_all_or_all_but_one<S: SessionStore>(store: 
         .await
         .expect("delete_for_user except");
     assert_eq!(n, 3);
-    assert_eq!(
-        ids_of(&store, "alice").await,
-        HashSet::from([alice[2].id.clone()])
-    );
+    assert_eq!(ids_of(&store, "alice").await, keys(&store, [&alice[2].id]));
     assert_eq!(must_load(&store, &alice[2].id).await, alice[2]);
     for r in [&alice[0], &alice[1], &alice[3]] {
         assert!(store.load(&r.id).await.expect("load").is_none());
@@ -485,11 +494,11 @@ pub async fn save_moving_user_id_moves_index<S: SessionStore>(store: S) {
     store.create(&r).await.expect("create");
     r.user_id = Some("carol".into());
     r.version = store.save(&r).await.expect("login");
-    assert_eq!(ids_of(&store, "carol").await, HashSet::from([r.id.clone()]));
+    assert_eq!(ids_of(&store, "carol").await, keys(&store, [&r.id]));
     r.user_id = Some("dave".into());
     r.version = store.save(&r).await.expect("switch");
     assert!(ids_of(&store, "carol").await.is_empty());
-    assert_eq!(ids_of(&store, "dave").await, HashSet::from([r.id.clone()]));
+    assert_eq!(ids_of(&store, "dave").await, keys(&store, [&r.id]));
     assert_eq!(
         store.delete_for_user("carol", None).await.expect("revoke"),
         0
@@ -676,11 +685,7 @@ pub async fn awkward_user_ids_and_edge_ids_match_literally<S: SessionStore>(stor
             .expect("create decoy");
     }
     for (u, id) in &by_user {
-        assert_eq!(
-            ids_of(&store, u).await,
-            HashSet::from([id.clone()]),
-            "user {u:?}"
-        );
+        assert_eq!(ids_of(&store, u).await, keys(&store, [id]), "user {u:?}");
     }
     // Revoking a pattern-like user removes exactly that user's session.
     assert_eq!(store.delete_for_user("*", None).await.expect("revoke *"), 1);
@@ -713,10 +718,7 @@ pub async fn namespaces_are_isolated<S: SessionStore>(a: S, b: S) {
                 .expect("revoke in b"),
             1
         );
-        assert_eq!(
-            ids_of(&a, "shared-user").await,
-            HashSet::from([r.id.clone()])
-        );
+        assert_eq!(ids_of(&a, "shared-user").await, keys(&a, [&r.id]));
     }
     assert_eq!(must_load(&a, &r.id).await, r);
 }

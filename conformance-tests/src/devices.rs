@@ -3,7 +3,6 @@
 //! or [`Capabilities::session_limit`](coatcheck_core::Capabilities::session_limit) gets a
 //! visible `n/a` line per case and must answer `Unsupported` (checked here too).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use coatcheck_core::{
     Device, LimitPolicy, Record, SessionLimit, SessionStore, StoreError, Timestamp,
 };
 
-use crate::cases::{fresh_record, ids_of, must_load, not_applicable};
+use crate::cases::{fresh_record, ids_of, keys, must_load, not_applicable};
 
 fn signed_in(user: &str, last_seen_in_ms: u64) -> Record {
     let mut r = fresh_record();
@@ -136,10 +135,7 @@ pub async fn delete_device_revokes_only_the_users_own<S: SessionStore>(store: S)
         .await
         .expect("unknown"));
     assert!(store.load(&c.id).await.expect("load").is_some());
-    assert_eq!(
-        ids_of(&store, "alice").await,
-        HashSet::from([a.id.clone(), b.id.clone()])
-    );
+    assert_eq!(ids_of(&store, "alice").await, keys(&store, [&a.id, &b.id]));
 
     assert!(store
         .delete_device("alice", &handle_of(&a))
@@ -154,8 +150,8 @@ pub async fn delete_device_revokes_only_the_users_own<S: SessionStore>(store: S)
         .delete_device("alice", &handle_of(&a))
         .await
         .expect("twice"));
-    assert_eq!(ids_of(&store, "alice").await, HashSet::from([b.id.clone()]));
-    assert_eq!(ids_of(&store, "bob").await, HashSet::from([c.id.clone()]));
+    assert_eq!(ids_of(&store, "alice").await, keys(&store, [&b.id]));
+    assert_eq!(ids_of(&store, "bob").await, keys(&store, [&c.id]));
 }
 
 /// At the limit, `Refuse` creates nothing and answers `LimitReached`; expired sessions
@@ -184,7 +180,7 @@ pub async fn session_limit_refuses_at_the_limit<S: SessionStore>(store: S) {
     assert!(store.load(&third.id).await.expect("load").is_none());
     assert_eq!(
         ids_of(&store, "carol").await,
-        HashSet::from([first.id, second.id])
+        keys(&store, [&first.id, &second.id])
     );
     // Another user is not limited by carol's sessions.
     assert_eq!(
@@ -217,7 +213,7 @@ pub async fn session_limit_evicts_the_least_recently_seen<S: SessionStore>(store
     assert!(store.load(&stale.id).await.expect("load").is_none());
     assert_eq!(
         ids_of(&store, "frank").await,
-        HashSet::from([fresh.id.clone(), new.id.clone()])
+        keys(&store, [&fresh.id, &new.id])
     );
     assert!(matches!(
         store.save(&stale).await,
@@ -256,7 +252,7 @@ pub async fn concurrent_limited_creates_never_pass_the_limit<S: SessionStore>(st
         match policy {
             LimitPolicy::Refuse => {
                 assert_eq!(created.len(), 3, "{user}: exactly the limit may be created");
-                assert_eq!(live, created.into_iter().collect::<HashSet<_>>());
+                assert_eq!(live, keys(&*store, &created));
             }
             _ => {
                 assert_eq!(created.len(), 12, "{user}: evicting creates all succeed");

@@ -23,6 +23,7 @@ mod encrypted;
 mod error;
 mod expiry;
 mod express;
+mod hashed;
 mod id;
 mod notice;
 mod record;
@@ -39,6 +40,7 @@ pub use express::{
     content_version, express_principal, is_express_reserved, ExpressFormat, ExpressMaxAge,
     ExpressSession, EXPRESS_RESERVED_KEYS,
 };
+pub use hashed::{hashed_key, HashedIds, HashedIdsError, HASHED_KEY_LEN};
 pub use id::{InvalidSessionId, SessionId};
 pub use notice::ExpiryNotice;
 pub use record::{Data, Record, SessionInfo};

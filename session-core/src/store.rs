@@ -31,6 +31,10 @@ pub struct Capabilities {
     pub devices: bool,
     /// [`SessionStore::create_limited`] enforces a per-user limit atomically.
     pub session_limit: bool,
+    /// Records are laid out for another program (express-compatible mode: Node reads them
+    /// under the raw session id), so they cannot be keyed by a hash of the id
+    /// ([`HashedIds`](crate::HashedIds) refuses such a store).
+    pub express_layout: bool,
 }
 
 impl Capabilities {
@@ -66,6 +70,12 @@ impl Capabilities {
     /// Sets `session_limit`.
     pub fn with_session_limit(mut self, yes: bool) -> Self {
         self.session_limit = yes;
+        self
+    }
+
+    /// Sets `express_layout`.
+    pub fn with_express_layout(mut self, yes: bool) -> Self {
+        self.express_layout = yes;
         self
     }
 
@@ -283,6 +293,13 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// What this store supports beyond the minimum.
     fn capabilities(&self) -> Capabilities;
+
+    /// The id under which this store keeps the session `id` — what
+    /// [`list_for_user`](SessionStore::list_for_user) answers for it. The id itself, except
+    /// for a store that keys records by a hash of the id ([`HashedIds`](crate::HashedIds)).
+    fn stored_id(&self, id: &SessionId) -> SessionId {
+        id.clone()
+    }
 }
 
 #[async_trait]
@@ -330,5 +347,8 @@ impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
     }
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
+    }
+    fn stored_id(&self, id: &SessionId) -> SessionId {
+        (**self).stored_id(id)
     }
 }

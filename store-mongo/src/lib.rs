@@ -630,5 +630,6 @@ impl SessionStore for MongoStore {
             .with_native_expiry(true)
             .with_opaque_versions(express)
             .with_no_creation_time(express)
+            .with_express_layout(express)
     }
 }

@@ -12,11 +12,6 @@ coatcheck_conformance::suite!(
     unreachable = async { crate::common::unreachable().await },
 );
 
-// Session data encrypted at rest: the same contract.
-coatcheck_conformance::suite!(mongo_encrypted, requires = Backend::Mongo, async {
-    crate::common::scratch_encrypted().await
-},);
-
 // Express-compatible mode: connect-mongo's documents.
 coatcheck_conformance::express_suite!(
     mongo_express,

@@ -598,7 +598,8 @@ impl SessionStore for PostgresStore {
             Some(f) => Capabilities::new()
                 .with_user_index(f.user_key.is_some())
                 .with_opaque_versions(true)
-                .with_no_creation_time(true),
+                .with_no_creation_time(true)
+                .with_express_layout(true),
         }
     }
 }

@@ -36,6 +36,13 @@ coatcheck_conformance::suite!(
     }
 );
 
+// Ids hashed at rest: the same contract.
+coatcheck_conformance::suite!(
+    postgres_hashed,
+    requires = coatcheck_conformance::Backend::Postgres,
+    async { coatcheck_core::HashedIds::new(common::scoped_store().await).expect("native store") }
+);
+
 // Express-compatible mode: connect-pg-simple's table, with the principal index.
 coatcheck_conformance::express_suite!(
     postgres_express,

@@ -1141,7 +1141,8 @@ impl SessionStore for RedisStore {
             Format::Express(_) => Capabilities::new()
                 .with_native_expiry(true)
                 .with_opaque_versions(true)
-                .with_no_creation_time(true),
+                .with_no_creation_time(true)
+                .with_express_layout(true),
         }
     }
 }

@@ -249,6 +249,17 @@ async fn encrypted_on(backend: Backend) -> RedisStore {
     .expect("connect")
 }
 
+// Ids hashed at rest (the user index holds the hashes), on a node and a cluster.
+coatcheck_conformance::suite!(redis_hashed, requires = Backend::Redis, async {
+    coatcheck_core::HashedIds::new(managed().await).expect("native store")
+});
+
+coatcheck_conformance::suite!(
+    redis_cluster_hashed,
+    requires = Backend::RedisCluster,
+    async { coatcheck_core::HashedIds::new(cluster().await).expect("native store") }
+);
+
 coatcheck_conformance::suite!(redis_encrypted, requires = Backend::Redis, async {
     encrypted_on(Backend::Redis).await
 });

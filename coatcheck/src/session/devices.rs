@@ -15,8 +15,14 @@ impl Session {
         let Some(user) = self.user_id().await? else {
             return Ok(Vec::new());
         };
-        let current = self.state().record.as_ref().map(|r| r.id.clone());
         let shared = &self.inner.shared;
+        // The store lists ids as it keeps them (hashed, with `HashedIds`); a session still
+        // under its raw id (a hashing store's migration) is recognised as well.
+        let current = self
+            .state()
+            .record
+            .as_ref()
+            .map(|r| (shared.store.stored_id(&r.id), r.id.clone()));
         match shared
             .bounded("list_for_user", shared.store.list_for_user(&user))
             .await
@@ -25,7 +31,9 @@ impl Session {
                 let mut list: Vec<UserSession> = list
                     .into_iter()
                     .map(|info| {
-                        let is_current = current.as_ref() == Some(&info.id);
+                        let is_current = current
+                            .as_ref()
+                            .is_some_and(|(stored, raw)| *stored == info.id || *raw == info.id);
                         UserSession::new(info, is_current)
                     })
                     .collect();

@@ -34,6 +34,8 @@ pub struct Anomaly {
 /// an index lists, and each user's index.
 pub struct Final {
     pub records: Vec<Record>,
+    /// Each record's id as the store keeps and lists it (hashed by `HashedIds`).
+    pub stored_ids: Vec<SessionId>,
     pub index: BTreeMap<String, BTreeSet<SessionId>>,
 }
 
@@ -70,7 +72,12 @@ pub async fn final_state(
             records.push(r);
         }
     }
-    Final { records, index }
+    let stored_ids = records.iter().map(|r| store.stored_id(&r.id)).collect();
+    Final {
+        records,
+        stored_ids,
+        index,
+    }
 }
 
 fn lineage_of(r: &Record) -> Option<String> {
@@ -357,8 +364,9 @@ fn index(fin: &Final, out: &mut Vec<Anomaly>) {
         let live: BTreeSet<SessionId> = fin
             .records
             .iter()
-            .filter(|r| r.user_id.as_deref() == Some(user.as_str()))
-            .map(|r| r.id.clone())
+            .zip(&fin.stored_ids)
+            .filter(|(r, _)| r.user_id.as_deref() == Some(user.as_str()))
+            .map(|(_, stored)| stored.clone())
             .collect();
         if &live != listed {
             let missing: Vec<String> = live

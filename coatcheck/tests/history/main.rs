@@ -140,6 +140,20 @@ async fn memory() {
     .await;
 }
 
+/// Ids hashed at rest, with the fallback to raw ids on (its extra paths: a miss under the
+/// hashed key retried under the raw one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_hashed() {
+    histories("memory_hashed", 20, false, profile(true), || async {
+        let store = coatcheck::HashedIds::new(coatcheck::memory::MemoryStore::new())
+            .expect("native store")
+            .raw_fallback(true);
+        let s: Arc<dyn SessionStore> = Arc::new(store);
+        (s, Box::new(()) as Box<dyn std::any::Any + Send>)
+    })
+    .await;
+}
+
 async fn redis_store(express: bool) -> Made {
     node_store(Backend::Redis, express).await
 }
