@@ -2,8 +2,8 @@
 //! and compared on every load, so a password change made anywhere (another app, an admin
 //! script, SQL) signs out every device of that user on its next request.
 //!
-//! What is stored: under [`CREDENTIAL_KEY`], the SHA-256 of a domain-separation prefix and
-//! the fingerprint the application returns, base64url — never the fingerprint itself, so a
+//! What is stored: under [`CREDENTIAL_KEY`], the SHA-256 of a domain-separation prefix, the
+//! user id (length-prefixed) and the fingerprint the application returns, base64url — never the fingerprint itself, so a
 //! password hash given as the fingerprint does not land in the session store. A plain hash
 //! rather than an HMAC under the cookie secret: rotating the cookie secrets must not sign
 //! everyone out, and the stamp guards nothing by being secret (whoever can write the store
@@ -44,9 +44,15 @@ pub(crate) struct CredentialCheck {
 pub(crate) struct Stamp(String);
 
 impl Stamp {
-    fn of(fingerprint: &[u8]) -> Self {
+    /// Binds the user too: two users whose fingerprints happen to be equal (a credentials
+    /// version both are at) never share a stamp, so a session whose principal changes
+    /// without a login (express mode's principal key written directly) fails the check
+    /// (found by a review).
+    fn of(user: &str, fingerprint: &[u8]) -> Self {
         let mut h = Sha256::new();
         h.update(b"coatcheck credential stamp v1\0");
+        h.update((user.len() as u64).to_be_bytes());
+        h.update(user.as_bytes());
         h.update(fingerprint);
         Stamp(URL_SAFE_NO_PAD.encode(h.finalize()))
     }
@@ -73,7 +79,7 @@ impl CredentialCheck {
         let fingerprint = (self.lookup)(user.to_owned())
             .await
             .map_err(SessionError::CredentialLookup)?;
-        Ok(fingerprint.as_deref().map(Stamp::of))
+        Ok(fingerprint.as_deref().map(|fp| Stamp::of(user, fp)))
     }
 }
 
@@ -139,11 +145,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stamp_matches_only_its_own_fingerprint() {
-        let stamp = Stamp::of(b"$argon2id$v=19$old");
-        let stored = Stamp::of(b"$argon2id$v=19$old").into_value();
+    fn a_stamp_matches_only_its_own_user_and_fingerprint() {
+        let stamp = Stamp::of("ada", b"$argon2id$v=19$old");
+        let stored = Stamp::of("ada", b"$argon2id$v=19$old").into_value();
         assert!(stamp.matches(Some(&stored)));
-        assert!(!Stamp::of(b"$argon2id$v=19$new").matches(Some(&stored)));
+        assert!(!Stamp::of("ada", b"$argon2id$v=19$new").matches(Some(&stored)));
+        assert!(
+            !Stamp::of("bob", b"$argon2id$v=19$old").matches(Some(&stored)),
+            "another user with the same fingerprint"
+        );
+        assert!(!Stamp::of("ad", b"a$argon2id$v=19$old").matches(Some(&stored)));
         assert!(!stamp.matches(None));
         assert!(!stamp.matches(Some(&Value::Bool(true))));
         // Never the fingerprint itself.

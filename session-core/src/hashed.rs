@@ -48,9 +48,11 @@ pub fn hashed_key(id: &SessionId) -> SessionId {
 /// Turning it on for a store that already holds sessions:
 /// [`raw_fallback(true)`](Self::raw_fallback) lets records stored under the raw id be read, saved, touched and
 /// deleted there, while every new record — including the one a `login()` or
-/// `regenerate()` rotates a session into — is stored hashed. Turn the fallback off once
-/// the sessions stored before have ended (one idle timeout of your longest policy, or its
-/// absolute timeout): the sessions still under a raw id are then signed out. Without the
+/// `regenerate()` rotates a session into — is stored hashed. A raw-keyed session stays
+/// under its raw id until its next `login()`/`regenerate()` or its end: a session kept
+/// alive by activity keeps it (up to its absolute timeout, if the policy has one). Turn the
+/// fallback off when that window has passed, or accept that the sessions still under a
+/// raw id are then signed out. Without the
 /// fallback (the default), a raw-keyed record is never found: that is what keeps a leaked
 /// raw key useless. The fallback never looks up an id as long as a hashed key
 /// ([`HASHED_KEY_LEN`]): otherwise a hashed key taken from a dump and signed as a cookie
