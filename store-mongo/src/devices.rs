@@ -10,6 +10,10 @@
 //! Two limited creates of one user are serialised as long as a holder finishes within the
 //! lease (every step is a single bounded command); the TTL index removes a lease abandoned
 //! by a crashed process.
+//!
+//! The holder runs as a task of its own, to completion: a caller dropped while it holds the
+//! lease (the layer's `store_timeout`, a client gone) must not leave the lease behind, which
+//! would refuse every limited login of that user until it expires (`LEASE`).
 
 use std::time::Duration;
 
@@ -21,8 +25,14 @@ use crate::{backend, is_duplicate_key, MongoStore};
 
 /// How long a limit lease holds before another create may take it over.
 const LEASE: Duration = Duration::from_secs(10);
-/// How long a create waits for a user's lease before failing with a backend error.
-const WAIT: Duration = Duration::from_secs(5);
+/// How long a create waits for a user's lease before failing with a backend error
+/// (`LeaseBusy`).
+///
+/// Strictly shorter than the bound callers put on one store call (coatcheck's default
+/// `store_timeout` is 5 s), with room left for the last attempt and the work under the
+/// lease: a create that cannot get the lease fails with this store's own error, not with
+/// the caller's timeout. Keep `LEASE_WAIT` < `store_timeout` < `LEASE`.
+const LEASE_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 #[error("the per-user session limit lease of this user stayed taken for {0:?}")]
@@ -77,8 +87,8 @@ impl MongoStore {
                 tracing::warn!("took over an expired session-limit lease");
                 return Ok(());
             }
-            if started.elapsed() > WAIT {
-                return Err(StoreError::backend(LeaseBusy(WAIT)));
+            if started.elapsed() > LEASE_WAIT {
+                return Err(StoreError::backend(LeaseBusy(LEASE_WAIT)));
             }
             attempt += 1;
             let ms = u64::from(attempt.min(20));
@@ -105,6 +115,21 @@ impl MongoStore {
                 "create_limited of a record without user",
             ));
         };
+        let (store, record, user) = (self.clone(), record.clone(), user.to_owned());
+        // A task of its own: dropping this future after the lease is taken leaves the
+        // holder running until it has released it (see the module docs).
+        tokio::spawn(async move { store.create_leased(&record, &user, limit).await })
+            .await
+            .unwrap_or_else(|e| Err(StoreError::backend(e)))
+    }
+
+    /// Takes the user's lease, creates under it, releases it.
+    async fn create_leased(
+        &self,
+        record: &Record,
+        user: &str,
+        limit: SessionLimit,
+    ) -> Result<u64, StoreError> {
         let key = format!("limit:{user}");
         let token = coatcheck_core::SessionId::generate();
         self.acquire(&key, token.as_str()).await?;

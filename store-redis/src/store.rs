@@ -276,6 +276,11 @@ impl Ctx {
         self.query_pipe(&pipe).await.map(drop)
     }
 
+    /// The bound on one whole store operation ([`RedisStoreBuilder::operation_timeout`]).
+    pub(crate) fn operation_timeout(&self) -> Option<Duration> {
+        self.operation_timeout
+    }
+
     async fn bounded<T>(
         &self,
         fut: impl Future<Output = Result<T, StoreError>>,
@@ -995,7 +1000,8 @@ fn logged<T>(
 /// Runs a two-step cluster operation (the session script, then the user index in another
 /// hash slot) as a task of its own, so that a caller dropped in between (a timeout, a client
 /// gone) cannot leave the index expiring before the session — which would hide the session
-/// from `delete_for_user`, i.e. from "log out everywhere".
+/// from `delete_for_user`, i.e. from "log out everywhere" — nor leave a limited create's
+/// per-user lease behind.
 async fn to_completion<T: Send + 'static>(
     op: impl Future<Output = Result<T, StoreError>> + Send + 'static,
 ) -> Result<T, StoreError> {
@@ -1125,6 +1131,16 @@ impl SessionStore for RedisStore {
     ) -> Result<u64, StoreError> {
         let cx = &self.ctx;
         let r = match &self.format {
+            Format::Native(f) if cx.topology() == Topology::Cluster => {
+                // Under a per-user lease: a caller dropped while holding it would leave it
+                // to expire by itself, refusing every limited login of that user until then.
+                let (cx, f, record) = (Arc::clone(cx), f.clone(), record.clone());
+                self.ctx
+                    .bounded(to_completion(async move {
+                        f.create_limited(&cx, &record, limit).await
+                    }))
+                    .await
+            }
             Format::Native(f) => cx.bounded(f.create_limited(cx, record, limit)).await,
             Format::Express(_) => Err(StoreError::Unsupported(NO_DEVICES)),
         };

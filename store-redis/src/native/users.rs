@@ -439,11 +439,13 @@ impl Native {
     }
 
     /// Redis Cluster: a lease `SET {prefix}limit:{user} token NX PX 10000` (retried for up
-    /// to 5 s, then a backend error), under it the cluster listing, the evictions (the
-    /// single-key delete-if-user script) or the refusal, the create, then the lease removed
-    /// by a compare-and-delete on its token. Limited creates of one user are serialised as
-    /// long as a holder finishes within the lease (each step is bounded by the store's
-    /// timeouts); a lease a crashed process left expires by itself.
+    /// to [`lease_wait`], then a backend error), under it the cluster listing, the evictions
+    /// (the single-key delete-if-user script) or the refusal, the create, then the lease
+    /// removed by a compare-and-delete on its token. Limited creates of one user are
+    /// serialised as long as a holder finishes within the lease (each step is bounded by the
+    /// store's timeouts); a lease a crashed process left expires by itself. The caller runs
+    /// this as a task of its own (`to_completion`), so that a caller dropped while the lease
+    /// is held does not leave it behind.
     async fn create_limited_cluster(
         &self,
         cx: &Arc<Ctx>,
@@ -454,6 +456,7 @@ impl Native {
         let lease = format!("{}limit:{user}", cx.prefix());
         let token = SessionId::generate();
         let started = std::time::Instant::now();
+        let wait = lease_wait(cx.operation_timeout());
         let mut attempt = 0u64;
         loop {
             let reply = cx
@@ -469,8 +472,8 @@ impl Native {
             if matches!(reply, redis::Value::Okay | redis::Value::SimpleString(_)) {
                 break;
             }
-            if started.elapsed() > LEASE_WAIT {
-                return Err(StoreError::backend(LeaseBusy(LEASE_WAIT)));
+            if started.elapsed() > wait {
+                return Err(StoreError::backend(LeaseBusy(wait)));
             }
             attempt += 1;
             tokio::time::sleep(Duration::from_millis(attempt.min(20))).await;
@@ -525,9 +528,37 @@ impl Native {
 
 /// How long a cluster limit lease holds before it expires by itself.
 const LEASE: Duration = Duration::from_secs(10);
-/// How long a limited create waits for a user's lease.
-const LEASE_WAIT: Duration = Duration::from_secs(5);
+/// The longest a limited create waits for a user's lease (see [`lease_wait`]).
+const LEASE_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a limited create waits for a user's lease before failing with [`LeaseBusy`]:
+/// [`LEASE_WAIT`], and at most half the store's operation timeout (2.5 s at the default
+/// 5 s), which leaves the other half for the last attempt and the work under the lease. So
+/// the wait is always strictly shorter than the operation timeout (and than the layer's
+/// `store_timeout`, 5 s by default): a create that cannot get the lease fails with this
+/// store's own error instead of being cut by a timeout. Both are far shorter than [`LEASE`].
+fn lease_wait(operation_timeout: Option<Duration>) -> Duration {
+    operation_timeout.map_or(LEASE_WAIT, |t| LEASE_WAIT.min(t / 2))
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("the per-user session limit lease of this user stayed taken for {0:?}")]
 struct LeaseBusy(Duration);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_wait_is_shorter_than_the_operation_timeout() {
+        assert_eq!(lease_wait(None), LEASE_WAIT);
+        for ms in [1, 10, 1_000, 5_000, 6_000, 60_000] {
+            let t = Duration::from_millis(ms);
+            assert!(lease_wait(Some(t)) < t, "{t:?}");
+        }
+        assert!(
+            lease_wait(Some(crate::DEFAULT_OPERATION_TIMEOUT)) < crate::DEFAULT_OPERATION_TIMEOUT
+        );
+        assert!(LEASE_WAIT < LEASE);
+    }
+}
