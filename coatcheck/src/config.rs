@@ -449,9 +449,10 @@ impl SessionLayerBuilder {
 
     /// Calls `subscriber` with every [`SessionEvent`] (created, logged in, destroyed,
     /// revoked, gone on read, conflicts exhausted): audit logs, closing a revoked session's
-    /// WebSockets, side tables. Delivered off the request path on tokio's blocking pool, at
-    /// most once and in no guaranteed order; a subscriber that blocks or panics changes
-    /// nothing for the request. Past [`event_queue`](Self::event_queue) pending events, new
+    /// WebSockets, side tables. Delivered off the request path on one thread of the layer's
+    /// own (never tokio's blocking pool, which the application needs), at most once; a
+    /// subscriber that blocks or panics changes nothing for the request nor for the
+    /// application's `spawn_blocking`. Past [`event_queue`](Self::event_queue) pending events, new
     /// ones are dropped and counted.
     ///
     /// ```

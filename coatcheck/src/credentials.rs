@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -44,6 +45,12 @@ pub(crate) struct CredentialCheck {
 pub(crate) struct Stamp(String);
 
 impl Stamp {
+    /// The stamp of `fingerprint` for `user`, as the application verified it
+    /// ([`Session::login_verified`](crate::Session::login_verified)).
+    pub(crate) fn verified(user: &str, fingerprint: &[u8]) -> Self {
+        Self::of(user, fingerprint)
+    }
+
     /// Binds the user too: two users whose fingerprints happen to be equal (a credentials
     /// version both are at) never share a stamp, so a session whose principal changes
     /// without a login (express mode's principal key written directly) fails the check
@@ -75,10 +82,27 @@ impl Stamp {
 impl CredentialCheck {
     /// The stamp of `user`'s current credentials; `None` when the lookup says the user is
     /// gone.
-    pub(crate) async fn stamp(&self, user: &str) -> Result<Option<Stamp>, SessionError> {
-        let fingerprint = (self.lookup)(user.to_owned())
-            .await
-            .map_err(SessionError::CredentialLookup)?;
+    ///
+    /// Bounded by the layer's [`store_timeout`](crate::SessionConfig::store_timeout), like
+    /// a store call: a hung user database fails the request with `503` instead of hanging
+    /// every signed-in request.
+    pub(crate) async fn stamp(
+        &self,
+        user: &str,
+        limit: Option<Duration>,
+    ) -> Result<Option<Stamp>, SessionError> {
+        let lookup = (self.lookup)(user.to_owned());
+        let fingerprint = match limit {
+            None => lookup.await,
+            Some(after) => match tokio::time::timeout(after, lookup).await {
+                Ok(found) => found,
+                Err(_) => {
+                    tracing::warn!(?after, "credential lookup timed out");
+                    Err(Box::new(crate::StoreTimedOut::new("credential lookup", after)) as _)
+                }
+            },
+        }
+        .map_err(SessionError::CredentialLookup)?;
         Ok(fingerprint.as_deref().map(|fp| Stamp::of(user, fp)))
     }
 }

@@ -54,7 +54,10 @@ pub enum SessionError {
     UnknownUser,
     /// The application's
     /// [`credential_check`](crate::SessionLayerBuilder::credential_check) lookup failed:
-    /// the session could not be checked, so it is not used. Answers `500`.
+    /// the session could not be checked, so it is not used. Answers `500`, or `503` when
+    /// it did not answer within the layer's
+    /// [`store_timeout`](crate::SessionConfig::store_timeout) (its source is then a
+    /// [`StoreTimedOut`](crate::StoreTimedOut)).
     #[error("credential check failed: {0}")]
     CredentialLookup(#[source] crate::CredentialLookupError),
     /// The `Session` extractor was used on a route without a `SessionLayer`.
@@ -72,6 +75,9 @@ impl SessionError {
             SessionError::Store(StoreError::Backend(source))
                 if source.is::<crate::StoreTimedOut>() =>
             {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }
+            SessionError::CredentialLookup(source) if source.is::<crate::StoreTimedOut>() => {
                 http::StatusCode::SERVICE_UNAVAILABLE
             }
             _ => http::StatusCode::INTERNAL_SERVER_ERROR,

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use coatcheck_core::DeviceHandle;
-use tokio::sync::Semaphore;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Events queued or being delivered at most, by default.
 pub const DEFAULT_EVENT_QUEUE: usize = 1024;
@@ -14,8 +17,8 @@ pub const DEFAULT_EVENT_QUEUE: usize = 1024;
 /// What happened to a session. Names devices by their public handle, never by session id.
 ///
 /// Delivered by [`SessionLayerBuilder::on_event`](crate::SessionLayerBuilder::on_event):
-/// **at most once**, in no guaranteed order, on tokio's blocking pool after the operation
-/// succeeded, so a slow or panicking subscriber never delays or fails a response; when
+/// **at most once**, in the order emitted, on a delivery thread of the layer's own (never
+/// tokio's blocking pool) after the operation succeeded, so a slow or panicking subscriber never delays or fails a response; when
 /// more than the queue's worth are pending, new ones are dropped and counted
 /// ([`SessionLayer::events_dropped`](crate::SessionLayer::events_dropped)).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +44,8 @@ pub enum SessionEvent {
         /// Its device handle, if one was recorded.
         handle: Option<DeviceHandle>,
     },
-    /// `logout_everywhere`, `logout_other_devices` or `revoke_device` removed sessions.
+    /// `logout_everywhere`, `logout_other_devices`, `revoke_device` or the session limit's
+    /// eviction removed sessions.
     Revoked {
         /// Whose.
         user: String,
@@ -79,13 +83,26 @@ pub enum RevokeScope {
     OtherDevices,
     /// One device (`revoke_device`).
     Device(DeviceHandle),
+    /// The least recently seen sessions, to make room for a new device's login under
+    /// [`max_sessions_per_user`](crate::SessionLayerBuilder::max_sessions_per_user) with
+    /// `Evict` (sent by that login's request).
+    Evicted,
 }
 
 pub(crate) type Subscriber = Arc<dyn Fn(SessionEvent) + Send + Sync>;
 
+type Delivery = (SessionEvent, OwnedSemaphorePermit);
+
 /// The layer's side of the event hook.
+///
+/// Events go to one delivery thread of the layer's own, never to tokio's blocking pool: a
+/// subscriber that blocks would otherwise hold up to the queue's worth of the pool's
+/// threads (1024 by default, more than its 512), and every `spawn_blocking` of the
+/// application — `tokio::fs`, name lookups, password hashing — would wait behind it (found
+/// by a review). A blocked subscriber now blocks its own thread; the queue fills, and
+/// events are dropped and counted.
 pub(crate) struct Events {
-    subscriber: Option<Subscriber>,
+    sender: Option<mpsc::Sender<Delivery>>,
     permits: Arc<Semaphore>,
     dropped: AtomicU64,
 }
@@ -93,7 +110,7 @@ pub(crate) struct Events {
 impl fmt::Debug for Events {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Events")
-            .field("subscribed", &self.subscriber.is_some())
+            .field("subscribed", &self.sender.is_some())
             .field("dropped", &self.dropped.load(Ordering::Relaxed))
             .finish()
     }
@@ -101,8 +118,28 @@ impl fmt::Debug for Events {
 
 impl Events {
     pub(crate) fn new(subscriber: Option<Subscriber>, queue: usize) -> Self {
+        let sender = subscriber.and_then(|subscriber| {
+            let (tx, rx) = mpsc::channel::<Delivery>();
+            let spawned = std::thread::Builder::new()
+                .name("coatcheck-events".into())
+                .spawn(move || {
+                    // Ends when the layer (the last sender) is dropped.
+                    for (event, permit) in rx {
+                        // A panic in the subscriber loses that event only.
+                        let _ = catch_unwind(AssertUnwindSafe(|| subscriber(event)));
+                        drop(permit);
+                    }
+                });
+            match spawned {
+                Ok(_) => Some(tx),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not start the session event thread: events are dropped");
+                    None
+                }
+            }
+        });
         Events {
-            subscriber,
+            sender,
             permits: Arc::new(Semaphore::new(queue.max(1))),
             dropped: AtomicU64::new(0),
         }
@@ -110,33 +147,26 @@ impl Events {
 
     /// Whether anyone listens (callers skip building events otherwise).
     pub(crate) fn on(&self) -> bool {
-        self.subscriber.is_some()
+        self.sender.is_some()
     }
 
-    /// Hands `event` to the subscriber on the blocking pool; never waits. A full queue, or
-    /// no runtime to run it on, drops it (counted, logged).
+    /// Hands `event` to the delivery thread; never waits. A full queue drops it (counted,
+    /// logged).
     pub(crate) fn emit(&self, event: SessionEvent) {
-        let Some(subscriber) = self.subscriber.clone() else {
+        let Some(sender) = &self.sender else {
             return;
         };
-        let handle = tokio::runtime::Handle::try_current();
-        match (self.permits.clone().try_acquire_owned(), handle) {
-            (Ok(permit), Ok(rt)) => {
-                // A panic in the subscriber ends this blocking task only; tokio keeps it
-                // from anything else.
-                rt.spawn_blocking(move || {
-                    let _permit = permit;
-                    subscriber(event);
-                });
-            }
-            _ => {
-                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if n == 1 || n % 1000 == 0 {
-                    tracing::warn!(
-                        dropped = n,
-                        "session event queue full: events dropped (the subscriber is slower than the traffic)"
-                    );
-                }
+        let sent = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => sender.send((event, permit)).is_ok(),
+            Err(_) => false,
+        };
+        if !sent {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n == 1 || n % 1000 == 0 {
+                tracing::warn!(
+                    dropped = n,
+                    "session event queue full: events dropped (the subscriber is slower than the traffic)"
+                );
             }
         }
     }

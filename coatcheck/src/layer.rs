@@ -47,10 +47,7 @@ impl Shared {
             Ok(result) => result,
             Err(_) => {
                 tracing::warn!(operation, ?limit, "session store call timed out");
-                Err(StoreError::backend(StoreTimedOut {
-                    operation,
-                    after: limit,
-                }))
+                Err(StoreError::backend(StoreTimedOut::new(operation, limit)))
             }
         }
     }
@@ -75,6 +72,12 @@ pub struct StoreTimedOut {
     pub operation: &'static str,
     /// The limit that passed.
     pub after: std::time::Duration,
+}
+
+impl StoreTimedOut {
+    pub(crate) fn new(operation: &'static str, after: std::time::Duration) -> Self {
+        StoreTimedOut { operation, after }
+    }
 }
 
 /// The session middleware. Build it with [`SessionLayer::builder`].

@@ -100,10 +100,16 @@ impl Transport {
     pub(crate) fn read(&self, headers: &HeaderMap, keys: &KeyRing) -> Option<Option<Verified>> {
         let raw = match self.header.as_ref()? {
             TokenHeader::Named(name) => headers.get(name)?.to_str().ok().map(str::trim),
-            TokenHeader::Bearer => headers.get(AUTHORIZATION)?.to_str().ok().and_then(|v| {
-                let (scheme, token) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            }),
+            // An `Authorization` of another scheme (HTTP Basic, which browsers add behind a
+            // basic-auth proxy) is not a session token at all: it must not hide the cookie.
+            TokenHeader::Bearer => {
+                let v = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+                let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+                if !scheme.eq_ignore_ascii_case("bearer") {
+                    return None;
+                }
+                Some(token.trim())
+            }
         };
         Some(
             raw.filter(|t| !t.is_empty())

@@ -289,3 +289,43 @@ async fn conflicts_exhausted_fires_when_the_retries_run_out() {
         [SessionEvent::ConflictsExhausted { attempts: 1 }]
     );
 }
+
+/// A subscriber that blocks for good must not take tokio's blocking pool from the
+/// application: with events delivered on `spawn_blocking` (and a queue larger than the
+/// pool), the application's own `spawn_blocking` waited behind them (found by a review).
+/// The runtime here has 8 blocking threads, the queue 64: 40 blocked events used to fill it.
+#[test]
+fn a_blocked_subscriber_leaves_the_blocking_pool_to_the_application() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiting = open.clone();
+        let keys = KeyRing::new([SECRET]).expect("long secret");
+        let layer = SessionLayer::builder(MemoryStore::new(), keys)
+            .secure(Secure::Never)
+            .on_event(move |_| {
+                while !waiting.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+            .event_queue(64)
+            .build()
+            .expect("valid config");
+        let app = Router::new().route("/put", post(put)).layer(layer.clone());
+        for _ in 0..40 {
+            assert_eq!(Jar::default().send(&app, "/put").await.0, StatusCode::OK);
+        }
+        let answered =
+            tokio::time::timeout(Duration::from_secs(2), tokio::task::spawn_blocking(|| 42)).await;
+        assert!(
+            matches!(answered, Ok(Ok(42))),
+            "the application's spawn_blocking waited behind blocked event deliveries"
+        );
+        open.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+}

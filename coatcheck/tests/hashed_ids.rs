@@ -154,6 +154,34 @@ async fn a_stored_key_presented_as_a_cookie_finds_nothing() {
     assert_eq!(jar.send(&app, "/whoami").await.1, "ada 1");
 }
 
+/// SECURITY.md's recipe for pruning a user's sessions: the ids `list_for_user` answers
+/// (hashed keys) passed to the same store's `delete` remove those sessions (a review found
+/// `delete` hashing them again and removing nothing), with and without the fallback.
+#[tokio::test]
+async fn listed_ids_can_be_deleted() {
+    for fallback in [false, true] {
+        let memory = Arc::new(MemoryStore::new());
+        let store = Arc::new(
+            HashedIds::new(memory.clone())
+                .expect("native store")
+                .raw_fallback(fallback),
+        );
+        let app = app(store.clone());
+        let (mut laptop, mut phone) = (Jar::default(), Jar::default());
+        for jar in [&mut laptop, &mut phone] {
+            assert_eq!(jar.send(&app, "/login/ada").await.0, StatusCode::OK);
+        }
+        let listed = store.list_for_user("ada").await.expect("list");
+        assert_eq!(listed.len(), 2);
+        for info in &listed {
+            assert!(store.delete(&info.id).await.expect("delete"), "{fallback}");
+        }
+        assert!(store.list_for_user("ada").await.expect("list").is_empty());
+        assert_eq!(laptop.send(&app, "/whoami").await.1, " 0");
+        assert_eq!(phone.send(&app, "/whoami").await.1, " 0");
+    }
+}
+
 #[test]
 fn express_stores_are_refused() {
     #[derive(Debug)]

@@ -230,3 +230,25 @@ async fn take_removes_a_typed_value_and_the_times_are_readable() {
     assert!(parts[1] - parts[0] >= 599_000, "{times}");
     assert_eq!(send(&app, "GET", "/times", &[]).await.body, "None None");
 }
+
+/// `Transport::bearer().and_cookie()` behind an HTTP Basic proxy: the browser sends
+/// `Authorization: Basic …` with every request. That header is not a session token: the
+/// cookie session is used, and a new session's id goes to the cookie (a review found the
+/// Basic header hiding the cookie, new sessions answered only in `x-session-token`).
+#[tokio::test]
+async fn another_authorization_scheme_does_not_hide_the_cookie() {
+    let app = app(Transport::bearer().and_cookie());
+    let basic = (AUTHORIZATION, "Basic dXNlcjpwYXNz".to_owned());
+    let r = send(&app, "POST", "/login", std::slice::from_ref(&basic)).await;
+    assert!(
+        r.bearer_back.is_none(),
+        "a Basic request is a browser's: no header token"
+    );
+    let cookie = r.set_cookie.expect("the new session goes to the cookie");
+    let pair = cookie.split(';').next().expect("pair").to_owned();
+    let both = vec![basic, (COOKIE, pair)];
+    assert_eq!(send(&app, "GET", "/me", &both).await.body, "ada");
+    // A bare scheme without a token is not a bearer token either.
+    let bare = vec![(AUTHORIZATION, "Negotiate".to_owned()), both[1].clone()];
+    assert_eq!(send(&app, "GET", "/me", &bare).await.body, "ada");
+}

@@ -13,6 +13,15 @@ use crate::{Codec, Data, DecodeError, EncodeError, NativeCodec, SessionId};
 /// then the XChaCha20-Poly1305 ciphertext and tag.
 pub const ENCRYPTED_FORMAT_V1: u8 = 0xE1;
 
+/// The data key an [`EncryptedCodec`] adds to what it decodes when the stored bytes are not
+/// under the ring's first key: plaintext read with
+/// [`read_plaintext`](EncryptedCodec::read_plaintext), or a record under an older key.
+/// The middleware takes it out at once and writes the session at the end of the request
+/// (a save, where a touch would keep the stored bytes), so a session in use is moved to
+/// the current key by its first request; the codec never stores it. A store or an
+/// application reading records itself may see it.
+pub const REWRITE_KEY: &str = "coatcheck.rewrite";
+
 const KEY_ID_LEN: usize = 4;
 const NONCE_LEN: usize = 24;
 const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
@@ -173,9 +182,13 @@ impl EncryptedCodec {
 
     /// Whether records stored in the clear (by the inner codec, before encryption was
     /// turned on) are still read (default `false`). Turn it on while migrating an existing
-    /// store, and off again once every session has been written since (at most one idle
-    /// timeout later): a plaintext record in the store is otherwise refused like a
-    /// tampered one.
+    /// store, and off again once every live session has been written since: a plaintext
+    /// record in the store is otherwise refused like a tampered one. The middleware writes
+    /// a session read in the clear (or under an older key) at the end of that request
+    /// ([`REWRITE_KEY`]), so that moment comes one idle timeout after the switch — the
+    /// longest one, `remember_me`'s if it is set: a session unused that long has expired,
+    /// and one used since has been rewritten. The same window applies to dropping an old
+    /// key from the ring.
     pub fn read_plaintext(mut self, yes: bool) -> Self {
         self.read_plaintext = yes;
         self
@@ -208,7 +221,13 @@ impl Codec for EncryptedCodec {
     }
 
     fn encode_for(&self, id: &SessionId, data: &Data) -> Result<Vec<u8>, EncodeError> {
-        let plain = self.inner.encode_for(id, data)?;
+        let plain = if data.contains_key(REWRITE_KEY) {
+            let mut clean = data.clone();
+            clean.shift_remove(REWRITE_KEY);
+            self.inner.encode_for(id, &clean)?
+        } else {
+            self.inner.encode_for(id, data)?
+        };
         let key = &self.keys.keys[0];
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce)
@@ -235,7 +254,11 @@ impl Codec for EncryptedCodec {
     fn decode_for(&self, id: &SessionId, bytes: &[u8]) -> Result<Data, DecodeError> {
         match bytes.first() {
             Some(&ENCRYPTED_FORMAT_V1) => {}
-            Some(_) if self.read_plaintext => return self.inner.decode_for(id, bytes),
+            Some(_) if self.read_plaintext => {
+                let mut data = self.inner.decode_for(id, bytes)?;
+                data.insert(REWRITE_KEY.to_owned(), serde_json::Value::Bool(true));
+                return Ok(data);
+            }
             Some(_) => {
                 return Err(DecodeError::new(
                     "session data is not encrypted (EncryptedCodec::read_plaintext is off)",
@@ -271,7 +294,11 @@ impl Codec for EncryptedCodec {
                     "session data does not decrypt: tampered, truncated, or stored under another id",
                 )
             })?;
-        self.inner.decode_for(id, &plain)
+        let mut data = self.inner.decode_for(id, &plain)?;
+        if key.id != self.keys.keys[0].id {
+            data.insert(REWRITE_KEY.to_owned(), serde_json::Value::Bool(true));
+        }
+        Ok(data)
     }
 
     fn encrypts(&self) -> bool {

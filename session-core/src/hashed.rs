@@ -165,7 +165,16 @@ impl<S: SessionStore> SessionStore for HashedIds<S> {
         }
     }
 
+    /// Also takes an id as [`list_for_user`](SessionStore::list_for_user) answers it (a
+    /// hashed key): deleting the listed sessions is how an application caps or prunes a
+    /// user's sessions (SECURITY.md), and hashing a listed id again would delete nothing.
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        if id.as_str().len() == HASHED_KEY_LEN {
+            // Generated ids are never of this length; a listed (stored) key is.
+            let listed = self.inner.delete(id).await?;
+            let hashed = self.inner.delete(&hashed_key(id)).await?;
+            return Ok(listed || hashed);
+        }
         let hashed = self.inner.delete(&hashed_key(id)).await?;
         if self.raw_lookup(id) {
             // Both: a raw record must not outlive its session's logout.
@@ -220,6 +229,11 @@ impl<S: SessionStore> SessionStore for HashedIds<S> {
         self.inner
             .create_limited(&Self::hashed(record), limit)
             .await
+    }
+
+    async fn load_listed(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
+        // Listed ids are the keys themselves (and, in a migration, raw ids).
+        self.inner.load(id).await
     }
 
     fn capabilities(&self) -> Capabilities {

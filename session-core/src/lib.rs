@@ -33,7 +33,7 @@ mod time;
 
 pub use codec::{Codec, EncodeError, JsonCodec, NativeCodec, MAX_DEPTH, NATIVE_FORMAT_V1};
 pub use device::{Device, DeviceHandle, LimitPolicy, SessionLimit, MAX_USER_AGENT_LEN};
-pub use encrypted::{DataKeyError, DataKeys, EncryptedCodec, ENCRYPTED_FORMAT_V1};
+pub use encrypted::{DataKeyError, DataKeys, EncryptedCodec, ENCRYPTED_FORMAT_V1, REWRITE_KEY};
 pub use error::{BoxError, DecodeError, StoreError};
 pub use expiry::ExpiryPolicy;
 pub use express::{

@@ -291,6 +291,16 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
         ))
     }
 
+    /// The live record [`list_for_user`](SessionStore::list_for_user) answered `id` for:
+    /// [`load`](SessionStore::load), except for a store that lists its records under
+    /// another id than the session's ([`HashedIds`](crate::HashedIds) lists hashed keys,
+    /// which `load` would hash again). The middleware uses it to read a user's other
+    /// sessions (a session cap with a credential check skips those already signed out);
+    /// the record comes back under `id`, which [`delete`](SessionStore::delete) takes.
+    async fn load_listed(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
+        self.load(id).await
+    }
+
     /// What this store supports beyond the minimum.
     fn capabilities(&self) -> Capabilities;
 
@@ -344,6 +354,9 @@ impl<S: SessionStore + ?Sized> SessionStore for std::sync::Arc<S> {
         limit: SessionLimit,
     ) -> Result<u64, StoreError> {
         (**self).create_limited(record, limit).await
+    }
+    async fn load_listed(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
+        (**self).load_listed(id).await
     }
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()

@@ -1,8 +1,9 @@
 //! The user's devices: listing their sessions and revoking one by its handle.
 
-use coatcheck_core::DeviceHandle;
+use coatcheck_core::{DeviceHandle, SessionInfo};
 
 use super::{RevokeScope, Session, SessionEvent};
+use crate::credentials::Stamp;
 use crate::{SessionError, UserSession};
 
 impl Session {
@@ -23,10 +24,19 @@ impl Session {
             .record
             .as_ref()
             .map(|r| (shared.store.stored_id(&r.id), r.id.clone()));
-        match shared
-            .bounded("list_for_user", shared.store.list_for_user(&user))
-            .await
-        {
+        // With a credential check, sessions it already treats as signed out are not
+        // listed (they are deleted: their next request would do it).
+        let listed = match &shared.credentials {
+            Some(check) => match check.stamp(&user, shared.config.store_timeout).await? {
+                Some(stamp) => self.prune_signed_out(&user, &stamp).await,
+                None => Ok(Vec::new()),
+            },
+            None => shared
+                .bounded("list_for_user", shared.store.list_for_user(&user))
+                .await
+                .or_else(|e| self.fail(e)),
+        };
+        match listed {
             Ok(list) => {
                 let mut list: Vec<UserSession> = list
                     .into_iter()
@@ -47,6 +57,66 @@ impl Session {
             }
             Err(e) => self.fail(e),
         }
+    }
+
+    /// Deletes the sessions of `user` whose credential stamp is not `current` — the
+    /// credential check signs them out at their next request anyway — except this one,
+    /// and answers the others. One list and a load per session: only with both a
+    /// credential check and a session limit (at a login) or the devices page.
+    pub(super) async fn prune_signed_out(
+        &self,
+        user: &str,
+        current: &Stamp,
+    ) -> Result<Vec<SessionInfo>, SessionError> {
+        let shared = &self.inner.shared;
+        let own = self
+            .state()
+            .record
+            .as_ref()
+            .map(|r| (shared.store.stored_id(&r.id), r.id.clone()));
+        let list = match shared
+            .bounded("list_for_user", shared.store.list_for_user(user))
+            .await
+        {
+            Ok(list) => list,
+            Err(e) => return self.fail(e),
+        };
+        let mut kept = Vec::with_capacity(list.len());
+        for info in list {
+            if own
+                .as_ref()
+                .is_some_and(|(stored, raw)| *stored == info.id || *raw == info.id)
+            {
+                kept.push(info);
+                continue;
+            }
+            let record = match shared
+                .bounded("load", shared.store.load_listed(&info.id))
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return self.fail(e),
+            };
+            let Some(record) = record else { continue };
+            let stale = record.user_id.as_deref() == Some(user)
+                && !current.matches(record.data.get(crate::CREDENTIAL_KEY));
+            if !stale {
+                kept.push(info);
+                continue;
+            }
+            match shared
+                .bounded("delete", shared.store.delete(&info.id))
+                .await
+            {
+                Ok(true) => self.emit(SessionEvent::CredentialsChanged {
+                    user: user.to_owned(),
+                    handle: record.device.map(|d| d.handle),
+                }),
+                Ok(false) => {}
+                Err(e) => return self.fail(e),
+            }
+        }
+        Ok(kept)
     }
 
     /// This session's device handle, once a login recorded one.

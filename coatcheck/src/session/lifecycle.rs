@@ -1,12 +1,13 @@
 //! The session's lifecycle: rotating its id (`regenerate`, `login`), ending it
 //! (`destroy`, `logout_everywhere`, `logout_other_devices`).
 
-use coatcheck_core::{Record, StoreError};
+use coatcheck_core::{LimitPolicy, Record, StoreError};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::write::backoff;
 use super::{Op, Pending, RevokeScope, Session, SessionEvent};
+use crate::credentials::Stamp;
 use crate::SessionError;
 
 impl Session {
@@ -54,12 +55,124 @@ impl Session {
         K: AsRef<str>,
         V: Serialize,
     {
-        self.ensure_loaded().await?;
+        self.login_inner(user_id.into(), None, data).await
+    }
+
+    /// Logs `user_id` in, stamping the session with the credentials the application just
+    /// verified: `fingerprint` is what the
+    /// [`credential_check`](crate::SessionLayerBuilder::credential_check) lookup answers
+    /// for this user (the password hash the handler checked the password against, a
+    /// credentials version). Prefer it to [`login`](Session::login) with a credential
+    /// check: `login` asks the lookup again, and a password reset landing between the
+    /// handler's check and that lookup would yield a session stamped with the *new*
+    /// credentials, which survives the reset. Stamped with what was verified, such a
+    /// session fails its next check instead. Without a credential check it is `login`.
+    ///
+    /// ```
+    /// use coatcheck::{Session, SessionError};
+    ///
+    /// async fn login(session: Session) -> Result<&'static str, SessionError> {
+    ///     // The hash the password was just verified against, from the same read:
+    ///     let verified_hash = "$argon2id$v=19$...";
+    ///     session.login_verified("ada", verified_hash).await?;
+    ///     Ok("welcome")
+    /// }
+    /// ```
+    pub async fn login_verified(
+        &self,
+        user_id: impl Into<String>,
+        fingerprint: impl AsRef<[u8]>,
+    ) -> Result<(), SessionError> {
         let user = user_id.into();
-        let stamp = match &self.inner.shared.credentials {
-            Some(check) => Some(check.stamp(&user).await?.ok_or(SessionError::UnknownUser)?),
-            None => None,
+        let stamp = Stamp::verified(&user, fingerprint.as_ref());
+        self.login_inner(user, Some(stamp), std::iter::empty::<(&str, Value)>())
+            .await
+    }
+
+    /// [`login_verified`](Session::login_verified), storing `data` in the same write as
+    /// [`login_with`](Session::login_with) does.
+    pub async fn login_verified_with<I, K, V>(
+        &self,
+        user_id: impl Into<String>,
+        fingerprint: impl AsRef<[u8]>,
+        data: I,
+    ) -> Result<(), SessionError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Serialize,
+    {
+        let user = user_id.into();
+        let stamp = Stamp::verified(&user, fingerprint.as_ref());
+        self.login_inner(user, Some(stamp), data).await
+    }
+
+    /// The user changed their own credentials in this request (a new password): this
+    /// session is stamped with the new `fingerprint` and gets a new id (Django's
+    /// `update_session_auth_hash`), so it stays signed in, while every other session of
+    /// the user fails its next [`credential_check`](crate::SessionLayerBuilder::credential_check)
+    /// and is signed out. Call it after the new credentials are stored. Nothing changes
+    /// when nobody is logged in or there is no credential check.
+    ///
+    /// ```
+    /// use coatcheck::{Session, SessionError};
+    ///
+    /// async fn change_password(session: Session) -> Result<&'static str, SessionError> {
+    ///     // ... after storing the new password hash for this user:
+    ///     let new_hash = "$argon2id$v=19$...";
+    ///     session.credentials_changed(new_hash).await?;
+    ///     Ok("password changed; your other devices are signed out")
+    /// }
+    /// ```
+    pub async fn credentials_changed(
+        &self,
+        fingerprint: impl AsRef<[u8]>,
+    ) -> Result<(), SessionError> {
+        if self.inner.shared.credentials.is_none() {
+            return Ok(());
+        }
+        let Some(user) = self.user_id().await? else {
+            return Ok(());
         };
+        let stamp = Stamp::verified(&user, fingerprint.as_ref());
+        self.change_unchecked(Op::Set(
+            crate::CREDENTIAL_KEY.to_owned(),
+            stamp.into_value(),
+        ))
+        .await?;
+        self.rotate(None).await
+    }
+
+    async fn login_inner<I, K, V>(
+        &self,
+        user: String,
+        verified: Option<Stamp>,
+        data: I,
+    ) -> Result<(), SessionError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Serialize,
+    {
+        self.ensure_loaded().await?;
+        let shared = &self.inner.shared;
+        let stamp = match (&shared.credentials, verified) {
+            (None, _) => None,
+            (Some(_), Some(stamp)) => Some(stamp),
+            (Some(check), None) => Some(
+                check
+                    .stamp(&user, shared.config.store_timeout)
+                    .await?
+                    .ok_or(SessionError::UnknownUser)?,
+            ),
+        };
+        // Sessions of this user that the credential check already treats as signed out do
+        // not count against the session limit (a review found a password reset locking
+        // the owner out, 409, until they idled out, and `Evict` removing valid devices
+        // while stale ones stayed): they are deleted first.
+        if let (Some(stamp), Some(_)) = (&stamp, shared.config.session_limit) {
+            self.prune_signed_out(&user, stamp).await?;
+        }
         let before = self.pending();
         // Written before the rotation, the data travels with it into the new record.
         for (key, value) in data {
@@ -145,6 +258,11 @@ impl Session {
         // the handle is new. A rotation of the same user's session keeps its handle.
         let same_user = user.is_none() || view.user_id == user;
         let limited = limited && !same_user;
+        let evict_first = limited
+            && shared
+                .config
+                .session_limit
+                .is_some_and(|l| l.policy == LimitPolicy::EvictLeastRecentlySeen);
         let max = shared.config.max_save_retries;
         let mut attempt = 0u32;
         loop {
@@ -164,31 +282,54 @@ impl Session {
             // this request built on: never a moment without the session, and a rotation of
             // a stale or revoked session fails instead of overwriting a newer write or
             // bringing the session back under a new id.
-            let next = self.create_new(next, limited).await?;
+            //
+            // Except a login that may evict other devices: its eviction cannot be undone,
+            // so it must not happen for a rotation that then fails (a review found a
+            // double-submitted sign-in form signing out two devices for one new one). The
+            // old record goes first — the compare-and-delete decides the rotation — and the
+            // new one is created after it; no request can tell the difference, since the
+            // old id is dead either way once the rotation succeeds, and `Evict` never
+            // refuses. (A backend failure between the two leaves the browser signed out,
+            // with the error.)
+            let next = if evict_first {
+                next
+            } else {
+                self.create_new(next, limited).await?
+            };
             let outcome = shared
                 .bounded(
                     "delete_version",
                     shared.store.delete_version(&old_id, view.version),
                 )
                 .await;
-            let Err(refused) = outcome else {
-                tracing::debug!(old = %old_id.short_hash(), new = %next.id.short_hash(), "session id rotated");
-                if let (Some(u), true) = (&user, self.events_on()) {
-                    self.emit(SessionEvent::LoggedIn {
-                        user: u.clone(),
-                        old_handle: view.device.as_ref().map(|d| d.handle.clone()),
-                        new_handle: next.device.as_ref().map(|d| d.handle.clone()),
-                    });
+            let outcome = match (outcome, evict_first) {
+                (Ok(()), true) => Ok(self.create_new(next, true).await?),
+                (Ok(()), false) => Ok(next),
+                (Err(refused), _) => Err((refused, next)),
+            };
+            let (refused, next) = match outcome {
+                Ok(next) => {
+                    tracing::debug!(old = %old_id.short_hash(), new = %next.id.short_hash(), "session id rotated");
+                    if let (Some(u), true) = (&user, self.events_on()) {
+                        self.emit(SessionEvent::LoggedIn {
+                            user: u.clone(),
+                            old_handle: view.device.as_ref().map(|d| d.handle.clone()),
+                            new_handle: next.device.as_ref().map(|d| d.handle.clone()),
+                        });
+                    }
+                    self.stored_under_new_id(next);
+                    return Ok(());
                 }
-                self.stored_under_new_id(next);
-                return Ok(());
+                Err(failed) => failed,
             };
             // The new record must not outlive a rotation that failed.
-            if let Err(e) = shared
-                .bounded("delete", shared.store.delete(&next.id))
-                .await
-            {
-                return self.fail(e);
+            if !evict_first {
+                if let Err(e) = shared
+                    .bounded("delete", shared.store.delete(&next.id))
+                    .await
+                {
+                    return self.fail(e);
+                }
             }
             match refused {
                 StoreError::Conflict if attempt < max => {

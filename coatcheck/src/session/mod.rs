@@ -106,6 +106,8 @@ struct State {
     /// This request already wrote the session (`update` commits at once) and moved its
     /// expiry: a persistent cookie's `Expires` must follow.
     cookie_due: bool,
+    /// The stored bytes must be written again (see `coatcheck_core::REWRITE_KEY`).
+    rewrite: bool,
     /// A login of a session not stored yet, announced once it is (user, handle before).
     pending_login: Option<(String, Option<DeviceHandle>)>,
 }
@@ -261,11 +263,19 @@ impl Session {
                 if record.is_none() && id.is_some() {
                     self.emit(SessionEvent::NotFoundOnRead);
                 }
-                let record = match record {
+                let mut record = match record {
                     Some(r) => self.check_credentials(r).await?,
                     None => None,
                 };
+                // Stored in the clear or under an older data key: written at the end of
+                // the request (a touch would keep those bytes), so a key rotation or an
+                // encryption migration finishes for sessions in use (a review found an
+                // active user's record never rewritten, and 500s once the old key went).
+                let rewrite = record
+                    .as_mut()
+                    .is_some_and(|r| r.data.shift_remove(coatcheck_core::REWRITE_KEY).is_some());
                 let mut st = self.state();
+                st.rewrite = rewrite;
                 st.persisted = record.is_some();
                 st.record = record;
                 Ok::<(), SessionError>(())
@@ -285,20 +295,24 @@ impl Session {
         let (Some(check), Some(user)) = (&shared.credentials, record.user_id.clone()) else {
             return Ok(Some(record));
         };
-        if let Some(stamp) = check.stamp(&user).await? {
+        if let Some(stamp) = check.stamp(&user, shared.config.store_timeout).await? {
             if stamp.matches(record.data.get(crate::CREDENTIAL_KEY)) {
                 return Ok(Some(record));
             }
         }
-        shared
+        let removed = shared
             .bounded("delete", shared.store.delete(&record.id))
             .await?;
         tracing::debug!(session = %record.id.short_hash(), "credentials changed: session ended");
         self.state().destroyed = true;
-        self.emit(SessionEvent::CredentialsChanged {
-            user,
-            handle: record.device.map(|d| d.handle),
-        });
+        // Once per session: only the request whose delete removed it tells (two requests
+        // that found the same stale stamp used to send two events).
+        if removed {
+            self.emit(SessionEvent::CredentialsChanged {
+                user,
+                handle: record.device.map(|d| d.handle),
+            });
+        }
         Ok(None)
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use coatcheck_core::{Record, StoreError};
 
 use super::{CookieAction, Session};
-use crate::events::SessionEvent;
+use crate::events::{RevokeScope, SessionEvent};
 use crate::SessionError;
 
 impl Session {
@@ -57,7 +57,10 @@ impl Session {
                 // The request is over: take the record rather than copy it.
                 st.record.take(),
                 st.persisted,
-                !st.ops.is_empty() || st.user_change.is_some() || st.expiry_at.is_some(),
+                !st.ops.is_empty()
+                    || st.user_change.is_some()
+                    || st.expiry_at.is_some()
+                    || st.rewrite,
                 st.expiry_at,
                 // A new id, or a cookie that changes between persistent and not.
                 st.id_changed || st.remember_changed,
@@ -117,6 +120,23 @@ impl Session {
             });
         }
         if let Some(next) = policy.touch_due(record.created_at, record.expires_at, now) {
+            if shared.config.remember_me.is_some() {
+                // Two expiry policies: this request's view of "remember me" may be stale (a
+                // tab unticked it meanwhile), and a touch writes blindly: it put the long
+                // expiry back (a review found it). A compare-and-set save decides it on the
+                // stored state instead; a conflict reloads it.
+                return Ok(match self.save_with_retries(record).await? {
+                    None => CookieAction::Clear,
+                    Some(saved) => {
+                        let persistent = !shared.config.policy_for(&saved.data).browser_session;
+                        if id_changed || resign || persistent_cookie || persistent {
+                            set(&saved)
+                        } else {
+                            CookieAction::None
+                        }
+                    }
+                });
+            }
             return match shared
                 .bounded("touch", shared.store.touch(&record.id, next))
                 .await
@@ -192,6 +212,13 @@ impl Session {
                     .map(|evicted| {
                         if evicted > 0 {
                             tracing::debug!(evicted, "sessions over the per-user limit revoked");
+                            if let Some(user) = &record.user_id {
+                                self.emit(SessionEvent::Revoked {
+                                    user: user.clone(),
+                                    scope: RevokeScope::Evicted,
+                                    count: evicted,
+                                });
+                            }
                         }
                     }),
                 None => shared.bounded("create", shared.store.create(&record)).await,

@@ -99,7 +99,13 @@ impl SessionStore for Delaying {
     async fn delete_expired(&self) -> Result<u64, StoreError> {
         delayed!(self, self.inner.delete_expired())
     }
+    async fn load_listed(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
+        delayed!(self, self.inner.load_listed(id))
+    }
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
+    }
+    fn stored_id(&self, id: &SessionId) -> SessionId {
+        self.inner.stored_id(id)
     }
 }
