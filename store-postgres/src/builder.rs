@@ -75,7 +75,8 @@ impl Default for PostgresStoreBuilder {
 impl PostgresStoreBuilder {
     /// How session writes reach the disk: [`Durability::Full`] (the default: nothing
     /// acknowledged is ever lost) or [`Durability::RelaxedCommit`] (`create`, `save`, `touch`
-    /// don't wait for the WAL flush; a database crash can lose their last moments).
+    /// don't wait for the WAL flush; a database crash can lose their last moments; revocations,
+    /// including the evictions of `create_limited`, stay durable).
     ///
     /// ```
     /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }

@@ -118,8 +118,8 @@ pub enum Durability {
     /// default): nothing acknowledged is ever lost. The default.
     #[default]
     Full,
-    /// `create`, `save` and `touch` commit with `synchronous_commit = off`, set by the
-    /// statement itself for its own transaction (`set_config(…, true)`; no other statement
+    /// `create`, `save`, `touch` and a `create_limited` that evicts nothing commit with
+    /// `synchronous_commit = off`, set by the statement itself for its own transaction (`set_config(…, true)`; no other statement
     /// on the connection is affected, so a pool shared with the application is fine). The
     /// server acknowledges before its WAL reaches the disk: a crash of the database server
     /// (not of the application) can lose the session writes of its last moments — at most
@@ -127,8 +127,11 @@ pub enum Durability {
     /// `coatcheck/tests/faults.rs`. The database stays consistent: a lost write is as if it
     /// had not happened (an older version of the session, never a torn one).
     ///
-    /// Revocations stay fully durable: `delete`, `delete_for_user` and `delete_expired`
-    /// never use it, so a crash cannot bring back a session that was logged out.
+    /// Revocations stay fully durable: `delete`, `delete_version`, `delete_for_user`,
+    /// `delete_device` and `delete_expired` never use it, and a `create_limited` that evicts
+    /// sessions (its evictions and its insert are one transaction) commits with the server's
+    /// `synchronous_commit` like them, so a crash cannot bring back a session that was logged
+    /// out or evicted by the session limit.
     RelaxedCommit,
 }
 

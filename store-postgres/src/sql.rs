@@ -110,6 +110,9 @@ pub(crate) struct Statements {
     /// inserted (or an expired row replaced), none when the id is live. (The express layout
     /// keeps no device: `$8`–`$11` are bound and unused.)
     pub create: String,
+    /// `create` as it is under [`Durability::Full`], never relaxed: the insert of a limited
+    /// create that evicts, whose transaction also commits revocations (same parameters).
+    pub create_durable: String,
     /// `$1 id, $2 now` → `version, data, user_id, created_at, expires_at, device handle,
     /// user agent, ip, last_seen`.
     pub load: String,
@@ -150,16 +153,28 @@ impl Statements {
             Layout::Native => Self::native(schema, table),
             Layout::Express { user_key } => Self::express(schema, table, user_key.as_deref()),
         };
+        s.create_durable = s.create.clone();
         if durability == Durability::RelaxedCommit {
             s.relax();
         }
         s
     }
 
-    /// `create`, `save` and `touch` evaluate [`RELAX`] once: in the inserted id (an
-    /// expression of `$1` only, so the row is the same), and in a one-row subquery joined by
-    /// the updates (their `WHERE` on the key still uses the primary key index; when no row
-    /// matches, nothing is written and nothing needs the setting).
+    /// The insert of a limited create: relaxed like `create` unless its transaction also
+    /// removes sessions (`evicting`), which must commit durably (revocations are never
+    /// relaxed: a crash must not bring an evicted session back).
+    pub(crate) fn limited_create(&self, evicting: bool) -> &str {
+        if evicting {
+            &self.create_durable
+        } else {
+            &self.create
+        }
+    }
+
+    /// `create`, `save` and `touch` evaluate [`RELAX`] once (`create_durable` never does): in
+    /// the inserted id (an expression of `$1` only, so the row is the same), and in a one-row
+    /// subquery joined by the updates (their `WHERE` on the key still uses the primary key
+    /// index; when no row matches, nothing is written and nothing needs the setting).
     fn relax(&mut self) {
         self.create = self
             .create
@@ -217,6 +232,8 @@ impl Statements {
                  WHERE s.expire <= $7::timestamp",
                 e = secs("$6::timestamptz", "$7::timestamptz")
             ),
+            // Filled in by `new`.
+            create_durable: String::new(),
             load: format!(
                 "SELECT {hash}, convert_to(sess::text, 'UTF8'), NULL::text, \
                  to_timestamp(0), expire::timestamptz, NULL::text, NULL::text, NULL::text, \
@@ -294,6 +311,8 @@ impl Statements {
                  last_seen = EXCLUDED.last_seen \
                  WHERE s.expires_at <= $7"
             ),
+            // Filled in by `new`.
+            create_durable: String::new(),
             load: format!(
                 "SELECT version, data, user_id, created_at, expires_at, device_handle, \
                  user_agent, ip, coalesce(last_seen, created_at) FROM {t} \
@@ -410,9 +429,26 @@ mod tests {
                 &s.delete_for_user,
                 &s.delete_expired_batch,
                 &s.load,
+                &s.create_durable,
             ] {
                 assert!(!r.contains("synchronous_commit"), "{r}");
             }
         }
+    }
+
+    /// Issue 25, item 4: the eviction of a limited create shares the insert's transaction,
+    /// so an evicting limited create must not relax its commit; one that evicts nothing may.
+    #[test]
+    fn an_evicting_limited_create_is_never_relaxed() {
+        let full = Statements::new(Layout::Native, "app", "s", Durability::Full);
+        let relaxed = Statements::new(Layout::Native, "app", "s", Durability::RelaxedCommit);
+        for s in [&full, &relaxed] {
+            assert!(!s.limited_create(true).contains("synchronous_commit"));
+            assert!(!s.delete_ids.contains("synchronous_commit"));
+            assert_eq!(s.limited_create(true), full.create);
+        }
+        assert_eq!(relaxed.limited_create(false), relaxed.create);
+        assert!(relaxed.limited_create(false).contains("synchronous_commit"));
+        assert!(!full.limited_create(false).contains("synchronous_commit"));
     }
 }

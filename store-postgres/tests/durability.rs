@@ -8,13 +8,20 @@
 //! acknowledged save; `RelaxedCommit` may lose the last ones, and the time between the last
 //! surviving and the last acknowledged save (the loss window) must stay within three
 //! `wal_writer_delay`s (PostgreSQL's bound: 3 × 200 ms) plus scheduling slack.
+//!
+//! Revocations are never relaxed: a limited create that evicts commits its evictions with
+//! the server's `synchronous_commit`, as seen at commit time by a deferred trigger (on the
+//! server at `DATABASE_URL`).
+
+mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coatcheck_conformance::servers::PostgresServer;
-use coatcheck_core::{Record, SessionId, SessionStore, Timestamp};
+use coatcheck_conformance::{harness, Backend};
+use coatcheck_core::{LimitPolicy, Record, SessionId, SessionLimit, SessionStore, Timestamp};
 use coatcheck_postgres::{Durability, PostgresStore};
 use serde_json::json;
 
@@ -222,4 +229,85 @@ async fn relaxed_commit_skips_the_wal_flush() {
     eprintln!("WAL flushes for 200 saves: Full {full}, RelaxedCommit {relaxed}");
     assert!(full >= 200, "Full: {full}");
     assert!(relaxed * 4 < full, "RelaxedCommit {relaxed} vs Full {full}");
+}
+
+/// Issue 25, item 4: the eviction `DELETE` of a limited create shares the insert's
+/// transaction, so under `RelaxedCommit` it must not commit with `synchronous_commit = off`
+/// (a crash would bring the evicted session back). A deferred constraint trigger records,
+/// for every row the store's transactions insert or delete, the `synchronous_commit` in
+/// force when the transaction commits. Fails if the evicting transaction is relaxed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relaxed_commit_keeps_the_evictions_of_a_limited_create_durable() {
+    if !harness::require(Some(Backend::Postgres)).await {
+        return;
+    }
+    let scoped =
+        common::scoped_with(PostgresStore::builder().durability(Durability::RelaxedCommit)).await;
+    let (store, schema) = (&scoped.store, &scoped.guard.schema);
+    sqlx::raw_sql(&format!(
+        r#"CREATE TABLE "{schema}".commits (n serial, op text, id text, sync text);
+        CREATE FUNCTION "{schema}".log_commit() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN
+            INSERT INTO "{schema}".commits (op, id, sync) VALUES (TG_OP,
+                CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END,
+                current_setting('synchronous_commit'));
+            RETURN NULL;
+        END $f$;
+        CREATE CONSTRAINT TRIGGER log_commit AFTER INSERT OR DELETE ON "{schema}".sessions
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "{schema}".log_commit();"#
+    ))
+    .execute(store.pool())
+    .await
+    .expect("the commit log");
+    let server_default: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(store.pool())
+        .await
+        .expect("SHOW");
+    assert_ne!(
+        server_default, "off",
+        "the test needs a durable server default"
+    );
+    let log = || async {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(&format!(
+            r#"SELECT op, id, sync FROM "{schema}".commits ORDER BY n"#
+        ))
+        .fetch_all(store.pool())
+        .await
+        .expect("the commit log");
+        rows
+    };
+    let now = Timestamp::now();
+    let login = || {
+        let mut r = Record::new(SessionId::generate(), now, now + Duration::from_secs(3600));
+        r.user_id = Some("ada".into());
+        r
+    };
+    let limit = SessionLimit::new(1, LimitPolicy::EvictLeastRecentlySeen);
+
+    // Nothing to evict: relaxed like any create.
+    let first = login();
+    assert_eq!(store.create_limited(&first, limit).await.expect("first"), 0);
+    let id = |r: &Record| r.id.as_str().to_owned();
+    assert_eq!(log().await, [("INSERT".into(), id(&first), "off".into())]);
+
+    // The second login evicts the first: that transaction commits durably.
+    let second = login();
+    assert_eq!(
+        store.create_limited(&second, limit).await.expect("second"),
+        1
+    );
+    let evicting: Vec<_> = log().await.into_iter().skip(1).collect();
+    let mut expected = vec![
+        ("DELETE".to_owned(), id(&first), server_default.clone()),
+        ("INSERT".to_owned(), id(&second), server_default.clone()),
+    ];
+    let mut sorted = evicting.clone();
+    sorted.sort();
+    expected.sort();
+    assert_eq!(
+        sorted, expected,
+        "the evicting limited create's commit, per row (op, id, synchronous_commit)"
+    );
+    assert!(store.load(&first.id).await.expect("load").is_none());
+    assert!(store.load(&second.id).await.expect("load").is_some());
 }

@@ -136,6 +136,8 @@ impl Inner {
 
     /// In one transaction: the advisory lock of this table and user, the user's live
     /// sessions (least recently seen first), the evictions or the refusal, the insert.
+    /// Under [`Durability::RelaxedCommit`](crate::Durability::RelaxedCommit) the insert
+    /// relaxes the commit only when nothing is evicted: evictions always commit durably.
     /// Every limited create of the user holds the lock from its count to its commit, and
     /// each statement under READ COMMITTED sees what committed before it, so the second of
     /// two concurrent logins counts the first.
@@ -168,6 +170,7 @@ impl Inner {
                     .fetch_all(&mut *tx)
                     .await?;
                 let mut evicted = 0;
+                let evicting = live.len() >= max;
                 if live.len() >= max {
                     if limit.policy == LimitPolicy::Refuse {
                         tx.rollback().await?;
@@ -180,8 +183,10 @@ impl Inner {
                         .await?
                         .rows_affected();
                 }
+                // Evictions are revocations: their transaction commits durably even under
+                // `Durability::RelaxedCommit` (the insert is then the unrelaxed statement).
                 let inserted = args
-                    .query(&sql.create)
+                    .query(sql.limited_create(evicting))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
