@@ -3,14 +3,18 @@
 //! `lineage`, a value written once into a session when it is created and carried across
 //! rotations), so the checker can follow one logical session through its ids.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use coatcheck::{KeyRing, Session, SessionError, SessionLayer, SessionStore};
+use coatcheck::{
+    KeyRing, LimitPolicy, Session, SessionError, SessionEvent, SessionLayer, SessionStore,
+    Transport,
+};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -18,12 +22,52 @@ use serde::{Deserialize, Serialize};
 
 pub const SECRET: &str = "history checker secret, long enough: 0123456789";
 
+/// How long a remembered session lives unused; the others live `idle` (600 s).
+pub const REMEMBER_IDLE: Duration = Duration::from_secs(30 * 86_400);
+
+/// The application's user table: each user's credentials version (the fingerprint the
+/// credential check compares). `/password` moves it.
+pub type Users = Arc<RwLock<HashMap<String, u64>>>;
+
+/// Every lifecycle event the layer delivered.
+pub type EventLog = Arc<Mutex<Vec<SessionEvent>>>;
+
+/// The features a history turns on besides the core lifecycle (every one of them at once).
+#[derive(Clone)]
+pub struct Features {
+    pub users: Users,
+    pub events: EventLog,
+    /// `max_sessions_per_user`, for a store that enforces it.
+    pub limit: Option<(u32, LimitPolicy)>,
+}
+
+impl Features {
+    pub fn new(users: &[String], limit: Option<(u32, LimitPolicy)>) -> Self {
+        Features {
+            users: Arc::new(RwLock::new(users.iter().map(|u| (u.clone(), 0)).collect())),
+            events: EventLog::default(),
+            limit,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     next_lineage: Arc<AtomicU64>,
     rng: Arc<Mutex<StdRng>>,
     /// Longest pause inside a handler, between its first read and its write.
     max_pause_us: u64,
+    users: Users,
+}
+
+fn fingerprint(users: &Users, user: &str) -> String {
+    let v = users
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(user)
+        .copied()
+        .unwrap_or(0);
+    format!("{user} credentials v{v}")
 }
 
 impl AppState {
@@ -61,6 +105,9 @@ pub struct Seen {
     /// `/revoke_device`: the handle it revoked (`count` says whether a session went).
     #[serde(default)]
     pub revoked: Option<String>,
+    /// `/password`: whether this session was re-stamped (its user changed their own).
+    #[serde(default)]
+    pub restamped: bool,
 }
 
 #[derive(Deserialize)]
@@ -93,11 +140,16 @@ async fn seen(session: &Session) -> Result<Seen, SessionError> {
         count: None,
         handle: session.device_handle().await?.map(|h| h.to_string()),
         revoked: None,
+        restamped: false,
     })
 }
 
-async fn read(session: Session) -> Answer {
-    Ok(Json(seen(&session).await?))
+/// Reads, then pauses like the other handlers: its end-of-request touch races what
+/// other requests wrote meanwhile (remember-me unticked, a rotation, a revocation).
+async fn read(State(st): State<AppState>, session: Session) -> Answer {
+    let seen = seen(&session).await?;
+    st.pause().await;
+    Ok(Json(seen))
 }
 
 async fn incr(State(st): State<AppState>, session: Session) -> Answer {
@@ -144,7 +196,9 @@ async fn regenerate(State(st): State<AppState>, session: Session) -> Answer {
 async fn login(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
-    session.login(arg.v.clone()).await?;
+    // Stamped with the credentials "verified" now, as an application does.
+    let verified = fingerprint(&st.users, &arg.v);
+    session.login_verified(arg.v.clone(), verified).await?;
     Ok(Json(Seen {
         lineage: Some(lineage),
         user: Some(arg.v),
@@ -196,6 +250,35 @@ async fn revoke_device(State(st): State<AppState>, session: Session) -> Answer {
     Ok(Json(before))
 }
 
+/// Changes the credentials of user `v`; when this session is signed in as `v`, the user
+/// changed their own and this session is re-stamped (it stays signed in).
+async fn password(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
+    let mut before = seen(&session).await?;
+    st.pause().await;
+    let new = {
+        let mut users = st.users.write().unwrap_or_else(|e| e.into_inner());
+        let v = users.entry(arg.v.clone()).or_insert(0);
+        *v += 1;
+        format!("{} credentials v{v}", arg.v)
+    };
+    if before.user.as_deref() == Some(arg.v.as_str()) {
+        session.credentials_changed(new).await?;
+        before.restamped = true;
+    }
+    Ok(Json(before))
+}
+
+/// Ticks (`v=true`) or unticks "remember me".
+async fn remember(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
+    let lineage = ensure_lineage(&st, &session).await?;
+    st.pause().await;
+    session.remember_me(arg.v == "true").await?;
+    Ok(Json(Seen {
+        lineage: Some(lineage),
+        ..Seen::default()
+    }))
+}
+
 async fn expiry(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
@@ -206,18 +289,36 @@ async fn expiry(State(st): State<AppState>, Query(arg): Query<Arg>, session: Ses
     }))
 }
 
-/// The app over `store`; `express` builds the layer in express-compatible mode.
+/// The app over `store`; `express` builds the layer in express-compatible mode. Every
+/// feature is on: a credential check over `features.users`, remember-me, the session
+/// token in a Bearer header for API clients and in the cookie for browsers, events into
+/// `features.events`, and the session cap where the store enforces one.
 pub fn app(
     store: Arc<dyn SessionStore>,
     express: bool,
     rng: StdRng,
     max_pause: Duration,
     idle: Duration,
+    features: &Features,
 ) -> Router {
     let keys = KeyRing::new([SECRET]).expect("long secret");
+    let limited = store.capabilities().session_limit;
+    let (lookup_users, log) = (features.users.clone(), features.events.clone());
     let mut builder = SessionLayer::builder_shared(store, keys)
         .idle_timeout(idle)
-        .store_timeout(Some(Duration::from_secs(20)));
+        // Every read that moves the expiry touches: the touch path races everything else.
+        .touch_after(Duration::ZERO)
+        .remember_me(REMEMBER_IDLE, None)
+        .store_timeout(Some(Duration::from_secs(20)))
+        .transport(Transport::bearer().and_cookie())
+        .on_event(move |e| log.lock().unwrap_or_else(|p| p.into_inner()).push(e))
+        .credential_check(move |user: String| {
+            let fp = fingerprint(&lookup_users, &user);
+            async move { Ok::<_, std::convert::Infallible>(Some(fp.into_bytes())) }
+        });
+    if let (Some((max, policy)), true) = (features.limit, limited) {
+        builder = builder.max_sessions_per_user(max, policy);
+    }
     if express {
         builder = builder.express_compatible();
     }
@@ -226,6 +327,7 @@ pub fn app(
         next_lineage: Arc::new(AtomicU64::new(1)),
         rng: Arc::new(Mutex::new(rng)),
         max_pause_us: max_pause.as_micros() as u64,
+        users: features.users.clone(),
     };
     Router::new()
         .route("/read", get(read))
@@ -239,6 +341,8 @@ pub fn app(
         .route("/logout_others", post(logout_others))
         .route("/expiry", post(expiry))
         .route("/revoke_device", post(revoke_device))
+        .route("/password", post(password))
+        .route("/remember", post(remember))
         .with_state(state)
         .layer(layer)
 }

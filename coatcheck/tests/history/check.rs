@@ -13,11 +13,36 @@
 //! - **duplicate**: a session lives under one id at most (no orphan left by a rotation);
 //! - **index**: each user's index lists exactly the live sessions with that principal;
 //! - **status**: no panic, and no error but the documented ones: `503` (store timeout,
-//!   conflicts exhausted) and `409` (the session was ended by another request meanwhile).
+//!   conflicts exhausted) and `409` (the session was ended by another request meanwhile;
+//!   for a login, also the session cap's refusal);
+//!
+//! and, with every feature on at once (issue 25):
+//!
+//! - **credential**: no request that began after an acknowledged change of user `u`'s
+//!   credentials completed is served signed in as `u` on a session whose every stamping
+//!   (a login as `u`, or its own re-stamp by `credentials_changed`) completed before that
+//!   change began;
+//! - **cap**: at quiescence, no user has more live signed-in sessions than
+//!   `max_sessions_per_user` (an eviction without its login is caught by **events** and by
+//!   **revoked**/**counter** on the evicted device's next requests);
+//! - **remember**: a live session's "remember me" is what one of its last acknowledged
+//!   ticks or unticks (in real time) chose, and an unticked session expires within the
+//!   short idle timeout of the end of the history (a stale request never writes the long
+//!   expiry back);
+//! - **events**: no event that ends a session (destroyed, one device revoked, credentials
+//!   changed) names a device whose session is live at the end, and no session's
+//!   credential change is announced twice;
+//! - **transport**: a browser (cookie, with or without an `Authorization: Basic` header)
+//!   is answered in the cookie, an API client (Bearer) in `x-session-token`, never the
+//!   other way.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use coatcheck::{Record, SessionId, SessionStore};
+use std::time::Duration;
+
+use coatcheck::{
+    LimitPolicy, Record, RevokeScope, SessionEvent, SessionId, SessionStore, Timestamp,
+};
 
 use crate::run::{CookieOut, Event, Op};
 
@@ -37,6 +62,8 @@ pub struct Final {
     /// Each record's id as the store keeps and lists it (hashed by `HashedIds`).
     pub stored_ids: Vec<SessionId>,
     pub index: BTreeMap<String, BTreeSet<SessionId>>,
+    /// When the history was over (the application's clock).
+    pub at: Timestamp,
 }
 
 pub async fn final_state(
@@ -45,6 +72,7 @@ pub async fn final_state(
     users: &[String],
     user_index: bool,
 ) -> Final {
+    let at = Timestamp::now();
     let mut ids: BTreeSet<SessionId> = BTreeSet::new();
     for e in events {
         ids.extend(e.sent.clone());
@@ -77,6 +105,7 @@ pub async fn final_state(
         records,
         stored_ids,
         index,
+        at,
     }
 }
 
@@ -87,7 +116,19 @@ fn lineage_of(r: &Record) -> Option<String> {
         .map(str::to_owned)
 }
 
-pub fn check(events: &[Event], fin: &Final, user_index: bool) -> Vec<Anomaly> {
+/// What a history turned on, for the invariants that depend on it.
+pub struct Setup<'a> {
+    pub user_index: bool,
+    /// The session cap in force (only where the store enforces it).
+    pub limit: Option<(u32, LimitPolicy)>,
+    /// Every lifecycle event the layer delivered.
+    pub delivered: &'a [SessionEvent],
+    /// The idle timeout of a session that is not remembered.
+    pub idle: Duration,
+}
+
+pub fn check(events: &[Event], fin: &Final, setup: &Setup<'_>) -> Vec<Anomaly> {
+    let user_index = setup.user_index;
     let mut out = Vec::new();
     status(events, &mut out);
     let mut live: HashMap<String, Vec<&Record>> = HashMap::new();
@@ -116,20 +157,181 @@ pub fn check(events: &[Event], fin: &Final, user_index: bool) -> Vec<Anomaly> {
         let rec = live.get(*l).and_then(|rs| rs.first().copied());
         counter(l, evs, rec, &mut out);
         register(l, evs, rec, &mut out);
+        remember(l, evs, rec, fin.at, setup.idle, &mut out);
     }
     revoked(events, &by_lineage, &live, &mut out);
+    credential(events, &by_lineage, &mut out);
+    if let Some((max, _)) = setup.limit {
+        cap(fin, max, &mut out);
+    }
+    ending_events(setup.delivered, fin, &mut out);
     if user_index {
         index(fin, &mut out);
     }
     out
 }
 
+fn credential(events: &[Event], by_lineage: &BTreeMap<&str, Vec<&Event>>, out: &mut Vec<Anomaly>) {
+    let changes: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.op == Op::Password && e.acked())
+        .collect();
+    for x in events.iter().filter(|e| (200..300).contains(&e.status)) {
+        let Some(seen) = &x.seen else { continue };
+        let (Some(u), Some(l)) = (seen.user.as_deref(), seen.lineage.as_deref()) else {
+            continue;
+        };
+        let evs = by_lineage.get(l).map(Vec::as_slice).unwrap_or_default();
+        for p in changes
+            .iter()
+            .filter(|p| p.arg == u && p.completed < x.invoked)
+        {
+            let stamped = evs.iter().any(|s| {
+                let stamps = (s.op == Op::Login && s.arg == u)
+                    || (s.op == Op::Password
+                        && s.arg == u
+                        && s.seen.as_ref().is_some_and(|k| k.restamped));
+                stamps && s.completed > p.invoked && s.invoked < x.completed
+            });
+            if !stamped {
+                out.push(Anomaly {
+                    kind: "credential",
+                    detail: format!(
+                        "{l} was served as signed in as {u} after #{} changed {u}'s credentials, but it was never stamped since",
+                        p.index
+                    ),
+                    lineage: Some(l.to_owned()),
+                    witnesses: vec![p.index, x.index],
+                });
+                break;
+            }
+        }
+    }
+}
+
+fn cap(fin: &Final, max: u32, out: &mut Vec<Anomaly>) {
+    let mut per_user: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &fin.records {
+        if let Some(u) = r.user_id.as_deref() {
+            *per_user.entry(u).or_default() += 1;
+        }
+    }
+    for (u, n) in per_user {
+        if n > max as usize {
+            out.push(Anomaly {
+                kind: "cap",
+                detail: format!("user {u} has {n} live sessions at the end, over the cap of {max}"),
+                lineage: None,
+                witnesses: Vec::new(),
+            });
+        }
+    }
+}
+
+fn remember(
+    l: &str,
+    evs: &[&Event],
+    rec: Option<&Record>,
+    end: Timestamp,
+    idle: Duration,
+    out: &mut Vec<Anomaly>,
+) {
+    let Some(rec) = rec else { return };
+    let stored = rec.data.get(coatcheck::REMEMBER_ME_KEY) == Some(&serde_json::Value::Bool(true));
+    let writes: Vec<&&Event> = evs
+        .iter()
+        .filter(|e| e.op == Op::Remember && e.acked())
+        .collect();
+    let maximal: Vec<&&&Event> = writes
+        .iter()
+        .filter(|w| !writes.iter().any(|o| o.invoked > w.completed))
+        .collect();
+    if !maximal.is_empty() && !maximal.iter().any(|w| (w.arg == "true") == stored) {
+        out.push(Anomaly {
+            kind: "remember",
+            detail: format!(
+                "{l}: remember-me is {stored} at the end, but the last acknowledged choices were {:?}",
+                maximal.iter().map(|w| w.arg.as_str()).collect::<Vec<_>>()
+            ),
+            lineage: Some(l.to_owned()),
+            witnesses: maximal.iter().map(|w| w.index).collect(),
+        });
+    }
+    let bound = end + idle + Duration::from_secs(5);
+    if !stored && rec.expires_at > bound {
+        out.push(Anomaly {
+            kind: "remember",
+            detail: format!(
+                "{l}: not remembered, yet it expires {} s after the end of the history (idle timeout {} s)",
+                (rec.expires_at.as_millis() - end.as_millis()) / 1000,
+                idle.as_secs()
+            ),
+            lineage: Some(l.to_owned()),
+            witnesses: evs
+                .iter()
+                .filter(|e| e.op == Op::Remember)
+                .map(|e| e.index)
+                .collect(),
+        });
+    }
+}
+
+fn ending_events(delivered: &[SessionEvent], fin: &Final, out: &mut Vec<Anomaly>) {
+    let live: BTreeSet<&str> = fin
+        .records
+        .iter()
+        .filter_map(|r| r.device.as_ref().map(|d| d.handle.as_str()))
+        .collect();
+    let mut changed: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in delivered {
+        let (what, handle) = match e {
+            SessionEvent::Destroyed {
+                handle: Some(h), ..
+            } => ("destroyed", h),
+            SessionEvent::Revoked {
+                scope: RevokeScope::Device(h),
+                ..
+            } => ("revoked", h),
+            SessionEvent::CredentialsChanged {
+                handle: Some(h), ..
+            } => {
+                *changed.entry(h.as_str()).or_default() += 1;
+                ("credentials changed", h)
+            }
+            _ => continue,
+        };
+        if live.contains(handle.as_str()) {
+            out.push(Anomaly {
+                kind: "events",
+                detail: format!(
+                    "an event says device {handle} was {what}, yet its session is live at the end"
+                ),
+                lineage: None,
+                witnesses: Vec::new(),
+            });
+        }
+    }
+    for (h, n) in changed {
+        if n > 1 {
+            out.push(Anomaly {
+                kind: "events",
+                detail: format!("device {h}'s credential change was announced {n} times"),
+                lineage: None,
+                witnesses: Vec::new(),
+            });
+        }
+    }
+}
+
 fn status(events: &[Event], out: &mut Vec<Anomaly>) {
     for e in events {
         // 409: the session was ended by another request meanwhile (nothing written).
-        let ok = (200..300).contains(&e.status)
+        let ok = ((200..300).contains(&e.status) && !e.body.starts_with("transport crossed"))
             || (e.status == 503 && e.body == "session store busy, retry")
-            || (e.status == 409 && e.body == "session ended by another request");
+            || (e.status == 409 && e.body == "session ended by another request")
+            || (e.status == 409
+                && e.op == Op::Login
+                && e.body == "too many signed-in sessions; sign out on another device first");
         if !ok {
             out.push(Anomaly {
                 kind: "status",

@@ -66,6 +66,7 @@ async fn histories<F, Fut>(
     let users: Vec<String> = (0..profile.users).map(|u| format!("u{u}")).collect();
     let list = seeds(default_seeds);
     let mut requests = 0;
+    let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
     // COATCHECK_HISTORY_SURVEY=1: run every seed, then tally the anomalies by kind.
     let survey = std::env::var("COATCHECK_HISTORY_SURVEY").is_ok_and(|v| v == "1");
     let mut found: std::collections::BTreeMap<&'static str, (u64, f64, usize)> = Default::default();
@@ -81,17 +82,47 @@ async fn histories<F, Fut>(
             StdRng::seed_from_u64(seed ^ 0x5EED),
             profile.store_pause,
         ));
+        // The session cap, drawn from the seed: none, `Evict` or `Refuse` at 2 per user.
+        let limit = match seed % 3 {
+            0 => None,
+            1 => Some((2, coatcheck::LimitPolicy::EvictLeastRecentlySeen)),
+            _ => Some((2, coatcheck::LimitPolicy::Refuse)),
+        }
+        .filter(|_| store.capabilities().session_limit);
+        let features = app::Features::new(&users, limit);
+        let idle = Duration::from_secs(600);
         let app = app::app(
             delayed,
             express,
             StdRng::seed_from_u64(seed ^ 0xA11),
             profile.handler_pause,
-            Duration::from_secs(600),
+            idle,
+            &features,
         );
         let events = run::run(app, profile, seed).await;
         requests += events.len();
+        for e in &events {
+            let what = match (e.op, e.status) {
+                (_, 200..=299) if e.acked() => format!("{:?} acked", e.op),
+                (_, s) => format!("{:?} {s}", e.op),
+            };
+            *tally.entry(what).or_insert(0usize) += 1;
+        }
         let fin = check::final_state(&*store, &events, &users, profile.user_index).await;
-        let anomalies = check::check(&events, &fin, profile.user_index);
+        // Events are delivered off the request path: let the last ones arrive.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let delivered = features
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let setup = check::Setup {
+            user_index: profile.user_index,
+            limit,
+            delivered: &delivered,
+            idle,
+        };
+        let anomalies = check::check(&events, &fin, &setup);
         drop(guard);
         if survey {
             for a in &anomalies {
@@ -122,6 +153,9 @@ async fn histories<F, Fut>(
         list.len(),
         started.elapsed().as_secs_f64()
     );
+    if std::env::var("COATCHECK_HISTORY_TALLY").is_ok_and(|v| v == "1") {
+        eprintln!("history checker: {label}: requests by operation and outcome: {tally:?}");
+    }
 }
 
 fn profile(user_index: bool) -> Profile {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::Router;
 use coatcheck::{KeyRing, SessionId};
-use http::header::{COOKIE, SET_COOKIE};
+use http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
 use http::Request;
 use http_body_util::BodyExt;
 use rand::rngs::StdRng;
@@ -62,6 +62,8 @@ pub enum Op {
     LogoutOthers,
     Expiry,
     RevokeDevice,
+    Password,
+    Remember,
 }
 
 impl Op {
@@ -78,6 +80,8 @@ impl Op {
             Op::LogoutOthers => "/logout_others",
             Op::Expiry => "/expiry",
             Op::RevokeDevice => "/revoke_device",
+            Op::Password => "/password",
+            Op::Remember => "/remember",
         }
     }
 
@@ -94,6 +98,8 @@ impl Op {
             (Op::LogoutOthers, if user_index { 3 } else { 0 }),
             (Op::Expiry, 4),
             (Op::RevokeDevice, if devices { 4 } else { 0 }),
+            (Op::Password, 2),
+            (Op::Remember, 5),
         ];
         let total: u32 = table.iter().map(|(_, w)| w).sum();
         let mut x = rng.gen_range(0..total);
@@ -171,6 +177,25 @@ impl std::fmt::Display for Event {
     }
 }
 
+/// How device `d` carries its session: API clients (every third device) the token in an
+/// `Authorization: Bearer` header, answered in `x-session-token`; browsers the cookie,
+/// some of them behind a basic-auth proxy that adds `Authorization: Basic` to every
+/// request (which must not hide the cookie).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Browser,
+    BrowserBehindBasicAuth,
+    Api,
+}
+
+pub fn client(device: usize) -> Client {
+    match device % 3 {
+        2 => Client::Api,
+        1 if device % 2 == 1 => Client::BrowserBehindBasicAuth,
+        _ => Client::Browser,
+    }
+}
+
 /// The user device `d` belongs to.
 pub fn owner(profile: &Profile, device: usize) -> String {
     format!("u{}", device / profile.devices_per_user)
@@ -208,6 +233,14 @@ pub async fn run(app: Router, profile: Profile, seed: u64) -> Vec<Event> {
                             }
                         }
                         Op::Expiry => rng.gen_range(60..600).to_string(),
+                        Op::Password => {
+                            if rng.gen_bool(0.7) {
+                                owner(&profile, device)
+                            } else {
+                                format!("u{}", rng.gen_range(0..profile.users))
+                            }
+                        }
+                        Op::Remember => rng.gen_bool(0.5).to_string(),
                         _ => String::new(),
                     };
                     let think = rng.gen_range(0..1500);
@@ -240,21 +273,43 @@ async fn request(
     op: Op,
     arg: String,
 ) -> Event {
+    let kind = client(device);
+    // The jar holds `name=value` for a browser, the bare token for an API client.
     let cookie = jar.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let token_of = |c: &str| match kind {
+        Client::Api => c.to_owned(),
+        _ => c
+            .split_once('=')
+            .map(|(_, v)| v.to_owned())
+            .unwrap_or_default(),
+    };
     let sent = cookie
         .as_deref()
-        .and_then(|c| c.split_once('='))
-        .and_then(|(_, v)| keys.verify_cookie_value(v))
+        .and_then(|c| keys.verify_cookie_value(&token_of(c)))
         .map(|v| v.id);
     let uri = match op {
-        Op::Put | Op::Login => format!("{}?v={arg}", op.path()),
+        Op::Put | Op::Login | Op::Password | Op::Remember => format!("{}?v={arg}", op.path()),
         Op::Expiry => format!("{}?secs={arg}", op.path()),
         _ => op.path().to_string(),
     };
     let method = if op == Op::Read { "GET" } else { "POST" };
     let mut req = Request::builder().method(method).uri(uri);
-    if let Some(c) = &cookie {
-        req = req.header(COOKIE, c);
+    match (kind, &cookie) {
+        // An API client sends the header from its first call (empty until it has a token).
+        (Client::Api, c) => {
+            req = req.header(
+                AUTHORIZATION,
+                format!("Bearer {}", c.as_deref().unwrap_or("")),
+            );
+        }
+        (Client::BrowserBehindBasicAuth, c) => {
+            req = req.header(AUTHORIZATION, "Basic dXNlcjpwYXNz");
+            if let Some(c) = c {
+                req = req.header(COOKIE, c);
+            }
+        }
+        (Client::Browser, Some(c)) => req = req.header(COOKIE, c),
+        (Client::Browser, None) => {}
     }
     let req = req.body(Body::empty()).expect("request");
     let invoked = start.elapsed().as_micros() as u64;
@@ -264,11 +319,33 @@ async fn request(
         Ok(Err(never)) => match never {},
         Ok(Ok(res)) => {
             let status = res.status().as_u16();
-            let set = res
+            let set_cookie = res
                 .headers()
                 .get(SET_COOKIE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
+            let token = res
+                .headers()
+                .get(coatcheck::BEARER_RESPONSE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            // What the client must not get: a browser answered in the header, an API
+            // client answered with a cookie.
+            let crossed = match kind {
+                Client::Api => set_cookie.is_some(),
+                _ => token.is_some(),
+            };
+            // The token as a Set-Cookie line: the same handling below.
+            let set = match kind {
+                Client::Api => token.map(|t| {
+                    if t.is_empty() {
+                        "sid=; Max-Age=0".to_owned()
+                    } else {
+                        format!("sid={t}")
+                    }
+                }),
+                _ => set_cookie,
+            };
             let body = res
                 .into_body()
                 .collect()
@@ -283,7 +360,10 @@ async fn request(
                     let mut jar = jar.lock().unwrap_or_else(|e| e.into_inner());
                     match keys.verify_cookie_value(value) {
                         Some(v) if !set.contains("Max-Age=0") => {
-                            *jar = Some(pair);
+                            *jar = Some(match kind {
+                                Client::Api => value.to_owned(),
+                                _ => pair,
+                            });
                             CookieOut::Set(v.id)
                         }
                         _ => {
@@ -292,6 +372,11 @@ async fn request(
                         }
                     }
                 }
+            };
+            let body = if crossed {
+                format!("transport crossed: {body}")
+            } else {
+                body
             };
             (status, body, out)
         }
