@@ -337,14 +337,28 @@ mod tests {
         );
     }
 
+    fn marked(mut d: Data) -> Data {
+        d.insert(REWRITE_KEY.to_owned(), serde_json::Value::Bool(true));
+        d
+    }
+
     #[test]
     fn rotation_new_key_encrypts_old_keys_decrypt_dropped_keys_do_not() {
         let id = SessionId::generate();
         let old = codec(&[[1; 32]]);
         let written_old = old.encode_for(&id, &data()).unwrap();
         let rotated = codec(&[[2; 32], [1; 32]]);
-        assert_eq!(rotated.decode_for(&id, &written_old).unwrap(), data());
-        let written_new = rotated.encode_for(&id, &data()).unwrap();
+        // Read under the old key: marked to be written again (under the new one).
+        assert_eq!(
+            rotated.decode_for(&id, &written_old).unwrap(),
+            marked(data())
+        );
+        let written_new = rotated.encode_for(&id, &marked(data())).unwrap();
+        assert_eq!(
+            rotated.decode_for(&id, &written_new).unwrap(),
+            data(),
+            "the mark is never stored"
+        );
         assert_ne!(written_new[1..5], written_old[1..5], "the new key's id");
         let dropped = codec(&[[2; 32]]);
         assert_eq!(dropped.decode_for(&id, &written_new).unwrap(), data());
@@ -369,7 +383,7 @@ mod tests {
         let plain = NativeCodec.encode(&data()).unwrap();
         assert!(c.decode_for(&id, &plain).is_err(), "plaintext refused");
         let migrating = c.clone().read_plaintext(true);
-        assert_eq!(migrating.decode_for(&id, &plain).unwrap(), data());
+        assert_eq!(migrating.decode_for(&id, &plain).unwrap(), marked(data()));
         assert!(
             c.encode(&data()).is_err() && c.decode(&bytes).is_err(),
             "unbound refused"

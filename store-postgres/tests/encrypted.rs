@@ -121,6 +121,11 @@ async fn keys_rotate_and_plaintext_migrates() {
         EncryptedCodec::new(keys(&[OLD_TEST_KEY])).read_plaintext(true),
     );
     let mut loaded = migrating.load(&old.id).await.expect("load").expect("live");
+    // Read in the clear: marked for the middleware to write it again (never stored).
+    assert_eq!(
+        loaded.data.shift_remove(coatcheck_core::REWRITE_KEY),
+        Some(serde_json::Value::Bool(true))
+    );
     assert_eq!(loaded.data, old.data);
     loaded.version = migrating.save(&loaded).await.expect("save");
     assert_eq!(raw(&plain, &old.id).await[0], ENCRYPTED_FORMAT_V1, "moved");
