@@ -87,6 +87,12 @@ pub enum RevokeScope {
     /// [`max_sessions_per_user`](crate::SessionLayerBuilder::max_sessions_per_user) with
     /// `Evict` (sent by that login's request).
     Evicted,
+    /// Sessions the [`credential_check`](crate::SessionLayerBuilder::credential_check)
+    /// already treated as signed out, removed at a login under
+    /// [`max_sessions_per_user`](crate::SessionLayerBuilder::max_sessions_per_user) or by
+    /// [`list_user_sessions`](crate::Session::list_user_sessions) (a session found so by a
+    /// request of its own is a [`SessionEvent::CredentialsChanged`] instead).
+    StaleCredentials,
 }
 
 pub(crate) type Subscriber = Arc<dyn Fn(SessionEvent) + Send + Sync>;

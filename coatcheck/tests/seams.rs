@@ -182,12 +182,23 @@ async fn signed_out_sessions_neither_count_against_the_cap_nor_are_listed() {
         assert_eq!(new.send(&app, "/devices").await.1, "1", "{policy:?}");
         assert_eq!(store.list_for_user("ada").await.expect("list").len(), 1);
         assert_eq!(laptop.send(&app, "/whoami").await.1, "");
-        let changed = events_after(&events, Duration::from_millis(100))
+        let pruned: Vec<u64> = events_after(&events, Duration::from_millis(100))
             .await
             .into_iter()
-            .filter(|e| matches!(e, SessionEvent::CredentialsChanged { .. }))
-            .count();
-        assert_eq!(changed, 2, "{policy:?}: one per stale session");
+            .filter_map(|e| match e {
+                SessionEvent::Revoked {
+                    scope: RevokeScope::StaleCredentials,
+                    count,
+                    ..
+                } => Some(count),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            pruned,
+            vec![2],
+            "{policy:?}: both stale sessions, in one event"
+        );
     }
 }
 

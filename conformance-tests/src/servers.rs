@@ -92,6 +92,8 @@ pub struct Server {
     ready: fn(u16) -> bool,
     ready_within: Duration,
     child: Mutex<Option<Child>>,
+    /// A directory of the server's own (a durable one's append-only file), removed on drop.
+    files: Option<PathBuf>,
 }
 
 impl Server {
@@ -113,6 +115,7 @@ impl Server {
             ready,
             ready_within,
             child: Mutex::new(None),
+            files: None,
         };
         process.spawn();
         process
@@ -196,6 +199,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.files {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -233,7 +239,31 @@ impl Server {
         Some(Self::redis_like(
             "redis-server",
             PathBuf::from("redis-server"),
+            false,
         ))
+    }
+
+    /// A `redis-server` of the test's own that keeps its data across
+    /// [`restart`](Server::restart): an append-only file fsynced at every write
+    /// (`appendfsync always`) in a directory of its own, so a SIGKILL loses nothing it
+    /// acknowledged.
+    pub fn redis_durable() -> Option<Server> {
+        if !runs(Path::new("redis-server"), "--version") {
+            return missing(Backend::Redis, "no redis-server on PATH");
+        }
+        Some(Self::redis_like(
+            "redis-server",
+            PathBuf::from("redis-server"),
+            true,
+        ))
+    }
+
+    /// [`Server::valkey`], keeping its data as [`Server::redis_durable`] does.
+    pub fn valkey_durable() -> Option<Server> {
+        let server = Self::valkey()?;
+        let program = server.program.clone();
+        drop(server);
+        Some(Self::redis_like("valkey-server", program, true))
     }
 
     /// A `valkey-server` (Valkey ≥ 8.1, which has `SET … IFEQ`) of the test's own, as
@@ -265,20 +295,18 @@ impl Server {
                 "no valkey-server (run .ci/valkey.sh bin once, or set VALKEY_SERVER)",
             );
         };
-        Some(Self::redis_like("valkey-server", program))
+        Some(Self::redis_like("valkey-server", program, false))
     }
 
-    fn redis_like(name: &'static str, program: PathBuf) -> Server {
+    fn redis_like(name: &'static str, program: PathBuf, durable: bool) -> Server {
         let port = free_port();
-        let args = [
+        let mut args = [
             "--bind",
             "127.0.0.1",
             "--port",
             &port.to_string(),
             "--save",
             "",
-            "--appendonly",
-            "no",
             "--protected-mode",
             "no",
             "--enable-debug-command",
@@ -286,7 +314,27 @@ impl Server {
         ]
         .map(str::to_owned)
         .to_vec();
-        Server::start(
+        let mut files = None;
+        if durable {
+            let dir = std::env::temp_dir().join(crate::harness::unique_name("coatcheck-aof"));
+            files = Some(dir.clone());
+            #[allow(clippy::expect_used)] // a test fixture: failing loudly is the point
+            std::fs::create_dir_all(&dir).expect("create the server's directory");
+            args.extend(
+                [
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--dir",
+                    &dir.display().to_string(),
+                ]
+                .map(str::to_owned),
+            );
+        } else {
+            args.extend(["--appendonly", "no"].map(str::to_owned));
+        }
+        let mut server = Server::start(
             name,
             format!("redis://127.0.0.1:{port}"),
             program,
@@ -294,7 +342,9 @@ impl Server {
             port,
             redis_ping,
             Duration::from_secs(10),
-        )
+        );
+        server.files = files;
+        server
     }
 
     /// A MongoDB-wire server of the test's own: SecantusDB's `secantusd-py` with in-memory

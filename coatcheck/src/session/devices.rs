@@ -82,6 +82,7 @@ impl Session {
             Err(e) => return self.fail(e),
         };
         let mut kept = Vec::with_capacity(list.len());
+        let mut removed = 0u64;
         for info in list {
             if own
                 .as_ref()
@@ -108,13 +109,21 @@ impl Session {
                 .bounded("delete", shared.store.delete(&info.id))
                 .await
             {
-                Ok(true) => self.emit(SessionEvent::CredentialsChanged {
-                    user: user.to_owned(),
-                    handle: record.device.map(|d| d.handle),
-                }),
+                Ok(true) => removed += 1,
                 Ok(false) => {}
                 Err(e) => return self.fail(e),
             }
+        }
+        // One event for them all, naming no device: a record listed here may be the copy
+        // a rotation of that device has in flight, and `CredentialsChanged` names each
+        // device once — when a request of its own finds it signed out (the history checker
+        // found a device announced twice, once per copy).
+        if removed > 0 {
+            self.emit(SessionEvent::Revoked {
+                user: user.to_owned(),
+                scope: RevokeScope::StaleCredentials,
+                count: removed,
+            });
         }
         Ok(kept)
     }

@@ -39,14 +39,24 @@ pub struct Features {
     pub events: EventLog,
     /// `max_sessions_per_user`, for a store that enforces it.
     pub limit: Option<(u32, LimitPolicy)>,
+    /// The layer's bound on one store call.
+    pub store_timeout: Duration,
+    /// Lineage names, shared by every instance (each mints them).
+    pub next_lineage: Arc<AtomicU64>,
 }
 
 impl Features {
-    pub fn new(users: &[String], limit: Option<(u32, LimitPolicy)>) -> Self {
+    pub fn new(
+        users: &[String],
+        limit: Option<(u32, LimitPolicy)>,
+        store_timeout: Duration,
+    ) -> Self {
         Features {
             users: Arc::new(RwLock::new(users.iter().map(|u| (u.clone(), 0)).collect())),
             events: EventLog::default(),
             limit,
+            store_timeout,
+            next_lineage: Arc::new(AtomicU64::new(1)),
         }
     }
 }
@@ -309,7 +319,7 @@ pub fn app(
         // Every read that moves the expiry touches: the touch path races everything else.
         .touch_after(Duration::ZERO)
         .remember_me(REMEMBER_IDLE, None)
-        .store_timeout(Some(Duration::from_secs(20)))
+        .store_timeout(Some(features.store_timeout))
         .transport(Transport::bearer().and_cookie())
         .on_event(move |e| log.lock().unwrap_or_else(|p| p.into_inner()).push(e))
         .credential_check(move |user: String| {
@@ -324,7 +334,7 @@ pub fn app(
     }
     let layer = builder.build().expect("valid config");
     let state = AppState {
-        next_lineage: Arc::new(AtomicU64::new(1)),
+        next_lineage: features.next_lineage.clone(),
         rng: Arc::new(Mutex::new(rng)),
         max_pause_us: max_pause.as_micros() as u64,
         users: features.users.clone(),

@@ -35,6 +35,27 @@
 //! - **transport**: a browser (cookie, with or without an `Authorization: Basic` header)
 //!   is answered in the cookie, an API client (Bearer) in `x-session-token`, never the
 //!   other way.
+//!
+//! Under faults (issue 26), a request answered `503` (the store did not answer in time) or
+//! `500` (the store failed: a killed connection, a restarting server) is **indeterminate**,
+//! Jepsen's `:info`: it may or may not have taken effect, even after it answered (a
+//! command a paused server still holds runs when it wakes). The invariants allow exactly
+//! that and nothing more:
+//!
+//! - **counter**: the final counter lies between the acknowledged increments and the
+//!   acknowledged plus the indeterminate ones (an indeterminate request is attributed to a
+//!   session by the id its cookie carried);
+//! - **register**, **remember**: the final value may also be one an indeterminate write
+//!   wrote, if no acknowledged write followed it in real time (saves are compare-and-set,
+//!   so a late write cannot land after one that moved the version);
+//! - **revoked**, **index**, **cap**, **credential** are unchanged: an acknowledged
+//!   revocation is never undone, no acknowledged write is lost, the index is exact at
+//!   quiescence;
+//! - a rotation caught by a fault may leave its new record behind under an id no client
+//!   ever received (its clean-up failed too): such an orphan is unreachable, so
+//!   **duplicate**, **revoked** (live at the end) and **events** ignore it (and its own
+//!   credential-change announcement is allowed), while the index must still list it
+//!   exactly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -83,8 +104,7 @@ pub async fn final_state(
     let mut index = BTreeMap::new();
     if user_index {
         for u in users {
-            let listed: BTreeSet<SessionId> = store
-                .list_for_user(u)
+            let listed: BTreeSet<SessionId> = settled(|| store.list_for_user(u))
                 .await
                 .expect("list_for_user after quiescence")
                 .into_iter()
@@ -96,7 +116,10 @@ pub async fn final_state(
     }
     let mut records = Vec::new();
     for id in ids {
-        if let Some(r) = store.load(&id).await.expect("load after quiescence") {
+        if let Some(r) = settled(|| store.load(&id))
+            .await
+            .expect("load after quiescence")
+        {
             records.push(r);
         }
     }
@@ -109,6 +132,25 @@ pub async fn final_state(
     }
 }
 
+/// A store call after quiescence, retried for a while: after a fault the client may need a
+/// try or two to reconnect.
+async fn settled<T, F, Fut>(call: F) -> Result<T, coatcheck::StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, coatcheck::StoreError>>,
+{
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Err(coatcheck::StoreError::Backend(_)) if tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn lineage_of(r: &Record) -> Option<String> {
     r.data
         .get("lineage")
@@ -118,6 +160,8 @@ fn lineage_of(r: &Record) -> Option<String> {
 
 /// What a history turned on, for the invariants that depend on it.
 pub struct Setup<'a> {
+    /// Faults were injected: indeterminate requests and orphans are allowed.
+    pub faulted: bool,
     pub user_index: bool,
     /// The session cap in force (only where the store enforces it).
     pub limit: Option<(u32, LimitPolicy)>,
@@ -130,9 +174,28 @@ pub struct Setup<'a> {
 pub fn check(events: &[Event], fin: &Final, setup: &Setup<'_>) -> Vec<Anomaly> {
     let user_index = setup.user_index;
     let mut out = Vec::new();
-    status(events, &mut out);
+    status(events, setup.faulted, &mut out);
+    // Under faults, records under an id no client ever held are orphans (see above).
+    let delivered: BTreeSet<&SessionId> = events
+        .iter()
+        .flat_map(|e| {
+            let set = match &e.cookie {
+                CookieOut::Set(id) => Some(id),
+                _ => None,
+            };
+            e.sent.iter().chain(set)
+        })
+        .collect();
+    let reachable = |r: &Record, stored: &SessionId| {
+        !setup.faulted || delivered.contains(&r.id) || delivered.contains(stored)
+    };
     let mut live: HashMap<String, Vec<&Record>> = HashMap::new();
-    for r in &fin.records {
+    for (r, _) in fin
+        .records
+        .iter()
+        .zip(&fin.stored_ids)
+        .filter(|(r, stored)| reachable(r, stored))
+    {
         live.entry(lineage_of(r).unwrap_or_default())
             .or_default()
             .push(r);
@@ -153,18 +216,34 @@ pub fn check(events: &[Event], fin: &Final, setup: &Setup<'_>) -> Vec<Anomaly> {
             by_lineage.entry(l).or_default().push(e);
         }
     }
+    // Indeterminate requests, by the session their cookie named: an id belongs to the
+    // lineage of the answer that issued it (a request that found its cookie's session gone
+    // answers another lineage, under another id).
+    let mut lineage_of_id: HashMap<&SessionId, &str> = HashMap::new();
+    for e in events {
+        if let (Some(l), CookieOut::Set(id)) = (e.lineage(), &e.cookie) {
+            lineage_of_id.insert(id, l);
+        }
+    }
+    let mut unknown: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.indeterminate()) {
+        if let Some(l) = e.sent.as_ref().and_then(|id| lineage_of_id.get(id)) {
+            unknown.entry(l).or_default().push(e);
+        }
+    }
     for (l, evs) in &by_lineage {
         let rec = live.get(*l).and_then(|rs| rs.first().copied());
-        counter(l, evs, rec, &mut out);
-        register(l, evs, rec, &mut out);
-        remember(l, evs, rec, fin.at, setup.idle, &mut out);
+        let maybe = unknown.get(*l).map(Vec::as_slice).unwrap_or_default();
+        counter(l, evs, maybe, rec, &mut out);
+        register(l, evs, maybe, rec, &mut out);
+        remember(l, evs, maybe, rec, fin.at, setup.idle, &mut out);
     }
     revoked(events, &by_lineage, &live, &mut out);
     credential(events, &by_lineage, &mut out);
     if let Some((max, _)) = setup.limit {
-        cap(fin, max, &mut out);
+        cap(&live, max, &mut out);
     }
-    ending_events(setup.delivered, fin, &mut out);
+    ending_events(setup.delivered, &live, setup.faulted, &mut out);
     if user_index {
         index(fin, &mut out);
     }
@@ -209,9 +288,9 @@ fn credential(events: &[Event], by_lineage: &BTreeMap<&str, Vec<&Event>>, out: &
     }
 }
 
-fn cap(fin: &Final, max: u32, out: &mut Vec<Anomaly>) {
+fn cap(live: &HashMap<String, Vec<&Record>>, max: u32, out: &mut Vec<Anomaly>) {
     let mut per_user: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in &fin.records {
+    for r in live.values().flatten() {
         if let Some(u) = r.user_id.as_deref() {
             *per_user.entry(u).or_default() += 1;
         }
@@ -231,6 +310,7 @@ fn cap(fin: &Final, max: u32, out: &mut Vec<Anomaly>) {
 fn remember(
     l: &str,
     evs: &[&Event],
+    unknown: &[&Event],
     rec: Option<&Record>,
     end: Timestamp,
     idle: Duration,
@@ -238,15 +318,25 @@ fn remember(
 ) {
     let Some(rec) = rec else { return };
     let stored = rec.data.get(coatcheck::REMEMBER_ME_KEY) == Some(&serde_json::Value::Bool(true));
-    let writes: Vec<&&Event> = evs
+    let writes: Vec<&Event> = evs
         .iter()
+        .copied()
         .filter(|e| e.op == Op::Remember && e.acked())
         .collect();
-    let maximal: Vec<&&&Event> = writes
+    let maximal: Vec<&Event> = writes
         .iter()
+        .copied()
         .filter(|w| !writes.iter().any(|o| o.invoked > w.completed))
+        .chain(
+            unknown
+                .iter()
+                .copied()
+                // A later tick or untick may have been a no-op: any may land last.
+                .filter(|w| w.op == Op::Remember),
+        )
         .collect();
-    if !maximal.is_empty() && !maximal.iter().any(|w| (w.arg == "true") == stored) {
+    // With no acknowledged choice, the session may still be as it was created.
+    if !writes.is_empty() && !maximal.iter().any(|w| (w.arg == "true") == stored) {
         out.push(Anomaly {
             kind: "remember",
             detail: format!(
@@ -276,11 +366,18 @@ fn remember(
     }
 }
 
-fn ending_events(delivered: &[SessionEvent], fin: &Final, out: &mut Vec<Anomaly>) {
-    let live: BTreeSet<&str> = fin
-        .records
+fn ending_events(
+    delivered: &[SessionEvent],
+    live: &HashMap<String, Vec<&Record>>,
+    faulted: bool,
+    out: &mut Vec<Anomaly>,
+) {
+    let live: BTreeMap<&str, &str> = live
         .iter()
-        .filter_map(|r| r.device.as_ref().map(|d| d.handle.as_str()))
+        .flat_map(|(l, rs)| {
+            rs.iter()
+                .filter_map(move |r| r.device.as_ref().map(|d| (d.handle.as_str(), l.as_str())))
+        })
         .collect();
     let mut changed: BTreeMap<&str, usize> = BTreeMap::new();
     for e in delivered {
@@ -300,19 +397,21 @@ fn ending_events(delivered: &[SessionEvent], fin: &Final, out: &mut Vec<Anomaly>
             }
             _ => continue,
         };
-        if live.contains(handle.as_str()) {
+        if let Some(l) = live.get(handle.as_str()) {
             out.push(Anomaly {
                 kind: "events",
                 detail: format!(
-                    "an event says device {handle} was {what}, yet its session is live at the end"
+                    "an event says device {handle} was {what}, yet its session ({l}) is live at the end"
                 ),
-                lineage: None,
+                lineage: Some((*l).to_owned()),
                 witnesses: Vec::new(),
             });
         }
     }
+    // Under faults a failed rotation's orphan is a second record of the same device, and
+    // ending it is a second announcement: only a history without faults is held to one.
     for (h, n) in changed {
-        if n > 1 {
+        if n > 1 && !faulted {
             out.push(Anomaly {
                 kind: "events",
                 detail: format!("device {h}'s credential change was announced {n} times"),
@@ -323,8 +422,11 @@ fn ending_events(delivered: &[SessionEvent], fin: &Final, out: &mut Vec<Anomaly>
     }
 }
 
-fn status(events: &[Event], out: &mut Vec<Anomaly>) {
+fn status(events: &[Event], faulted: bool, out: &mut Vec<Anomaly>) {
     for e in events {
+        if faulted && e.indeterminate() {
+            continue;
+        }
         // 409: the session was ended by another request meanwhile (nothing written).
         let ok = ((200..300).contains(&e.status) && !e.body.starts_with("transport crossed"))
             || (e.status == 503 && e.body == "session store busy, retry")
@@ -343,13 +445,19 @@ fn status(events: &[Event], out: &mut Vec<Anomaly>) {
     }
 }
 
-fn counter(l: &str, evs: &[&Event], rec: Option<&Record>, out: &mut Vec<Anomaly>) {
+fn counter(
+    l: &str,
+    evs: &[&Event],
+    unknown: &[&Event],
+    rec: Option<&Record>,
+    out: &mut Vec<Anomaly>,
+) {
     let incrs: Vec<&&Event> = evs
         .iter()
         .filter(|e| e.op == Op::Incr && (200..300).contains(&e.status))
         .collect();
     let acked: Vec<&&Event> = incrs.iter().copied().filter(|e| e.acked()).collect();
-    let maybe = incrs.len() - acked.len();
+    let maybe = incrs.len() - acked.len() + unknown.iter().filter(|e| e.op == Op::Incr).count();
     let mut values: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
     for e in &acked {
         if let Some(n) = e.seen.as_ref().and_then(|s| s.n) {
@@ -377,7 +485,7 @@ fn counter(l: &str, evs: &[&Event], rec: Option<&Record>, out: &mut Vec<Anomaly>
         out.push(Anomaly {
             kind: "counter",
             detail: format!(
-                "{l}: final counter {stored}, but {lo} increments were acknowledged ({maybe} more answered with a cleared cookie)"
+                "{l}: final counter {stored}, but {lo} increments were acknowledged ({maybe} more answered with a cleared cookie or were indeterminate)"
             ),
             lineage: Some(l.to_owned()),
             witnesses: acked.iter().map(|e| e.index).collect(),
@@ -395,17 +503,46 @@ fn counter(l: &str, evs: &[&Event], rec: Option<&Record>, out: &mut Vec<Anomaly>
     }
 }
 
-fn register(l: &str, evs: &[&Event], rec: Option<&Record>, out: &mut Vec<Anomaly>) {
+/// Whether the indeterminate write `w` of `reg` may be the last one to land: it may land any
+/// time after it was sent — even after later requests completed (a paused server runs it
+/// when it wakes) — but saves are compare-and-set on a version read before `w` completed,
+/// so never after a later acknowledged request that wrote the session. It may land before
+/// such a request, though, which then keeps `reg` unless it wrote `reg` itself: only a
+/// later acknowledged `put` (which always writes it) rules `w` out; a later `remove` may
+/// have found nothing to remove and written nothing. (Found by the checker under pauses
+/// of the Redis and Mongo-wire servers.)
+fn may_land_last(w: &Event, evs: &[&Event]) -> bool {
+    !evs.iter()
+        .any(|o| o.op == Op::Put && o.acked() && o.invoked > w.completed)
+}
+
+fn register(
+    l: &str,
+    evs: &[&Event],
+    unknown: &[&Event],
+    rec: Option<&Record>,
+    out: &mut Vec<Anomaly>,
+) {
     let Some(rec) = rec else { return };
-    let writes: Vec<&&Event> = evs
+    let is_write = |e: &&Event| matches!(e.op, Op::Put | Op::Remove);
+    let writes: Vec<&Event> = evs
         .iter()
-        .filter(|e| matches!(e.op, Op::Put | Op::Remove) && e.acked())
+        .copied()
+        .filter(|e| is_write(e) && e.acked())
         .collect();
     let value = |e: &Event| (e.op == Op::Put).then(|| e.arg.clone());
-    // The writes no other acknowledged write followed in real time.
-    let maximal: Vec<&&&Event> = writes
+    // The writes no acknowledged write followed in real time, and the indeterminate ones
+    // that may have landed last.
+    let maximal: Vec<&Event> = writes
         .iter()
+        .copied()
         .filter(|w| !writes.iter().any(|o| o.invoked > w.completed))
+        .chain(
+            unknown
+                .iter()
+                .copied()
+                .filter(|w| is_write(w) && may_land_last(w, evs)),
+        )
         .collect();
     let stored = rec
         .data
@@ -445,11 +582,13 @@ fn principal_during(evs: &[&Event], x: &Event) -> Option<String> {
     (!moved).then(|| last.arg.clone())
 }
 
-/// Whether another request rotated (`login`/`regenerate`) session `l` while `x` ran.
+/// Whether another request rotated (`login`, `regenerate`, a re-stamp after a password
+/// change) session `l` while `x` ran.
 fn rotated_during(by_lineage: &BTreeMap<&str, Vec<&Event>>, l: &str, x: &Event) -> bool {
     by_lineage.get(l).is_some_and(|evs| {
         evs.iter().any(|r| {
-            matches!(r.op, Op::Regenerate | Op::Login)
+            (matches!(r.op, Op::Regenerate | Op::Login)
+                || (r.op == Op::Password && r.seen.as_ref().is_some_and(|s| s.restamped)))
                 && r.index != x.index
                 && (200..300).contains(&r.status)
                 && r.invoked < x.completed
@@ -592,6 +731,17 @@ fn index(fin: &Final, out: &mut Vec<Anomaly>) {
 }
 
 impl Event {
+    /// Answered by a store failure (`503`: not in time; `500`: failed): under faults it may
+    /// or may not have taken effect.
+    pub fn indeterminate(&self) -> bool {
+        // The layer answers a failure of its end-of-request write with the status alone;
+        // a handler's own error says what failed.
+        matches!(
+            (self.status, self.body.as_str()),
+            (503, "" | "session store busy, retry") | (500, "" | "session store unavailable")
+        )
+    }
+
     pub fn op_name(&self) -> String {
         format!("#{} {:?}", self.index, self.op)
     }
@@ -599,7 +749,13 @@ impl Event {
 
 /// The anomalies with the part of the history that shows each: the witnesses and every
 /// request on the same session.
-pub fn report(label: &str, seed: u64, events: &[Event], anomalies: &[Anomaly]) -> String {
+pub fn report(
+    label: &str,
+    seed: u64,
+    events: &[Event],
+    faults: &[crate::nemesis::Fault],
+    anomalies: &[Anomaly],
+) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(
@@ -609,6 +765,12 @@ pub fn report(label: &str, seed: u64, events: &[Event], anomalies: &[Anomaly]) -
         if anomalies.len() == 1 { "y" } else { "ies" },
         label
     );
+    if !faults.is_empty() {
+        let _ = writeln!(s, "\nthe faults injected:");
+        for f in faults {
+            let _ = writeln!(s, "   {f}");
+        }
+    }
     if std::env::var("COATCHECK_HISTORY_DUMP").is_ok_and(|v| v == "1") {
         let _ = writeln!(s, "\nthe whole history:");
         for e in events {
@@ -617,14 +779,22 @@ pub fn report(label: &str, seed: u64, events: &[Event], anomalies: &[Anomaly]) -
     }
     for a in anomalies.iter().take(6) {
         let _ = writeln!(s, "\n[{}] {}", a.kind, a.detail);
+        // The session's requests, and every other request of the devices that held it
+        // (failed ones say no session; others may show where it went).
+        let devices: BTreeSet<usize> = events
+            .iter()
+            .filter(|e| a.lineage.is_some() && e.lineage() == a.lineage.as_deref())
+            .map(|e| e.device)
+            .collect();
         let shown: Vec<&Event> = events
             .iter()
             .filter(|e| {
                 a.witnesses.contains(&e.index)
                     || (a.lineage.is_some() && e.lineage() == a.lineage.as_deref())
+                    || devices.contains(&e.device)
             })
             .collect();
-        for e in shown.iter().take(60) {
+        for e in shown.iter().take(100) {
             let mark = if a.witnesses.contains(&e.index) {
                 "*"
             } else {
@@ -634,4 +804,89 @@ pub fn report(label: &str, seed: u64, events: &[Event], anomalies: &[Anomaly]) -
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::Seen;
+
+    fn event(
+        index: usize,
+        op: Op,
+        status: u16,
+        body: &str,
+        sent: Option<&SessionId>,
+        n: Option<u64>,
+    ) -> Event {
+        let seen = (status == 200).then(|| Seen {
+            lineage: Some("L8".into()),
+            n,
+            ..Seen::default()
+        });
+        Event {
+            index,
+            instance: 0,
+            device: 3,
+            tab: 0,
+            op,
+            arg: String::new(),
+            invoked: index as u64 * 10,
+            completed: index as u64 * 10 + 5,
+            sent: sent.cloned(),
+            status,
+            body: body.into(),
+            seen,
+            cookie: CookieOut::Untouched,
+        }
+    }
+
+    /// An increment answered `503` under faults may have happened: the final counter may
+    /// exceed the acknowledged ones by it, attributed by the id the request's cookie named.
+    #[test]
+    fn an_indeterminate_increment_is_attributed_by_its_cookie() {
+        let id = SessionId::generate();
+        let mut rec = Record::new(id.clone(), Timestamp::now(), Timestamp::now());
+        rec.data.insert("lineage".into(), "L8".into());
+        rec.data.insert("n".into(), 2.into());
+        let mut first = event(0, Op::Incr, 200, "", None, Some(1));
+        first.cookie = CookieOut::Set(id.clone());
+        // The same cookie, after its session was found gone: another lineage, another id.
+        let mut lost = event(2, Op::Read, 200, "", Some(&id), None);
+        if let Some(seen) = lost.seen.as_mut() {
+            seen.lineage = Some("L9".into());
+        }
+        lost.cookie = CookieOut::Set(SessionId::generate());
+        let events = vec![
+            first,
+            event(
+                1,
+                Op::Incr,
+                503,
+                "session store busy, retry",
+                Some(&id),
+                None,
+            ),
+            lost,
+        ];
+        let fin = Final {
+            records: vec![rec],
+            stored_ids: vec![id],
+            index: BTreeMap::new(),
+            at: Timestamp::now(),
+        };
+        let setup = Setup {
+            faulted: true,
+            user_index: false,
+            limit: None,
+            delivered: &[],
+            idle: Duration::from_secs(600),
+        };
+        let found = check(&events, &fin, &setup);
+        assert!(
+            found.is_empty(),
+            "{:?}",
+            found.iter().map(|a| &a.detail).collect::<Vec<_>>()
+        );
+    }
 }

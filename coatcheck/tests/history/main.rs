@@ -3,17 +3,26 @@
 //! handlers); the recorded history and the final store are then checked for anomalies
 //! (`check.rs` states the invariants).
 //!
+//! Each history runs several app instances (`COATCHECK_HISTORY_INSTANCES`, default 3), as
+//! behind a load balancer: each with its own `SessionLayer` and its own store client (its
+//! own pool, and on Valkey its own `IFEQ` cache), every request sent to a random one. The
+//! `*_faults` tests run against a private server of their own while a nemesis
+//! (`nemesis.rs`) kills its connections, pauses it past the layer's `store_timeout` and
+//! restarts it, keeping its data.
+//!
 //! Seeds: each test runs `COATCHECK_HISTORY_SEEDS` histories (default: per store, see
 //! `SEEDS`) from seeds derived from `COATCHECK_HISTORY_BASE` (default: a fixed base, so CI is
-//! repeatable; set it to explore). `COATCHECK_HISTORY_SEED=n` replays one seed. Operations
-//! and delays are drawn from the seed; the interleaving is the machine's, so a replay
-//! repeats the workload, and usually the anomaly.
+//! repeatable; set it to explore). `COATCHECK_HISTORY_SEED=n` replays one seed. Operations,
+//! instances, delays and faults are drawn from the seed; the interleaving is the machine's,
+//! so a replay repeats the workload, and usually the anomaly.
 //!
-//! On failure the test prints the seed and, for each anomaly, the sub-history that shows it.
+//! On failure the test prints the seed and, for each anomaly, the sub-history that shows it
+//! (each request with the instance that served it, and the faults injected).
 
 mod app;
 mod check;
 mod delay;
+mod nemesis;
 mod run;
 
 use std::sync::Arc;
@@ -23,14 +32,17 @@ use coatcheck::mongo::MongoStore;
 use coatcheck::postgres::PostgresStore;
 use coatcheck::redis::RedisStore;
 use coatcheck::{ExpressFormat, SessionStore};
+use coatcheck_conformance::servers::{PostgresServer, Server};
 use coatcheck_conformance::{harness, Backend};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use nemesis::{Nemesis, Target};
 use run::Profile;
 
-/// How a history test gets a fresh store (and whatever must live as long as it).
-type Made = (Arc<dyn SessionStore>, Box<dyn std::any::Any + Send>);
+/// The store clients of one history, one per app instance, all on the same data (and
+/// whatever must live as long as they do).
+type Made = (Vec<Arc<dyn SessionStore>>, Box<dyn std::any::Any + Send>);
 
 fn seeds(default: usize) -> Vec<u64> {
     if let Ok(one) = std::env::var("COATCHECK_HISTORY_SEED") {
@@ -50,38 +62,77 @@ fn seeds(default: usize) -> Vec<u64> {
     (0..n as u64).map(|i| base + i).collect()
 }
 
-/// Runs the histories of one store configuration and fails with the report of the first
-/// seed that shows an anomaly.
-async fn histories<F, Fut>(
-    label: &str,
+/// How many app instances a history runs (`COATCHECK_HISTORY_INSTANCES`, default 3).
+fn instances() -> usize {
+    std::env::var("COATCHECK_HISTORY_INSTANCES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(3usize)
+        .max(1)
+}
+
+/// The layer's bound on a store call in a history with faults: a pause lasts longer.
+const FAULT_STORE_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// One store configuration's histories.
+struct Mode {
+    label: &'static str,
     default_seeds: usize,
     express: bool,
     profile: Profile,
-    make: F,
-) where
-    F: Fn() -> Fut,
+    /// The private server the nemesis hits, for a history with faults.
+    faults: Option<Arc<Target>>,
+}
+
+impl Mode {
+    fn new(label: &'static str, default_seeds: usize, express: bool, user_index: bool) -> Self {
+        Mode {
+            label,
+            default_seeds,
+            express,
+            profile: profile(user_index),
+            faults: None,
+        }
+    }
+
+    fn faults(mut self, target: Target) -> Self {
+        self.faults = Some(Arc::new(target));
+        self
+    }
+}
+
+/// Runs the histories of one store configuration and fails with the report of the first
+/// seed that shows an anomaly.
+async fn histories<F, Fut>(mode: Mode, make: F)
+where
+    F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Made>,
 {
+    let Mode {
+        label,
+        default_seeds,
+        express,
+        profile,
+        faults,
+    } = mode;
     let started = Instant::now();
     let users: Vec<String> = (0..profile.users).map(|u| format!("u{u}")).collect();
     let list = seeds(default_seeds);
+    let n = instances();
     let mut requests = 0;
+    let mut injected = 0;
     let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
     // COATCHECK_HISTORY_SURVEY=1: run every seed, then tally the anomalies by kind.
     let survey = std::env::var("COATCHECK_HISTORY_SURVEY").is_ok_and(|v| v == "1");
     let mut found: std::collections::BTreeMap<&'static str, (u64, f64, usize)> = Default::default();
     let mut first_report = String::new();
     for &seed in &list {
-        let (store, guard) = make().await;
+        let (stores, guard) = make(n).await;
+        let store = stores[0].clone();
         let profile = Profile {
             devices: profile.devices && store.capabilities().devices,
             ..profile
         };
-        let delayed: Arc<dyn SessionStore> = Arc::new(delay::Delaying::new(
-            store.clone(),
-            StdRng::seed_from_u64(seed ^ 0x5EED),
-            profile.store_pause,
-        ));
         // The session cap, drawn from the seed: none, `Evict` or `Refuse` at 2 per user.
         let limit = match seed % 3 {
             0 => None,
@@ -89,17 +140,48 @@ async fn histories<F, Fut>(
             _ => Some((2, coatcheck::LimitPolicy::Refuse)),
         }
         .filter(|_| store.capabilities().session_limit);
-        let features = app::Features::new(&users, limit);
+        let store_timeout = if faults.is_some() {
+            FAULT_STORE_TIMEOUT
+        } else {
+            Duration::from_secs(20)
+        };
+        let features = app::Features::new(&users, limit, store_timeout);
         let idle = Duration::from_secs(600);
-        let app = app::app(
-            delayed,
-            express,
-            StdRng::seed_from_u64(seed ^ 0xA11),
-            profile.handler_pause,
-            idle,
-            &features,
-        );
-        let events = run::run(app, profile, seed).await;
+        let apps: Vec<axum::Router> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let salt = i as u64 * 0x1000;
+                let delayed: Arc<dyn SessionStore> = Arc::new(delay::Delaying::new(
+                    s.clone(),
+                    StdRng::seed_from_u64(seed ^ 0x5EED ^ salt),
+                    profile.store_pause,
+                ));
+                app::app(
+                    delayed,
+                    express,
+                    StdRng::seed_from_u64(seed ^ 0xA11 ^ salt),
+                    profile.handler_pause,
+                    idle,
+                    &features,
+                )
+            })
+            .collect();
+        let start = Instant::now();
+        let nemesis = faults.as_ref().map(|t| {
+            Nemesis::start(
+                t.clone(),
+                seed,
+                start,
+                FAULT_STORE_TIMEOUT + Duration::from_millis(400),
+            )
+        });
+        let events = run::run(&apps, profile, seed, start).await;
+        let fault_log = match nemesis {
+            Some(n) => n.stop().await,
+            None => Vec::new(),
+        };
+        injected += fault_log.len();
         requests += events.len();
         for e in &events {
             let what = match (e.op, e.status) {
@@ -121,8 +203,11 @@ async fn histories<F, Fut>(
             limit,
             delivered: &delivered,
             idle,
+            faulted: faults.is_some(),
         };
         let anomalies = check::check(&events, &fin, &setup);
+        drop(apps);
+        drop(stores);
         drop(guard);
         if survey {
             for a in &anomalies {
@@ -132,10 +217,13 @@ async fn histories<F, Fut>(
                     .2 += 1;
             }
             if !anomalies.is_empty() && first_report.is_empty() {
-                first_report = check::report(label, seed, &events, &anomalies);
+                first_report = check::report(label, seed, &events, &fault_log, &anomalies);
             }
         } else if !anomalies.is_empty() {
-            panic!("{}", check::report(label, seed, &events, &anomalies));
+            panic!(
+                "{}",
+                check::report(label, seed, &events, &fault_log, &anomalies)
+            );
         }
     }
     if survey {
@@ -149,7 +237,7 @@ async fn histories<F, Fut>(
         assert!(found.is_empty(), "anomalies found (survey mode)");
     }
     eprintln!(
-        "history checker: {label}: {} histories, {requests} requests, no anomaly ({:.1} s)",
+        "history checker: {label}: {} histories × {n} instances, {requests} requests, {injected} faults, no anomaly ({:.1} s)",
         list.len(),
         started.elapsed().as_secs_f64()
     );
@@ -165,11 +253,15 @@ fn profile(user_index: bool) -> Profile {
     }
 }
 
+/// One store shared by every instance: the in-process store cannot be shared otherwise.
+fn shared(store: Arc<dyn SessionStore>, n: usize) -> Made {
+    (vec![store; n], Box::new(()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory() {
-    histories("memory", 60, false, profile(true), || async {
-        let s: Arc<dyn SessionStore> = Arc::new(coatcheck::memory::MemoryStore::new());
-        (s, Box::new(()) as Box<dyn std::any::Any + Send>)
+    histories(Mode::new("memory", 60, false, true), |n| async move {
+        shared(Arc::new(coatcheck::memory::MemoryStore::new()), n)
     })
     .await;
 }
@@ -178,29 +270,44 @@ async fn memory() {
 /// hashed key retried under the raw one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_hashed() {
-    histories("memory_hashed", 20, false, profile(true), || async {
-        let store = coatcheck::HashedIds::new(coatcheck::memory::MemoryStore::new())
-            .expect("native store")
-            .raw_fallback(true);
-        let s: Arc<dyn SessionStore> = Arc::new(store);
-        (s, Box::new(()) as Box<dyn std::any::Any + Send>)
-    })
+    histories(
+        Mode::new("memory_hashed", 20, false, true),
+        |n| async move {
+            let store = coatcheck::HashedIds::new(coatcheck::memory::MemoryStore::new())
+                .expect("native store")
+                .raw_fallback(true);
+            shared(Arc::new(store), n)
+        },
+    )
     .await;
 }
 
-async fn redis_store(express: bool) -> Made {
-    node_store(Backend::Redis, express).await
+/// `n` clients of a single Redis or Valkey node at `url` (Valkey 8.1: the `SET … IFEQ`
+/// path, each client with its own cache of the bytes it last saw), on one key prefix.
+async fn node_stores(
+    url: &str,
+    express: bool,
+    codec: Option<coatcheck::EncryptedCodec>,
+    n: usize,
+) -> Made {
+    let prefix = format!("{}:", harness::unique_name("cc-hist"));
+    let mut stores: Vec<Arc<dyn SessionStore>> = Vec::new();
+    for _ in 0..n {
+        let mut b = RedisStore::builder().prefix(prefix.clone());
+        if express {
+            b = b.express(ExpressFormat::new());
+        }
+        if let Some(codec) = &codec {
+            b = b.codec(codec.clone());
+        }
+        stores.push(Arc::new(b.connect(url).await.expect("connect to Redis")));
+    }
+    (stores, Box::new(()))
 }
 
-/// A single Redis or Valkey node (Valkey 8.1: the `SET … IFEQ` path).
-async fn node_store(backend: Backend, express: bool) -> Made {
+async fn node_store(backend: Backend, express: bool, n: usize) -> Made {
     let url = harness::url(backend).await.expect("checked");
-    let mut b = RedisStore::builder().prefix(format!("{}:", harness::unique_name("cc-hist")));
-    if express {
-        b = b.express(ExpressFormat::new());
-    }
-    let s: Arc<dyn SessionStore> = Arc::new(b.connect(&url).await.expect("connect to Redis"));
-    (s, Box::new(()))
+    node_stores(&url, express, None, n).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +315,10 @@ async fn redis() {
     if !harness::require(Some(Backend::Redis)).await {
         return;
     }
-    histories("redis", 30, false, profile(true), || redis_store(false)).await;
+    histories(Mode::new("redis", 30, false, true), |n| {
+        node_store(Backend::Redis, false, n)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,8 +327,8 @@ async fn redis_express() {
         return;
     }
     // connect-redis keeps no user index: no revocation by user.
-    histories("redis_express", 30, true, profile(false), || {
-        redis_store(true)
+    histories(Mode::new("redis_express", 30, true, false), |n| {
+        node_store(Backend::Redis, true, n)
     })
     .await;
 }
@@ -228,8 +338,8 @@ async fn valkey() {
     if !harness::require(Some(Backend::Valkey)).await {
         return;
     }
-    histories("valkey", 30, false, profile(true), || {
-        node_store(Backend::Valkey, false)
+    histories(Mode::new("valkey", 30, false, true), |n| {
+        node_store(Backend::Valkey, false, n)
     })
     .await;
 }
@@ -241,17 +351,14 @@ async fn valkey_encrypted() {
     if !harness::require(Some(Backend::Valkey)).await {
         return;
     }
-    histories("valkey_encrypted", 15, false, profile(true), || async {
-        let url = harness::url(Backend::Valkey).await.expect("checked");
-        let store = RedisStore::builder()
-            .prefix(format!("{}:", harness::unique_name("cc-hist")))
-            .codec(coatcheck_conformance::encryption::codec())
-            .connect(&url)
-            .await
-            .expect("connect to Valkey");
-        let s: Arc<dyn SessionStore> = Arc::new(store);
-        (s, Box::new(()) as _)
-    })
+    histories(
+        Mode::new("valkey_encrypted", 15, false, true),
+        |n| async move {
+            let url = harness::url(Backend::Valkey).await.expect("checked");
+            let codec = coatcheck_conformance::encryption::codec();
+            node_stores(&url, false, Some(codec), n).await
+        },
+    )
     .await;
 }
 
@@ -260,8 +367,8 @@ async fn valkey_express() {
     if !harness::require(Some(Backend::Valkey)).await {
         return;
     }
-    histories("valkey_express", 20, true, profile(false), || {
-        node_store(Backend::Valkey, true)
+    histories(Mode::new("valkey_express", 20, true, false), |n| {
+        node_store(Backend::Valkey, true, n)
     })
     .await;
 }
@@ -271,8 +378,8 @@ async fn redis_cluster() {
     if !harness::require(Some(Backend::RedisCluster)).await {
         return;
     }
-    histories("redis_cluster", 30, false, profile(true), || {
-        cluster_store(Backend::RedisCluster)
+    histories(Mode::new("redis_cluster", 30, false, true), |n| {
+        cluster_store(Backend::RedisCluster, n)
     })
     .await;
 }
@@ -282,30 +389,32 @@ async fn valkey_cluster() {
     if !harness::require(Some(Backend::ValkeyCluster)).await {
         return;
     }
-    histories("valkey_cluster", 20, false, profile(true), || {
-        cluster_store(Backend::ValkeyCluster)
+    histories(Mode::new("valkey_cluster", 20, false, true), |n| {
+        cluster_store(Backend::ValkeyCluster, n)
     })
     .await;
 }
 
-async fn cluster_store(backend: Backend) -> Made {
-    {
-        let urls: Vec<String> = harness::url(backend)
-            .await
-            .expect("checked")
-            .split(',')
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-            .collect();
-        let s: Arc<dyn SessionStore> = Arc::new(
+async fn cluster_store(backend: Backend, n: usize) -> Made {
+    let urls: Vec<String> = harness::url(backend)
+        .await
+        .expect("checked")
+        .split(',')
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let prefix = format!("{}:", harness::unique_name("cc-hist"));
+    let mut stores: Vec<Arc<dyn SessionStore>> = Vec::new();
+    for _ in 0..n {
+        stores.push(Arc::new(
             RedisStore::builder()
-                .prefix(format!("{}:", harness::unique_name("cc-hist")))
-                .connect_cluster(urls)
+                .prefix(prefix.clone())
+                .connect_cluster(urls.clone())
                 .await
                 .expect("connect to Redis Cluster"),
-        );
-        (s, Box::new(()) as Box<dyn std::any::Any + Send>)
+        ));
     }
+    (stores, Box::new(()))
 }
 
 /// Drops the test's schema when the history is done.
@@ -336,20 +445,34 @@ impl Drop for Schema {
     }
 }
 
-async fn postgres_store(express: bool) -> Made {
-    let url = harness::url(Backend::Postgres).await.expect("checked");
+/// `n` pools on one schema of the database at `url`.
+async fn postgres_stores(url: &str, express: bool, n: usize) -> Made {
     let name = harness::unique_name("cc_hist");
-    let mut b = PostgresStore::builder()
-        .schema(&name)
-        .table("sessions")
-        .acquire_timeout(Duration::from_secs(10));
-    if express {
-        b = b.express(ExpressFormat::new());
+    let mut stores: Vec<Arc<dyn SessionStore>> = Vec::new();
+    for i in 0..n {
+        let mut b = PostgresStore::builder()
+            .schema(&name)
+            .table("sessions")
+            .acquire_timeout(Duration::from_secs(10));
+        if express {
+            b = b.express(ExpressFormat::new());
+        }
+        let store = b.connect_lazy(url).expect("valid config");
+        if i == 0 {
+            store.migrate().await.expect("migrate");
+        }
+        stores.push(Arc::new(store));
     }
-    let store = b.connect_lazy(&url).expect("valid config");
-    store.migrate().await.expect("migrate");
-    let s: Arc<dyn SessionStore> = Arc::new(store);
-    (s, Box::new(Schema { url, name }))
+    let schema = Schema {
+        url: url.to_owned(),
+        name,
+    };
+    (stores, Box::new(schema))
+}
+
+async fn postgres_store(express: bool, n: usize) -> Made {
+    let url = harness::url(Backend::Postgres).await.expect("checked");
+    postgres_stores(&url, express, n).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,8 +480,8 @@ async fn postgres() {
     if !harness::require(Some(Backend::Postgres)).await {
         return;
     }
-    histories("postgres", 25, false, profile(true), || {
-        postgres_store(false)
+    histories(Mode::new("postgres", 25, false, true), |n| {
+        postgres_store(false, n)
     })
     .await;
 }
@@ -368,26 +491,38 @@ async fn postgres_express() {
     if !harness::require(Some(Backend::Postgres)).await {
         return;
     }
-    histories("postgres_express", 25, true, profile(true), || {
-        postgres_store(true)
+    histories(Mode::new("postgres_express", 25, true, true), |n| {
+        postgres_store(true, n)
     })
     .await;
 }
 
-async fn mongo_store(express: bool) -> Made {
-    let url = harness::url(Backend::Mongo).await.expect("checked");
-    let options = coatcheck::mongo::mongodb::options::ClientOptions::parse(&url)
-        .await
-        .expect("MONGODB_URL parses");
-    let client = MongoStore::client_with_defaults(options).expect("client");
-    let mut b =
-        MongoStore::builder(&client, "coatcheck_test").collection(harness::unique_name("cc_hist"));
-    if express {
-        b = b.express(ExpressFormat::new());
+/// `n` clients (each its own connection pool) on one collection at `url`.
+async fn mongo_stores(url: &str, express: bool, n: usize) -> Made {
+    let collection = harness::unique_name("cc_hist");
+    let mut stores: Vec<Arc<dyn SessionStore>> = Vec::new();
+    for i in 0..n {
+        let options = coatcheck::mongo::mongodb::options::ClientOptions::parse(url)
+            .await
+            .expect("MONGODB_URL parses");
+        let client = MongoStore::client_with_defaults(options).expect("client");
+        let mut b = MongoStore::builder(&client, "coatcheck_test").collection(collection.clone());
+        if express {
+            b = b.express(ExpressFormat::new());
+        }
+        let store = if i == 0 {
+            b.build_with_indexes().await.expect("store with indexes")
+        } else {
+            b.build().expect("store")
+        };
+        stores.push(Arc::new(store));
     }
-    let store = b.build_with_indexes().await.expect("store with indexes");
-    let s: Arc<dyn SessionStore> = Arc::new(store);
-    (s, Box::new(()))
+    (stores, Box::new(()))
+}
+
+async fn mongo_store(express: bool, n: usize) -> Made {
+    let url = harness::url(Backend::Mongo).await.expect("checked");
+    mongo_stores(&url, express, n).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,7 +530,10 @@ async fn mongo() {
     if !harness::require(Some(Backend::Mongo)).await {
         return;
     }
-    histories("mongo", 10, false, profile(true), || mongo_store(false)).await;
+    histories(Mode::new("mongo", 10, false, true), |n| {
+        mongo_store(false, n)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,8 +542,66 @@ async fn mongo_express() {
         return;
     }
     // connect-mongo keeps no user index: no revocation by user.
-    histories("mongo_express", 10, true, profile(false), || {
-        mongo_store(true)
+    histories(Mode::new("mongo_express", 10, true, false), |n| {
+        mongo_store(true, n)
+    })
+    .await;
+}
+
+// --- Histories under faults, each on a private server of its own -----------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_faults() {
+    let Some(server) = Server::redis_durable() else {
+        return;
+    };
+    let url = server.url().to_owned();
+    let mode = Mode::new("redis_faults", 8, false, true).faults(Target::Redis(server));
+    histories(mode, |n| {
+        let url = url.clone();
+        async move { node_stores(&url, false, None, n).await }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_faults() {
+    let Some(server) = Server::valkey_durable() else {
+        return;
+    };
+    let url = server.url().to_owned();
+    let mode = Mode::new("valkey_faults", 8, false, true).faults(Target::Redis(server));
+    histories(mode, |n| {
+        let url = url.clone();
+        async move { node_stores(&url, false, None, n).await }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_faults() {
+    let Some(server) = PostgresServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let mode = Mode::new("postgres_faults", 6, false, true).faults(Target::Postgres(server));
+    histories(mode, |n| {
+        let url = url.clone();
+        async move { postgres_stores(&url, false, n).await }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_faults() {
+    let Some(server) = Server::mongo() else {
+        return;
+    };
+    let url = server.url().to_owned();
+    let mode = Mode::new("mongo_faults", 4, false, true).faults(Target::Mongo(server));
+    histories(mode, |n| {
+        let url = url.clone();
+        async move { mongo_stores(&url, false, n).await }
     })
     .await;
 }

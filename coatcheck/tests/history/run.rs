@@ -125,6 +125,8 @@ pub enum CookieOut {
 #[derive(Debug, Clone)]
 pub struct Event {
     pub index: usize,
+    /// The app instance that served it.
+    pub instance: usize,
     pub device: usize,
     pub tab: usize,
     pub op: Op,
@@ -157,8 +159,9 @@ impl std::fmt::Display for Event {
         let short = |id: &SessionId| id.short_hash().to_string();
         write!(
             f,
-            "#{:<4} d{}t{} [{:>8}µs → {:>8}µs] {:<18} {:<6} cookie {:<8} → {} {} set-cookie {}",
+            "#{:<4} i{} d{}t{} [{:>8}µs → {:>8}µs] {:<18} {:<6} cookie {:<8} → {} {} set-cookie {}",
             self.index,
+            self.instance,
             self.device,
             self.tab,
             self.invoked,
@@ -201,17 +204,17 @@ pub fn owner(profile: &Profile, device: usize) -> String {
     format!("u{}", device / profile.devices_per_user)
 }
 
-/// Runs one history of `profile` against `app`, ops drawn from `seed`.
-pub async fn run(app: Router, profile: Profile, seed: u64) -> Vec<Event> {
+/// Runs one history of `profile` against the app instances `apps` (each request to one
+/// drawn at random: no stickiness), ops drawn from `seed`; times count from `start`.
+pub async fn run(apps: &[Router], profile: Profile, seed: u64, start: Instant) -> Vec<Event> {
     let keys = KeyRing::new([SECRET]).expect("long secret");
-    let start = Instant::now();
     let devices = profile.users * profile.devices_per_user;
     let log: Arc<Mutex<Vec<Event>>> = Arc::default();
     let mut tasks = Vec::new();
     for device in 0..devices {
         let jar: Arc<Mutex<Option<String>>> = Arc::default();
         for tab in 0..profile.tabs {
-            let (app, jar, log, keys) = (app.clone(), jar.clone(), log.clone(), keys.clone());
+            let (apps, jar, log, keys) = (apps.to_vec(), jar.clone(), log.clone(), keys.clone());
             let tab_seed = seed
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add((device * 16 + tab) as u64);
@@ -245,7 +248,10 @@ pub async fn run(app: Router, profile: Profile, seed: u64) -> Vec<Event> {
                     };
                     let think = rng.gen_range(0..1500);
                     tokio::time::sleep(Duration::from_micros(think)).await;
-                    let event = request(&app, &keys, &jar, start, device, tab, op, arg).await;
+                    let instance = rng.gen_range(0..apps.len());
+                    let mut event =
+                        request(&apps[instance], &keys, &jar, start, device, tab, op, arg).await;
+                    event.instance = instance;
                     log.lock().unwrap_or_else(|e| e.into_inner()).push(event);
                 }
             }));
@@ -385,6 +391,7 @@ async fn request(
     let seen = serde_json::from_str::<Seen>(&body).ok();
     Event {
         index: 0,
+        instance: 0,
         device,
         tab,
         op,

@@ -1,0 +1,159 @@
+//! The nemesis (Jepsen's name for it): faults injected into a private server while a history
+//! runs, drawn from the history's seed — killed client connections (`CLIENT KILL`,
+//! `pg_terminate_backend`), the server paused past the layer's `store_timeout` (SIGSTOP,
+//! then SIGCONT) and a restart that keeps the data (a Redis or Valkey append-only file
+//! fsynced at every write; PostgreSQL's `pg_ctl stop -m immediate`, then start). Each fault
+//! is recorded with when it began and ended, for the report.
+//!
+//! A request caught by a fault answers `503` (or fails its store call otherwise): it is
+//! *indeterminate* — its writes may or may not have happened, even after its answer (a
+//! command the paused server still had in its socket runs when it wakes). `check.rs` allows
+//! exactly that.
+
+use std::fmt;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coatcheck_conformance::servers::{PostgresServer, Server};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use sqlx::Connection as _;
+
+/// The private server a history's faults hit.
+pub enum Target {
+    /// A durable `redis-server` or `valkey-server` ([`Server::redis_durable`]).
+    Redis(Server),
+    Postgres(PostgresServer),
+    /// The MongoDB-wire test server: paused only (it keeps no data across a restart, and
+    /// has no command to kill other clients' connections).
+    Mongo(Server),
+}
+
+impl Target {
+    fn kinds(&self) -> &'static [FaultKind] {
+        match self {
+            Target::Redis(_) => &[
+                FaultKind::KillConnections,
+                FaultKind::KillConnections,
+                FaultKind::Pause,
+                FaultKind::Restart,
+            ],
+            Target::Postgres(_) => &[FaultKind::KillConnections, FaultKind::Restart],
+            Target::Mongo(_) => &[FaultKind::Pause],
+        }
+    }
+
+    /// Injects one fault and returns once it is over (the server answers again).
+    async fn inject(&self, kind: FaultKind, pause: Duration) {
+        match (self, kind) {
+            (Target::Redis(s), FaultKind::KillConnections) => {
+                let port = s.port();
+                let _ = tokio::task::spawn_blocking(move || redis_kill_clients(port)).await;
+            }
+            (Target::Postgres(p), FaultKind::KillConnections) => {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&p.url()).await {
+                    let _ = sqlx::query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                    )
+                    .execute(&mut conn)
+                    .await;
+                    let _ = conn.close().await;
+                }
+            }
+            (Target::Redis(s) | Target::Mongo(s), FaultKind::Pause) => {
+                s.freeze(true);
+                tokio::time::sleep(pause).await;
+                s.freeze(false);
+            }
+            (Target::Redis(s), FaultKind::Restart) => {
+                tokio::task::block_in_place(|| s.restart());
+            }
+            (Target::Postgres(p), FaultKind::Restart) => {
+                tokio::task::block_in_place(|| {
+                    p.crash();
+                    p.start_again();
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `CLIENT KILL TYPE normal SKIPME yes`: every client connection but this one is closed.
+fn redis_kill_clients(port: u16) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"CLIENT KILL TYPE normal SKIPME yes\r\n")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    KillConnections,
+    Pause,
+    Restart,
+}
+
+/// One injected fault: what, and when (µs since the history began).
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub began: u64,
+    pub ended: u64,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "nemesis [{:>8}µs → {:>8}µs] {:?}",
+            self.began, self.ended, self.kind
+        )
+    }
+}
+
+pub struct Nemesis {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Fault>>,
+}
+
+impl Nemesis {
+    /// Starts injecting faults into `target`, one at a time, every 20–150 ms, drawn from
+    /// `seed`; a pause lasts `pause` (longer than the layer's `store_timeout`).
+    pub fn start(target: Arc<Target>, seed: u64, start: Instant, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ 0xFA17);
+            let mut faults = Vec::new();
+            loop {
+                let wait = Duration::from_millis(rng.gen_range(20..150));
+                tokio::time::sleep(wait).await;
+                if halt.load(Ordering::SeqCst) {
+                    return faults;
+                }
+                let Some(&kind) = target.kinds().choose(&mut rng) else {
+                    return faults;
+                };
+                let began = start.elapsed().as_micros() as u64;
+                target.inject(kind, pause).await;
+                let ended = start.elapsed().as_micros() as u64;
+                faults.push(Fault { kind, began, ended });
+            }
+        });
+        Nemesis { stop, task }
+    }
+
+    /// Stops after the fault in progress (the server answers again); the faults injected.
+    pub async fn stop(self) -> Vec<Fault> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("the nemesis panicked")
+    }
+}
