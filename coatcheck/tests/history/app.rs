@@ -43,6 +43,9 @@ pub struct Features {
     pub store_timeout: Duration,
     /// Lineage names, shared by every instance (each mints them).
     pub next_lineage: Arc<AtomicU64>,
+    /// The layer's `remember_me` policy (a second expiry policy: a due touch is then a
+    /// compare-and-set save). Off, a touch is a touch (the key-rotation mode needs that).
+    pub remember_policy: bool,
 }
 
 impl Features {
@@ -57,6 +60,7 @@ impl Features {
             limit,
             store_timeout,
             next_lineage: Arc::new(AtomicU64::new(1)),
+            remember_policy: true,
         }
     }
 }
@@ -318,7 +322,6 @@ pub fn app(
         .idle_timeout(idle)
         // Every read that moves the expiry touches: the touch path races everything else.
         .touch_after(Duration::ZERO)
-        .remember_me(REMEMBER_IDLE, None)
         .store_timeout(Some(features.store_timeout))
         .transport(Transport::bearer().and_cookie())
         .on_event(move |e| log.lock().unwrap_or_else(|p| p.into_inner()).push(e))
@@ -326,6 +329,9 @@ pub fn app(
             let fp = fingerprint(&lookup_users, &user);
             async move { Ok::<_, std::convert::Infallible>(Some(fp.into_bytes())) }
         });
+    if features.remember_policy {
+        builder = builder.remember_me(REMEMBER_IDLE, None);
+    }
     if let (Some((max, policy)), true) = (features.limit, limited) {
         builder = builder.max_sessions_per_user(max, policy);
     }

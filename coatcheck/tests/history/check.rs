@@ -32,6 +32,10 @@
 //! - **events**: no event that ends a session (destroyed, one device revoked, credentials
 //!   changed) names a device whose session is live at the end, and no session's
 //!   credential change is announced twice;
+//! - **lost**: a session nobody ever signed in to (only its own `destroy` or
+//!   `logout_everywhere` can end it), that acknowledged a request and was never the
+//!   subject of an indeterminate one, is live at the end (a server that forgot it lost
+//!   acknowledged writes);
 //! - **transport**: a browser (cookie, with or without an `Authorization: Basic` header)
 //!   is answered in the cookie, an API client (Bearer) in `x-session-token`, never the
 //!   other way.
@@ -239,6 +243,7 @@ pub fn check(events: &[Event], fin: &Final, setup: &Setup<'_>) -> Vec<Anomaly> {
         remember(l, evs, maybe, rec, fin.at, setup.idle, &mut out);
     }
     revoked(events, &by_lineage, &live, &mut out);
+    lost(&by_lineage, &unknown, &live, &mut out);
     credential(events, &by_lineage, &mut out);
     if let Some((max, _)) = setup.limit {
         cap(&live, max, &mut out);
@@ -248,6 +253,35 @@ pub fn check(events: &[Event], fin: &Final, setup: &Setup<'_>) -> Vec<Anomaly> {
         index(fin, &mut out);
     }
     out
+}
+
+fn lost(
+    by_lineage: &BTreeMap<&str, Vec<&Event>>,
+    unknown: &BTreeMap<&str, Vec<&Event>>,
+    live: &HashMap<String, Vec<&Record>>,
+    out: &mut Vec<Anomaly>,
+) {
+    for (l, evs) in by_lineage {
+        let anonymous = evs
+            .iter()
+            .all(|e| e.op != Op::Login && e.seen.as_ref().is_none_or(|s| s.user.is_none()));
+        let ended = evs
+            .iter()
+            .any(|e| matches!(e.op, Op::Destroy | Op::LogoutEverywhere));
+        let acked = evs.iter().any(|e| e.acked());
+        if !anonymous || ended || !acked || unknown.contains_key(l) || live.contains_key(*l) {
+            continue;
+        }
+        // A request that found it gone cleared the cookie, or answered another lineage.
+        out.push(Anomaly {
+            kind: "lost",
+            detail: format!(
+                "{l} was never signed in, never destroyed and acknowledged its requests, yet it is gone at the end"
+            ),
+            lineage: Some((*l).to_owned()),
+            witnesses: evs.iter().filter(|e| e.acked()).map(|e| e.index).collect(),
+        });
+    }
 }
 
 fn credential(events: &[Event], by_lineage: &BTreeMap<&str, Vec<&Event>>, out: &mut Vec<Anomaly>) {
@@ -856,7 +890,10 @@ mod tests {
         if let Some(seen) = lost.seen.as_mut() {
             seen.lineage = Some("L9".into());
         }
-        lost.cookie = CookieOut::Set(SessionId::generate());
+        let new_id = SessionId::generate();
+        lost.cookie = CookieOut::Set(new_id.clone());
+        let mut other = Record::new(new_id.clone(), Timestamp::now(), Timestamp::now());
+        other.data.insert("lineage".into(), "L9".into());
         let events = vec![
             first,
             event(
@@ -870,8 +907,8 @@ mod tests {
             lost,
         ];
         let fin = Final {
-            records: vec![rec],
-            stored_ids: vec![id],
+            records: vec![rec, other],
+            stored_ids: vec![id, new_id],
             index: BTreeMap::new(),
             at: Timestamp::now(),
         };

@@ -44,6 +44,29 @@ use run::Profile;
 /// whatever must live as long as they do).
 type Made = (Vec<Arc<dyn SessionStore>>, Box<dyn std::any::Any + Send>);
 
+/// A history in phases: each phase a deploy of another store configuration over the same
+/// data (clients per instance), and a store that reads whatever any phase wrote, for the
+/// final state. Between two phases every device uses its session once (`run::sweep`): the
+/// documented window after a deploy.
+struct Phased {
+    phases: Vec<Vec<Arc<dyn SessionStore>>>,
+    /// Phases with no workload, only the sweep (every active session read once).
+    quiet: Vec<usize>,
+    reader: Arc<dyn SessionStore>,
+    guard: Box<dyn std::any::Any + Send>,
+}
+
+impl From<Made> for Phased {
+    fn from((stores, guard): Made) -> Self {
+        Phased {
+            reader: stores[0].clone(),
+            phases: vec![stores],
+            quiet: Vec::new(),
+            guard,
+        }
+    }
+}
+
 fn seeds(default: usize) -> Vec<u64> {
     if let Ok(one) = std::env::var("COATCHECK_HISTORY_SEED") {
         return vec![one
@@ -82,6 +105,8 @@ struct Mode {
     profile: Profile,
     /// The private server the nemesis hits, for a history with faults.
     faults: Option<Arc<Target>>,
+    /// The layer has a `remember_me` policy (see `app::Features::remember_policy`).
+    remember_policy: bool,
 }
 
 impl Mode {
@@ -92,7 +117,14 @@ impl Mode {
             express,
             profile: profile(user_index),
             faults: None,
+            remember_policy: true,
         }
+    }
+
+    /// Without a `remember_me` policy: a due touch is a touch (which keeps the stored bytes).
+    fn without_remember_policy(mut self) -> Self {
+        self.remember_policy = false;
+        self
     }
 
     fn faults(mut self, target: Target) -> Self {
@@ -103,10 +135,11 @@ impl Mode {
 
 /// Runs the histories of one store configuration and fails with the report of the first
 /// seed that shows an anomaly.
-async fn histories<F, Fut>(mode: Mode, make: F)
+async fn histories<F, Fut, M>(mode: Mode, make: F)
 where
     F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Made>,
+    Fut: std::future::Future<Output = M>,
+    M: Into<Phased>,
 {
     let Mode {
         label,
@@ -114,6 +147,7 @@ where
         express,
         profile,
         faults,
+        remember_policy,
     } = mode;
     let started = Instant::now();
     let users: Vec<String> = (0..profile.users).map(|u| format!("u{u}")).collect();
@@ -127,8 +161,12 @@ where
     let mut found: std::collections::BTreeMap<&'static str, (u64, f64, usize)> = Default::default();
     let mut first_report = String::new();
     for &seed in &list {
-        let (stores, guard) = make(n).await;
-        let store = stores[0].clone();
+        let Phased {
+            phases,
+            quiet,
+            reader: store,
+            guard,
+        } = make(n).await.into();
         let profile = Profile {
             devices: profile.devices && store.capabilities().devices,
             ..profile
@@ -145,28 +183,31 @@ where
         } else {
             Duration::from_secs(20)
         };
-        let features = app::Features::new(&users, limit, store_timeout);
+        let mut features = app::Features::new(&users, limit, store_timeout);
+        features.remember_policy = remember_policy;
         let idle = Duration::from_secs(600);
-        let apps: Vec<axum::Router> = stores
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let salt = i as u64 * 0x1000;
-                let delayed: Arc<dyn SessionStore> = Arc::new(delay::Delaying::new(
-                    s.clone(),
-                    StdRng::seed_from_u64(seed ^ 0x5EED ^ salt),
-                    profile.store_pause,
-                ));
-                app::app(
-                    delayed,
-                    express,
-                    StdRng::seed_from_u64(seed ^ 0xA11 ^ salt),
-                    profile.handler_pause,
-                    idle,
-                    &features,
-                )
-            })
-            .collect();
+        let app_for = |p: usize| -> Vec<axum::Router> {
+            phases[p]
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let salt = (p * 16 + i) as u64 * 0x1000;
+                    let delayed: Arc<dyn SessionStore> = Arc::new(delay::Delaying::new(
+                        s.clone(),
+                        StdRng::seed_from_u64(seed ^ 0x5EED ^ salt),
+                        profile.store_pause,
+                    ));
+                    app::app(
+                        delayed,
+                        express,
+                        StdRng::seed_from_u64(seed ^ 0xA11 ^ salt),
+                        profile.handler_pause,
+                        idle,
+                        &features,
+                    )
+                })
+                .collect()
+        };
         let start = Instant::now();
         let nemesis = faults.as_ref().map(|t| {
             Nemesis::start(
@@ -176,7 +217,24 @@ where
                 FAULT_STORE_TIMEOUT + Duration::from_millis(400),
             )
         });
-        let events = run::run(&apps, profile, seed, start).await;
+        let jars = run::jars(&profile);
+        let busy = (phases.len() - quiet.len()).max(1);
+        let per_phase = Profile {
+            ops_per_tab: (profile.ops_per_tab / busy).max(1),
+            ..profile
+        };
+        let mut events = Vec::new();
+        for p in 0..phases.len() {
+            let apps = app_for(p);
+            let phase_seed = seed.wrapping_add((p as u64) << 32);
+            if !quiet.contains(&p) {
+                events.extend(run::run(&apps, per_phase, phase_seed, start, &jars).await);
+            }
+            if p + 1 < phases.len() {
+                events.extend(run::sweep(&apps, start, &jars).await);
+            }
+        }
+        let events = run::number(events);
         let fault_log = match nemesis {
             Some(n) => n.stop().await,
             None => Vec::new(),
@@ -206,8 +264,7 @@ where
             faulted: faults.is_some(),
         };
         let anomalies = check::check(&events, &fin, &setup);
-        drop(apps);
-        drop(stores);
+        drop(phases);
         drop(guard);
         if survey {
             for a in &anomalies {
@@ -291,9 +348,20 @@ async fn node_stores(
     n: usize,
 ) -> Made {
     let prefix = format!("{}:", harness::unique_name("cc-hist"));
+    let stores = node_clients(url, &prefix, express, codec, n).await;
+    (stores, Box::new(()))
+}
+
+async fn node_clients(
+    url: &str,
+    prefix: &str,
+    express: bool,
+    codec: Option<coatcheck::EncryptedCodec>,
+    n: usize,
+) -> Vec<Arc<dyn SessionStore>> {
     let mut stores: Vec<Arc<dyn SessionStore>> = Vec::new();
     for _ in 0..n {
-        let mut b = RedisStore::builder().prefix(prefix.clone());
+        let mut b = RedisStore::builder().prefix(prefix.to_owned());
         if express {
             b = b.express(ExpressFormat::new());
         }
@@ -302,7 +370,7 @@ async fn node_stores(
         }
         stores.push(Arc::new(b.connect(url).await.expect("connect to Redis")));
     }
-    (stores, Box::new(()))
+    stores
 }
 
 async fn node_store(backend: Backend, express: bool, n: usize) -> Made {
@@ -345,20 +413,46 @@ async fn valkey() {
 }
 
 /// Valkey with session data encrypted at rest: the `SET … IFEQ` path compares the bytes it
-/// last wrote, which now differ at every write (a fresh nonce).
+/// last wrote, which now differ at every write (a fresh nonce). Each history deploys four
+/// configurations in turn, as the README's procedure says: sessions in the clear, then
+/// encryption with `read_plaintext(true)` (the migration), then a new key first with the
+/// old one kept (a deploy in which every active user only reads: the sweep), then the old
+/// key retired — each step after the window in which every active session was used. Invariant (with **status**): no request fails (`500`, a
+/// `Decode`) for a session written under a key in the ring, and retiring the old key (or
+/// the plaintext) after the window ends no active session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valkey_encrypted() {
     if !harness::require(Some(Backend::Valkey)).await {
         return;
     }
-    histories(
-        Mode::new("valkey_encrypted", 15, false, true),
-        |n| async move {
-            let url = harness::url(Backend::Valkey).await.expect("checked");
-            let codec = coatcheck_conformance::encryption::codec();
-            node_stores(&url, false, Some(codec), n).await
-        },
-    )
+    // Without remember-me's policy a read only touches: the rewrite of a session read
+    // under an old key is the middleware's, not a side effect of the touch being a save.
+    let mode = Mode::new("valkey_encrypted", 15, false, true).without_remember_policy();
+    histories(mode, |n| async move {
+        use coatcheck::EncryptedCodec;
+        use coatcheck_conformance::encryption::keys;
+        let url = harness::url(Backend::Valkey).await.expect("checked");
+        let prefix = format!("{}:", harness::unique_name("cc-hist"));
+        let (old, new) = ([0x11; 32], [0x22; 32]);
+        let configs = [
+            None,
+            Some(EncryptedCodec::new(keys(&[old])).read_plaintext(true)),
+            Some(EncryptedCodec::new(keys(&[new, old]))),
+            Some(EncryptedCodec::new(keys(&[new]))),
+        ];
+        let mut phases = Vec::new();
+        for codec in configs {
+            phases.push(node_clients(&url, &prefix, false, codec, n).await);
+        }
+        let everything = EncryptedCodec::new(keys(&[new, old])).read_plaintext(true);
+        let reader = node_clients(&url, &prefix, false, Some(everything), 1).await;
+        Phased {
+            phases,
+            quiet: vec![2],
+            reader: reader[0].clone(),
+            guard: Box::new(()),
+        }
+    })
     .await;
 }
 

@@ -204,15 +204,31 @@ pub fn owner(profile: &Profile, device: usize) -> String {
     format!("u{}", device / profile.devices_per_user)
 }
 
-/// Runs one history of `profile` against the app instances `apps` (each request to one
-/// drawn at random: no stickiness), ops drawn from `seed`; times count from `start`.
-pub async fn run(apps: &[Router], profile: Profile, seed: u64, start: Instant) -> Vec<Event> {
+/// Each device's cookie jar (a browser's cookie, an API client's token).
+pub type Jars = Vec<Arc<Mutex<Option<String>>>>;
+
+/// A jar per device of `profile`, empty.
+pub fn jars(profile: &Profile) -> Jars {
+    (0..profile.users * profile.devices_per_user)
+        .map(|_| Arc::default())
+        .collect()
+}
+
+/// Runs one history (or one phase of it) of `profile` against the app instances `apps`
+/// (each request to one drawn at random: no stickiness), with the devices' `jars`, ops
+/// drawn from `seed`; times count from `start`. Events are sorted and numbered by
+/// [`number`].
+pub async fn run(
+    apps: &[Router],
+    profile: Profile,
+    seed: u64,
+    start: Instant,
+    jars: &Jars,
+) -> Vec<Event> {
     let keys = KeyRing::new([SECRET]).expect("long secret");
-    let devices = profile.users * profile.devices_per_user;
     let log: Arc<Mutex<Vec<Event>>> = Arc::default();
     let mut tasks = Vec::new();
-    for device in 0..devices {
-        let jar: Arc<Mutex<Option<String>>> = Arc::default();
+    for (device, jar) in jars.iter().enumerate() {
         for tab in 0..profile.tabs {
             let (apps, jar, log, keys) = (apps.to_vec(), jar.clone(), log.clone(), keys.clone());
             let tab_seed = seed
@@ -260,7 +276,35 @@ pub async fn run(apps: &[Router], profile: Profile, seed: u64, start: Instant) -
     for t in tasks {
         t.await.expect("a client task panicked");
     }
-    let mut events = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+    let events = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+    number(events)
+}
+
+/// Every device reads its session once, one after another, through instance 0: the
+/// window after a deploy in which every active session is used (in real time, one idle
+/// timeout; a session not used in it has expired).
+pub async fn sweep(apps: &[Router], start: Instant, jars: &Jars) -> Vec<Event> {
+    let keys = KeyRing::new([SECRET]).expect("long secret");
+    let mut events = Vec::new();
+    for (device, jar) in jars.iter().enumerate() {
+        let e = request(
+            &apps[0],
+            &keys,
+            jar,
+            start,
+            device,
+            9,
+            Op::Read,
+            String::new(),
+        )
+        .await;
+        events.push(e);
+    }
+    events
+}
+
+/// Sorts events by invocation and numbers them.
+pub fn number(mut events: Vec<Event>) -> Vec<Event> {
     events.sort_by_key(|e| (e.invoked, e.completed));
     for (i, e) in events.iter_mut().enumerate() {
         e.index = i;
