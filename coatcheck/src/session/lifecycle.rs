@@ -83,9 +83,7 @@ impl Session {
         user_id: impl Into<String>,
         fingerprint: impl AsRef<[u8]>,
     ) -> Result<(), SessionError> {
-        let user = user_id.into();
-        let stamp = Stamp::verified(&user, fingerprint.as_ref());
-        self.login_inner(user, Some(stamp), std::iter::empty::<(&str, Value)>())
+        self.login_verified_with(user_id, fingerprint, std::iter::empty::<(&str, Value)>())
             .await
     }
 

@@ -1,6 +1,6 @@
 //! The nemesis (Jepsen's name for it): faults injected into a private server while a history
 //! runs, drawn from the history's seed — killed client connections (`CLIENT KILL`,
-//! `pg_terminate_backend`), the server paused past the layer's `store_timeout` (SIGSTOP,
+//! `pg_terminate_backend`, `ss -K` for the Mongo-wire server), the server paused past the layer's `store_timeout` (SIGSTOP,
 //! then SIGCONT) and a restart that keeps the data (a Redis or Valkey append-only file
 //! fsynced at every write; PostgreSQL's `pg_ctl stop -m immediate`, then start). Each fault
 //! is recorded with when it began and ended, for the report.
@@ -28,13 +28,28 @@ pub enum Target {
     /// A durable `redis-server` or `valkey-server` ([`Server::redis_durable`]).
     Redis(Server),
     Postgres(PostgresServer),
-    /// The MongoDB-wire test server: paused only (it keeps no data across a restart, and
-    /// has no command to kill other clients' connections).
+    /// The MongoDB-wire test server: its connections killed (by the kernel: `ss -K`, as it
+    /// has no command for it) and paused; never restarted (it keeps no data across one).
     Mongo(Server),
 }
 
 impl Target {
-    fn kinds(&self) -> &'static [FaultKind] {
+    /// The faults this server can be given, as `COATCHECK_NEMESIS` (a comma-separated list
+    /// of `kill`, `pause`, `restart`) narrows them.
+    fn kinds(&self) -> Vec<FaultKind> {
+        let only = std::env::var("COATCHECK_NEMESIS").unwrap_or_default();
+        let wanted = |k: &FaultKind| {
+            let name = match k {
+                FaultKind::KillConnections => "kill",
+                FaultKind::Pause => "pause",
+                FaultKind::Restart => "restart",
+            };
+            only.trim().is_empty() || only.split(',').any(|w| w.trim() == name)
+        };
+        self.all_kinds().iter().copied().filter(wanted).collect()
+    }
+
+    fn all_kinds(&self) -> &'static [FaultKind] {
         match self {
             Target::Redis(_) => &[
                 FaultKind::KillConnections,
@@ -43,7 +58,7 @@ impl Target {
                 FaultKind::Restart,
             ],
             Target::Postgres(_) => &[FaultKind::KillConnections, FaultKind::Restart],
-            Target::Mongo(_) => &[FaultKind::Pause],
+            Target::Mongo(_) => &[FaultKind::KillConnections, FaultKind::Pause],
         }
     }
 
@@ -64,6 +79,10 @@ impl Target {
                     .await;
                     let _ = conn.close().await;
                 }
+            }
+            (Target::Mongo(s), FaultKind::KillConnections) => {
+                let port = s.port();
+                let _ = tokio::task::spawn_blocking(move || kill_sockets(port)).await;
             }
             (Target::Redis(s) | Target::Mongo(s), FaultKind::Pause) => {
                 s.freeze(true);
@@ -92,6 +111,19 @@ fn redis_kill_clients(port: u16) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line)?;
     Ok(())
+}
+
+/// Resets every established connection to `port` on this machine (iproute2's `ss -K`,
+/// which asks the kernel to destroy the sockets): the server's clients see their
+/// connections reset, the server keeps listening.
+fn kill_sockets(port: u16) -> std::io::Result<()> {
+    std::process::Command::new("ss")
+        .args(["-K", "state", "established"])
+        .arg(format!("( sport = :{port} )"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(drop)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,16 +157,22 @@ pub struct Nemesis {
 }
 
 impl Nemesis {
-    /// Starts injecting faults into `target`, one at a time, every 20–150 ms, drawn from
+    /// Starts injecting faults into `target`, one at a time, every 20–150 ms (see
+    /// `COATCHECK_NEMESIS_GAP_MS`), drawn from
     /// `seed`; a pause lasts `pause` (longer than the layer's `store_timeout`).
     pub fn start(target: Arc<Target>, seed: u64, start: Instant, pause: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let halt = stop.clone();
+        // `COATCHECK_NEMESIS_GAP_MS`: the longest quiet time between two faults.
+        let gap_ms: u64 = std::env::var("COATCHECK_NEMESIS_GAP_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(150);
         let task = tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed ^ 0xFA17);
             let mut faults = Vec::new();
             loop {
-                let wait = Duration::from_millis(rng.gen_range(20..150));
+                let wait = Duration::from_millis(rng.gen_range(20..gap_ms.max(21)));
                 tokio::time::sleep(wait).await;
                 if halt.load(Ordering::SeqCst) {
                     return faults;
