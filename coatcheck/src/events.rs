@@ -110,7 +110,7 @@ type Delivery = (SessionEvent, OwnedSemaphorePermit);
 pub(crate) struct Events {
     sender: Option<mpsc::Sender<Delivery>>,
     permits: Arc<Semaphore>,
-    dropped: AtomicU64,
+    dropped: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Events {
@@ -124,15 +124,24 @@ impl fmt::Debug for Events {
 
 impl Events {
     pub(crate) fn new(subscriber: Option<Subscriber>, queue: usize) -> Self {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = dropped.clone();
+        // The subscriber runs inside the runtime the layer was built in, if any, so it may
+        // `tokio::spawn` (closing a revoked session's WebSockets, say).
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let sender = subscriber.and_then(|subscriber| {
             let (tx, rx) = mpsc::channel::<Delivery>();
             let spawned = std::thread::Builder::new()
                 .name("coatcheck-events".into())
                 .spawn(move || {
+                    let _entered = runtime.as_ref().map(|h| h.enter());
                     // Ends when the layer (the last sender) is dropped.
                     for (event, permit) in rx {
-                        // A panic in the subscriber loses that event only.
-                        let _ = catch_unwind(AssertUnwindSafe(|| subscriber(event)));
+                        // A panic in the subscriber loses that event only (counted).
+                        if catch_unwind(AssertUnwindSafe(|| subscriber(event))).is_err() {
+                            lost.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!("the session event subscriber panicked: event lost");
+                        }
                         drop(permit);
                     }
                 });
@@ -147,7 +156,7 @@ impl Events {
         Events {
             sender,
             permits: Arc::new(Semaphore::new(queue.max(1))),
-            dropped: AtomicU64::new(0),
+            dropped,
         }
     }
 

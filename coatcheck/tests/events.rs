@@ -329,3 +329,39 @@ fn a_blocked_subscriber_leaves_the_blocking_pool_to_the_application() {
         open.store(true, std::sync::atomic::Ordering::SeqCst);
     });
 }
+
+/// The subscriber runs inside the application's runtime: it may spawn a task (closing a
+/// revoked session's WebSockets, say). A subscriber that panics loses its event, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_may_spawn_tasks_and_a_panic_is_counted() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (app, layer) = app(move |b| {
+        b.on_event(move |e| {
+            if e == SessionEvent::Created {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(());
+                });
+            } else {
+                panic!("a subscriber bug");
+            }
+        })
+    });
+    assert_eq!(Jar::default().send(&app, "/put").await.0, StatusCode::OK);
+    let spawned = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+    assert!(matches!(spawned, Ok(Some(()))), "the subscriber's task ran");
+    let mut jar = Jar::default();
+    assert_eq!(jar.send(&app, "/put").await.0, StatusCode::OK);
+    assert_eq!(jar.send(&app, "/destroy").await.0, StatusCode::OK);
+    for _ in 0..100 {
+        if layer.events_dropped() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        layer.events_dropped(),
+        1,
+        "the Destroyed event the subscriber lost"
+    );
+}

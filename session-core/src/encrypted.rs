@@ -50,7 +50,8 @@ struct DataKey {
 /// credentials). A record names its key by a 4-byte id derived from the key (a SHA-256
 /// prefix), so the ring needs no numbering: rotate by putting a new key first, keep the
 /// old one until the records it encrypted have been rewritten or have expired, then drop
-/// it.
+/// it. With several instances, first deploy the new key last in the ring everywhere (every
+/// instance can then read what any other writes), then first.
 ///
 /// ```
 /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
@@ -188,7 +189,10 @@ impl EncryptedCodec {
     /// ([`REWRITE_KEY`]), so that moment comes one idle timeout after the switch — the
     /// longest one, `remember_me`'s if it is set: a session unused that long has expired,
     /// and one used since has been rewritten. The same window applies to dropping an old
-    /// key from the ring.
+    /// key from the ring. Not for a session given a longer life with `set_expiry` (or one
+    /// under an absolute timeout only): it may outlive the window unused and then fail to
+    /// read. With several instances, deploy a new key as a decrypting one (last in the
+    /// ring) everywhere before any instance puts it first.
     pub fn read_plaintext(mut self, yes: bool) -> Self {
         self.read_plaintext = yes;
         self

@@ -100,11 +100,13 @@ impl Session {
                     record.user_id.as_deref() == Some(user)
                         && !current.matches(record.data.get(crate::CREDENTIAL_KEY))
                 }
-                // Bytes no key of the ring reads any more (a session left unused under a
-                // retired data key): no request can use it again, so it goes like a stale
-                // one instead of failing every limited login of its user (found by the
-                // history checker's key-rotation phases).
-                Err(StoreError::Decode(_)) => true,
+                // Bytes this instance cannot read (a session left unused under a retired
+                // data key, or written under a key this instance does not have yet during
+                // a rolling deploy): neither listed nor deleted — another instance may read
+                // it — instead of failing every limited login of its user (found by the
+                // history checker's key-rotation phases; deleting it was found unsafe by a
+                // review).
+                Err(StoreError::Decode(_)) => continue,
                 Err(e) => return self.fail(e),
             };
             if !stale {

@@ -26,7 +26,7 @@ pub const REMEMBER_ME_KEY: &str = "coatcheck.remember";
 /// Whether `key` is one of the session's own keys, which the application neither reads
 /// nor writes and `clear` keeps.
 fn is_internal(key: &str) -> bool {
-    key == REMEMBER_ME_KEY || key == crate::CREDENTIAL_KEY
+    key == REMEMBER_ME_KEY || key == crate::CREDENTIAL_KEY || key == coatcheck_core::REWRITE_KEY
 }
 
 /// Whether this session data says "remember me".
@@ -378,6 +378,9 @@ impl Session {
         user_change: Option<&Option<String>>,
         record: &mut Record,
     ) -> Result<(), SessionError> {
+        // A fresh copy read under an older data key carries the codec's mark: this write
+        // rewrites it anyway, and the mark must never reach the view.
+        record.data.shift_remove(coatcheck_core::REWRITE_KEY);
         for op in ops {
             apply(op, &mut record.data)?;
         }
