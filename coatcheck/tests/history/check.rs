@@ -357,18 +357,11 @@ fn remember(
         .copied()
         .filter(|e| e.op == Op::Remember && e.acked())
         .collect();
-    let maximal: Vec<&Event> = writes
-        .iter()
-        .copied()
-        .filter(|w| !writes.iter().any(|o| o.invoked > w.completed))
-        .chain(
-            unknown
-                .iter()
-                .copied()
-                // A later tick or untick may have been a no-op: any may land last.
-                .filter(|w| w.op == Op::Remember),
-        )
-        .collect();
+    // A later tick or untick may have been a no-op: any indeterminate one may land last.
+    let maximal = last_writes(
+        &writes,
+        unknown.iter().copied().filter(|w| w.op == Op::Remember),
+    );
     // With no acknowledged choice, the session may still be as it was created.
     if !writes.is_empty() && !maximal.iter().any(|w| (w.arg == "true") == stored) {
         out.push(Anomaly {
@@ -537,6 +530,20 @@ fn counter(
     }
 }
 
+/// The writes that may have landed last: the acknowledged ones no other acknowledged write
+/// followed in real time, and the indeterminate `candidates`.
+fn last_writes<'a>(
+    acked: &[&'a Event],
+    candidates: impl Iterator<Item = &'a Event>,
+) -> Vec<&'a Event> {
+    acked
+        .iter()
+        .copied()
+        .filter(|w| !acked.iter().any(|o| o.invoked > w.completed))
+        .chain(candidates)
+        .collect()
+}
+
 /// Whether the indeterminate write `w` of `reg` may be the last one to land: it may land any
 /// time after it was sent — even after later requests completed (a paused server runs it
 /// when it wakes) — but saves are compare-and-set on a version read before `w` completed,
@@ -565,19 +572,13 @@ fn register(
         .filter(|e| is_write(e) && e.acked())
         .collect();
     let value = |e: &Event| (e.op == Op::Put).then(|| e.arg.clone());
-    // The writes no acknowledged write followed in real time, and the indeterminate ones
-    // that may have landed last.
-    let maximal: Vec<&Event> = writes
-        .iter()
-        .copied()
-        .filter(|w| !writes.iter().any(|o| o.invoked > w.completed))
-        .chain(
-            unknown
-                .iter()
-                .copied()
-                .filter(|w| is_write(w) && may_land_last(w, evs)),
-        )
-        .collect();
+    let maximal = last_writes(
+        &writes,
+        unknown
+            .iter()
+            .copied()
+            .filter(|w| is_write(w) && may_land_last(w, evs)),
+    );
     let stored = rec
         .data
         .get("reg")
