@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! # coatcheck-conformance
 //!
 //! The published test suite of the [`SessionStore`](coatcheck_core::SessionStore) contract.

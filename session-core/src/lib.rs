@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! # coatcheck-core
 //!
 //! The I/O-free heart of coatcheck: the [`Record`] a store keeps, the [`SessionId`],

@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! # coatcheck-memory
 //!
 //! The in-process [`SessionStore`]: the embedded default, for single-instance apps, tests

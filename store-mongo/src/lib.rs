@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! # coatcheck-mongo
 //!
 //! A MongoDB [`SessionStore`] for coatcheck, on the official `mongodb` driver.

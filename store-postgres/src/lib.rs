@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! # coatcheck-postgres
 //!
 //! The PostgreSQL [`SessionStore`] of coatcheck, on [`sqlx`] (a [`PgPool`]).

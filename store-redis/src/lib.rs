@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // The README is the crate's documentation; its examples are written against the `coatcheck`
 // facade (what an application depends on) and run as doc tests of the facade
 // (`coatcheck/src/lib.rs`, `store_readmes`), so not here, where `coatcheck::` is not a path.
