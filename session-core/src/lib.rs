@@ -26,6 +26,7 @@ mod expiry;
 mod express;
 mod hashed;
 mod id;
+pub mod keys;
 mod notice;
 mod record;
 mod signing;

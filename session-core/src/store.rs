@@ -35,6 +35,11 @@ pub struct Capabilities {
     /// under the raw session id), so they cannot be keyed by a hash of the id
     /// ([`HashedIds`](crate::HashedIds) refuses such a store).
     pub express_layout: bool,
+    /// The backend's name as OpenTelemetry's `db.system.name` names it (`redis`,
+    /// `postgresql`, `mongodb`, `mysql`, `sqlite`; a custom store picks its own), for the
+    /// middleware's metrics and store-call spans. Empty reads as `other`
+    /// ([`Capabilities::system`]).
+    pub db_system: &'static str,
 }
 
 impl Capabilities {
@@ -83,6 +88,21 @@ impl Capabilities {
     pub fn with_no_creation_time(mut self, yes: bool) -> Self {
         self.no_creation_time = yes;
         self
+    }
+
+    /// Sets `db_system`.
+    pub fn with_db_system(mut self, name: &'static str) -> Self {
+        self.db_system = name;
+        self
+    }
+
+    /// The backend's `db.system.name`: `db_system`, or `other` when the store set none.
+    pub fn system(&self) -> &'static str {
+        if self.db_system.is_empty() {
+            "other"
+        } else {
+            self.db_system
+        }
     }
 }
 

@@ -609,6 +609,7 @@ impl SessionStore for MemoryStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
+            .with_db_system("coatcheck.memory")
             .with_user_index(true)
             .with_devices(true)
             .with_session_limit(true)

@@ -625,6 +625,7 @@ impl SessionStore for MongoStore {
     fn capabilities(&self) -> Capabilities {
         let express = self.layout.content_field().is_some();
         Capabilities::new()
+            .with_db_system("mongodb")
             .with_user_index(self.layout.user_field().is_some())
             .with_devices(!express)
             .with_session_limit(!express)

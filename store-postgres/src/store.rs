@@ -590,12 +590,13 @@ impl SessionStore for PostgresStore {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let caps = Capabilities::new().with_db_system("postgresql");
         match &self.inner.express {
-            None => Capabilities::new()
+            None => caps
                 .with_user_index(true)
                 .with_devices(true)
                 .with_session_limit(true),
-            Some(f) => Capabilities::new()
+            Some(f) => caps
                 .with_user_index(f.user_key.is_some())
                 .with_opaque_versions(true)
                 .with_no_creation_time(true)

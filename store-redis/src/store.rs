@@ -1148,13 +1148,14 @@ impl SessionStore for RedisStore {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let caps = Capabilities::new().with_db_system("redis");
         match self.format {
-            Format::Native(_) => Capabilities::new()
+            Format::Native(_) => caps
                 .with_user_index(true)
                 .with_native_expiry(true)
                 .with_devices(true)
                 .with_session_limit(true),
-            Format::Express(_) => Capabilities::new()
+            Format::Express(_) => caps
                 .with_native_expiry(true)
                 .with_opaque_versions(true)
                 .with_no_creation_time(true)
