@@ -102,7 +102,20 @@ pub struct SessionConfig {
     pub session_limit: Option<SessionLimit>,
     /// Where the session token travels (default: the cookie).
     pub transport: Transport,
+    /// The most a session's data may take, measured as its JSON encoding (default
+    /// [`DEFAULT_MAX_DATA_BYTES`]; `None`: no limit). A write over it is refused with
+    /// [`SessionError::DataTooLarge`](crate::SessionError::DataTooLarge) and the stored
+    /// session is left as it was. JSON is what the Express layouts store; the native
+    /// layouts' MessagePack is smaller, and encryption at rest adds 45 bytes and, in the
+    /// express layouts, a third for base64: the limit is of the data, the same on every
+    /// store.
+    pub max_data_bytes: Option<usize>,
 }
+
+/// The default [`SessionConfig::max_data_bytes`]: 64 KiB. Sessions hold ids, flags and
+/// small state; data that grows past this is almost always a bug (a list appended to on
+/// every request), and every store reads and writes all of it on every save.
+pub const DEFAULT_MAX_DATA_BYTES: usize = 64 * 1024;
 
 /// The default [`SessionConfig::store_timeout`].
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -129,6 +142,7 @@ impl Default for SessionConfig {
             capture_ip: IpCapture::Full,
             session_limit: None,
             transport: Transport::cookie(),
+            max_data_bytes: Some(DEFAULT_MAX_DATA_BYTES),
         }
     }
 }
@@ -525,6 +539,25 @@ impl SessionLayerBuilder {
     /// ```
     pub fn max_sessions_per_user(mut self, max: u32, policy: LimitPolicy) -> Self {
         self.config.session_limit = Some(SessionLimit::new(max, policy));
+        self
+    }
+
+    /// The most a session's data may take ([`SessionConfig::max_data_bytes`]; default
+    /// [`DEFAULT_MAX_DATA_BYTES`]). `None` lifts the limit.
+    ///
+    /// ```
+    /// use coatcheck::{KeyRing, SessionLayer};
+    /// use coatcheck::memory::MemoryStore;
+    ///
+    /// let keys = KeyRing::new(["a secret of at least thirty-two bytes!!"]).unwrap();
+    /// let layer = SessionLayer::builder(MemoryStore::new(), keys)
+    ///     .max_data_bytes(Some(16 * 1024))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(layer.config().max_data_bytes, Some(16 * 1024));
+    /// ```
+    pub fn max_data_bytes(mut self, limit: Option<usize>) -> Self {
+        self.config.max_data_bytes = limit;
         self
     }
 

@@ -26,7 +26,7 @@ use crate::{SessionError, SessionLayerBuilder};
 /// [`SessionLayerBuilder::credential_check`]). Like [`REMEMBER_ME_KEY`](crate::REMEMBER_ME_KEY)
 /// it is the session's own: the application cannot read or write it, and
 /// [`Session::clear`](crate::Session::clear) keeps it.
-pub const CREDENTIAL_KEY: &str = "coatcheck.credential";
+pub const CREDENTIAL_KEY: &str = coatcheck_core::keys::CREDENTIAL_KEY;
 
 /// What a credential lookup may fail with (the application's own error, boxed).
 pub type CredentialLookupError = Box<dyn std::error::Error + Send + Sync>;

@@ -60,6 +60,21 @@ pub enum SessionError {
     /// [`StoreTimedOut`](crate::StoreTimedOut)).
     #[error("credential check failed: {0}")]
     CredentialLookup(#[source] crate::CredentialLookupError),
+    /// A write would have stored more data than
+    /// [`max_data_bytes`](crate::SessionConfig::max_data_bytes) allows: nothing was
+    /// written, the stored session is as it was, and the request fails (`500`: the
+    /// application tried to keep too much in the session) — also when a handler catches
+    /// it from [`update`](crate::Session::update) and answers a success, since the
+    /// request's view of the session then holds data that was never stored.
+    #[error(
+        "session data of {size} bytes is over the limit of {limit} bytes; nothing was written"
+    )]
+    DataTooLarge {
+        /// The data's size (its JSON encoding).
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
     /// The `Session` extractor was used on a route without a `SessionLayer`.
     #[error("no SessionLayer on this route")]
     MissingLayer,
@@ -144,6 +159,7 @@ impl axum_core::response::IntoResponse for SessionError {
                 failure.message = "too many signed-in sessions; sign out on another device first";
             }
             SessionError::UnknownUser => failure.message = "no such user; sign in again",
+            SessionError::DataTooLarge { .. } => failure.message = "session data too large",
             _ => {}
         }
         let mut res =

@@ -71,6 +71,12 @@ pub enum SessionEvent {
         /// Attempts made.
         attempts: u32,
     },
+    /// [`CsrfLayer`](crate::CsrfLayer) refused an unsafe request (`403`); nothing of the
+    /// session changed.
+    CsrfRefused {
+        /// Why.
+        reason: crate::CsrfReason,
+    },
 }
 
 /// Which sessions a [`SessionEvent::Revoked`] removed.

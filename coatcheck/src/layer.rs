@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) id_generator: IdGenerator,
     pub(crate) events: Events,
     pub(crate) credentials: Option<CredentialCheck>,
+    /// The store's `db.system.name`, for metrics and spans.
+    pub(crate) db_system: &'static str,
 }
 
 impl Shared {
@@ -40,16 +42,29 @@ impl Shared {
         operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let Some(limit) = self.config.store_timeout else {
-            return call.await;
+        // Named as OpenTelemetry's database conventions name a client call, like the
+        // `db.client.operation.duration` metric.
+        let span = tracing::debug_span!(
+            "session store call",
+            db.system.name = self.db_system,
+            db.operation.name = operation
+        );
+        let started = crate::metrics::ON.then(std::time::Instant::now);
+        let result = match self.config.store_timeout {
+            None => call.instrument(span).await,
+            Some(limit) => match tokio::time::timeout(limit, call.instrument(span)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(operation, ?limit, "session store call timed out");
+                    Err(StoreError::backend(StoreTimedOut::new(operation, limit)))
+                }
+            },
         };
-        match tokio::time::timeout(limit, call).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(operation, ?limit, "session store call timed out");
-                Err(StoreError::backend(StoreTimedOut::new(operation, limit)))
-            }
+        if let Some(started) = started {
+            let failed = result.as_ref().err().and_then(crate::metrics::error_type);
+            crate::metrics::store_call(self.db_system, operation, started.elapsed(), failed);
         }
+        result
     }
 }
 
@@ -123,8 +138,10 @@ impl SessionLayer {
     }
 
     pub(crate) fn from_builder(b: SessionLayerBuilder) -> Self {
+        let db_system = b.store.capabilities().system();
         SessionLayer {
             shared: Arc::new(Shared {
+                db_system,
                 store: b.store,
                 keys: b.keys,
                 config: b.config,
@@ -350,7 +367,7 @@ where
         // A header token is sent back only when it changes (a new session, a rotated id, a
         // token signed with an older secret), as Spring Session's header resolver does.
         let sent = cookie_id.clone().filter(|_| !resign);
-        let session = Session::new(shared.clone(), cookie_id, resign, meta);
+        let session = Session::new(shared.clone(), cookie_id, resign, meta, via_header);
         req.extensions_mut().insert(session.clone());
         // The clone that was made ready is the one to call.
         let clone = self.inner.clone();

@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! # coatcheck
 //!
 //! Server-side HTTP sessions for tower and axum, in the spirit of express-session: the
@@ -42,6 +43,7 @@
 
 mod config;
 mod credentials;
+pub mod csrf;
 mod device;
 mod error;
 mod events;
@@ -50,18 +52,21 @@ mod extract;
 #[cfg(feature = "axum")]
 mod guard;
 mod layer;
+mod metrics;
 mod session;
 mod transport;
 
 pub use config::{
-    ConfigError, SameSite, Secure, SessionConfig, SessionLayerBuilder, DEFAULT_STORE_TIMEOUT,
+    ConfigError, SameSite, Secure, SessionConfig, SessionLayerBuilder, DEFAULT_MAX_DATA_BYTES,
+    DEFAULT_STORE_TIMEOUT,
 };
 pub use credentials::{CredentialLookupError, CREDENTIAL_KEY};
+pub use csrf::{CsrfLayer, CsrfReason, CsrfService};
 pub use device::{IpCapture, UserSession};
 pub use error::{SessionError, SessionFailure};
 pub use events::{RevokeScope, SessionEvent, DEFAULT_EVENT_QUEUE};
 pub use layer::{session_id_from_headers, SessionLayer, SessionService, StoreTimedOut};
-pub use session::{Session, REMEMBER_ME_KEY};
+pub use session::{Flash, FlashLevel, Session, MAX_PENDING_FLASHES, REMEMBER_ME_KEY};
 pub use transport::{Transport, BEARER_RESPONSE_HEADER};
 
 #[cfg(feature = "axum")]

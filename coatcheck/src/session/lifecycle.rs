@@ -274,6 +274,9 @@ impl Session {
                 next.user_id.clone_from(&user);
             }
             next.version = 1;
+            // A new id, a new CSRF secret (made when the next page asks for a token):
+            // a token read before a login must not work after it.
+            next.data.shift_remove(coatcheck_core::keys::CSRF_KEY);
             let policy = self.inner.shared.config.policy_for(&next.data);
             next.expires_at = policy.on_write(next.created_at, next.expires_at, expiry_at, now);
             // The new record first, then the old one deleted if it is still at the version
@@ -332,6 +335,7 @@ impl Session {
             match refused {
                 StoreError::Conflict if attempt < max => {
                     attempt += 1;
+                    crate::metrics::conflict();
                     backoff(attempt).await;
                     match shared.bounded("load", shared.store.load(&old_id)).await {
                         Ok(Some(mut fresh)) => {
@@ -364,6 +368,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         let mut record = existing.unwrap_or_else(|| self.new_record());
         record.id = (self.inner.shared.id_generator)();
+        record.data.shift_remove(coatcheck_core::keys::CSRF_KEY);
         let keep = record.user_id.as_deref() == Some(user.as_str());
         let old_handle = record.device.as_ref().map(|d| d.handle.clone());
         let handle = record.device.take().filter(|_| keep).map(|d| d.handle);

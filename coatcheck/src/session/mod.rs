@@ -21,12 +21,12 @@ use crate::SessionError;
 /// `_session_expiry`); the application never sees the key, cannot write it, and
 /// [`Session::clear`] keeps it. An Express app sharing the sessions sees it as a plain
 /// value.
-pub const REMEMBER_ME_KEY: &str = "coatcheck.remember";
+pub const REMEMBER_ME_KEY: &str = coatcheck_core::keys::REMEMBER_ME_KEY;
 
 /// Whether `key` is one of the session's own keys, which the application neither reads
 /// nor writes and `clear` keeps.
 fn is_internal(key: &str) -> bool {
-    key == REMEMBER_ME_KEY || key == crate::CREDENTIAL_KEY || key == coatcheck_core::REWRITE_KEY
+    coatcheck_core::keys::is_reserved(key)
 }
 
 /// Whether this session data says "remember me".
@@ -47,7 +47,12 @@ enum Op {
     Remove(String),
     Clear,
     Update(String, UpdateFn),
+    /// Removes the key; the value it removed, from the copy that was last replayed onto,
+    /// goes into the slot (an atomic take: see `take_flash`).
+    Take(String, TakeSlot),
 }
+
+type TakeSlot = Arc<Mutex<Option<Value>>>;
 
 fn apply(op: &Op, data: &mut Data) -> Result<(), SessionError> {
     match op {
@@ -62,6 +67,10 @@ fn apply(op: &Op, data: &mut Data) -> Result<(), SessionError> {
         Op::Update(k, f) => {
             let next = f(data.get(k))?;
             data.insert(k.clone(), next);
+        }
+        Op::Take(k, slot) => {
+            let taken = data.shift_remove(k);
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = taken;
         }
     }
     Ok(())
@@ -148,6 +157,8 @@ struct Inner {
     state: Mutex<State>,
     /// The device details of this request, recorded at login.
     meta: RequestMeta,
+    /// The request carried its session in a header token (no ambient credential).
+    via_header: bool,
 }
 
 impl fmt::Debug for Session {
@@ -167,11 +178,13 @@ impl Session {
         cookie_id: Option<SessionId>,
         resign: bool,
         meta: RequestMeta,
+        via_header: bool,
     ) -> Self {
         Session {
             inner: Arc::new(Inner {
                 shared,
                 meta,
+                via_header,
                 loaded: OnceCell::new(),
                 state: Mutex::new(State {
                     cookie_id,
@@ -206,14 +219,21 @@ impl Session {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands an event to the layer's subscriber, if there is one.
-    fn emit(&self, event: SessionEvent) {
+    /// Counts an event in the metrics and hands it to the layer's subscriber, if there is
+    /// one.
+    pub(crate) fn emit(&self, event: SessionEvent) {
+        crate::metrics::event(&event);
         self.inner.shared.events.emit(event);
     }
 
-    /// Whether anyone listens to events.
+    /// Whether anyone listens to events (a subscriber, or the metrics).
     fn events_on(&self) -> bool {
-        self.inner.shared.events.on()
+        crate::metrics::ON || self.inner.shared.events.on()
+    }
+
+    /// Whether this request carried its session in a header token rather than the cookie.
+    pub(crate) fn via_header(&self) -> bool {
+        self.inner.via_header
     }
 
     fn now(&self) -> Timestamp {
@@ -329,7 +349,7 @@ impl Session {
     /// Applies a change to the view and logs it for replay, creating a fresh (not yet
     /// stored) record if there is none.
     async fn change(&self, op: Op) -> Result<(), SessionError> {
-        if let Op::Set(key, _) | Op::Update(key, _) | Op::Remove(key) = &op {
+        if let Op::Set(key, _) | Op::Update(key, _) | Op::Remove(key) | Op::Take(key, _) = &op {
             if is_internal(key)
                 || (self.inner.shared.config.express_reserved_keys
                     && coatcheck_core::is_express_reserved(key))
@@ -622,6 +642,10 @@ impl Session {
     }
 }
 
+mod csrf;
 mod devices;
+mod flash;
 mod lifecycle;
 mod write;
+
+pub use flash::{Flash, FlashLevel, MAX_PENDING_FLASHES};

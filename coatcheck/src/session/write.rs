@@ -199,6 +199,9 @@ impl Session {
     ) -> Result<Record, SessionError> {
         let shared = &self.inner.shared;
         let limit = shared.config.session_limit.filter(|_| limited);
+        if let Err(e) = self.check_size(&record) {
+            return self.fail(e);
+        }
         record.last_seen = self.now();
         let mut attempts = 0;
         loop {
@@ -264,6 +267,10 @@ impl Session {
             record.expires_at =
                 policy.on_write(record.created_at, record.expires_at, expiry_at, now);
             record.last_seen = now;
+            // Checked on every attempt: a replay onto a fresher copy may grow the data.
+            if let Err(e) = self.check_size(&record) {
+                return self.fail(e);
+            }
             match shared.bounded("save", shared.store.save(&record)).await {
                 Ok(version) => {
                     if attempt > 0 {
@@ -279,6 +286,7 @@ impl Session {
                 }
                 Err(StoreError::Conflict) if attempt < max => {
                     attempt += 1;
+                    crate::metrics::conflict();
                     backoff(attempt).await;
                     let fresh = match shared.bounded("load", shared.store.load(&record.id)).await {
                         Ok(Some(fresh)) => fresh,
@@ -303,6 +311,44 @@ impl Session {
             }
         }
     }
+}
+
+impl Session {
+    /// Refuses a record whose data is over [`max_data_bytes`](crate::SessionConfig::max_data_bytes)
+    /// (and reports the size to the metrics).
+    fn check_size(&self, record: &Record) -> Result<(), SessionError> {
+        let limit = self.inner.shared.config.max_data_bytes;
+        if limit.is_none() && !crate::metrics::ON {
+            return Ok(());
+        }
+        let size = json_size(&record.data);
+        crate::metrics::data_size(size);
+        match limit {
+            Some(limit) if size > limit => {
+                tracing::warn!(size, limit, "session data over the limit; nothing written");
+                Err(SessionError::DataTooLarge { size, limit })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The length of `data`'s JSON encoding, counted without building it.
+fn json_size(data: &coatcheck_core::Data) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // A JSON value always serializes; a failure would only undercount.
+    let _ = serde_json::to_writer(&mut count, data);
+    count.0
 }
 
 /// The source of the error `update` answers after an earlier store call of the same

@@ -18,13 +18,38 @@ impl Jar {
     /// `POST uri` with the jar's cookie; keeps what the response sets (an emptied cookie
     /// empties the jar).
     pub async fn send(&mut self, app: &Router, uri: &str) -> (StatusCode, String) {
-        let mut req = Request::builder().method("POST").uri(uri);
+        self.call(
+            app,
+            Request::builder().method("POST").uri(uri),
+            Body::empty(),
+        )
+        .await
+    }
+
+    /// `GET uri` with the jar's cookie.
+    #[allow(dead_code)]
+    pub async fn get(&mut self, app: &Router, uri: &str) -> (StatusCode, String) {
+        self.call(
+            app,
+            Request::builder().method("GET").uri(uri),
+            Body::empty(),
+        )
+        .await
+    }
+
+    /// Any request, with the jar's cookie added; keeps what the response sets.
+    pub async fn call(
+        &mut self,
+        app: &Router,
+        mut req: http::request::Builder,
+        body: Body,
+    ) -> (StatusCode, String) {
         if let Some(c) = &self.cookie {
             req = req.header(COOKIE, c);
         }
         let res = app
             .clone()
-            .oneshot(req.body(Body::empty()).expect("request"))
+            .oneshot(req.body(body).expect("request"))
             .await
             .expect("infallible");
         self.last_set = res

@@ -1,0 +1,185 @@
+//! Flash messages (shown once, even to two tabs at the same moment; kept across login)
+//! and the size limit on session data (a write over it is refused and changes nothing).
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::Router;
+use coatcheck::memory::MemoryStore;
+use coatcheck::{
+    FlashLevel, KeyRing, Secure, Session, SessionError, SessionLayer, SessionStore,
+    DEFAULT_MAX_DATA_BYTES,
+};
+use common::Jar;
+use http::StatusCode;
+use tokio::sync::Barrier;
+
+const SECRET: &str = "flash test secret, long enough: 0123456789abcdef";
+
+#[derive(Clone)]
+struct St {
+    barrier: Arc<Barrier>,
+}
+
+async fn flash(session: Session, Path(text): Path<String>) -> Result<&'static str, SessionError> {
+    session.flash(FlashLevel::Success, text).await?;
+    Ok("ok")
+}
+
+async fn show(session: Session) -> Result<String, SessionError> {
+    let shown: Vec<String> = session
+        .take_flash()
+        .await?
+        .into_iter()
+        .map(|f| format!("{:?}:{}", f.level, f.text))
+        .collect();
+    Ok(shown.join(","))
+}
+
+/// Loads, waits for the other tab, then takes: both saw the same messages waiting.
+async fn racing_show(State(st): State<St>, session: Session) -> Result<String, SessionError> {
+    session.get::<String>("reg").await?;
+    st.barrier.wait().await;
+    show(session).await
+}
+
+async fn login(session: Session, Path(user): Path<String>) -> Result<&'static str, SessionError> {
+    session.login(user).await?;
+    Ok("ok")
+}
+
+async fn put(session: Session, Path(len): Path<usize>) -> Result<&'static str, SessionError> {
+    session.insert("reg", "x".repeat(len)).await?;
+    Ok("ok")
+}
+
+/// `update` commits at once: the refusal reaches the handler.
+async fn grow(session: Session, Path(len): Path<usize>) -> Result<String, SessionError> {
+    match session
+        .update("reg", move |_: Option<String>| "y".repeat(len))
+        .await
+    {
+        Ok(_) => Ok("grown".into()),
+        Err(SessionError::DataTooLarge { size, limit }) => {
+            assert!(size > limit && limit == 1000, "{size} > {limit}");
+            Ok(format!("refused {size} > {limit}"))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn reg_len(session: Session) -> Result<String, SessionError> {
+    Ok(session
+        .get::<String>("reg")
+        .await?
+        .map_or("none".into(), |r| r.len().to_string()))
+}
+
+fn app(store: Arc<dyn SessionStore>, limit: Option<usize>) -> Router {
+    let keys = KeyRing::new([SECRET]).expect("secret");
+    let layer = SessionLayer::builder_shared(store, keys)
+        .secure(Secure::Never)
+        .max_data_bytes(limit)
+        .build()
+        .expect("config");
+    Router::new()
+        .route("/flash/{text}", post(flash))
+        .route("/show", get(show))
+        .route("/racing_show", get(racing_show))
+        .route("/login/{user}", post(login))
+        .route("/put/{len}", post(put))
+        .route("/grow/{len}", post(grow))
+        .route("/reg", get(reg_len))
+        .with_state(St {
+            barrier: Arc::new(Barrier::new(2)),
+        })
+        .layer(layer)
+}
+
+fn memory_app(limit: Option<usize>) -> Router {
+    app(Arc::new(MemoryStore::new()), limit)
+}
+
+#[tokio::test]
+async fn a_flash_is_shown_once_and_survives_a_login() {
+    let app = memory_app(Some(DEFAULT_MAX_DATA_BYTES));
+    let mut jar = Jar::default();
+    jar.send(&app, "/flash/welcome").await;
+    jar.send(&app, "/flash/again").await;
+    jar.send(&app, "/login/ada").await;
+    let (status, shown) = jar.get(&app, "/show").await;
+    assert_eq!(
+        (status, shown.as_str()),
+        (StatusCode::OK, "Success:welcome,Success:again")
+    );
+    let (_, shown) = jar.get(&app, "/show").await;
+    assert_eq!(shown, "", "shown once");
+}
+
+#[tokio::test]
+async fn old_messages_give_way_past_the_cap() {
+    let app = memory_app(None);
+    let mut jar = Jar::default();
+    for i in 0..(coatcheck::MAX_PENDING_FLASHES + 3) {
+        jar.send(&app, &format!("/flash/m{i}")).await;
+    }
+    let (_, shown) = jar.get(&app, "/show").await;
+    let shown: Vec<&str> = shown.split(',').collect();
+    assert_eq!(shown.len(), coatcheck::MAX_PENDING_FLASHES);
+    assert_eq!(shown[0], "Success:m3");
+}
+
+/// Two tabs take at the same moment, both having seen the messages waiting: one shows
+/// them, the other shows none (a take written at the end of the request would be replayed
+/// onto the other's write and show them twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_taking_at_once_show_a_message_once() {
+    for _ in 0..20 {
+        let app = memory_app(None);
+        let mut jar = Jar::default();
+        jar.send(&app, "/flash/once").await;
+        let (mut a, mut b) = (jar.clone(), jar.clone());
+        let (app_a, app_b) = (app.clone(), app.clone());
+        let (ra, rb) = tokio::join!(
+            tokio::spawn(async move { a.get(&app_a, "/racing_show").await }),
+            tokio::spawn(async move { b.get(&app_b, "/racing_show").await }),
+        );
+        let ((sa, ta), (sb, tb)) = (ra.expect("tab a"), rb.expect("tab b"));
+        assert_eq!((sa, sb), (StatusCode::OK, StatusCode::OK));
+        let mut shown = [ta, tb];
+        shown.sort();
+        assert_eq!(shown, [String::new(), "Success:once".to_string()]);
+    }
+}
+
+#[tokio::test]
+async fn a_write_over_the_limit_is_refused_and_the_stored_session_is_unchanged() {
+    let app = memory_app(Some(1000));
+    let mut jar = Jar::default();
+    let (status, _) = jar.send(&app, "/put/100").await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = jar.cookie.clone();
+    // At the end of the request: the response becomes the failure.
+    let (status, _) = jar.send(&app, "/put/5000").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(jar.cookie, cookie);
+    assert_eq!(jar.get(&app, "/reg").await.1, "100");
+    // In `update`: the handler gets the typed error, and the request still fails closed
+    // (its view of the session holds what was never stored).
+    let (status, _) = jar.send(&app, "/grow/5000").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(jar.cookie, cookie);
+    assert_eq!(jar.get(&app, "/reg").await.1, "100");
+    // A new session over the limit is not created at all.
+    let mut fresh = Jar::default();
+    let (status, _) = fresh.send(&app, "/put/5000").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(fresh.cookie.is_none());
+    // No limit: anything goes.
+    let open = memory_app(None);
+    let (status, _) = Jar::default().send(&open, "/put/200000").await;
+    assert_eq!(status, StatusCode::OK);
+}
