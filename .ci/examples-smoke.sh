@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the quickstart (the README's first command), then the login example on every store it claims (memory, redis, postgres, mongo) and drives
 # it over HTTP as the README shows: log in, a protected route, a role-guarded route, log out
-# everywhere, the protected route again. So an example command in a README cannot rot.
+# everywhere, the protected route again, each POST with the session's CSRF token (and refused
+# without it or cross-site), and the Prometheus metrics. So an example command in a README
+# cannot rot.
 #
 #   .ci/examples-smoke.sh            # REDIS_URL, DATABASE_URL, MONGODB_URL from the environment
 #
@@ -9,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-cargo build -q --example login --example quickstart --example api_client --features redis,postgres,mongo
+cargo build -q --example login --example quickstart --example api_client --features redis,postgres,mongo,metrics
 target=${CARGO_TARGET_DIR:-target}
 bin=$target/debug/examples/login
 jar=$(mktemp -d)
@@ -77,27 +79,52 @@ for store in memory redis postgres mongo; do
     base=http://127.0.0.1:$port
     c="$jar/$store.cookies"
     code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+    # The session's CSRF token, as the README's curl lines get it (`GET /csrf`).
+    tok() { curl -s -c "$1" -b "$1" "$base/csrf" | sed -n 's/.*"csrf_token":"\([^"]*\)".*/\1/p'; }
+    json=(-H 'content-type: application/json')
     expect "GET /me logged out" 401 "$(code -b "$c" "$base/me")"
-    expect "POST /login bob" 200 "$(code -c "$c" -b "$c" -H 'content-type: application/json' \
+    expect "POST /login without a CSRF token" 403 "$(code -c "$c" -b "$c" "${json[@]}" \
+        -d '{"username":"bob","password":"builder"}' "$base/login")"
+    expect "POST /login bob" 200 "$(code -c "$c" -b "$c" "${json[@]}" -H "x-csrf-token: $(tok "$c")" \
         -d '{"username":"bob","password":"builder"}' "$base/login")"
     expect "GET /me as bob" 200 "$(code -b "$c" "$base/me")"
     expect "GET /admin as bob" 403 "$(code -b "$c" "$base/admin")"
-    expect "POST /login alice" 200 "$(code -c "$c" -b "$c" -H 'content-type: application/json' \
+    expect "POST /login alice" 200 "$(code -c "$c" -b "$c" "${json[@]}" -H "x-csrf-token: $(tok "$c")" \
         -d '{"username":"alice","password":"wonderland"}' "$base/login")"
     expect "GET /admin as alice" 200 "$(code -b "$c" "$base/admin")"
-    expect "POST /login wrong password" 401 "$(code -H 'content-type: application/json' \
+    w="$jar/$store.wrong"
+    expect "POST /login wrong password" 401 "$(code -c "$w" -b "$w" "${json[@]}" -H "x-csrf-token: $(tok "$w")" \
         -d '{"username":"alice","password":"nope"}' "$base/login")"
     expect "GET /sessions as alice" 200 "$(code -b "$c" "$base/sessions")"
     expect "POST /sessions/{unknown}/revoke" '{"revoked":false}' "$(curl -s -b "$c" -X POST \
-        -H 'accept: application/json' "$base/sessions/AAAAAAAAAAAAAAAAAAAAAA/revoke")"
-    # The pages: the sign-in form, a form login redirecting to the devices page.
-    expect "GET / logged out" 200 "$(code "$base/")"
+        -H 'accept: application/json' -H "x-csrf-token: $(tok "$c")" \
+        "$base/sessions/AAAAAAAAAAAAAAAAAAAAAA/revoke")"
+    # The pages: the sign-in form (its token in a hidden field), a form login redirecting
+    # to the devices page.
     f="$jar/$store.form"
-    expect "POST /login as a form" 303 "$(code -c "$f" -b "$f" -d 'username=bob&password=builder' \
-        "$base/login")"
+    page=$(curl -s -c "$f" -b "$f" "$base/")
+    ftok=$(printf '%s' "$page" | sed -n 's/.*name="csrf_token" value="\([^"]*\)".*/\1/p')
+    [ -n "$ftok" ] || { echo "examples-smoke: $store: no CSRF token in the sign-in form" >&2; exit 1; }
+    expect "POST /login as a form" 303 "$(code -c "$f" -b "$f" \
+        -d "username=bob&password=builder&csrf_token=$ftok" "$base/login")"
     expect "GET /devices as bob" 200 "$(code -b "$f" "$base/devices")"
-    expect "POST /logout-all" 200 "$(code -c "$c" -b "$c" -X POST "$base/logout-all")"
+    expect "POST /logout-all cross-site" 403 "$(code -b "$c" -X POST -H 'sec-fetch-site: cross-site' \
+        -H "x-csrf-token: $(tok "$c")" "$base/logout-all")"
+    expect "POST /logout-all" 200 "$(code -c "$c" -b "$c" -X POST -H "x-csrf-token: $(tok "$c")" \
+        "$base/logout-all")"
     expect "GET /me after logout-all" 401 "$(code -b "$c" "$base/me")"
+    # The metrics (built with --features metrics): the logins and the refusals, counted.
+    for _ in $(seq 1 50); do
+        metrics=$(curl -s "$base/metrics")
+        case "$metrics" in *coatcheck_csrf_refused*) break ;; esac
+        sleep 0.1
+    done
+    for name in coatcheck_sessions_logged_in coatcheck_csrf_refused db_client_operation_duration; do
+        case "$metrics" in
+            *"$name"*) ;;
+            *) echo "examples-smoke: $store: /metrics has no $name: $metrics" >&2; exit 1 ;;
+        esac
+    done
     kill "$app"
     wait "$app" 2>/dev/null || true
     app=

@@ -96,6 +96,28 @@ async fn serve(session_limit: Option<(u32, LimitPolicy)>) -> String {
     format!("http://{addr}")
 }
 
+/// Another site (`localhost`, where the app is on `127.0.0.1`: another site to the
+/// browser) whose page holds a form that posts to the app's `/logout-others`.
+async fn serve_attacker(target: &str) -> String {
+    let page = format!(
+        r#"<!doctype html><title>Win a prize</title>
+<form id="forged" method="post" action="{target}/logout-others">
+  <input type="hidden" name="csrf_token" value="guessed">
+  <button id="forge" type="submit">Claim your prize</button>
+</form>"#
+    );
+    let router = Router::new().route(
+        "/",
+        axum::routing::get(move || std::future::ready(axum::response::Html(page.clone()))),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("local addr").port();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://localhost:{port}")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_page_in_chromium() {
     if !have_browser() {
@@ -114,10 +136,12 @@ async fn devices_page_in_chromium() {
     let screenshot = shots.join("devices.png");
     let _ = std::fs::remove_file(&screenshot);
 
+    let attacker = serve_attacker(&base).await;
     let mut child = Command::new("node")
         .arg("devices.mjs")
         .args([&base, &refuse, &evict])
         .arg(&screenshot)
+        .arg(&attacker)
         .current_dir(script_dir())
         .env("CHROMIUM", CHROMIUM)
         .stdin(Stdio::null())
@@ -191,7 +215,29 @@ impl Device {
         self.send_with(method, uri, body, &[]).await
     }
 
+    /// A request as a script of the page sends it: a post carries the session's CSRF token
+    /// (from `GET /csrf`) in `x-csrf-token`.
     async fn send_with(
+        &mut self,
+        method: Method,
+        uri: &str,
+        body: Option<(&str, String)>,
+        extra: &[(&str, &str)],
+    ) -> Reply {
+        if method == Method::GET {
+            return self.raw(method, uri, body, extra).await;
+        }
+        let token = self.raw(Method::GET, "/csrf", None, &[]).await.json()["csrf_token"]
+            .as_str()
+            .expect("a CSRF token")
+            .to_owned();
+        let mut extra = extra.to_vec();
+        extra.push(("x-csrf-token", &token));
+        self.raw(method, uri, body, &extra).await
+    }
+
+    /// The request as given.
+    async fn raw(
         &mut self,
         method: Method,
         uri: &str,
@@ -320,11 +366,17 @@ async fn the_json_routes_and_the_form_share_the_login() {
         200
     );
 
-    // A post from another origin is refused before it reaches the session.
+    // A post from another origin is refused before it reaches the session, and so is one
+    // without the token.
     let r = api
         .send_with(Method::POST, &uri, None, &[("origin", "http://evil.test")])
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = api.raw(Method::POST, &uri, None, &[]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::FORBIDDEN, "CSRF token missing")
+    );
     let r = api
         .send_with(
             Method::POST,

@@ -2,12 +2,15 @@
 //! form and "Your devices") for a browser. `main.rs` picks the store and serves it;
 //! `tests/browser.rs` includes this file with `#[path]` and drives the pages in Chromium.
 //!
-//! CSRF: every state-changing route is a POST. The session cookie is `SameSite=Lax` (the
-//! layer's default), so a browser does not send it with a POST from another site: a forged
-//! form on another origin arrives logged out and changes nothing. As a second line, a POST
-//! whose `Origin` header names another host than `Host` is refused with `403` before it
-//! reaches the session ([`same_origin`]). Requests without `Origin` (curl, old browsers)
-//! pass: they are not the cross-site kind.
+//! CSRF: every state-changing route is a POST behind `coatcheck::CsrfLayer`. Every form
+//! carries the session's token (masked afresh on each page, `Session::csrf_token`); a JSON
+//! client asks `GET /csrf` for one and sends it in `x-csrf-token`. Before the token, the
+//! layer refuses what the browser marks cross-site (`Sec-Fetch-Site`) and, without that
+//! header, an `Origin` of another host. The session cookie is `SameSite=Lax` too (the
+//! layer's default), so a forged form on another site also arrives logged out.
+//!
+//! Messages after an action ("Signed out 1 device.") are flash messages: shown once, on
+//! the page the redirect leads to.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,15 +18,14 @@ use std::time::Duration;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use coatcheck::{
-    Authenticated, KeyRing, LimitPolicy, RequireRole, Secure, Session, SessionError, SessionLayer,
-    SessionStore, Timestamp, UserSession, ROLES_KEY,
+    Authenticated, CsrfLayer, FlashLevel, KeyRing, LimitPolicy, RequireRole, Secure, Session,
+    SessionError, SessionLayer, SessionStore, Timestamp, UserSession, ROLES_KEY,
 };
 use minijinja::{context, Environment};
 use serde::{Deserialize, Serialize};
@@ -79,10 +81,11 @@ pub fn app(
         .route("/sessions", get(sessions))
         .route("/sessions/{handle}/revoke", post(revoke))
         .route("/devices", get(devices))
+        .route("/csrf", get(csrf))
         .merge(admin_routes)
         .with_state(state)
-        .layer(layer.build()?)
-        .layer(middleware::from_fn(same_origin)))
+        .layer(CsrfLayer::new())
+        .layer(layer.build()?))
 }
 
 #[derive(Clone)]
@@ -180,27 +183,12 @@ fn is_form(headers: &HeaderMap) -> bool {
     content_type.starts_with("application/x-www-form-urlencoded") && !accepts_json
 }
 
-/// Refuses a state-changing request whose `Origin` is another host than the one it was
-/// sent to (see the module docs: `SameSite=Lax` already keeps the cookie off such posts).
-async fn same_origin(req: Request, next: Next) -> Response {
-    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if !safe {
-        if let Some(origin) = req.headers().get(header::ORIGIN) {
-            let origin_host = origin
-                .to_str()
-                .ok()
-                .and_then(|o| o.split_once("://"))
-                .map(|(_, host)| host);
-            let host = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok());
-            if origin_host.is_none() || origin_host != host {
-                return (StatusCode::FORBIDDEN, "cross-origin request refused").into_response();
-            }
-        }
-    }
-    next.run(req).await
+/// `GET /csrf`: a CSRF token for a JSON client, to send in `x-csrf-token` with its posts
+/// (a new one after each login).
+async fn csrf(session: Session) -> Result<Json<serde_json::Value>, AppError> {
+    Ok(Json(
+        serde_json::json!({ "csrf_token": session.csrf_token().await? }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -248,7 +236,8 @@ async fn index(State(state): State<AppState>, session: Session) -> Result<Respon
     if session.user_id().await?.is_some() {
         return Ok(Redirect::to("/devices").into_response());
     }
-    Ok(render(&state, "login.html", context! {})?.into_response())
+    let csrf = session.csrf_token().await?;
+    Ok(render(&state, "login.html", context! { csrf })?.into_response())
 }
 
 /// `POST /login`: JSON `{"username","password"}` (answers text) or the sign-in form
@@ -270,17 +259,23 @@ async fn login(
             Err(rejection) => return Ok(rejection.into_response()),
         }
     };
-    let form_again = |status: StatusCode, error: &str| -> Result<Response, AppError> {
-        let page = render(
-            &state,
-            "login.html",
-            context! { error, username => &creds.username },
-        )?;
-        Ok((status, page).into_response())
-    };
+    let form_again =
+        |status: StatusCode, error: &str, csrf: String| -> Result<Response, AppError> {
+            let page = render(
+                &state,
+                "login.html",
+                context! { error, username => &creds.username, csrf },
+            )?;
+            Ok((status, page).into_response())
+        };
     let Some(roles) = check(&state.users, &creds) else {
         return if form {
-            form_again(StatusCode::UNAUTHORIZED, "Wrong username or password.")
+            let csrf = session.csrf_token().await?;
+            form_again(
+                StatusCode::UNAUTHORIZED,
+                "Wrong username or password.",
+                csrf,
+            )
         } else {
             Err(AppError::Status(
                 StatusCode::UNAUTHORIZED,
@@ -302,7 +297,8 @@ async fn login(
         Ok(()) if form => Ok(Redirect::to("/devices").into_response()),
         Ok(()) => Ok("logged in".into_response()),
         Err(SessionError::SessionLimit) if form => {
-            form_again(StatusCode::CONFLICT, TOO_MANY_DEVICES)
+            let csrf = session.csrf_token().await?;
+            form_again(StatusCode::CONFLICT, TOO_MANY_DEVICES, csrf)
         }
         Err(e) => Err(e.into()),
     }
@@ -344,7 +340,10 @@ async fn logout_all(user: Authenticated, headers: HeaderMap) -> Result<Response,
 async fn logout_others(user: Authenticated, headers: HeaderMap) -> Result<Response, AppError> {
     let n = user.session.logout_other_devices().await?;
     Ok(if is_form(&headers) {
-        Redirect::to(&format!("/devices?signed_out={n}")).into_response()
+        user.session
+            .flash(FlashLevel::Success, signed_out(n))
+            .await?;
+        Redirect::to("/devices").into_response()
     } else {
         Json(serde_json::json!({ "signed_out": n })).into_response()
     })
@@ -367,18 +366,22 @@ async fn revoke(
         return Ok(Json(serde_json::json!({ "revoked": revoked })).into_response());
     }
     // Revoking this device's own handle ended this session: back to the sign-in form.
-    let signed_in = user.session.user_id().await?.is_some();
-    Ok(match (signed_in, revoked) {
-        (false, _) => Redirect::to("/"),
-        (true, true) => Redirect::to("/devices?signed_out=1"),
-        (true, false) => Redirect::to("/devices?signed_out=0"),
+    if user.session.user_id().await?.is_none() {
+        return Ok(Redirect::to("/").into_response());
     }
-    .into_response())
+    user.session
+        .flash(FlashLevel::Success, signed_out(u64::from(revoked)))
+        .await?;
+    Ok(Redirect::to("/devices").into_response())
 }
 
-#[derive(Deserialize)]
-struct DevicesQuery {
-    signed_out: Option<u64>,
+/// The notice after signing devices out.
+fn signed_out(n: u64) -> String {
+    match n {
+        0 => "No device was signed out.".to_owned(),
+        1 => "Signed out 1 device.".to_owned(),
+        n => format!("Signed out {n} devices."),
+    }
 }
 
 /// One row of the devices page.
@@ -394,11 +397,7 @@ struct DeviceRow {
 }
 
 /// `GET /devices`: "Your devices", or the sign-in form's address when logged out.
-async fn devices(
-    State(state): State<AppState>,
-    session: Session,
-    Query(query): Query<DevicesQuery>,
-) -> Result<Response, AppError> {
+async fn devices(State(state): State<AppState>, session: Session) -> Result<Response, AppError> {
     let Some(user) = session.user_id().await? else {
         return Ok(Redirect::to("/").into_response());
     };
@@ -417,15 +416,19 @@ async fn devices(
             signed_in: ago(now, d.created_at),
         })
         .collect();
-    let notice = query.signed_out.map(|n| match n {
-        0 => "No device was signed out.".to_owned(),
-        1 => "Signed out 1 device.".to_owned(),
-        n => format!("Signed out {n} devices."),
-    });
+    // Shown once: a reload of the page shows no notice.
+    let notices: Vec<String> = session
+        .take_flash()
+        .await?
+        .into_iter()
+        .map(|f| f.text)
+        .collect();
+    let notice = (!notices.is_empty()).then(|| notices.join(" "));
+    let csrf = session.csrf_token().await?;
     Ok(render(
         &state,
         "devices.html",
-        context! { user, devices => rows, notice },
+        context! { user, devices => rows, notice, csrf },
     )?
     .into_response())
 }

@@ -8,6 +8,7 @@
 //! COATCHECK_STORE=postgres cargo run --example login --features postgres  # DATABASE_URL
 //! COATCHECK_STORE=mongo    cargo run --example login --features mongo     # MONGODB_URL
 //! COATCHECK_MAX_SESSIONS=2 COATCHECK_LIMIT_POLICY=refuse cargo run --example login
+//! cargo run --example login --features metrics       # and Prometheus metrics at /metrics
 //! ```
 //!
 //! Open `http://127.0.0.1:3000/` in two browsers (or a private window) and sign in to both.
@@ -16,7 +17,9 @@
 //! `GET /devices` (your devices), form posts to `/login`, `/logout`, `/logout-others`
 //! and `/sessions/{handle}/revoke`.
 //!
-//! JSON routes: `POST /login` (JSON `{"username","password"}`, checked with argon2),
+//! JSON routes (every POST needs `x-csrf-token: <token>` from `GET /csrf`, which answers
+//! `{"csrf_token": …}`; a new one after each login): `POST /login` (JSON
+//! `{"username","password"}`, checked with argon2),
 //! `GET /me` (401 when logged out), `POST /logout`, `POST /logout-all` (every device),
 //! `POST /logout-others` (every device but this one), `GET /sessions` (this user's
 //! devices), `POST /sessions/{handle}/revoke` (`{"revoked": bool}`), `GET /admin` (403
@@ -116,6 +119,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("at most {max} devices per user ({policy:?} past it)");
     }
     let app = app::app(store().await?, options)?;
+    // With `--features metrics`: the session metrics for Prometheus at `/metrics` (outside
+    // the session layer: a scrape is not a visitor).
+    #[cfg(feature = "metrics")]
+    let app = {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+        app.route(
+            "/metrics",
+            axum::routing::get(move || std::future::ready(handle.render())),
+        )
+    };
 
     let port: u16 = std::env::var("PORT")
         .ok()
@@ -124,8 +137,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("login example on http://{addr}/ (sign in, then see your devices)");
-    println!("  curl -c jar -b jar -H 'content-type: application/json' -d '{{\"username\":\"alice\",\"password\":\"wonderland\"}}' http://{addr}/login");
-    println!("  curl -b jar http://{addr}/me ; curl -b jar http://{addr}/sessions ; curl -b jar http://{addr}/admin ; curl -b jar -X POST http://{addr}/logout-all");
+    // Every POST carries the session's CSRF token (a new one after each login).
+    let token = format!(
+        "t=$(curl -s -c jar -b jar http://{addr}/csrf | sed 's/.*\"csrf_token\":\"\\([^\"]*\\)\".*/\\1/')"
+    );
+    println!("  {token}");
+    println!("  curl -c jar -b jar -H \"x-csrf-token: $t\" -H 'content-type: application/json' -d '{{\"username\":\"alice\",\"password\":\"wonderland\"}}' http://{addr}/login");
+    println!("  curl -b jar http://{addr}/me ; curl -b jar http://{addr}/sessions ; curl -b jar http://{addr}/admin");
+    println!("  {token} ; curl -b jar -H \"x-csrf-token: $t\" -X POST http://{addr}/logout-all");
     // With the peer address, so that each device's address is kept (`IpCapture::Full`).
     axum::serve(
         listener,

@@ -1,18 +1,19 @@
 // The login example's pages in Debian's headless Chromium, driven by playwright-core
 // (coatcheck/tests/browser.rs starts the servers and runs this script).
 //
-//   node devices.mjs <base-url> <refuse-base-url> <evict-base-url> <screenshot.png>
+//   node devices.mjs <base-url> <refuse-base-url> <evict-base-url> <screenshot.png> <attacker-url>
 //
 // <base-url> serves the app without a cap; <refuse-base-url> with at most 2 devices per user
-// and LimitPolicy::Refuse; <evict-base-url> with at most 2 and EvictLeastRecentlySeen. Each
+// and LimitPolicy::Refuse; <evict-base-url> with at most 2 and EvictLeastRecentlySeen;
+// <attacker-url> is another site whose page posts a form to <base-url>/logout-others. Each
 // browser context is one device (its own cookies, its own user agent). Prints one line per
 // step; exits non-zero on the first thing the pages get wrong.
 import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
 
-const [base, refuseBase, evictBase, screenshot] = process.argv.slice(2);
-if (!screenshot) {
-  console.error('usage: node devices.mjs <base-url> <refuse-base-url> <evict-base-url> <screenshot.png>');
+const [base, refuseBase, evictBase, screenshot, attacker] = process.argv.slice(2);
+if (!attacker) {
+  console.error('usage: node devices.mjs <base-url> <refuse-base-url> <evict-base-url> <screenshot.png> <attacker-url>');
   process.exit(2);
 }
 
@@ -161,12 +162,32 @@ async function main() {
   await laptop.screenshot({ path: screenshot, fullPage: true });
   step(`device 1 lists both devices, "This device" on its own row; screenshot ${screenshot}`);
 
+  // Every form of the pages carries the session's token, masked afresh on each page.
+  const tokens = await laptop.$$eval('form input[name="csrf_token"]', (inputs) => inputs.map((i) => i.value));
+  assert.ok(tokens.length >= 3 && tokens.every((t) => t.length === 86), JSON.stringify(tokens));
+  await laptop.reload();
+  const again = await laptop.$eval('form input[name="csrf_token"]', (i) => i.value);
+  assert.ok(!tokens.includes(again), 'a new mask on every page');
+
+  // Another site's form posting to "Sign out all other devices" in the signed-in browser.
+  const evil = await laptop.context().newPage();
+  await evil.goto(`${attacker}/`);
+  const [forged] = await Promise.all([evil.waitForNavigation(), evil.click('#forge')]);
+  assert.equal(forged.status(), 403, 'the cross-site form post is refused');
+  assert.match(await evil.textContent('body'), /cross-site request refused/);
+  await evil.close();
+  await laptop.goto(`${base}/devices`);
+  assert.equal((await rows(laptop)).length, 2, 'the forged post signed nobody out');
+  step('a form on another site posting to /logout-others is refused (403) and signs nobody out');
+
   await submit(laptop, `li.device[data-handle="${phoneHandle}"] .revoke-button`);
-  assert.equal(laptop.url(), `${base}/devices?signed_out=1`);
+  assert.equal(laptop.url(), `${base}/devices`);
   assert.equal(await laptop.textContent('#notice'), 'Signed out 1 device.');
   list = await rows(laptop);
   assert.deepEqual(list.map((d) => d.handle), [laptopHandle]);
-  step("device 1 signed device 2 out from its devices page");
+  await laptop.reload();
+  assert.equal(await laptop.$('#notice'), null, 'the flash message is shown once');
+  step("device 1 signed device 2 out from its devices page (the notice a flash message, shown once)");
 
   await phone.goto(`${base}/devices`);
   await expectSignInForm(phone, base);
