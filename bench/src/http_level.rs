@@ -164,7 +164,7 @@ impl Work for Mixed {
     async fn once(&self, n: usize) -> Result<(), BoxErr> {
         let clients = self.0.cookies.len();
         let cookie = self.0.cookies[n % clients].as_deref();
-        if (n / clients) % 10 == 0 {
+        if (n / clients).is_multiple_of(10) {
             Http::send(&self.0.router, "POST", "/incr", cookie).await?;
         } else {
             Http::send(&self.0.router, "GET", "/read", cookie).await?;

@@ -183,7 +183,7 @@ impl Events {
         };
         if !sent {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n == 1 || n % 1000 == 0 {
+            if n == 1 || n.is_multiple_of(1000) {
                 tracing::warn!(
                     dropped = n,
                     "session event queue full: events dropped (the subscriber is slower than the traffic)"

@@ -287,7 +287,7 @@ impl Inner {
                 // Every counted slot is a reservation another create has not inserted yet:
                 // let it finish, then evict it like any other record.
                 attempts += 1;
-                if attempts % 64 == 0 {
+                if attempts.is_multiple_of(64) {
                     std::thread::yield_now();
                 }
                 std::hint::spin_loop();
