@@ -427,11 +427,13 @@ where
             let secret = match session.csrf_secret().await {
                 Ok(secret) => secret,
                 Err(e) => {
-                    // The session could not be read: the layer outside answers with the
-                    // failure (the session remembers it), whatever this returns.
-                    let mut res = Response::new(ResBody::from(String::new()));
-                    *res.status_mut() = e.status();
-                    return Ok(res);
+                    // The session could not be read: answered as the session layer answers
+                    // its own failures (the status, `no-store`, the `SessionFailure` an
+                    // error page reads), with the message as the body. (It was a bare
+                    // status: found by the history checker under faults.)
+                    let failure = crate::SessionFailure::for_error(&e);
+                    let body = ResBody::from(failure.message.to_owned());
+                    return Ok(crate::layer::failure_response_with(failure, body));
                 }
             };
             let verdict = match secret {

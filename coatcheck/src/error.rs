@@ -139,6 +139,21 @@ impl SessionFailure {
         };
         SessionFailure { status, message }
     }
+
+    /// The failure for `e`: its status, and a message saying what a person can do about
+    /// it where there is something (too many sessions, data too large).
+    pub(crate) fn for_error(e: &SessionError) -> Self {
+        let mut failure = SessionFailure::for_status(e.status());
+        match e {
+            SessionError::SessionLimit => {
+                failure.message = "too many signed-in sessions; sign out on another device first";
+            }
+            SessionError::UnknownUser => failure.message = "no such user; sign in again",
+            SessionError::DataTooLarge { .. } => failure.message = "session data too large",
+            _ => {}
+        }
+        failure
+    }
 }
 
 #[cfg(feature = "axum")]
@@ -153,15 +168,7 @@ impl axum_core::response::IntoResponse for SessionError {
         } else {
             tracing::error!(error = %self, "session operation failed");
         }
-        let mut failure = SessionFailure::for_status(self.status());
-        match self {
-            SessionError::SessionLimit => {
-                failure.message = "too many signed-in sessions; sign out on another device first";
-            }
-            SessionError::UnknownUser => failure.message = "no such user; sign in again",
-            SessionError::DataTooLarge { .. } => failure.message = "session data too large",
-            _ => {}
-        }
+        let failure = SessionFailure::for_error(&self);
         let mut res =
             axum_core::response::Response::new(axum_core::body::Body::from(failure.message));
         *res.status_mut() = self.status();

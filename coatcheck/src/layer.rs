@@ -296,12 +296,16 @@ fn set_cookie_header(shared: &Shared, action: &CookieAction, secure: bool) -> Op
 /// The answer when the session could not be read or written: the status, `no-store`, for a
 /// `503` (store timeout, conflicts exhausted) a `Retry-After` of one second, and a
 /// [`SessionFailure`](crate::SessionFailure) extension for an application's own error page.
-fn failure_response<B: Default>(status: http::StatusCode) -> Response<B> {
-    let mut failed = Response::new(B::default());
+fn failure_response<B: Default>(failure: crate::SessionFailure) -> Response<B> {
+    failure_response_with(failure, B::default())
+}
+
+/// [`failure_response`] with a body (a layer whose body type can carry the message).
+pub(crate) fn failure_response_with<B>(failure: crate::SessionFailure, body: B) -> Response<B> {
+    let status = failure.status;
+    let mut failed = Response::new(body);
     *failed.status_mut() = status;
-    failed
-        .extensions_mut()
-        .insert(crate::SessionFailure::for_status(status));
+    failed.extensions_mut().insert(failure);
     let headers = failed.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == http::StatusCode::SERVICE_UNAVAILABLE {
@@ -381,9 +385,9 @@ where
             let swallowed = session
                 .failure()
                 .filter(|_| res.status().is_success() || res.status().is_redirection());
-            if let Some(status) = swallowed {
-                tracing::warn!(%status, "a handler answered a success after a session store failure; answering with the failure");
-                return Ok(failure_response(status));
+            if let Some(failure) = swallowed {
+                tracing::warn!(status = %failure.status, "a handler answered a success after a session store failure; answering with the failure");
+                return Ok(failure_response(failure));
             }
             match finished {
                 Ok(action) if via_header => {
@@ -416,7 +420,7 @@ where
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "session could not be saved; answering with an error");
-                    Ok(failure_response(e.status()))
+                    Ok(failure_response(crate::SessionFailure::for_error(&e)))
                 }
             }
         }

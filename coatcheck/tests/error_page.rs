@@ -6,11 +6,11 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use coatcheck::{
-    Capabilities, KeyRing, Record, Session, SessionError, SessionFailure, SessionId, SessionInfo,
-    SessionLayer, SessionStore, StoreError, Timestamp,
+    Capabilities, CsrfLayer, KeyRing, Record, Session, SessionError, SessionFailure, SessionId,
+    SessionInfo, SessionLayer, SessionStore, StoreError, Timestamp,
 };
 use http::header::COOKIE;
 use http::{Request, StatusCode};
@@ -83,18 +83,29 @@ async fn the_application_renders_session_failures_its_own_way() {
     let app = Router::new()
         .route("/propagates", get(propagates))
         .route("/swallows", get(swallows))
+        // The CSRF check reads the session before any handler: its failure is the same page
+        // (it was a bare status the page could not recognise).
+        .merge(
+            Router::new()
+                .route("/checked", post(propagates))
+                .route_layer(CsrfLayer::new()),
+        )
         .layer(
             SessionLayer::builder(Down, keys)
                 .build()
                 .expect("valid config"),
         )
         .layer(map_response(my_error_page));
-    for uri in ["/propagates", "/swallows"] {
+    for uri in ["/propagates", "/swallows", "/checked"] {
+        let method = if uri == "/checked" { "POST" } else { "GET" };
         let res = app
             .clone()
             .oneshot(
-                Request::get(uri)
+                Request::builder()
+                    .method(method)
+                    .uri(uri)
                     .header(COOKIE, &cookie)
+                    .header("x-csrf-token", "a token")
                     .body(Body::empty())
                     .expect("request"),
             )

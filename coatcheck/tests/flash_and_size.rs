@@ -165,12 +165,20 @@ async fn a_write_over_the_limit_is_refused_and_the_stored_session_is_unchanged()
     // At the end of the request: the response becomes the failure.
     let (status, _) = jar.send(&app, "/put/5000").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    // An error page says what failed (it said "session store unavailable").
+    let failure = jar.failure.clone().expect("the layer's failure is marked");
+    assert_eq!(failure.message, "session data too large");
     assert_eq!(jar.cookie, cookie);
     assert_eq!(jar.get(&app, "/reg").await.1, "100");
     // In `update`: the handler gets the typed error, and the request still fails closed
     // (its view of the session holds what was never stored).
     let (status, _) = jar.send(&app, "/grow/5000").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        jar.failure.as_ref().map(|f| f.message),
+        Some("session data too large"),
+        "a handler that caught the error still answers why"
+    );
     assert_eq!(jar.cookie, cookie);
     assert_eq!(jar.get(&app, "/reg").await.1, "100");
     // A new session over the limit is not created at all.

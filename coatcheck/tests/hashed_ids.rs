@@ -148,7 +148,7 @@ async fn a_stored_key_presented_as_a_cookie_finds_nothing() {
     let stolen = hashed_key(&id_of(&jar));
     let mut forged = Jar {
         cookie: Some(format!("sid={}", keys.sign_cookie_value(&stolen))),
-        last_set: None,
+        ..Jar::default()
     };
     assert_eq!(forged.send(&app, "/whoami").await.1, " 0");
     assert_eq!(jar.send(&app, "/whoami").await.1, "ada 1");

@@ -207,7 +207,7 @@ async fn metrics_count_what_happens_name_no_one_and_never_hold_up_a_request() {
     // The old cookie now names a session that is gone.
     let mut stale = Jar {
         cookie: Some(cookie.clone()),
-        last_set: None,
+        ..Jar::default()
     };
     stale.get(&app, "/read").await;
 

@@ -110,8 +110,8 @@ struct State {
     destroyed: bool,
     /// A store operation failed: write nothing, set no cookie.
     failed: bool,
-    /// The status of the first failure.
-    failure: Option<http::StatusCode>,
+    /// The first failure.
+    failure: Option<crate::SessionFailure>,
     /// This request already wrote the session (`update` commits at once) and moved its
     /// expiry: a persistent cookie's `Expires` must follow.
     cookie_due: bool,
@@ -244,15 +244,16 @@ impl Session {
         let e = e.into();
         let mut st = self.state();
         st.failed = true;
-        st.failure.get_or_insert(e.status());
+        st.failure
+            .get_or_insert_with(|| crate::SessionFailure::for_error(&e));
         Err(e)
     }
 
-    /// The status of the first store failure of this request, if one failed. The layer
-    /// answers with it when the handler answered a success anyway (it swallowed the error):
-    /// a request whose session could not be read or written never looks like it worked.
-    pub(crate) fn failure(&self) -> Option<http::StatusCode> {
-        self.state().failure
+    /// The first failure of this request's session, if one failed. The layer answers
+    /// with it when the handler answered a success anyway (it swallowed the error): a
+    /// request whose session could not be read or written never looks like it worked.
+    pub(crate) fn failure(&self) -> Option<crate::SessionFailure> {
+        self.state().failure.clone()
     }
 
     /// Loads the record named by the cookie, once. Unknown, expired (idle or absolute) and

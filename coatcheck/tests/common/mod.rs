@@ -12,6 +12,9 @@ use tower::ServiceExt;
 pub struct Jar {
     pub cookie: Option<String>,
     pub last_set: Option<String>,
+    /// The `SessionFailure` the last response carried (an application's error page reads
+    /// it).
+    pub failure: Option<coatcheck::SessionFailure>,
 }
 
 impl Jar {
@@ -52,6 +55,7 @@ impl Jar {
             .oneshot(req.body(body).expect("request"))
             .await
             .expect("infallible");
+        self.failure = res.extensions().get::<coatcheck::SessionFailure>().cloned();
         self.last_set = res
             .headers()
             .get(SET_COOKIE)
