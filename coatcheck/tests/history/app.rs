@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Form, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use coatcheck::{
-    KeyRing, LimitPolicy, Session, SessionError, SessionEvent, SessionLayer, SessionStore,
-    Transport,
+    CsrfLayer, FlashLevel, KeyRing, LimitPolicy, Session, SessionError, SessionEvent, SessionLayer,
+    SessionStore, Transport,
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -122,6 +122,12 @@ pub struct Seen {
     /// `/password`: whether this session was re-stamped (its user changed their own).
     #[serde(default)]
     pub restamped: bool,
+    /// `/take_flash`: the texts of the messages it showed.
+    #[serde(default)]
+    pub flashes: Option<Vec<String>>,
+    /// `/csrf`: a CSRF token of the session.
+    #[serde(default)]
+    pub csrf: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -153,8 +159,7 @@ async fn seen(session: &Session) -> Result<Seen, SessionError> {
         reg: session.get("reg").await?,
         count: None,
         handle: session.device_handle().await?.map(|h| h.to_string()),
-        revoked: None,
-        restamped: false,
+        ..Seen::default()
     })
 }
 
@@ -293,6 +298,64 @@ async fn remember(State(st): State<AppState>, Query(arg): Query<Arg>, session: S
     }))
 }
 
+async fn flash(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
+    let lineage = ensure_lineage(&st, &session).await?;
+    st.pause().await;
+    session.flash(FlashLevel::Info, arg.v).await?;
+    Ok(Json(Seen {
+        lineage: Some(lineage),
+        ..Seen::default()
+    }))
+}
+
+async fn take_flash(State(st): State<AppState>, session: Session) -> Answer {
+    let lineage = session.get::<String>("lineage").await?;
+    st.pause().await;
+    let shown = session.take_flash().await?;
+    Ok(Json(Seen {
+        lineage,
+        flashes: Some(shown.into_iter().map(|f| f.text).collect()),
+        ..Seen::default()
+    }))
+}
+
+async fn csrf(State(st): State<AppState>, session: Session) -> Answer {
+    let lineage = ensure_lineage(&st, &session).await?;
+    st.pause().await;
+    let token = session.csrf_token().await?;
+    Ok(Json(Seen {
+        lineage: Some(lineage),
+        csrf: Some(token),
+        ..Seen::default()
+    }))
+}
+
+/// Behind `CsrfLayer`: runs only if the check passed; writes the register from the form.
+async fn form(State(st): State<AppState>, session: Session, Form(arg): Form<Arg>) -> Answer {
+    let lineage = ensure_lineage(&st, &session).await?;
+    st.pause().await;
+    session.insert("reg", &arg.v).await?;
+    Ok(Json(Seen {
+        lineage: Some(lineage),
+        reg: Some(arg.v),
+        ..Seen::default()
+    }))
+}
+
+/// Writes the register and a value past the size limit (64 KiB): the save must fail and
+/// store neither.
+async fn big(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
+    let lineage = ensure_lineage(&st, &session).await?;
+    st.pause().await;
+    session.insert("reg", &arg.v).await?;
+    session.insert("blob", "x".repeat(70_000)).await?;
+    Ok(Json(Seen {
+        lineage: Some(lineage),
+        reg: Some(arg.v),
+        ..Seen::default()
+    }))
+}
+
 async fn expiry(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
@@ -345,6 +408,11 @@ pub fn app(
         max_pause_us: max_pause.as_micros() as u64,
         users: features.users.clone(),
     };
+    // Only `/form` is behind the CSRF check: the other operations stand for what a page's
+    // script does with a token the workload does not model.
+    let forms = Router::new()
+        .route("/form", post(form))
+        .route_layer(CsrfLayer::new());
     Router::new()
         .route("/read", get(read))
         .route("/incr", post(incr))
@@ -359,6 +427,11 @@ pub fn app(
         .route("/revoke_device", post(revoke_device))
         .route("/password", post(password))
         .route("/remember", post(remember))
+        .route("/flash", post(flash))
+        .route("/take_flash", post(take_flash))
+        .route("/csrf", get(csrf))
+        .route("/big", post(big))
+        .merge(forms)
         .with_state(state)
         .layer(layer)
 }

@@ -38,7 +38,21 @@
 //!   acknowledged writes);
 //! - **transport**: a browser (cookie, with or without an `Authorization: Basic` header)
 //!   is answered in the cookie, an API client (Bearer) in `x-session-token`, never the
-//!   other way.
+//!   other way;
+//!
+//! and what pages do with a session (issue 31), on every store with everything above on:
+//!
+//! - **csrf**: a browser's form post (under `CsrfLayer`) is served only with a token of
+//!   the session its cookie names — never cross-site (`Sec-Fetch-Site`), never without a
+//!   token, never with a token issued under an earlier id of the session (the secret
+//!   changes with every id); a token of that very session is never refused, nor is a
+//!   session live at the end refused as missing; a Bearer client is never refused; no two
+//!   pages get the same masked token. A refused form writes nothing (**register**);
+//! - **flash**: a flash message is shown at most once, only in the session it was queued
+//!   in; an acknowledged one on a session live at the end was shown or is still waiting
+//!   (unless a failed take of that device may have removed it);
+//! - **oversize**: a request that wrote past `max_data_bytes` is refused and stored
+//!   nothing: its register value is never seen nor left behind.
 //!
 //! Under faults (issue 26), a request answered `503` (the store did not answer in time) or
 //! `500` (the store failed: a killed connection, a restarting server) is **indeterminate**,
@@ -65,11 +79,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use std::time::Duration;
 
-use coatcheck::{
-    LimitPolicy, Record, RevokeScope, SessionEvent, SessionId, SessionStore, Timestamp,
-};
+use coatcheck::{LimitPolicy, Record, SessionEvent, SessionId, SessionStore, Timestamp};
 
 use crate::run::{CookieOut, Event, Op};
+
+mod data;
+mod ending;
+mod forms;
+
+use data::{counter, register, remember};
+use ending::{cap, credential, ending_events, index, lost, revoked};
 
 #[derive(Debug)]
 pub struct Anomaly {
@@ -249,204 +268,14 @@ pub fn check(events: &[Event], fin: &Final, setup: &Setup<'_>) -> Vec<Anomaly> {
         cap(&live, max, &mut out);
     }
     ending_events(setup.delivered, &live, setup.faulted, &mut out);
+    let live_ids: BTreeSet<&SessionId> = live.values().flatten().map(|r| &r.id).collect();
+    forms::csrf(events, &live_ids, &mut out);
+    forms::flash(events, &live, &mut out);
+    forms::oversize(events, &fin.records, &mut out);
     if user_index {
         index(fin, &mut out);
     }
     out
-}
-
-fn lost(
-    by_lineage: &BTreeMap<&str, Vec<&Event>>,
-    unknown: &BTreeMap<&str, Vec<&Event>>,
-    live: &HashMap<String, Vec<&Record>>,
-    out: &mut Vec<Anomaly>,
-) {
-    for (l, evs) in by_lineage {
-        let anonymous = evs
-            .iter()
-            .all(|e| e.op != Op::Login && e.seen.as_ref().is_none_or(|s| s.user.is_none()));
-        let ended = evs
-            .iter()
-            .any(|e| matches!(e.op, Op::Destroy | Op::LogoutEverywhere));
-        let acked = evs.iter().any(|e| e.acked());
-        if !anonymous || ended || !acked || unknown.contains_key(l) || live.contains_key(*l) {
-            continue;
-        }
-        // A request that found it gone cleared the cookie, or answered another lineage.
-        out.push(Anomaly {
-            kind: "lost",
-            detail: format!(
-                "{l} was never signed in, never destroyed and acknowledged its requests, yet it is gone at the end"
-            ),
-            lineage: Some((*l).to_owned()),
-            witnesses: evs.iter().filter(|e| e.acked()).map(|e| e.index).collect(),
-        });
-    }
-}
-
-fn credential(events: &[Event], by_lineage: &BTreeMap<&str, Vec<&Event>>, out: &mut Vec<Anomaly>) {
-    let changes: Vec<&Event> = events
-        .iter()
-        .filter(|e| e.op == Op::Password && e.acked())
-        .collect();
-    for x in events.iter().filter(|e| (200..300).contains(&e.status)) {
-        let Some(seen) = &x.seen else { continue };
-        let (Some(u), Some(l)) = (seen.user.as_deref(), seen.lineage.as_deref()) else {
-            continue;
-        };
-        let evs = by_lineage.get(l).map(Vec::as_slice).unwrap_or_default();
-        for p in changes
-            .iter()
-            .filter(|p| p.arg == u && p.completed < x.invoked)
-        {
-            let stamped = evs.iter().any(|s| {
-                let stamps = (s.op == Op::Login && s.arg == u)
-                    || (s.op == Op::Password
-                        && s.arg == u
-                        && s.seen.as_ref().is_some_and(|k| k.restamped));
-                stamps && s.completed > p.invoked && s.invoked < x.completed
-            });
-            if !stamped {
-                out.push(Anomaly {
-                    kind: "credential",
-                    detail: format!(
-                        "{l} was served as signed in as {u} after #{} changed {u}'s credentials, but it was never stamped since",
-                        p.index
-                    ),
-                    lineage: Some(l.to_owned()),
-                    witnesses: vec![p.index, x.index],
-                });
-                break;
-            }
-        }
-    }
-}
-
-fn cap(live: &HashMap<String, Vec<&Record>>, max: u32, out: &mut Vec<Anomaly>) {
-    let mut per_user: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in live.values().flatten() {
-        if let Some(u) = r.user_id.as_deref() {
-            *per_user.entry(u).or_default() += 1;
-        }
-    }
-    for (u, n) in per_user {
-        if n > max as usize {
-            out.push(Anomaly {
-                kind: "cap",
-                detail: format!("user {u} has {n} live sessions at the end, over the cap of {max}"),
-                lineage: None,
-                witnesses: Vec::new(),
-            });
-        }
-    }
-}
-
-fn remember(
-    l: &str,
-    evs: &[&Event],
-    unknown: &[&Event],
-    rec: Option<&Record>,
-    end: Timestamp,
-    idle: Duration,
-    out: &mut Vec<Anomaly>,
-) {
-    let Some(rec) = rec else { return };
-    let stored = rec.data.get(coatcheck::REMEMBER_ME_KEY) == Some(&serde_json::Value::Bool(true));
-    let writes: Vec<&Event> = evs
-        .iter()
-        .copied()
-        .filter(|e| e.op == Op::Remember && e.acked())
-        .collect();
-    // A later tick or untick may have been a no-op: any indeterminate one may land last.
-    let maximal = last_writes(
-        &writes,
-        unknown.iter().copied().filter(|w| w.op == Op::Remember),
-    );
-    // With no acknowledged choice, the session may still be as it was created.
-    if !writes.is_empty() && !maximal.iter().any(|w| (w.arg == "true") == stored) {
-        out.push(Anomaly {
-            kind: "remember",
-            detail: format!(
-                "{l}: remember-me is {stored} at the end, but the last acknowledged choices were {:?}",
-                maximal.iter().map(|w| w.arg.as_str()).collect::<Vec<_>>()
-            ),
-            lineage: Some(l.to_owned()),
-            witnesses: maximal.iter().map(|w| w.index).collect(),
-        });
-    }
-    let bound = end + idle + Duration::from_secs(5);
-    if !stored && rec.expires_at > bound {
-        out.push(Anomaly {
-            kind: "remember",
-            detail: format!(
-                "{l}: not remembered, yet it expires {} s after the end of the history (idle timeout {} s)",
-                (rec.expires_at.as_millis() - end.as_millis()) / 1000,
-                idle.as_secs()
-            ),
-            lineage: Some(l.to_owned()),
-            witnesses: evs
-                .iter()
-                .filter(|e| e.op == Op::Remember)
-                .map(|e| e.index)
-                .collect(),
-        });
-    }
-}
-
-fn ending_events(
-    delivered: &[SessionEvent],
-    live: &HashMap<String, Vec<&Record>>,
-    faulted: bool,
-    out: &mut Vec<Anomaly>,
-) {
-    let live: BTreeMap<&str, &str> = live
-        .iter()
-        .flat_map(|(l, rs)| {
-            rs.iter()
-                .filter_map(move |r| r.device.as_ref().map(|d| (d.handle.as_str(), l.as_str())))
-        })
-        .collect();
-    let mut changed: BTreeMap<&str, usize> = BTreeMap::new();
-    for e in delivered {
-        let (what, handle) = match e {
-            SessionEvent::Destroyed {
-                handle: Some(h), ..
-            } => ("destroyed", h),
-            SessionEvent::Revoked {
-                scope: RevokeScope::Device(h),
-                ..
-            } => ("revoked", h),
-            SessionEvent::CredentialsChanged {
-                handle: Some(h), ..
-            } => {
-                *changed.entry(h.as_str()).or_default() += 1;
-                ("credentials changed", h)
-            }
-            _ => continue,
-        };
-        if let Some(l) = live.get(handle.as_str()) {
-            out.push(Anomaly {
-                kind: "events",
-                detail: format!(
-                    "an event says device {handle} was {what}, yet its session ({l}) is live at the end"
-                ),
-                lineage: Some((*l).to_owned()),
-                witnesses: Vec::new(),
-            });
-        }
-    }
-    // Under faults a failed rotation's orphan is a second record of the same device, and
-    // ending it is a second announcement: only a history without faults is held to one.
-    for (h, n) in changed {
-        if n > 1 && !faulted {
-            out.push(Anomaly {
-                kind: "events",
-                detail: format!("device {h}'s credential change was announced {n} times"),
-                lineage: None,
-                witnesses: Vec::new(),
-            });
-        }
-    }
 }
 
 fn status(events: &[Event], faulted: bool, out: &mut Vec<Anomaly>) {
@@ -458,6 +287,9 @@ fn status(events: &[Event], faulted: bool, out: &mut Vec<Anomaly>) {
         let ok = ((200..300).contains(&e.status) && !e.body.starts_with("transport crossed"))
             || (e.status == 503 && e.body == "session store busy, retry")
             || (e.status == 409 && e.body == "session ended by another request")
+            // `CsrfLayer`'s refusals (the **csrf** invariant says which were wrong).
+            || (e.status == 403 && e.op == Op::Form && e.refused.is_some())
+            || (e.status == 500 && e.op == Op::Big && e.body == "session data too large")
             || (e.status == 409
                 && e.op == Op::Login
                 && e.body == "too many signed-in sessions; sign out on another device first");
@@ -472,308 +304,15 @@ fn status(events: &[Event], faulted: bool, out: &mut Vec<Anomaly>) {
     }
 }
 
-fn counter(
-    l: &str,
-    evs: &[&Event],
-    unknown: &[&Event],
-    rec: Option<&Record>,
-    out: &mut Vec<Anomaly>,
-) {
-    let incrs: Vec<&&Event> = evs
-        .iter()
-        .filter(|e| e.op == Op::Incr && (200..300).contains(&e.status))
-        .collect();
-    let acked: Vec<&&Event> = incrs.iter().copied().filter(|e| e.acked()).collect();
-    let maybe = incrs.len() - acked.len() + unknown.iter().filter(|e| e.op == Op::Incr).count();
-    let mut values: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-    for e in &acked {
-        if let Some(n) = e.seen.as_ref().and_then(|s| s.n) {
-            values.entry(n).or_default().push(e.index);
-        }
-    }
-    for (n, who) in &values {
-        if who.len() > 1 {
-            out.push(Anomaly {
-                kind: "counter",
-                detail: format!(
-                    "{} acknowledged increments of {l} all answered {n}: `update` returned a value that was not committed",
-                    who.len()
-                ),
-                lineage: Some(l.to_owned()),
-                witnesses: who.clone(),
-            });
-        }
-    }
-    let Some(rec) = rec else { return };
-    let stored = rec.data.get("n").and_then(|v| v.as_u64()).unwrap_or(0);
-    let lo = acked.len() as u64;
-    let hi = lo + maybe as u64;
-    if stored < lo || stored > hi {
-        out.push(Anomaly {
-            kind: "counter",
-            detail: format!(
-                "{l}: final counter {stored}, but {lo} increments were acknowledged ({maybe} more answered with a cleared cookie or were indeterminate)"
-            ),
-            lineage: Some(l.to_owned()),
-            witnesses: acked.iter().map(|e| e.index).collect(),
-        });
-    }
-    if let Some((&max, who)) = values.iter().next_back() {
-        if max > stored {
-            out.push(Anomaly {
-                kind: "counter",
-                detail: format!("{l}: `update` answered {max}, the final counter is {stored}"),
-                lineage: Some(l.to_owned()),
-                witnesses: who.clone(),
-            });
-        }
-    }
-}
-
-/// The writes that may have landed last: the acknowledged ones no other acknowledged write
-/// followed in real time, and the indeterminate `candidates`.
-fn last_writes<'a>(
-    acked: &[&'a Event],
-    candidates: impl Iterator<Item = &'a Event>,
-) -> Vec<&'a Event> {
-    acked
-        .iter()
-        .copied()
-        .filter(|w| !acked.iter().any(|o| o.invoked > w.completed))
-        .chain(candidates)
-        .collect()
-}
-
-/// Whether the indeterminate write `w` of `reg` may be the last one to land: it may land any
-/// time after it was sent — even after later requests completed (a paused server runs it
-/// when it wakes) — but saves are compare-and-set on a version read before `w` completed,
-/// so never after a later acknowledged request that wrote the session. It may land before
-/// such a request, though, which then keeps `reg` unless it wrote `reg` itself: only a
-/// later acknowledged `put` (which always writes it) rules `w` out; a later `remove` may
-/// have found nothing to remove and written nothing. (Found by the checker under pauses
-/// of the Redis and Mongo-wire servers.)
-fn may_land_last(w: &Event, evs: &[&Event]) -> bool {
-    !evs.iter()
-        .any(|o| o.op == Op::Put && o.acked() && o.invoked > w.completed)
-}
-
-fn register(
-    l: &str,
-    evs: &[&Event],
-    unknown: &[&Event],
-    rec: Option<&Record>,
-    out: &mut Vec<Anomaly>,
-) {
-    let Some(rec) = rec else { return };
-    let is_write = |e: &&Event| matches!(e.op, Op::Put | Op::Remove);
-    let writes: Vec<&Event> = evs
-        .iter()
-        .copied()
-        .filter(|e| is_write(e) && e.acked())
-        .collect();
-    let value = |e: &Event| (e.op == Op::Put).then(|| e.arg.clone());
-    let maximal = last_writes(
-        &writes,
-        unknown
-            .iter()
-            .copied()
-            .filter(|w| is_write(w) && may_land_last(w, evs)),
-    );
-    let stored = rec
-        .data
-        .get("reg")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
-    if writes.is_empty() {
-        return;
-    }
-    if !maximal.iter().any(|w| value(w) == stored) {
-        out.push(Anomaly {
-            kind: "register",
-            detail: format!(
-                "{l}: final `reg` is {stored:?}, but the last acknowledged writes wrote {:?}: an acknowledged write was lost",
-                maximal.iter().map(|w| value(w)).collect::<Vec<_>>()
-            ),
-            lineage: Some(l.to_owned()),
-            witnesses: maximal.iter().map(|w| w.index).collect(),
-        });
-    }
-}
-
-/// The user `l` certainly had while `x` ran: an acknowledged login as that user completed
-/// before `x` began, and no acknowledged login as someone else could have come after it.
-fn principal_during(evs: &[&Event], x: &Event) -> Option<String> {
-    let logins: Vec<&&Event> = evs
-        .iter()
-        .filter(|e| e.op == Op::Login && e.acked())
-        .collect();
-    let last = logins
-        .iter()
-        .filter(|e| e.completed < x.invoked)
-        .max_by_key(|e| e.completed)?;
-    let moved = logins
-        .iter()
-        .any(|o| o.arg != last.arg && o.completed > last.completed && o.invoked < x.completed);
-    (!moved).then(|| last.arg.clone())
-}
-
-/// Whether another request rotated (`login`, `regenerate`, a re-stamp after a password
-/// change) session `l` while `x` ran.
-fn rotated_during(by_lineage: &BTreeMap<&str, Vec<&Event>>, l: &str, x: &Event) -> bool {
-    by_lineage.get(l).is_some_and(|evs| {
-        evs.iter().any(|r| {
-            (matches!(r.op, Op::Regenerate | Op::Login)
-                || (r.op == Op::Password && r.seen.as_ref().is_some_and(|s| s.restamped)))
-                && r.index != x.index
-                && (200..300).contains(&r.status)
-                && r.invoked < x.completed
-                && r.completed > x.invoked
-        })
-    })
-}
-
-fn revoked(
-    events: &[Event],
-    by_lineage: &BTreeMap<&str, Vec<&Event>>,
-    live: &HashMap<String, Vec<&Record>>,
-    out: &mut Vec<Anomaly>,
-) {
-    // lineage -> (completion of the earliest acknowledged revocation covering it, by whom)
-    let mut covered: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
-    let mut cover = |l: &str, x: &Event| {
-        let l = by_lineage.get_key_value(l).map(|(k, _)| *k);
-        if let Some(l) = l {
-            let e = covered.entry(l).or_insert((x.completed, x.index));
-            if x.completed < e.0 {
-                *e = (x.completed, x.index);
-            }
-        }
-    };
-    // Device handle -> the lineage it names (a handle belongs to one session for good).
-    let handles: HashMap<&str, &str> = events
-        .iter()
-        .filter_map(|e| e.seen.as_ref())
-        .filter_map(|s| Some((s.handle.as_deref()?, s.lineage.as_deref()?)))
-        .collect();
-    for x in events
-        .iter()
-        .filter(|e| e.acked() || e.cookie == CookieOut::Cleared)
-    {
-        if !(200..300).contains(&x.status) {
-            continue;
-        }
-        let Some(seen) = &x.seen else { continue };
-        let own = seen.lineage.as_deref();
-        match (x.op, &seen.user) {
-            (Op::Destroy, _) | (Op::LogoutEverywhere, None) => {
-                // A destroy removes the id its request loaded. If another tab rotated the
-                // session meanwhile, that id was already dead and the session lives on
-                // under its new id: not a revocation of it.
-                let Some(l) = own else { continue };
-                if !rotated_during(by_lineage, l, x) {
-                    cover(l, x);
-                }
-            }
-            // A revocation that removed a live session of the user's device removed every
-            // id of that device at that moment (a rotation in flight then fails): the
-            // lineage is over — unless a login as another user overlapped it, which may
-            // have moved the session away first (the revoke then removed only a doomed
-            // in-flight rotation's id of the old user, and answered 1; found by the
-            // exploration, seed 61 of the README's command).
-            (Op::RevokeDevice, Some(u)) if seen.count == Some(1) => {
-                let l = seen.revoked.as_deref().and_then(|h| handles.get(h));
-                if let Some((l, evs)) = l.and_then(|l| by_lineage.get_key_value(*l)) {
-                    if principal_during(evs, x).as_deref() == Some(u.as_str()) {
-                        cover(l, x);
-                    }
-                }
-            }
-            (Op::LogoutEverywhere, Some(u)) | (Op::LogoutOthers, Some(u)) => {
-                for (l, evs) in by_lineage {
-                    if x.op == Op::LogoutOthers && Some(*l) == own {
-                        continue;
-                    }
-                    // Its own session, unless another tab rotated it meanwhile (maybe to
-                    // another user: then the principal rule below decides).
-                    let mine = x.op == Op::LogoutEverywhere
-                        && Some(*l) == own
-                        && !rotated_during(by_lineage, l, x);
-                    if mine || principal_during(evs, x).as_deref() == Some(u.as_str()) {
-                        cover(l, x);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    for (l, (t, by)) in covered {
-        let after: Vec<usize> = by_lineage[l]
-            .iter()
-            .filter(|e| e.invoked > t && (200..300).contains(&e.status))
-            .map(|e| e.index)
-            .collect();
-        if !after.is_empty() {
-            out.push(Anomaly {
-                kind: "revoked",
-                detail: format!(
-                    "{l} was revoked by #{by} (done at {t}µs), yet requests that began later saw it"
-                ),
-                lineage: Some(l.to_owned()),
-                witnesses: std::iter::once(by).chain(after).collect(),
-            });
-        }
-        if live.contains_key(l) {
-            out.push(Anomaly {
-                kind: "revoked",
-                detail: format!(
-                    "{l} was revoked by #{by} (done at {t}µs), yet it is live at the end"
-                ),
-                lineage: Some(l.to_owned()),
-                witnesses: vec![by],
-            });
-        }
-    }
-}
-
-fn index(fin: &Final, out: &mut Vec<Anomaly>) {
-    for (user, listed) in &fin.index {
-        let live: BTreeSet<SessionId> = fin
-            .records
-            .iter()
-            .zip(&fin.stored_ids)
-            .filter(|(r, _)| r.user_id.as_deref() == Some(user.as_str()))
-            .map(|(_, stored)| stored.clone())
-            .collect();
-        if &live != listed {
-            let missing: Vec<String> = live
-                .difference(listed)
-                .map(|id| id.short_hash().to_string())
-                .collect();
-            let extra: Vec<String> = listed
-                .difference(&live)
-                .map(|id| id.short_hash().to_string())
-                .collect();
-            out.push(Anomaly {
-                kind: "index",
-                detail: format!(
-                    "user {user}: live sessions missing from the index {missing:?}, listed but not live with that user {extra:?}"
-                ),
-                lineage: None,
-                witnesses: Vec::new(),
-            });
-        }
-    }
-}
-
 impl Event {
     /// Answered by a store failure (`503`: not in time; `500`: failed): under faults it may
     /// or may not have taken effect.
     pub fn indeterminate(&self) -> bool {
-        // The layer answers a failure of its end-of-request write with the status alone;
-        // a handler's own error says what failed.
+        // The layer's own answers (a failure of its end-of-request write) have no body:
+        // the recorded body is then their `SessionFailure` message.
         matches!(
             (self.status, self.body.as_str()),
-            (503, "" | "session store busy, retry") | (500, "" | "session store unavailable")
+            (503, "session store busy, retry") | (500, "session store unavailable")
         )
     }
 
@@ -873,6 +412,8 @@ mod tests {
             body: body.into(),
             seen,
             cookie: CookieOut::Untouched,
+            token_id: None,
+            refused: None,
         }
     }
 

@@ -243,6 +243,9 @@ where
         requests += events.len();
         for e in &events {
             let what = match (e.op, e.status) {
+                (run::Op::Form, s) => {
+                    format!("Form {} {s} {}", e.variant(), e.refused.unwrap_or_default())
+                }
                 (_, 200..=299) if e.acked() => format!("{:?} acked", e.op),
                 (_, s) => format!("{:?} {s}", e.op),
             };

@@ -64,6 +64,17 @@ pub enum Op {
     RevokeDevice,
     Password,
     Remember,
+    /// Queues a flash message (its text unique in the history).
+    Flash,
+    /// Shows the queued flash messages, taking them.
+    TakeFlash,
+    /// `GET /csrf`: the tab learns a CSRF token of the session its cookie names.
+    Csrf,
+    /// A form post under `CsrfLayer` that writes the register: with the tab's token in
+    /// the header or the form, cross-site, or without a token (`arg`: `value variant`).
+    Form,
+    /// Writes the register and a value past the session size limit: must store nothing.
+    Big,
 }
 
 impl Op {
@@ -82,6 +93,11 @@ impl Op {
             Op::RevokeDevice => "/revoke_device",
             Op::Password => "/password",
             Op::Remember => "/remember",
+            Op::Flash => "/flash",
+            Op::TakeFlash => "/take_flash",
+            Op::Csrf => "/csrf",
+            Op::Form => "/form",
+            Op::Big => "/big",
         }
     }
 
@@ -100,6 +116,11 @@ impl Op {
             (Op::RevokeDevice, if devices { 4 } else { 0 }),
             (Op::Password, 2),
             (Op::Remember, 5),
+            (Op::Flash, 6),
+            (Op::TakeFlash, 8),
+            (Op::Csrf, 4),
+            (Op::Form, 7),
+            (Op::Big, 1),
         ];
         let total: u32 = table.iter().map(|(_, w)| w).sum();
         let mut x = rng.gen_range(0..total);
@@ -141,6 +162,11 @@ pub struct Event {
     pub body: String,
     pub seen: Option<Seen>,
     pub cookie: CookieOut,
+    /// `/form`: the session id the CSRF token it sent was issued under (`None`: it sent
+    /// none).
+    pub token_id: Option<SessionId>,
+    /// Why `CsrfLayer` refused it (`CsrfReason::as_str`).
+    pub refused: Option<&'static str>,
 }
 
 impl Event {
@@ -151,6 +177,16 @@ impl Event {
 
     pub fn lineage(&self) -> Option<&str> {
         self.seen.as_ref().and_then(|s| s.lineage.as_deref())
+    }
+
+    /// The register value a `/put`, `/form` or `/big` writes.
+    pub fn value(&self) -> &str {
+        self.arg.split(' ').next().unwrap_or_default()
+    }
+
+    /// How a `/form` was sent: `header`, `field`, `cross` or `none`.
+    pub fn variant(&self) -> &str {
+        self.arg.split(' ').nth(1).unwrap_or_default()
     }
 }
 
@@ -231,6 +267,14 @@ pub async fn run(
     for (device, jar) in jars.iter().enumerate() {
         for tab in 0..profile.tabs {
             let (apps, jar, log, keys) = (apps.to_vec(), jar.clone(), log.clone(), keys.clone());
+            // The tab's CSRF token, and the session id it was issued under.
+            let mut csrf: Option<(String, SessionId)> = None;
+            // Values are unique in the whole history: a phased one (`run` once per phase,
+            // `seed` + phase << 32) names them by phase too.
+            let phase = match seed >> 32 {
+                0 => String::new(),
+                p => format!("p{p}"),
+            };
             let tab_seed = seed
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add((device * 16 + tab) as u64);
@@ -243,7 +287,7 @@ pub async fn run(
                         profile.devices && profile.user_index,
                     );
                     let arg = match op {
-                        Op::Put => format!("v{device}.{tab}.{i}"),
+                        Op::Put => format!("v{device}.{tab}.{i}{phase}"),
                         Op::Login => {
                             if rng.gen_bool(0.85) {
                                 owner(&profile, device)
@@ -260,13 +304,49 @@ pub async fn run(
                             }
                         }
                         Op::Remember => rng.gen_bool(0.5).to_string(),
+                        Op::Flash => format!("f{device}.{tab}.{i}{phase}"),
+                        Op::Big => format!("big{device}.{tab}.{i}{phase}"),
+                        Op::Form => {
+                            let how = ["header", "header", "field", "field", "cross", "none"];
+                            format!(
+                                "w{device}.{tab}.{i}{phase} {}",
+                                how[rng.gen_range(0..how.len())]
+                            )
+                        }
                         _ => String::new(),
                     };
                     let think = rng.gen_range(0..1500);
                     tokio::time::sleep(Duration::from_micros(think)).await;
                     let instance = rng.gen_range(0..apps.len());
-                    let mut event =
-                        request(&apps[instance], &keys, &jar, start, device, tab, op, arg).await;
+                    // A form is posted from a page: a tab without a token loads one first.
+                    let page = op == Op::Form && !arg.ends_with(" none");
+                    if page && csrf.is_none() && client(device) != Client::Api {
+                        let event = request(
+                            &apps[instance],
+                            &keys,
+                            &jar,
+                            &mut csrf,
+                            start,
+                            (device, tab),
+                            Op::Csrf,
+                            String::new(),
+                        )
+                        .await;
+                        log.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(Event { instance, ..event });
+                    }
+                    let mut event = request(
+                        &apps[instance],
+                        &keys,
+                        &jar,
+                        &mut csrf,
+                        start,
+                        (device, tab),
+                        op,
+                        arg,
+                    )
+                    .await;
                     event.instance = instance;
                     log.lock().unwrap_or_else(|e| e.into_inner()).push(event);
                 }
@@ -291,9 +371,9 @@ pub async fn sweep(apps: &[Router], start: Instant, jars: &Jars) -> Vec<Event> {
             &apps[0],
             &keys,
             jar,
+            &mut None,
             start,
-            device,
-            9,
+            (device, 9),
             Op::Read,
             String::new(),
         )
@@ -317,9 +397,9 @@ async fn request(
     app: &Router,
     keys: &KeyRing,
     jar: &Mutex<Option<String>>,
+    csrf: &mut Option<(String, SessionId)>,
     start: Instant,
-    device: usize,
-    tab: usize,
+    (device, tab): (usize, usize),
     op: Op,
     arg: String,
 ) -> Event {
@@ -338,12 +418,54 @@ async fn request(
         .and_then(|c| keys.verify_cookie_value(&token_of(c)))
         .map(|v| v.id);
     let uri = match op {
-        Op::Put | Op::Login | Op::Password | Op::Remember => format!("{}?v={arg}", op.path()),
+        Op::Put | Op::Login | Op::Password | Op::Remember | Op::Flash | Op::Big => {
+            format!(
+                "{}?v={}",
+                op.path(),
+                arg.split(' ').next().unwrap_or_default()
+            )
+        }
         Op::Expiry => format!("{}?secs={arg}", op.path()),
         _ => op.path().to_string(),
     };
-    let method = if op == Op::Read { "GET" } else { "POST" };
+    let method = if matches!(op, Op::Read | Op::Csrf) {
+        "GET"
+    } else {
+        "POST"
+    };
     let mut req = Request::builder().method(method).uri(uri);
+    // A form: its value in the body, the tab's token (a browser's) where the variant says.
+    let mut token_id = None;
+    let mut body = Body::empty();
+    if op == Op::Form {
+        let value = arg.split(' ').next().unwrap_or_default();
+        let variant = arg.split(' ').nth(1).unwrap_or_default();
+        let mut form = format!("v={value}");
+        match (kind, &*csrf, variant) {
+            (Client::Api, _, _) | (_, None, _) | (_, _, "none") => {}
+            (_, Some((token, id)), "field") => {
+                form.push_str(&format!("&csrf_token={token}"));
+                token_id = Some(id.clone());
+            }
+            (_, Some((token, id)), _) => {
+                req = req.header(coatcheck::csrf::CSRF_HEADER, token);
+                token_id = Some(id.clone());
+            }
+        }
+        if kind != Client::Api {
+            let site = if variant == "cross" {
+                "cross-site"
+            } else {
+                "same-origin"
+            };
+            req = req.header("sec-fetch-site", site);
+        }
+        req = req.header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        );
+        body = Body::from(form);
+    }
     match (kind, &cookie) {
         // An API client sends the header from its first call (empty until it has a token).
         (Client::Api, c) => {
@@ -361,14 +483,19 @@ async fn request(
         (Client::Browser, Some(c)) => req = req.header(COOKIE, c),
         (Client::Browser, None) => {}
     }
-    let req = req.body(Body::empty()).expect("request");
+    let req = req.body(body).expect("request");
     let invoked = start.elapsed().as_micros() as u64;
     let answer = tokio::spawn(app.clone().oneshot(req)).await;
+    let mut refused = None;
     let (status, body, out) = match answer {
         Err(_) => (0, "panicked".to_string(), CookieOut::Untouched),
         Ok(Err(never)) => match never {},
         Ok(Ok(res)) => {
             let status = res.status().as_u16();
+            refused = res
+                .extensions()
+                .get::<coatcheck::CsrfReason>()
+                .map(|r| r.as_str());
             let set_cookie = res
                 .headers()
                 .get(SET_COOKIE)
@@ -396,6 +523,11 @@ async fn request(
                 }),
                 _ => set_cookie,
             };
+            // The layer's own failures have no body; what they were is in the extension.
+            let failure = res
+                .extensions()
+                .get::<coatcheck::SessionFailure>()
+                .map(|f| f.message);
             let body = res
                 .into_body()
                 .collect()
@@ -423,16 +555,25 @@ async fn request(
                     }
                 }
             };
-            let body = if crossed {
-                format!("transport crossed: {body}")
-            } else {
-                body
+            let body = match (crossed, failure) {
+                (true, _) => format!("transport crossed: {body}"),
+                (false, Some(message)) if body.is_empty() => message.to_owned(),
+                _ => body,
             };
             (status, body, out)
         }
     };
     let completed = start.elapsed().as_micros() as u64;
     let seen = serde_json::from_str::<Seen>(&body).ok();
+    // A token learnt: kept with the id of the session it belongs to.
+    if let Some(token) = seen.as_ref().and_then(|s| s.csrf.clone()) {
+        let id = match &out {
+            CookieOut::Set(id) => Some(id.clone()),
+            CookieOut::Untouched => sent.clone(),
+            CookieOut::Cleared => None,
+        };
+        *csrf = id.map(|id| (token, id));
+    }
     Event {
         index: 0,
         instance: 0,
@@ -447,5 +588,7 @@ async fn request(
         body,
         seen,
         cookie: out,
+        token_id,
+        refused,
     }
 }
