@@ -16,7 +16,7 @@
 //!    constant time.
 //!
 //! A refusal ends nothing and writes nothing: the handler does not run, the session is as
-//! it was. It is a [`SessionEvent::CsrfRefused`](crate::SessionEvent::CsrfRefused) and
+//! it was. It is a [`SessionEvent::CsrfRefused`] and
 //! counted in the metrics.
 //!
 //! Requests that carry their session in a header token

@@ -52,7 +52,7 @@ mod extract;
 #[cfg(feature = "axum")]
 mod guard;
 mod layer;
-mod metrics;
+pub mod metrics;
 mod session;
 mod transport;
 

@@ -17,7 +17,7 @@
 //! | `coatcheck.sessions.evicted` | counter | | sessions evicted by `max_sessions_per_user` with `Evict` |
 //! | `coatcheck.sessions.expired_on_read` | counter | | a verified cookie named a session that was gone (expired, past its absolute lifetime, or revoked) |
 //! | `coatcheck.credentials.mismatches` | counter | | a session's credential stamp no longer matched: it was ended |
-//! | `coatcheck.csrf.refused` | counter | `reason` | the CSRF check refused a request (`cross_site`, `origin`, `missing`, `malformed`, `mismatch`, `no_session`) |
+//! | `coatcheck.csrf.refused` | counter | `reason` | the CSRF check refused a request (`cross_site`, `origin`, `missing`, `malformed`, `mismatch`, `not_issued`, `no_session`, `form_too_large`) |
 //! | `coatcheck.save.conflicts` | counter | | a compare-and-set write lost to a concurrent one and was replayed |
 //! | `coatcheck.save.conflicts_exhausted` | counter | | a write gave up after the retries (`503`) |
 //! | `coatcheck.store.errors` | counter | `db.system.name`, `db.operation.name`, `error.type` | a store call failed (`timeout`, `backend`, `decode`, `encode`, `unsupported`) |
