@@ -16,7 +16,7 @@ use crate::{section, BoxErr, Contender, Settings, Work};
 
 const SECRET: &str = "bench secret, at least thirty-two bytes long";
 
-async fn cc_incr(session: Session) -> Result<String, coatcheck::SessionError> {
+pub(crate) async fn cc_incr(session: Session) -> Result<String, coatcheck::SessionError> {
     let n: u64 = session
         .update("n", |n: Option<u64>| n.unwrap_or(0) + 1)
         .await?;

@@ -1,7 +1,7 @@
 //! coatcheck-bench: coatcheck against the raw drivers and tower-sessions, in one run.
 //!
 //! ```text
-//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo] [--part codec,store,http,rt]
+//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo] [--part codec,store,http,rt,metrics]
 //! ```
 //!
 //! Backends come from `REDIS_URL`, `VALKEY_URL`, `DATABASE_URL`, `MONGODB_URL`; a backend
@@ -14,6 +14,7 @@ mod codec_cost;
 mod count;
 mod cpu;
 mod http_level;
+mod metrics_cost;
 mod report;
 mod store_level;
 
@@ -70,7 +71,7 @@ pub struct Settings {
     pub reps: usize,
     pub sessions: usize,
     pub backends: Vec<String>,
-    /// `store`, `http`, `rt` (round trips): the parts to run (default all).
+    /// `codec`, `store`, `http`, `rt` (round trips), `metrics`: the parts to run (default all).
     pub parts: Vec<String>,
     pub redis_url: Option<String>,
     pub valkey_url: Option<String>,
@@ -93,6 +94,7 @@ impl Settings {
             "store".into(),
             "http".into(),
             "rt".into(),
+            "metrics".into(),
         ];
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -108,7 +110,7 @@ impl Settings {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo] [--part codec,store,http,rt]"
+                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo] [--part codec,store,http,rt,metrics]"
                     );
                     std::process::exit(0);
                 }
@@ -282,6 +284,10 @@ async fn main() -> Result<(), BoxErr> {
     }
     if part("rt") {
         count::round_trips(&s).await?;
+    }
+    // Last: it installs a global recorder for the rest of the process.
+    if part("metrics") {
+        metrics_cost::run(&s).await?;
     }
     Ok(())
 }

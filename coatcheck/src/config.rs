@@ -110,6 +110,9 @@ pub struct SessionConfig {
     /// express layouts, a third for base64: the limit is of the data, the same on every
     /// store.
     pub max_data_bytes: Option<usize>,
+    /// Whether this layer records metrics (default `true`; only with the `metrics`
+    /// feature, which without a recorder still costs a few channel sends per request).
+    pub metrics: bool,
 }
 
 /// The default [`SessionConfig::max_data_bytes`]: 64 KiB. Sessions hold ids, flags and
@@ -143,6 +146,7 @@ impl Default for SessionConfig {
             session_limit: None,
             transport: Transport::cookie(),
             max_data_bytes: Some(DEFAULT_MAX_DATA_BYTES),
+            metrics: true,
         }
     }
 }
@@ -558,6 +562,26 @@ impl SessionLayerBuilder {
     /// ```
     pub fn max_data_bytes(mut self, limit: Option<usize>) -> Self {
         self.config.max_data_bytes = limit;
+        self
+    }
+
+    /// Whether this layer records [metrics](crate::metrics) (default `true`). Off, it costs
+    /// nothing, as without the `metrics` feature: for a layer whose numbers nobody wants,
+    /// when another dependency turned the feature on.
+    ///
+    /// ```
+    /// use coatcheck::{KeyRing, SessionLayer};
+    /// use coatcheck::memory::MemoryStore;
+    ///
+    /// let keys = KeyRing::new(["a secret of at least thirty-two bytes!!"]).unwrap();
+    /// let layer = SessionLayer::builder(MemoryStore::new(), keys)
+    ///     .metrics(false)
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(!layer.config().metrics);
+    /// ```
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.config.metrics = on;
         self
     }
 

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) credentials: Option<CredentialCheck>,
     /// The store's `db.system.name`, for metrics and spans.
     pub(crate) db_system: &'static str,
+    /// Metrics are compiled in and this layer records them.
+    pub(crate) metrics: bool,
 }
 
 impl Shared {
@@ -49,7 +51,7 @@ impl Shared {
             db.system.name = self.db_system,
             db.operation.name = operation
         );
-        let started = crate::metrics::ON.then(std::time::Instant::now);
+        let started = self.metrics.then(std::time::Instant::now);
         let result = match self.config.store_timeout {
             None => call.instrument(span).await,
             Some(limit) => match tokio::time::timeout(limit, call.instrument(span)).await {
@@ -142,6 +144,7 @@ impl SessionLayer {
         SessionLayer {
             shared: Arc::new(Shared {
                 db_system,
+                metrics: crate::metrics::ON && b.config.metrics,
                 store: b.store,
                 keys: b.keys,
                 config: b.config,

@@ -58,18 +58,39 @@ mod on {
     /// Samples waiting for the recording thread at most.
     const QUEUE: usize = 8192;
 
-    type Labels = &'static [(&'static str, &'static str)];
+    type Label2 = (&'static str, &'static str);
 
-    /// One sample: a name, its labels (all static: no id can reach a label) and a value.
+    /// Up to three labels, all static (no id can reach a label), kept inline: a sample
+    /// allocates nothing.
+    #[derive(Clone, Copy)]
+    struct Labels {
+        list: [Label2; 3],
+        len: usize,
+    }
+
+    impl Labels {
+        fn of(labels: &[Label2]) -> Self {
+            let mut list = [("", ""); 3];
+            let len = labels.len().min(3);
+            list[..len].copy_from_slice(&labels[..len]);
+            Labels { list, len }
+        }
+
+        fn get(&self) -> &[Label2] {
+            &self.list[..self.len]
+        }
+    }
+
+    /// One sample: a name, its labels and a value.
     enum Sample {
-        Counter(&'static str, Vec<(&'static str, &'static str)>, u64),
-        Histogram(&'static str, Vec<(&'static str, &'static str)>, f64),
+        Counter(&'static str, Labels, u64),
+        Histogram(&'static str, Labels, f64),
     }
 
     /// Samples go to one thread of the process that hands them to the recorder, so a
     /// recorder that blocks or panics changes nothing for the request (the queue fills and
     /// samples are dropped; a panic is caught and the thread goes on). The request pays a
-    /// channel send per sample.
+    /// channel send per sample, without waking the thread while it is busy.
     fn sender() -> Option<&'static SyncSender<Sample>> {
         static SENDER: OnceLock<Option<SyncSender<Sample>>> = OnceLock::new();
         SENDER
@@ -78,12 +99,17 @@ mod on {
                 std::thread::Builder::new()
                     .name("coatcheck-metrics".into())
                     .spawn(move || {
-                        for sample in rx {
-                            if catch_unwind(AssertUnwindSafe(|| record(sample))).is_err() {
-                                static ONCE: AtomicBool = AtomicBool::new(false);
-                                if !ONCE.swap(true, Ordering::Relaxed) {
-                                    tracing::error!("the metrics recorder panicked; the sample is lost (logged once)");
-                                }
+                        // Idle, it waits for a sample; busy, it drains the queue every
+                        // millisecond instead of being woken per sample (a wake is a
+                        // syscall on the request's thread).
+                        while let Ok(first) = rx.recv() {
+                            let mut next = Some(first);
+                            while let Some(sample) = next {
+                                guarded(sample);
+                                next = rx.try_recv().ok().or_else(|| {
+                                    std::thread::sleep(DRAIN_EVERY);
+                                    rx.try_recv().ok()
+                                });
                             }
                         }
                     })
@@ -94,15 +120,29 @@ mod on {
             .as_ref()
     }
 
+    /// How long the recording thread sleeps between two drains while samples keep coming.
+    const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
+
+    /// Records one sample; a recorder that panics loses it (logged once).
+    fn guarded(sample: Sample) {
+        if catch_unwind(AssertUnwindSafe(|| record(sample))).is_err() {
+            static ONCE: AtomicBool = AtomicBool::new(false);
+            if !ONCE.swap(true, Ordering::Relaxed) {
+                tracing::error!("the metrics recorder panicked; the sample is lost (logged once)");
+            }
+        }
+    }
+
     fn record(sample: Sample) {
         static META: Metadata<'static> =
             Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
-        let key = |name: &'static str, labels: Vec<(&'static str, &'static str)>| {
+        let key = |name: &'static str, labels: Labels| {
             Key::from_parts(
                 name,
                 labels
-                    .into_iter()
-                    .map(|(k, v)| Label::from_static_parts(k, v))
+                    .get()
+                    .iter()
+                    .map(|&(k, v)| Label::from_static_parts(k, v))
                     .collect::<Vec<_>>(),
             )
         };
@@ -128,8 +168,8 @@ mod on {
         }
     }
 
-    fn count(name: &'static str, labels: Labels, n: u64) {
-        send(Sample::Counter(name, labels.to_vec(), n));
+    fn count(name: &'static str, labels: &[Label2], n: u64) {
+        send(Sample::Counter(name, Labels::of(labels), n));
     }
 
     pub(crate) fn event(e: &SessionEvent) {
@@ -147,11 +187,7 @@ mod on {
                     RevokeScope::Device(_) => "device",
                     RevokeScope::StaleCredentials => "stale_credentials",
                 };
-                send(Sample::Counter(
-                    "coatcheck.sessions.revoked",
-                    vec![("scope", scope)],
-                    *n,
-                ))
+                count("coatcheck.sessions.revoked", &[("scope", scope)], *n)
             }
             SessionEvent::NotFoundOnRead => count("coatcheck.sessions.expired_on_read", &[], 1),
             SessionEvent::CredentialsChanged { .. } => {
@@ -160,11 +196,9 @@ mod on {
             SessionEvent::ConflictsExhausted { .. } => {
                 count("coatcheck.save.conflicts_exhausted", &[], 1)
             }
-            SessionEvent::CsrfRefused { reason } => send(Sample::Counter(
-                "coatcheck.csrf.refused",
-                vec![("reason", reason.as_str())],
-                1,
-            )),
+            SessionEvent::CsrfRefused { reason } => {
+                count("coatcheck.csrf.refused", &[("reason", reason.as_str())], 1)
+            }
         }
     }
 
@@ -180,26 +214,26 @@ mod on {
     ) {
         send(Sample::Histogram(
             "db.client.operation.duration",
-            vec![("db.system.name", system), ("db.operation.name", operation)],
+            Labels::of(&[("db.system.name", system), ("db.operation.name", operation)]),
             elapsed.as_secs_f64(),
         ));
         if let Some(kind) = failed {
-            send(Sample::Counter(
+            count(
                 "coatcheck.store.errors",
-                vec![
+                &[
                     ("db.system.name", system),
                     ("db.operation.name", operation),
                     ("error.type", kind),
                 ],
                 1,
-            ));
+            );
         }
     }
 
     pub(crate) fn data_size(bytes: usize) {
         send(Sample::Histogram(
             "coatcheck.session.data.size",
-            Vec::new(),
+            Labels::of(&[]),
             bytes as f64,
         ));
     }

@@ -102,9 +102,14 @@ async fn read(session: Session) -> Result<String, SessionError> {
 }
 
 fn app() -> Router {
+    app_recording(true)
+}
+
+fn app_recording(metrics: bool) -> Router {
     let keys = KeyRing::new([SECRET]).expect("secret");
     let layer = SessionLayer::builder(MemoryStore::new(), keys)
         .secure(Secure::Never)
+        .metrics(metrics)
         .build()
         .expect("config");
     Router::new()
@@ -120,22 +125,56 @@ fn app() -> Router {
         .layer(layer)
 }
 
-type Seen = HashMap<(String, Vec<(String, String)>), DebugValue>;
+/// A recorded value (the debugging recorder's, owned and added up).
+#[derive(Debug, Clone)]
+enum Value {
+    Counter(u64),
+    /// coatcheck records no gauge.
+    Other,
+    Histogram(Vec<f64>),
+}
 
+impl From<DebugValue> for Value {
+    fn from(v: DebugValue) -> Self {
+        match v {
+            DebugValue::Counter(n) => Value::Counter(n),
+            DebugValue::Gauge(_) => Value::Other,
+            DebugValue::Histogram(h) => {
+                Value::Histogram(h.into_iter().map(|x| x.into_inner()).collect())
+            }
+        }
+    }
+}
+
+type Seen = HashMap<(String, Vec<(String, String)>), Value>;
+
+/// Everything recorded so far: the debugging recorder's snapshots are deltas (taking one
+/// resets its counters and drains its histograms), so they are added up here.
 fn snapshot(s: &Snapshotter) -> Seen {
-    s.snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(k, _, _, v)| {
-            let key = k.key();
-            let mut labels: Vec<(String, String)> = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            labels.sort();
-            ((key.name().to_owned(), labels), v)
-        })
-        .collect()
+    static TOTAL: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
+    let mut total = TOTAL.lock().unwrap_or_else(|e| e.into_inner());
+    let total = total.get_or_insert_with(Seen::new);
+    for (k, _, _, v) in s.snapshot().into_vec() {
+        let v = Value::from(v);
+        let key = k.key();
+        let mut labels: Vec<(String, String)> = key
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        labels.sort();
+        let entry = total.entry((key.name().to_owned(), labels));
+        match (entry, v) {
+            (std::collections::hash_map::Entry::Occupied(mut o), v) => match (o.get_mut(), v) {
+                (Value::Counter(a), Value::Counter(b)) => *a += b,
+                (Value::Histogram(a), Value::Histogram(b)) => a.extend(b),
+                (slot, v) => *slot = v,
+            },
+            (std::collections::hash_map::Entry::Vacant(e), v) => {
+                e.insert(v);
+            }
+        }
+    }
+    total.clone()
 }
 
 fn counter(seen: &Seen, name: &str, labels: &[(&str, &str)]) -> u64 {
@@ -145,7 +184,7 @@ fn counter(seen: &Seen, name: &str, labels: &[(&str, &str)]) -> u64 {
         .collect();
     labels.sort();
     match seen.get(&(name.to_owned(), labels)) {
-        Some(DebugValue::Counter(n)) => *n,
+        Some(Value::Counter(n)) => *n,
         _ => 0,
     }
 }
@@ -216,7 +255,11 @@ async fn metrics_count_what_happens_name_no_one_and_never_hold_up_a_request() {
             && counter(s, "coatcheck.sessions.destroyed", &[]) >= 1
     })
     .await;
-    assert_eq!(counter(&seen, "coatcheck.sessions.created", &[]), 1);
+    assert_eq!(
+        counter(&seen, "coatcheck.sessions.created", &[]),
+        1,
+        "{seen:?}"
+    );
     assert_eq!(counter(&seen, "coatcheck.sessions.logged_in", &[]), 1);
     assert_eq!(counter(&seen, "coatcheck.sessions.destroyed", &[]), 1);
     assert_eq!(counter(&seen, "coatcheck.sessions.expired_on_read", &[]), 1);
@@ -234,7 +277,7 @@ async fn metrics_count_what_happens_name_no_one_and_never_hold_up_a_request() {
             ],
         );
         match seen.get(&key) {
-            Some(DebugValue::Histogram(v)) => assert!(!v.is_empty(), "{op}"),
+            Some(Value::Histogram(v)) => assert!(!v.is_empty(), "{op}"),
             other => panic!("no duration histogram for {op}: {other:?}"),
         }
     }
@@ -255,6 +298,26 @@ async fn metrics_count_what_happens_name_no_one_and_never_hold_up_a_request() {
             );
         }
     }
+
+    // A layer with metrics off records nothing (samples arrive in order: once the last
+    // login of the recording layer is counted, the three before it would have been).
+    let quiet = app_recording(false);
+    let before = counter(&snapshot(&snapshotter), "coatcheck.sessions.logged_in", &[]);
+    for _ in 0..3 {
+        assert_eq!(
+            Jar::default().send(&quiet, "/login").await.0,
+            StatusCode::OK
+        );
+    }
+    Jar::default().send(&app, "/login").await;
+    let seen = wait_for(&snapshotter, |s| {
+        counter(s, "coatcheck.sessions.logged_in", &[]) > before
+    })
+    .await;
+    assert_eq!(
+        counter(&seen, "coatcheck.sessions.logged_in", &[]),
+        before + 1
+    );
 
     // A recorder that panics: the requests do not notice, and recording resumes after.
     mode.store(1, Ordering::SeqCst);

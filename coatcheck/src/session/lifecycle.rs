@@ -335,7 +335,9 @@ impl Session {
             match refused {
                 StoreError::Conflict if attempt < max => {
                     attempt += 1;
-                    crate::metrics::conflict();
+                    if self.inner.shared.metrics {
+                        crate::metrics::conflict();
+                    }
                     backoff(attempt).await;
                     match shared.bounded("load", shared.store.load(&old_id)).await {
                         Ok(Some(mut fresh)) => {

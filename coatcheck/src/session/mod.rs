@@ -222,13 +222,15 @@ impl Session {
     /// Counts an event in the metrics and hands it to the layer's subscriber, if there is
     /// one.
     pub(crate) fn emit(&self, event: SessionEvent) {
-        crate::metrics::event(&event);
+        if self.inner.shared.metrics {
+            crate::metrics::event(&event);
+        }
         self.inner.shared.events.emit(event);
     }
 
     /// Whether anyone listens to events (a subscriber, or the metrics).
     fn events_on(&self) -> bool {
-        crate::metrics::ON || self.inner.shared.events.on()
+        self.inner.shared.metrics || self.inner.shared.events.on()
     }
 
     /// Whether this request carried its session in a header token rather than the cookie.

@@ -286,7 +286,9 @@ impl Session {
                 }
                 Err(StoreError::Conflict) if attempt < max => {
                     attempt += 1;
-                    crate::metrics::conflict();
+                    if self.inner.shared.metrics {
+                        crate::metrics::conflict();
+                    }
                     backoff(attempt).await;
                     let fresh = match shared.bounded("load", shared.store.load(&record.id)).await {
                         Ok(Some(fresh)) => fresh,
@@ -318,11 +320,14 @@ impl Session {
     /// (and reports the size to the metrics).
     fn check_size(&self, record: &Record) -> Result<(), SessionError> {
         let limit = self.inner.shared.config.max_data_bytes;
-        if limit.is_none() && !crate::metrics::ON {
+        let metrics = self.inner.shared.metrics;
+        if limit.is_none() && !metrics {
             return Ok(());
         }
         let size = json_size(&record.data);
-        crate::metrics::data_size(size);
+        if metrics {
+            crate::metrics::data_size(size);
+        }
         match limit {
             Some(limit) if size > limit => {
                 tracing::warn!(size, limit, "session data over the limit; nothing written");
