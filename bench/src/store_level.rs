@@ -252,7 +252,7 @@ async fn redis_like(title: &str, url: &str, valkey: bool, s: &Settings) -> Resul
             store: Arc::new(
                 coatcheck_redis::RedisStore::builder()
                     .prefix(prefix.clone())
-                    .pool(pool.clone()),
+                    .pool(pool.clone())?,
             ),
             ids: cc_mux.ids.clone(),
         };

@@ -390,7 +390,7 @@ impl RedisStore {
     /// # Ok(()) }
     /// ```
     pub fn from_connection_manager(manager: ConnectionManager) -> RedisStore {
-        RedisStore::builder().connection_manager(manager)
+        RedisStore::builder().finish(Source::Manager(manager))
     }
 
     /// Uses a deadpool-redis pool. The store leases one pooled connection (see
@@ -406,7 +406,9 @@ impl RedisStore {
     /// # Ok(()) }
     /// ```
     pub fn from_pool(pool: deadpool_redis::Pool) -> RedisStore {
-        RedisStore::builder().pool(pool)
+        let builder = RedisStore::builder();
+        let n = builder.pool_connections;
+        builder.finish(Source::Pool(Leases::new(pool, n)))
     }
 
     /// Connects to a Redis Cluster given some of its nodes' URLs.
@@ -440,7 +442,7 @@ impl RedisStore {
     /// # Ok(()) }
     /// ```
     pub fn from_cluster_connection(conn: ClusterConnection) -> RedisStore {
-        RedisStore::builder().cluster_connection(conn)
+        RedisStore::builder().finish(Source::Cluster(conn))
     }
 
     /// Uses a deadpool-redis cluster pool, leased like [`RedisStore::from_pool`].
@@ -454,7 +456,9 @@ impl RedisStore {
     /// # Ok(()) }
     /// ```
     pub fn from_cluster_pool(pool: deadpool_redis::cluster::Pool) -> RedisStore {
-        RedisStore::builder().cluster_pool(pool)
+        let builder = RedisStore::builder();
+        let n = builder.pool_connections;
+        builder.finish(Source::ClusterPool(Leases::new(pool, n)))
     }
 
     /// The key prefix.
@@ -604,7 +608,7 @@ impl RedisStoreBuilder {
 
     /// The codec of the session's data; default [`NativeCodec`].
     /// [`EncryptedCodec`](coatcheck_core::EncryptedCodec) encrypts it at rest (refused in
-    /// express mode by the constructors that connect: [`BuildError::EncryptedExpress`]).
+    /// express mode by every terminal of the builder: [`BuildError::EncryptedExpress`]).
     ///
     /// ```
     /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
@@ -757,7 +761,7 @@ impl RedisStoreBuilder {
         let manager = ConnectionManager::new_with_config(client, self.connection_manager_config())
             .await
             .map_err(BuildError::Connect)?;
-        Ok(self.connection_manager(manager))
+        self.connection_manager(manager)
     }
 
     /// A [`ConnectionManager`] that connects on first use. Only the URL is checked now.
@@ -777,20 +781,23 @@ impl RedisStoreBuilder {
         let manager =
             ConnectionManager::new_lazy_with_config(client, self.connection_manager_config())
                 .map_err(BuildError::InvalidUrl)?;
-        Ok(self.connection_manager(manager))
+        self.connection_manager(manager)
     }
 
-    /// Uses an existing [`ConnectionManager`] (its own timeouts apply).
+    /// Uses an existing [`ConnectionManager`] (its own timeouts apply). Fails, like every
+    /// terminal of the builder, on options that conflict
+    /// ([`BuildError::EncryptedExpress`]).
     ///
     /// ```no_run
     /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let manager = redis::Client::open("redis://127.0.0.1")?.get_connection_manager().await?;
-    /// let store = coatcheck::redis::RedisStore::builder().prefix("a:").connection_manager(manager);
+    /// let store = coatcheck::redis::RedisStore::builder().prefix("a:").connection_manager(manager)?;
     /// # Ok(()) }
     /// ```
-    pub fn connection_manager(self, manager: ConnectionManager) -> RedisStore {
-        self.finish(Source::Manager(manager))
+    pub fn connection_manager(self, manager: ConnectionManager) -> Result<RedisStore, BuildError> {
+        self.refuse_encrypted_express()?;
+        Ok(self.finish(Source::Manager(manager)))
     }
 
     /// Uses a deadpool-redis pool: leases [`pool_connections`](Self::pool_connections)
@@ -801,12 +808,13 @@ impl RedisStoreBuilder {
     /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1")
     ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-    /// let store = coatcheck::redis::RedisStore::builder().pool(pool);
+    /// let store = coatcheck::redis::RedisStore::builder().pool(pool)?;
     /// # Ok(()) }
     /// ```
-    pub fn pool(self, pool: deadpool_redis::Pool) -> RedisStore {
+    pub fn pool(self, pool: deadpool_redis::Pool) -> Result<RedisStore, BuildError> {
+        self.refuse_encrypted_express()?;
         let n = self.pool_connections;
-        self.finish(Source::Pool(Leases::new(pool, n)))
+        Ok(self.finish(Source::Pool(Leases::new(pool, n))))
     }
 
     fn cluster_client<I, S>(&self, urls: I) -> Result<ClusterClient, BuildError>
@@ -860,7 +868,7 @@ impl RedisStoreBuilder {
             .get_async_connection_with_config(self.cluster_config())
             .await
             .map_err(BuildError::Connect)?;
-        Ok(self.cluster_connection(conn))
+        self.cluster_connection(conn)
     }
 
     /// A cluster connection that connects in the background; only the URLs are checked now.
@@ -885,7 +893,7 @@ impl RedisStoreBuilder {
         require_runtime()?;
         let client = self.cluster_client(urls)?;
         let conn = client.get_pending_async_connection_with_config(self.cluster_config());
-        Ok(self.cluster_connection(conn))
+        self.cluster_connection(conn)
     }
 
     /// Uses an existing cluster connection (its own timeouts apply).
@@ -896,11 +904,12 @@ impl RedisStoreBuilder {
     /// let conn = redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:7001"])?
     ///     .get_async_connection()
     ///     .await?;
-    /// let store = coatcheck::redis::RedisStore::builder().cluster_connection(conn);
+    /// let store = coatcheck::redis::RedisStore::builder().cluster_connection(conn)?;
     /// # Ok(()) }
     /// ```
-    pub fn cluster_connection(self, conn: ClusterConnection) -> RedisStore {
-        self.finish(Source::Cluster(conn))
+    pub fn cluster_connection(self, conn: ClusterConnection) -> Result<RedisStore, BuildError> {
+        self.refuse_encrypted_express()?;
+        Ok(self.finish(Source::Cluster(conn)))
     }
 
     /// Uses a deadpool-redis cluster pool, leased like [`pool`](Self::pool).
@@ -910,12 +919,16 @@ impl RedisStoreBuilder {
     /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let pool = deadpool_redis::cluster::Config::from_urls(vec!["redis://127.0.0.1:7001".to_string()])
     ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-    /// let store = coatcheck::redis::RedisStore::builder().cluster_pool(pool);
+    /// let store = coatcheck::redis::RedisStore::builder().cluster_pool(pool)?;
     /// # Ok(()) }
     /// ```
-    pub fn cluster_pool(self, pool: deadpool_redis::cluster::Pool) -> RedisStore {
+    pub fn cluster_pool(
+        self,
+        pool: deadpool_redis::cluster::Pool,
+    ) -> Result<RedisStore, BuildError> {
+        self.refuse_encrypted_express()?;
         let n = self.pool_connections;
-        self.finish(Source::ClusterPool(Leases::new(pool, n)))
+        Ok(self.finish(Source::ClusterPool(Leases::new(pool, n))))
     }
 
     /// Express mode stores Node's JSON: an encrypting codec cannot apply there.
@@ -926,12 +939,8 @@ impl RedisStoreBuilder {
         Ok(())
     }
 
+    /// The store over `source`; every terminal has refused conflicting options first.
     fn finish(self, source: Source) -> RedisStore {
-        if self.refuse_encrypted_express().is_err() {
-            // The constructors that take a connection cannot fail; the ones that connect
-            // refuse this combination (BuildError::EncryptedExpress).
-            tracing::error!("express-compatible mode ignores the encrypting codec: sessions are stored as plain JSON");
-        }
         let index_prefix = format!("{}user:", self.prefix);
         let topology = if self.single_key_scripts {
             Topology::Cluster

@@ -61,7 +61,10 @@ async fn pooled_on(backend: Backend) -> RedisStore {
     let pool = deadpool_redis::Config::from_url(url_of(backend).await)
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .expect("pool");
-    RedisStore::builder().prefix(prefix()).pool(pool)
+    RedisStore::builder()
+        .prefix(prefix())
+        .pool(pool)
+        .expect("no conflicting options")
 }
 
 async fn cluster() -> RedisStore {
@@ -84,7 +87,10 @@ async fn cluster_pooled_on(backend: Backend) -> RedisStore {
     let pool = deadpool_redis::cluster::Config::from_urls(urls_of(backend).await)
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .expect("cluster pool");
-    RedisStore::builder().prefix(prefix()).cluster_pool(pool)
+    RedisStore::builder()
+        .prefix(prefix())
+        .cluster_pool(pool)
+        .expect("no conflicting options")
 }
 
 coatcheck_conformance::suite!(
@@ -274,15 +280,58 @@ coatcheck_conformance::suite!(
     async { encrypted_on(Backend::RedisCluster).await }
 );
 
+/// Every terminal of the builder refuses it, those that take a connection or a pool too
+/// (they used to log the conflict and store sessions as plain JSON).
 #[tokio::test]
 async fn express_mode_refuses_an_encrypting_codec() {
-    let refused = RedisStore::builder()
-        .express(coatcheck_core::ExpressFormat::new())
-        .codec(coatcheck_conformance::encryption::codec())
-        .connect_lazy("redis://127.0.0.1:1");
-    assert!(
-        matches!(refused, Err(coatcheck_redis::BuildError::EncryptedExpress)),
-        "{:?}",
-        refused.err()
-    );
+    let conflicting = || {
+        RedisStore::builder()
+            .express(coatcheck_core::ExpressFormat::new())
+            .codec(coatcheck_conformance::encryption::codec())
+    };
+    let url = "redis://127.0.0.1:1";
+    let pool = || {
+        deadpool_redis::Config::from_url(url)
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .expect("pool")
+    };
+    let cluster_pool = || {
+        deadpool_redis::cluster::Config::from_urls(vec![url.to_owned()])
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .expect("cluster pool")
+    };
+    let manager = coatcheck_redis::redis::aio::ConnectionManager::new_lazy_with_config(
+        coatcheck_redis::redis::Client::open(url).expect("url"),
+        coatcheck_redis::redis::aio::ConnectionManagerConfig::new(),
+    )
+    .expect("lazy manager");
+    let cluster = coatcheck_redis::redis::cluster::ClusterClient::new(vec![url])
+        .expect("cluster client")
+        .get_pending_async_connection_with_config(
+            coatcheck_redis::redis::cluster::ClusterConfig::new(),
+        );
+    let results = [
+        ("connect_lazy", conflicting().connect_lazy(url)),
+        (
+            "connect_cluster_lazy",
+            conflicting().connect_cluster_lazy([url]),
+        ),
+        ("pool", conflicting().pool(pool())),
+        ("cluster_pool", conflicting().cluster_pool(cluster_pool())),
+        (
+            "connection_manager",
+            conflicting().connection_manager(manager),
+        ),
+        (
+            "cluster_connection",
+            conflicting().cluster_connection(cluster),
+        ),
+    ];
+    for (terminal, refused) in results {
+        assert!(
+            matches!(refused, Err(coatcheck_redis::BuildError::EncryptedExpress)),
+            "{terminal}: {:?}",
+            refused.err()
+        );
+    }
 }

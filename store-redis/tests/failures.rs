@@ -293,7 +293,7 @@ async fn pool_survives_a_server_kill_and_restart() {
     let Some(server) = PrivateRedis::redis() else {
         return;
     };
-    let store = builder().pool(pool(server.url()));
+    let store = builder().pool(pool(server.url())).expect("options");
     killed_and_restarted(store, &server, "pool").await;
 }
 
@@ -313,7 +313,7 @@ async fn pool_times_out_on_a_hung_server_and_recovers() {
     };
     // Pooled connections carry redis-rs's default response timeout (500 ms); the store's
     // operation timeout is the outer bound in any case.
-    let store = builder().pool(pool(server.url()));
+    let store = builder().pool(pool(server.url())).expect("options");
     frozen_then_thawed(store, &server, "pool").await;
 }
 

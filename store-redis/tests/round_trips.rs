@@ -175,7 +175,10 @@ async fn single_node_pool_one_round_trip_each() {
     let pool = deadpool_redis::Config::from_url(server.url())
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .expect("pool");
-    let store = RedisStore::builder().prefix("rt:").pool(pool);
+    let store = RedisStore::builder()
+        .prefix("rt:")
+        .pool(pool)
+        .expect("no conflicting options");
     single_node_counts(store, &mut rec, "pool").await;
 }
 
