@@ -103,9 +103,10 @@ pub struct SessionConfig {
     /// Where the session token travels (default: the cookie).
     pub transport: Transport,
     /// The most a session's data may take, measured as its JSON encoding (default
-    /// [`DEFAULT_MAX_DATA_BYTES`]; `None`: no limit). A write over it is refused with
-    /// [`SessionError::DataTooLarge`](crate::SessionError::DataTooLarge) and the stored
-    /// session is left as it was. JSON is what the Express layouts store; the native
+    /// [`DEFAULT_MAX_DATA_BYTES`]; `None`: no limit). A write that takes the data over it
+    /// is refused with [`SessionError::DataTooLarge`](crate::SessionError::DataTooLarge)
+    /// and the stored session is left as it was; a session already over it (stored
+    /// before the limit was set or lowered) keeps working and may shrink, not grow. JSON is what the Express layouts store; the native
     /// layouts' MessagePack is smaller, and encryption at rest adds 45 bytes and, in the
     /// express layouts, a third for base64: the limit is of the data, the same on every
     /// store.

@@ -237,8 +237,9 @@ impl CsrfLayer {
         self.edit(|c| c.field = name)
     }
 
-    /// Paths starting with `prefix` are not checked (webhooks signed by their sender,
-    /// endpoints of another authentication scheme). Exempt as little as you can.
+    /// Paths under `prefix` are not checked (webhooks signed by their sender, endpoints of
+    /// another authentication scheme). Matched by whole path segments: `/hooks` exempts
+    /// `/hooks` and `/hooks/github`, never `/hooks-admin`. Exempt as little as you can.
     pub fn exempt(self, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
         self.edit(|c| c.exempt.push(prefix))
@@ -326,6 +327,14 @@ fn first_line<B>(config: &Config, req: &Request<B>) -> Result<(), CsrfReason> {
     }
 }
 
+/// Whether `path` is `prefix` or below it, by whole segments.
+fn under(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
+}
+
 fn is_form<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(CONTENT_TYPE)
@@ -372,12 +381,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
-        if is_safe(req.method())
-            || config
-                .exempt
-                .iter()
-                .any(|p| req.uri().path().starts_with(p.as_str()))
-        {
+        if is_safe(req.method()) || config.exempt.iter().any(|p| under(req.uri().path(), p)) {
             return Box::pin(inner.call(req));
         }
         let Some(session) = req.extensions().get::<Session>().cloned() else {
@@ -392,6 +396,8 @@ where
         Box::pin(async move {
             let refuse = |reason: CsrfReason| {
                 tracing::info!(reason = reason.as_str(), "CSRF check refused a request");
+                // A forged request keeps nothing alive: no touch, no session created.
+                session.write_nothing();
                 session.emit(SessionEvent::CsrfRefused { reason });
                 Ok(refusal(reason))
             };
@@ -454,6 +460,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exempt_prefixes_match_whole_segments() {
+        assert!(under("/hooks", "/hooks"));
+        assert!(under("/hooks/github", "/hooks"));
+        assert!(under("/hooks/github", "/hooks/"));
+        assert!(!under("/hooks-admin/delete", "/hooks"));
+        assert!(!under("/hook", "/hooks"));
+        assert!(!under("/other/hooks", "/hooks"));
+    }
 
     #[test]
     fn masked_tokens_differ_and_verify() {

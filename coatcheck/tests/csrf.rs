@@ -13,7 +13,7 @@ use axum::{Form, Router};
 use coatcheck::memory::MemoryStore;
 use coatcheck::{
     CsrfLayer, CsrfReason, KeyRing, Secure, Session, SessionError, SessionEvent, SessionLayer,
-    Transport,
+    SessionStore, Transport,
 };
 use common::Jar;
 use http::{Request, StatusCode};
@@ -423,4 +423,74 @@ async fn a_form_over_the_limit_is_413_and_a_form_without_the_field_is_403() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (_, n) = jar.get(&app, "/count").await;
     assert_eq!(n, "0");
+}
+
+/// A refused request writes nothing at all: with `save_uninitialized` no session is created
+/// for it (and no cookie set), and with remember-me a refused request does not touch the
+/// session (a forged request must not keep a victim's session alive). Failed before: the
+/// layer still created the session, and touched it, after the refusal.
+#[tokio::test]
+async fn a_refused_request_creates_and_touches_nothing() {
+    let keys = KeyRing::new([SECRET]).expect("secret");
+    let store = Arc::new(MemoryStore::new());
+    let layer = SessionLayer::builder_shared(store.clone(), keys)
+        .secure(Secure::Never)
+        .save_uninitialized(true)
+        .idle_timeout(std::time::Duration::from_secs(600))
+        .touch_after(std::time::Duration::ZERO)
+        .build()
+        .expect("config");
+    let app = Router::new()
+        .route("/token", get(token))
+        .route("/bump", post(bump))
+        .route("/count", get(count))
+        .layer(CsrfLayer::new())
+        .layer(layer);
+    // A token is needed to get past the first checks to the session (a well-formed one of
+    // no session: 64 bytes, base64url).
+    let forged = "A".repeat(86);
+    let mut fresh = Jar::default();
+    let (status, _) = fresh
+        .call(
+            &app,
+            post_req("/bump").header("x-csrf-token", &forged),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(fresh.last_set.is_none(), "{:?}", fresh.last_set);
+    assert!(fresh.cookie.is_none());
+    // A session, then a refused request after a while: its expiry does not move.
+    let mut jar = Jar::default();
+    jar.get(&app, "/token").await;
+    let id = jar
+        .cookie
+        .as_deref()
+        .and_then(|c| c.split_once('='))
+        .and_then(|(_, v)| KeyRing::new([SECRET]).ok()?.verify_cookie_value(v))
+        .map(|v| v.id)
+        .expect("a session");
+    let before = store
+        .load(&id)
+        .await
+        .expect("load")
+        .expect("stored")
+        .expires_at;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (status, _) = jar
+        .call(
+            &app,
+            post_req("/bump").header("x-csrf-token", &forged),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(jar.last_set.is_none(), "{:?}", jar.last_set);
+    let after = store
+        .load(&id)
+        .await
+        .expect("load")
+        .expect("stored")
+        .expires_at;
+    assert_eq!(before, after, "a refused request touched the session");
 }

@@ -4,13 +4,14 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::Router;
 use coatcheck::memory::MemoryStore;
 use coatcheck::{
-    FlashLevel, KeyRing, Secure, Session, SessionError, SessionLayer, SessionStore,
+    FlashLevel, KeyRing, LimitPolicy, Secure, Session, SessionError, SessionLayer, SessionStore,
     DEFAULT_MAX_DATA_BYTES,
 };
 use common::Jar;
@@ -71,6 +72,16 @@ async fn grow(session: Session, Path(len): Path<usize>) -> Result<String, Sessio
     }
 }
 
+/// Writes `len` bytes and signs in as `user` in one request (an oversized login).
+async fn put_login(
+    session: Session,
+    Path((len, user)): Path<(usize, String)>,
+) -> Result<&'static str, SessionError> {
+    session.insert("reg", "z".repeat(len)).await?;
+    session.login(user).await?;
+    Ok("ok")
+}
+
 async fn reg_len(session: Session) -> Result<String, SessionError> {
     Ok(session
         .get::<String>("reg")
@@ -85,6 +96,26 @@ fn app(store: Arc<dyn SessionStore>, limit: Option<usize>) -> Router {
         .max_data_bytes(limit)
         .build()
         .expect("config");
+    routes(layer)
+}
+
+/// The app with every feature whose writes a size limit must not break: remember-me (a
+/// touch is then a compare-and-set save), a touch on every read, and the session cap with
+/// `Evict` (a login of another user deletes the old record first).
+fn strict_app(store: Arc<dyn SessionStore>, limit: Option<usize>) -> Router {
+    let keys = KeyRing::new([SECRET]).expect("secret");
+    let layer = SessionLayer::builder_shared(store, keys)
+        .secure(Secure::Never)
+        .max_data_bytes(limit)
+        .remember_me(Duration::from_secs(86_400), None)
+        .touch_after(Duration::ZERO)
+        .max_sessions_per_user(2, LimitPolicy::EvictLeastRecentlySeen)
+        .build()
+        .expect("config");
+    routes(layer)
+}
+
+fn routes(layer: SessionLayer) -> Router {
     Router::new()
         .route("/flash/{text}", post(flash))
         .route("/show", get(show))
@@ -92,6 +123,7 @@ fn app(store: Arc<dyn SessionStore>, limit: Option<usize>) -> Router {
         .route("/login/{user}", post(login))
         .route("/put/{len}", post(put))
         .route("/grow/{len}", post(grow))
+        .route("/put_login/{len}/{user}", post(put_login))
         .route("/reg", get(reg_len))
         .with_state(St {
             barrier: Arc::new(Barrier::new(2)),
@@ -190,4 +222,45 @@ async fn a_write_over_the_limit_is_refused_and_the_stored_session_is_unchanged()
     let open = memory_app(None);
     let (status, _) = Jar::default().send(&open, "/put/200000").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// A session that was already over the limit (stored before it, or before it was lowered)
+/// keeps working: reads, whose touch is a save with remember-me, and writes that do not
+/// grow it; only growing it is refused. Failed before: every request of such a session,
+/// reads included, answered 500.
+#[tokio::test]
+async fn a_session_already_over_the_limit_keeps_working_and_may_only_shrink() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let open = strict_app(store.clone(), None);
+    let limited = strict_app(store, Some(1000));
+    let mut jar = Jar::default();
+    assert_eq!(jar.send(&open, "/put/5000").await.0, StatusCode::OK);
+    let (status, len) = jar.get(&limited, "/reg").await;
+    assert_eq!((status, len.as_str()), (StatusCode::OK, "5000"));
+    assert_eq!(jar.send(&limited, "/put/4000").await.0, StatusCode::OK);
+    assert_eq!(jar.get(&limited, "/reg").await.1, "4000");
+    assert_eq!(
+        jar.send(&limited, "/put/6000").await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(jar.get(&limited, "/reg").await.1, "4000");
+}
+
+/// A login that evicts other devices deletes the old record before creating the new one:
+/// an oversized one must fail before deleting anything. Failed before: the browser was
+/// signed out and its session gone.
+#[tokio::test]
+async fn an_oversized_login_that_may_evict_deletes_nothing() {
+    let app = strict_app(Arc::new(MemoryStore::new()), Some(1000));
+    let mut jar = Jar::default();
+    assert_eq!(jar.send(&app, "/put/100").await.0, StatusCode::OK);
+    let cookie = jar.cookie.clone();
+    let (status, _) = jar.send(&app, "/put_login/5000/bob").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(jar.cookie, cookie);
+    assert_eq!(
+        jar.get(&app, "/reg").await.1,
+        "100",
+        "the session is still there"
+    );
 }

@@ -85,8 +85,10 @@ impl Session {
     /// each is returned **once**, even when two tabs ask at the same moment. The removal
     /// is written at once with a compare-and-set (as [`update`](Session::update) writes), so
     /// of two concurrent takes one gets the messages and the other finds none; a take that
-    /// fails (the store is down) returns an error and the messages stay. Empty when there
-    /// are none or there is no session (nothing is written then).
+    /// fails (the store is down) returns an error and the messages stay. Once taken they
+    /// are the handler's to show: if a later write of the same request fails, the response
+    /// becomes that failure and they are gone — take them last, after the request's own
+    /// writes. Empty when there are none or there is no session (nothing is written then).
     ///
     /// ```
     /// use coatcheck::{Session, SessionError};

@@ -293,6 +293,11 @@ impl Session {
             // refuses. (A backend failure between the two leaves the browser signed out,
             // with the error.)
             let next = if evict_first {
+                // Nothing is deleted for a login that cannot be stored (a review found
+                // an oversized one signing the browser out).
+                if let Err(e) = self.check_size(&next) {
+                    return self.fail(e);
+                }
                 next
             } else {
                 self.create_new(next, limited).await?

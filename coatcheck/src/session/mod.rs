@@ -233,6 +233,11 @@ impl Session {
         self.inner.shared.metrics || self.inner.shared.events.on()
     }
 
+    /// This request writes nothing more and sets no cookie (its answer is a refusal).
+    pub(crate) fn write_nothing(&self) {
+        self.state().failed = true;
+    }
+
     /// Whether this request carried its session in a header token rather than the cookie.
     pub(crate) fn via_header(&self) -> bool {
         self.inner.via_header

@@ -269,7 +269,19 @@ impl Session {
             record.last_seen = now;
             // Checked on every attempt: a replay onto a fresher copy may grow the data.
             if let Err(e) = self.check_size(&record) {
-                return self.fail(e);
+                // Over the limit: refused only if it is larger than what is stored now. A
+                // session that was already over it (the limit was lowered, or it predates
+                // the limit) keeps working, and may shrink, instead of failing every
+                // request (a review found plain reads failing on such sessions: their
+                // touch is a save too). One more load, on this rare path only.
+                let stored = match shared.bounded("load", shared.store.load(&record.id)).await {
+                    Ok(stored) => stored.map_or(0, |r| json_size(&r.data)),
+                    Err(load) => return self.fail(load),
+                };
+                match e {
+                    SessionError::DataTooLarge { size, .. } if size <= stored => {}
+                    e => return self.fail(e),
+                }
             }
             match shared.bounded("save", shared.store.save(&record)).await {
                 Ok(version) => {
@@ -318,7 +330,7 @@ impl Session {
 impl Session {
     /// Refuses a record whose data is over [`max_data_bytes`](crate::SessionConfig::max_data_bytes)
     /// (and reports the size to the metrics).
-    fn check_size(&self, record: &Record) -> Result<(), SessionError> {
+    pub(super) fn check_size(&self, record: &Record) -> Result<(), SessionError> {
         let limit = self.inner.shared.config.max_data_bytes;
         let metrics = self.inner.shared.metrics;
         if limit.is_none() && !metrics {

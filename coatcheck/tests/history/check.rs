@@ -47,7 +47,9 @@
 //!   token, never with a token issued under an earlier id of the session (the secret
 //!   changes with every id); a token of that very session is never refused, nor is a
 //!   session live at the end refused as missing; a Bearer client is never refused; no two
-//!   pages get the same masked token. A refused form writes nothing (**register**);
+//!   pages get the same masked token; a token that was sent is always read (never
+//!   refused as missing or malformed); a refused form writes nothing (its value is never
+//!   seen nor stored);
 //! - **flash**: a flash message is shown at most once, only in the session it was queued
 //!   in; an acknowledged one on a session live at the end was shown or is still waiting
 //!   (unless a failed take of that device may have removed it);
@@ -271,7 +273,7 @@ pub fn check(events: &[Event], fin: &Final, setup: &Setup<'_>) -> Vec<Anomaly> {
     let live_ids: BTreeSet<&SessionId> = live.values().flatten().map(|r| &r.id).collect();
     forms::csrf(events, &live_ids, &mut out);
     forms::flash(events, &live, &mut out);
-    forms::oversize(events, &fin.records, &mut out);
+    forms::unwritten(events, &fin.records, &mut out);
     if user_index {
         index(fin, &mut out);
     }

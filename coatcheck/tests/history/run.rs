@@ -460,10 +460,14 @@ async fn request(
             };
             req = req.header("sec-fetch-site", site);
         }
-        req = req.header(
-            http::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        );
+        // With and without parameters, as browsers and clients send it. (Not in mixed case:
+        // CsrfLayer takes it, but axum's `Form` answers 415.)
+        let content_type = match value.len() % 3 {
+            0 => "application/x-www-form-urlencoded",
+            1 => "application/x-www-form-urlencoded; charset=UTF-8",
+            _ => "application/x-www-form-urlencoded;charset=utf-8",
+        };
+        req = req.header(http::header::CONTENT_TYPE, content_type);
         body = Body::from(form);
     }
     match (kind, &cookie) {

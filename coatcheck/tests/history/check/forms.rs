@@ -63,6 +63,9 @@ pub(super) fn csrf(events: &[Event], live_ids: &BTreeSet<&SessionId>, out: &mut 
             (true, _) if !same => {
                 Some("a form was served with a token issued under another session id")
             }
+            (false, Some("missing" | "malformed" | "form_too_large")) if e.token_id.is_some() => {
+                Some("the token it sent was not read")
+            }
             (false, Some("mismatch" | "not_issued")) if same => {
                 Some("a token of the session the cookie named was refused")
             }
@@ -208,8 +211,9 @@ pub(super) fn flash(
 
 /// **oversize**: a request that wrote past the session size limit stored nothing: it is
 /// not served, and the register value it wrote is never seen by any request nor left in
-/// any session.
-pub(super) fn oversize(events: &[Event], records: &[Record], out: &mut Vec<Anomaly>) {
+/// any session. The same holds for a form `CsrfLayer` refused (**csrf**): its handler never
+/// ran.
+pub(super) fn unwritten(events: &[Event], records: &[Record], out: &mut Vec<Anomaly>) {
     let stored: BTreeSet<&str> = records
         .iter()
         .filter_map(|r| r.data.get("reg").and_then(|v| v.as_str()))
@@ -218,7 +222,9 @@ pub(super) fn oversize(events: &[Event], records: &[Record], out: &mut Vec<Anoma
         .iter()
         .filter_map(|e| Some((e.seen.as_ref()?.reg.as_deref()?, e.index)))
         .collect();
-    for e in events.iter().filter(|e| e.op == Op::Big) {
+    let refused = |e: &&Event| e.op == Op::Form && e.refused.is_some();
+    for e in events.iter().filter(|e| e.op == Op::Big || refused(e)) {
+        let kind = if e.op == Op::Big { "oversize" } else { "csrf" };
         let v = e.value();
         let wrong = if (200..300).contains(&e.status) {
             Some("a write past the size limit was acknowledged".to_owned())
@@ -230,7 +236,7 @@ pub(super) fn oversize(events: &[Event], records: &[Record], out: &mut Vec<Anoma
             None
         };
         if let Some(what) = wrong {
-            out.push(anomaly("oversize", what, e, &[]));
+            out.push(anomaly(kind, what, e, &[]));
         }
     }
 }
