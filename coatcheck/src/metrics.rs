@@ -2,8 +2,11 @@
 //! `metrics`): the application installs a global recorder (Prometheus, OpenTelemetry,
 //! statsd). Samples are handed to one thread of the process that calls the recorder, so a
 //! recorder that blocks or panics never delays or fails a request (its samples are dropped
-//! instead, and logged once); a request pays a channel send per sample (three to five).
-//! Without the feature this module is empty functions the compiler removes.
+//! instead, and logged once); a request pays a channel send per sample (three to five),
+//! measured at 0.7–1.2 µs of CPU per request in all (BENCHMARKS.md, "Metrics cost").
+//! Without the feature, or with
+//! [`SessionLayerBuilder::metrics(false)`](crate::SessionLayerBuilder::metrics), nothing is
+//! sent.
 //!
 //! No label carries a session id, a user id or a device handle: they would publish
 //! personal data and give every session a time series of its own.
