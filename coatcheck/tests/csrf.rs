@@ -98,6 +98,21 @@ fn post_req(uri: &str) -> http::request::Builder {
     Request::builder().method("POST").uri(uri)
 }
 
+/// `POST uri` with `token` in the header.
+async fn post_token(
+    jar: &mut Jar,
+    app: &Router,
+    uri: &str,
+    token: impl AsRef<str>,
+) -> (StatusCode, String) {
+    jar.call(
+        app,
+        post_req(uri).header("x-csrf-token", token.as_ref()),
+        Body::empty(),
+    )
+    .await
+}
+
 fn form(note: &str, token: &str) -> Body {
     Body::from(format!("note={note}&csrf_token={token}"))
 }
@@ -123,21 +138,9 @@ async fn a_form_with_the_token_is_served_and_its_body_reaches_the_handler() {
     // The header works too, and every masked token of the session is valid.
     let (_, second) = jar.get(&app, "/token").await;
     assert_ne!(second, token, "masked afresh on every call");
-    let (status, body) = jar
-        .call(
-            &app,
-            post_req("/bump").header("x-csrf-token", &second),
-            Body::empty(),
-        )
-        .await;
+    let (status, body) = post_token(&mut jar, &app, "/bump", &second).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "2"));
-    let (status, _) = jar
-        .call(
-            &app,
-            post_req("/bump").header("x-csrf-token", &token),
-            Body::empty(),
-        )
-        .await;
+    let (status, _) = post_token(&mut jar, &app, "/bump", &token).await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -148,12 +151,7 @@ async fn bad_tokens_are_refused_and_change_nothing() {
     let mut jar = Jar::default();
     let (_, token) = jar.get(&app, "/token").await;
     let (_, other_token) = Jar::default().get(&app, "/token").await;
-    jar.call(
-        &app,
-        post_req("/bump").header("x-csrf-token", &token),
-        Body::empty(),
-    )
-    .await;
+    post_token(&mut jar, &app, "/bump", &token).await;
     let cookie = jar.cookie.clone();
     for (header, reason) in [
         (None, CsrfReason::Missing),
@@ -228,13 +226,7 @@ async fn a_session_without_a_token_and_no_session_at_all_are_refused() {
     let mut jar = Jar::default();
     let (_, token) = Jar::default().get(&app, "/token").await;
     jar.send(&app, "/hook/bump").await;
-    let (status, body) = jar
-        .call(
-            &app,
-            post_req("/bump").header("x-csrf-token", &token),
-            Body::empty(),
-        )
-        .await;
+    let (status, body) = post_token(&mut jar, &app, "/bump", &token).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body.contains("no CSRF token issued"), "{body}");
 }
@@ -286,21 +278,9 @@ async fn login_rotates_the_token() {
     let app = default_app();
     let mut jar = Jar::default();
     let (_, before) = jar.get(&app, "/token").await;
-    let (status, _) = jar
-        .call(
-            &app,
-            post_req("/login/ada").header("x-csrf-token", &before),
-            Body::empty(),
-        )
-        .await;
+    let (status, _) = post_token(&mut jar, &app, "/login/ada", &before).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = jar
-        .call(
-            &app,
-            post_req("/bump").header("x-csrf-token", &before),
-            Body::empty(),
-        )
-        .await;
+    let (status, body) = post_token(&mut jar, &app, "/bump", &before).await;
     assert_eq!(
         status,
         StatusCode::FORBIDDEN,
@@ -308,13 +288,7 @@ async fn login_rotates_the_token() {
     );
     assert!(body.contains("no CSRF token issued"), "{body}");
     let (_, after) = jar.get(&app, "/token").await;
-    let (status, _) = jar
-        .call(
-            &app,
-            post_req("/bump").header("x-csrf-token", &after),
-            Body::empty(),
-        )
-        .await;
+    let (status, _) = post_token(&mut jar, &app, "/bump", &after).await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -335,13 +309,7 @@ async fn two_tabs_never_invalidate_each_others_token() {
     let ((sa, ta), (sb, tb)) = (ta.expect("tab a"), tb.expect("tab b"));
     assert_eq!((sa, sb), (StatusCode::OK, StatusCode::OK));
     for token in [ta, tb] {
-        let (status, body) = jar
-            .call(
-                &app,
-                post_req("/bump").header("x-csrf-token", &token),
-                Body::empty(),
-            )
-            .await;
+        let (status, body) = post_token(&mut jar, &app, "/bump", &token).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
@@ -450,13 +418,7 @@ async fn a_refused_request_creates_and_touches_nothing() {
     // no session: 64 bytes, base64url).
     let forged = "A".repeat(86);
     let mut fresh = Jar::default();
-    let (status, _) = fresh
-        .call(
-            &app,
-            post_req("/bump").header("x-csrf-token", &forged),
-            Body::empty(),
-        )
-        .await;
+    let (status, _) = post_token(&mut fresh, &app, "/bump", &forged).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(fresh.last_set.is_none(), "{:?}", fresh.last_set);
     assert!(fresh.cookie.is_none());
@@ -477,13 +439,7 @@ async fn a_refused_request_creates_and_touches_nothing() {
         .expect("stored")
         .expires_at;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let (status, _) = jar
-        .call(
-            &app,
-            post_req("/bump").header("x-csrf-token", &forged),
-            Body::empty(),
-        )
-        .await;
+    let (status, _) = post_token(&mut jar, &app, "/bump", &forged).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(jar.last_set.is_none(), "{:?}", jar.last_set);
     let after = store

@@ -403,6 +403,34 @@ mod tests {
     use super::*;
     use crate::app::Seen;
 
+    /// The store at the end: these records under these stored ids, no index.
+    fn final_of(records: Vec<(Record, SessionId)>) -> Final {
+        let (records, stored_ids) = records.into_iter().unzip();
+        Final {
+            records,
+            stored_ids,
+            index: BTreeMap::new(),
+            at: Timestamp::now(),
+        }
+    }
+
+    /// `events` and `fin` of a history with faults show no anomaly.
+    fn assert_no_anomaly_under_faults(events: &[Event], fin: &Final) {
+        let setup = Setup {
+            faulted: true,
+            user_index: false,
+            limit: None,
+            delivered: &[],
+            idle: Duration::from_secs(600),
+        };
+        let found = check(events, fin, &setup);
+        assert!(
+            found.is_empty(),
+            "{:?}",
+            found.iter().map(|a| &a.detail).collect::<Vec<_>>()
+        );
+    }
+
     fn event(
         index: usize,
         op: Op,
@@ -463,25 +491,8 @@ mod tests {
                 None,
             ),
         ];
-        let fin = Final {
-            records: Vec::new(),
-            stored_ids: Vec::new(),
-            index: BTreeMap::new(),
-            at: Timestamp::now(),
-        };
-        let setup = Setup {
-            faulted: true,
-            user_index: false,
-            limit: None,
-            delivered: &[],
-            idle: Duration::from_secs(600),
-        };
-        let found = check(&events, &fin, &setup);
-        assert!(
-            found.is_empty(),
-            "{:?}",
-            found.iter().map(|a| &a.detail).collect::<Vec<_>>()
-        );
+        let fin = final_of(Vec::new());
+        assert_no_anomaly_under_faults(&events, &fin);
     }
 
     /// An increment answered `503` under faults may have happened: the final counter may
@@ -515,24 +526,7 @@ mod tests {
             ),
             lost,
         ];
-        let fin = Final {
-            records: vec![rec, other],
-            stored_ids: vec![id, new_id],
-            index: BTreeMap::new(),
-            at: Timestamp::now(),
-        };
-        let setup = Setup {
-            faulted: true,
-            user_index: false,
-            limit: None,
-            delivered: &[],
-            idle: Duration::from_secs(600),
-        };
-        let found = check(&events, &fin, &setup);
-        assert!(
-            found.is_empty(),
-            "{:?}",
-            found.iter().map(|a| &a.detail).collect::<Vec<_>>()
-        );
+        let fin = final_of(vec![(rec, id), (other, new_id)]);
+        assert_no_anomaly_under_faults(&events, &fin);
     }
 }

@@ -320,7 +320,12 @@ pub async fn run(
                     let instance = rng.gen_range(0..apps.len());
                     // A form is posted from a page: a tab without a token loads one first.
                     let page = op == Op::Form && !arg.ends_with(" none");
-                    if page && csrf.is_none() && client(device) != Client::Api {
+                    let load_page = page && csrf.is_none() && client(device) != Client::Api;
+                    let steps = load_page
+                        .then(|| (Op::Csrf, String::new()))
+                        .into_iter()
+                        .chain([(op, arg)]);
+                    for (op, arg) in steps {
                         let event = request(
                             &apps[instance],
                             &keys,
@@ -328,27 +333,14 @@ pub async fn run(
                             &mut csrf,
                             start,
                             (device, tab),
-                            Op::Csrf,
-                            String::new(),
+                            op,
+                            arg,
                         )
                         .await;
                         log.lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .push(Event { instance, ..event });
                     }
-                    let mut event = request(
-                        &apps[instance],
-                        &keys,
-                        &jar,
-                        &mut csrf,
-                        start,
-                        (device, tab),
-                        op,
-                        arg,
-                    )
-                    .await;
-                    event.instance = instance;
-                    log.lock().unwrap_or_else(|e| e.into_inner()).push(event);
                 }
             }));
         }
