@@ -6,10 +6,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use coatcheck_core::{
-    Capabilities, Record, SessionId, SessionInfo, SessionLimit, SessionStore, StoreError, Timestamp,
-};
+use coatcheck_conformance::kit::{Call, StoreWrapper, Wrapped};
+use coatcheck_core::{SessionStore, StoreError};
+use futures_util::future::BoxFuture;
 use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -62,57 +61,20 @@ impl Calls {
     }
 }
 
-#[async_trait]
-impl SessionStore for Calls {
-    async fn create(&self, r: &Record) -> Result<(), StoreError> {
-        self.tick();
-        self.inner.create(r).await
+impl StoreWrapper for Calls {
+    fn inner(&self) -> &dyn SessionStore {
+        &*self.inner
     }
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
-        self.tick();
-        self.inner.load(id).await
-    }
-    async fn save(&self, r: &Record) -> Result<u64, StoreError> {
-        self.tick();
-        self.inner.save(r).await
-    }
-    async fn touch(&self, id: &SessionId, e: Timestamp) -> Result<bool, StoreError> {
-        self.tick();
-        self.inner.touch(id, e).await
-    }
-    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
-        self.tick();
-        self.inner.delete(id).await
-    }
-    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
-        self.tick();
-        self.inner.delete_version(id, version).await
-    }
-    async fn list_for_user(&self, u: &str) -> Result<Vec<SessionInfo>, StoreError> {
-        self.tick();
-        self.inner.list_for_user(u).await
-    }
-    async fn delete_for_user(&self, u: &str, e: Option<&SessionId>) -> Result<u64, StoreError> {
-        self.tick();
-        self.inner.delete_for_user(u, e).await
-    }
-    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
-        self.tick();
-        self.inner.delete_device(user_id, handle).await
-    }
-    async fn create_limited(
-        &self,
-        record: &Record,
-        limit: SessionLimit,
-    ) -> Result<u64, StoreError> {
-        self.tick();
-        self.inner.create_limited(record, limit).await
-    }
-    async fn delete_expired(&self) -> Result<u64, StoreError> {
-        self.inner.delete_expired().await
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        what: Call,
+        call: BoxFuture<'a, Result<T, StoreError>>,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        // The middleware never cleans up: `delete_expired` is the application's call.
+        if what != Call::DeleteExpired {
+            self.tick();
+        }
+        call
     }
 }
 
@@ -175,10 +137,10 @@ async fn measure(
     mut wire: Wire,
 ) -> Result<(), BoxErr> {
     const K: u64 = 20;
-    let calls = Arc::new(Calls {
+    let calls = Arc::new(Wrapped(Calls {
         inner: store,
         n: AtomicU64::new(0),
-    });
+    }));
     let router = coatcheck_router(calls.clone())?;
     let cookie = Http::send(&router, "POST", "/incr", None)
         .await?

@@ -5,16 +5,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::Router;
 use coatcheck::memory::MemoryStore;
 use coatcheck::{
-    Capabilities, KeyRing, ManualClock, Record, Secure, Session, SessionError, SessionId,
-    SessionInfo, SessionLayer, SessionLimit, SessionStore, StoreError, Timestamp,
+    Capabilities, KeyRing, ManualClock, Secure, Session, SessionError, SessionId, SessionLayer,
+    SessionStore, StoreError, Timestamp,
 };
+use coatcheck_conformance::kit::{Call, StoreWrapper, Wrapped};
+use futures_util::future::BoxFuture;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -35,11 +36,11 @@ struct Counting {
 }
 
 impl Counting {
-    fn with(inner: MemoryStore) -> Self {
-        Counting {
+    fn with(inner: MemoryStore) -> Wrapped<Self> {
+        Wrapped(Counting {
             inner,
             ..Default::default()
-        }
+        })
     }
     fn calls(&self) -> u64 {
         self.loads.load(Ordering::SeqCst)
@@ -57,59 +58,32 @@ impl Counting {
     }
 }
 
-#[async_trait]
-impl SessionStore for Counting {
-    async fn create(&self, r: &Record) -> Result<(), StoreError> {
-        self.check()?;
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.create(r).await
+impl StoreWrapper for Counting {
+    fn inner(&self) -> &dyn SessionStore {
+        &self.inner
     }
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
-        self.check()?;
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        self.inner.load(id).await
-    }
-    async fn save(&self, r: &Record) -> Result<u64, StoreError> {
-        self.check()?;
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.save(r).await
-    }
-    async fn touch(&self, id: &SessionId, e: Timestamp) -> Result<bool, StoreError> {
-        self.check()?;
-        self.touches.fetch_add(1, Ordering::SeqCst);
-        self.inner.touch(id, e).await
-    }
-    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
-        self.check()?;
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.delete(id).await
-    }
-    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
-        self.check()?;
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.delete_version(id, version).await
-    }
-    async fn list_for_user(&self, u: &str) -> Result<Vec<SessionInfo>, StoreError> {
-        self.check()?;
-        self.inner.list_for_user(u).await
-    }
-    async fn delete_for_user(&self, u: &str, e: Option<&SessionId>) -> Result<u64, StoreError> {
-        self.check()?;
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.delete_for_user(u, e).await
-    }
-    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
-        self.inner.delete_device(user_id, handle).await
-    }
-    async fn create_limited(
-        &self,
-        record: &Record,
-        limit: SessionLimit,
-    ) -> Result<u64, StoreError> {
-        self.inner.create_limited(record, limit).await
-    }
-    async fn delete_expired(&self) -> Result<u64, StoreError> {
-        self.inner.delete_expired().await
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        what: Call,
+        call: BoxFuture<'a, Result<T, StoreError>>,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        let counter = match what {
+            Call::Load | Call::LoadListed => Some(&self.loads),
+            Call::Touch => Some(&self.touches),
+            Call::Create
+            | Call::Save
+            | Call::Delete
+            | Call::DeleteVersion
+            | Call::DeleteForUser => Some(&self.writes),
+            _ => None,
+        };
+        Box::pin(async move {
+            self.check()?;
+            if let Some(c) = counter {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+            call.await
+        })
     }
     fn capabilities(&self) -> Capabilities {
         self.inner
@@ -219,7 +193,7 @@ fn router(layer: SessionLayer) -> Router {
 
 struct App {
     router: Router,
-    store: Counting,
+    store: Wrapped<Counting>,
     clock: ManualClock,
 }
 
@@ -933,10 +907,10 @@ async fn express_preset_uses_connect_sid_and_refuses_reserved_keys() {
 /// timeout: building such a layer is an error, not a silently ignored setting.
 #[tokio::test]
 async fn absolute_timeout_is_refused_on_a_store_without_creation_time() {
-    let no_creation_time = Counting {
+    let no_creation_time = Wrapped(Counting {
         no_creation_time: true,
         ..Counting::default()
-    };
+    });
     let keys = KeyRing::new([SECRET]).unwrap();
     let err = SessionLayer::builder(no_creation_time.clone(), keys.clone())
         .absolute_timeout(Duration::from_secs(3600))

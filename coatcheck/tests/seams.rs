@@ -16,17 +16,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::Router;
 use coatcheck::memory::MemoryStore;
 use coatcheck::{
-    Capabilities, KeyRing, LimitPolicy, ManualClock, Record, RevokeScope, Secure, Session,
-    SessionError, SessionEvent, SessionId, SessionInfo, SessionLayer, SessionLayerBuilder,
-    SessionLimit, SessionStore, StoreError, Timestamp,
+    KeyRing, LimitPolicy, ManualClock, RevokeScope, Secure, Session, SessionError, SessionEvent,
+    SessionLayer, SessionLayerBuilder, SessionStore, StoreError, Timestamp,
 };
+use coatcheck_conformance::kit::{Call, StoreWrapper, Wrapped};
 use common::Jar;
+use futures_util::future::BoxFuture;
 use http::StatusCode;
 use tokio::sync::Notify;
 
@@ -432,12 +432,12 @@ struct Slowed<S> {
 }
 
 impl<S: SessionStore> Slowed<S> {
-    fn new(inner: S) -> Self {
-        Slowed {
+    fn new(inner: S) -> Wrapped<Self> {
+        Wrapped(Slowed {
             inner,
             deletes: Mutex::default(),
             rotations: Mutex::default(),
-        }
+        })
     }
     fn delay_deletes(&self, d: Duration) {
         *self.deletes.lock().expect("lock") = d;
@@ -454,60 +454,23 @@ impl<S: SessionStore> Slowed<S> {
     }
 }
 
-#[async_trait]
-impl<S: SessionStore> SessionStore for Slowed<S> {
-    async fn create(&self, record: &Record) -> Result<(), StoreError> {
-        self.inner.create(record).await
+impl<S: SessionStore> StoreWrapper for Slowed<S> {
+    fn inner(&self) -> &dyn SessionStore {
+        &self.inner
     }
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
-        self.inner.load(id).await
-    }
-    async fn save(&self, record: &Record) -> Result<u64, StoreError> {
-        self.inner.save(record).await
-    }
-    async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError> {
-        self.inner.touch(id, expires_at).await
-    }
-    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
-        self.wait(&self.deletes).await;
-        self.inner.delete(id).await
-    }
-    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
-        self.wait(&self.rotations).await;
-        self.inner.delete_version(id, version).await
-    }
-    async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
-        self.inner.list_for_user(user_id).await
-    }
-    async fn delete_for_user(
-        &self,
-        user_id: &str,
-        except: Option<&SessionId>,
-    ) -> Result<u64, StoreError> {
-        self.inner.delete_for_user(user_id, except).await
-    }
-    async fn delete_expired(&self) -> Result<u64, StoreError> {
-        self.inner.delete_expired().await
-    }
-    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
-        self.inner.delete_device(user_id, handle).await
-    }
-    async fn create_limited(
-        &self,
-        record: &Record,
-        limit: SessionLimit,
-    ) -> Result<u64, StoreError> {
-        self.wait(&self.rotations).await;
-        self.inner.create_limited(record, limit).await
-    }
-    async fn load_listed(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
-        self.inner.load_listed(id).await
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn stored_id(&self, id: &SessionId) -> SessionId {
-        self.inner.stored_id(id)
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        what: Call,
+        call: BoxFuture<'a, Result<T, StoreError>>,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        Box::pin(async move {
+            match what {
+                Call::Delete => self.wait(&self.deletes).await,
+                Call::DeleteVersion | Call::CreateLimited => self.wait(&self.rotations).await,
+                _ => {}
+            }
+            call.await
+        })
     }
 }
 

@@ -43,6 +43,10 @@ pub mod devices;
 pub mod encryption;
 pub mod express;
 pub mod harness;
+#[cfg(feature = "history")]
+#[cfg_attr(docsrs, doc(cfg(feature = "history")))]
+pub mod history;
+pub mod kit;
 pub mod servers;
 
 pub use harness::Backend;

@@ -507,6 +507,35 @@ impl PostgresServer {
         wait_until("postgres", Duration::from_secs(30), || port_open(port));
     }
 
+    /// Terminates every client backend (`pg_terminate_backend`, through `psql`): the
+    /// server's clients see their connections closed, the server keeps running. Best
+    /// effort: a missing `psql` terminates nothing.
+    pub fn terminate_clients(&self) {
+        let psql = Some(self.bin.join("psql"))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("psql"));
+        let _ = Command::new(psql)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-qAt",
+                "-p",
+            ])
+            .arg(self.port.to_string())
+            .args([
+                "-c",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
     /// `pg_ctl stop -m immediate`: every server process quits at once, without a
     /// checkpoint — a crash, as far as durability is concerned.
     pub fn crash(&self) {

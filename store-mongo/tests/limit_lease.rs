@@ -64,7 +64,7 @@ impl Clock for TripClock {
     }
 }
 
-async fn store_with(clock: TripClock) -> common::Scratch {
+async fn store_with(clock: TripClock) -> coatcheck_conformance::kit::Wrapped<common::Scratch> {
     let url = harness::url(Backend::Mongo).await.expect("checked");
     let client = common::client(&url).await;
     let store = MongoStore::builder(&client, common::DB)
@@ -73,7 +73,7 @@ async fn store_with(clock: TripClock) -> common::Scratch {
         .build_with_indexes()
         .await
         .expect("store with indexes");
-    common::Scratch(store)
+    coatcheck_conformance::kit::Wrapped(common::Scratch(store))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

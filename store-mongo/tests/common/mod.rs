@@ -3,11 +3,9 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
+use coatcheck_conformance::kit::{StoreWrapper, Wrapped};
 use coatcheck_conformance::{harness, Backend};
-use coatcheck_core::{
-    Capabilities, Record, SessionId, SessionInfo, SessionLimit, SessionStore, StoreError, Timestamp,
-};
+use coatcheck_core::SessionStore;
 use coatcheck_mongo::MongoStore;
 use mongodb::options::ClientOptions;
 use mongodb::Client;
@@ -35,24 +33,24 @@ pub async fn client(url: &str) -> Client {
 
 /// A store on a fresh collection of its own, indexes ensured; the collection is dropped
 /// when the store is.
-pub async fn scratch() -> Scratch {
+pub async fn scratch() -> Wrapped<Scratch> {
     scratch_with(None).await
 }
 
 /// Like [`scratch`], in express-compatible mode when a format is given.
-pub async fn scratch_with(express: Option<coatcheck_core::ExpressFormat>) -> Scratch {
+pub async fn scratch_with(express: Option<coatcheck_core::ExpressFormat>) -> Wrapped<Scratch> {
     scratch_built(express, None).await
 }
 
 /// Like [`scratch`], with session data encrypted by the conformance test codec.
-pub async fn scratch_encrypted() -> Scratch {
+pub async fn scratch_encrypted() -> Wrapped<Scratch> {
     scratch_built(None, Some(coatcheck_conformance::encryption::codec())).await
 }
 
 async fn scratch_built(
     express: Option<coatcheck_core::ExpressFormat>,
     codec: Option<coatcheck_core::EncryptedCodec>,
-) -> Scratch {
+) -> Wrapped<Scratch> {
     let url = harness::url(Backend::Mongo)
         .await
         .expect("checked by `requires`");
@@ -68,7 +66,7 @@ async fn scratch_built(
         .build_with_indexes()
         .await
         .expect("store with indexes");
-    Scratch(store)
+    Wrapped(Scratch(store))
 }
 
 /// A store pointed at a closed port, with a 2 s server selection timeout. No I/O here.
@@ -101,50 +99,15 @@ impl Drop for Scratch {
     }
 }
 
-#[async_trait]
-impl SessionStore for Scratch {
-    async fn create(&self, record: &Record) -> Result<(), StoreError> {
-        self.0.create(record).await
+impl StoreWrapper for Scratch {
+    fn inner(&self) -> &dyn SessionStore {
+        &self.0
     }
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
-        self.0.load(id).await
-    }
-    async fn save(&self, record: &Record) -> Result<u64, StoreError> {
-        self.0.save(record).await
-    }
-    async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError> {
-        self.0.touch(id, expires_at).await
-    }
-    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
-        self.0.delete(id).await
-    }
-    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
-        self.0.delete_version(id, version).await
-    }
-    async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
-        self.0.list_for_user(user_id).await
-    }
-    async fn delete_for_user(
-        &self,
-        user_id: &str,
-        except: Option<&SessionId>,
-    ) -> Result<u64, StoreError> {
-        self.0.delete_for_user(user_id, except).await
-    }
-    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
-        self.0.delete_device(user_id, handle).await
-    }
-    async fn create_limited(
-        &self,
-        record: &Record,
-        limit: SessionLimit,
-    ) -> Result<u64, StoreError> {
-        self.0.create_limited(record, limit).await
-    }
-    async fn delete_expired(&self) -> Result<u64, StoreError> {
-        self.0.delete_expired().await
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.0.capabilities()
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = MongoStore;
+    fn deref(&self) -> &MongoStore {
+        &self.0
     }
 }

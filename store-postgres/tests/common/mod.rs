@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
+use coatcheck_conformance::kit::{StoreWrapper, Wrapped};
 use coatcheck_conformance::{harness, Backend};
-use coatcheck_core::{
-    Capabilities, Record, SessionId, SessionInfo, SessionLimit, SessionStore, StoreError, Timestamp,
-};
+use coatcheck_core::SessionStore;
 use coatcheck_postgres::{PostgresStore, PostgresStoreBuilder};
 use sqlx::Connection as _;
 
@@ -36,10 +34,10 @@ pub async fn scoped_with(builder: PostgresStoreBuilder) -> Scoped {
         .connect_lazy(&url)
         .expect("valid config");
     store.migrate().await.expect("migrate");
-    Scoped {
+    Wrapped(InSchema {
         store,
         guard: SchemaGuard { url, schema },
-    }
+    })
 }
 
 /// A store pointed at a closed port, answering fast.
@@ -88,63 +86,24 @@ impl Drop for SchemaGuard {
 }
 
 /// A real [`PostgresStore`] whose schema is dropped when it is.
+pub type Scoped = Wrapped<InSchema>;
+
+/// A [`PostgresStore`] and the guard that drops its schema.
 #[derive(Debug)]
-pub struct Scoped {
+pub struct InSchema {
     pub store: PostgresStore,
     pub guard: SchemaGuard,
 }
 
-impl std::ops::Deref for Scoped {
+impl std::ops::Deref for InSchema {
     type Target = PostgresStore;
     fn deref(&self) -> &PostgresStore {
         &self.store
     }
 }
 
-#[async_trait]
-impl SessionStore for Scoped {
-    async fn create(&self, record: &Record) -> Result<(), StoreError> {
-        self.store.create(record).await
-    }
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
-        self.store.load(id).await
-    }
-    async fn save(&self, record: &Record) -> Result<u64, StoreError> {
-        self.store.save(record).await
-    }
-    async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError> {
-        self.store.touch(id, expires_at).await
-    }
-    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
-        self.store.delete(id).await
-    }
-    async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
-        self.store.delete_version(id, version).await
-    }
-    async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
-        self.store.list_for_user(user_id).await
-    }
-    async fn delete_for_user(
-        &self,
-        user_id: &str,
-        except: Option<&SessionId>,
-    ) -> Result<u64, StoreError> {
-        self.store.delete_for_user(user_id, except).await
-    }
-    async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
-        self.store.delete_device(user_id, handle).await
-    }
-    async fn create_limited(
-        &self,
-        record: &Record,
-        limit: SessionLimit,
-    ) -> Result<u64, StoreError> {
-        self.store.create_limited(record, limit).await
-    }
-    async fn delete_expired(&self) -> Result<u64, StoreError> {
-        self.store.delete_expired().await
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.store.capabilities()
+impl StoreWrapper for InSchema {
+    fn inner(&self) -> &dyn SessionStore {
+        &self.store
     }
 }

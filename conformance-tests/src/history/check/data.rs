@@ -6,7 +6,7 @@ use std::time::Duration;
 use coatcheck::{Record, Timestamp};
 
 use super::Anomaly;
-use crate::run::{Event, Op};
+use crate::history::run::{Event, Op};
 
 pub(super) fn counter(
     l: &str,

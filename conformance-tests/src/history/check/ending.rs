@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use coatcheck::{Record, RevokeScope, SessionEvent, SessionId};
 
 use super::{Anomaly, Final};
-use crate::run::{CookieOut, Event, Op};
+use crate::history::run::{CookieOut, Event, Op};
 
 pub(super) fn lost(
     by_lineage: &BTreeMap<&str, Vec<&Event>>,

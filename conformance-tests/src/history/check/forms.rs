@@ -7,7 +7,7 @@ use coatcheck::core::keys::FLASH_KEY;
 use coatcheck::{Record, SessionId, MAX_PENDING_FLASHES};
 
 use super::Anomaly;
-use crate::run::{client, Client, Event, Op};
+use crate::history::run::{client, Client, Event, Op};
 
 fn anomaly(kind: &'static str, detail: String, e: &Event, more: &[usize]) -> Anomaly {
     Anomaly {

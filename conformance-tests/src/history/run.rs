@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tower::ServiceExt;
 
-use crate::app::{Seen, SECRET};
+use crate::history::app::{Seen, SECRET};
 
 /// The size and mix of one history.
 #[derive(Debug, Clone, Copy)]

@@ -83,7 +83,7 @@ use std::time::Duration;
 
 use coatcheck::{LimitPolicy, Record, SessionEvent, SessionId, SessionStore, Timestamp};
 
-use crate::run::{CookieOut, Event, Op};
+use crate::history::run::{CookieOut, Event, Op};
 
 mod data;
 mod ending;
@@ -345,7 +345,7 @@ pub fn report(
     label: &str,
     seed: u64,
     events: &[Event],
-    faults: &[crate::nemesis::Fault],
+    faults: &[crate::history::nemesis::Fault],
     anomalies: &[Anomaly],
 ) -> String {
     use std::fmt::Write as _;
@@ -401,7 +401,7 @@ pub fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::Seen;
+    use crate::history::app::Seen;
 
     /// The store at the end: these records under these stored ids, no index.
     fn final_of(records: Vec<(Record, SessionId)>) -> Final {

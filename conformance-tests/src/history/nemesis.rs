@@ -17,52 +17,71 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coatcheck_conformance::servers::{PostgresServer, Server};
+use async_trait::async_trait;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use sqlx::Connection as _;
 
-/// The private server a history's faults hit.
+use crate::servers::{PostgresServer, Server};
+
+/// A server the history checker can hurt while a history runs: give one to
+/// [`Config::faults`](super::Config::faults). [`Target`] covers the private servers of
+/// [`servers`](crate::servers); a store of another database implements this for its own.
+#[async_trait]
+pub trait FaultTarget: Send + Sync + 'static {
+    /// The faults this server can be given; a kind listed twice is drawn twice as often.
+    fn kinds(&self) -> Vec<FaultKind>;
+
+    /// Injects one fault and returns once it is over (the server answers again); a
+    /// [`FaultKind::Pause`] lasts `pause`. Errors are the fixture's to ignore: a fault that
+    /// could not be injected is simply no fault.
+    async fn inject(&self, kind: FaultKind, pause: Duration);
+}
+
+/// The private servers of [`servers`](crate::servers) as fault targets.
+#[derive(Debug)]
+#[non_exhaustive]
 pub enum Target {
     /// A durable `redis-server` or `valkey-server` ([`Server::redis_durable`]).
     Redis(Server),
+    /// A private PostgreSQL: client backends terminated (`pg_terminate_backend`), and
+    /// crashed (`pg_ctl stop -m immediate`) then started again.
     Postgres(PostgresServer),
     /// The MongoDB-wire test server: its connections killed (by the kernel: `ss -K`, as it
     /// has no command for it) and paused; never restarted (it keeps no data across one).
     Mongo(Server),
 }
 
-impl Target {
-    /// The faults this server can be given, as `COATCHECK_NEMESIS` (a comma-separated list
-    /// of `kill`, `pause`, `restart`) narrows them.
-    fn kinds(&self) -> Vec<FaultKind> {
-        let only = std::env::var("COATCHECK_NEMESIS").unwrap_or_default();
-        let wanted = |k: &FaultKind| {
-            let name = match k {
-                FaultKind::KillConnections => "kill",
-                FaultKind::Pause => "pause",
-                FaultKind::Restart => "restart",
-            };
-            only.trim().is_empty() || only.split(',').any(|w| w.trim() == name)
+/// The kinds `COATCHECK_NEMESIS` (a comma-separated list of `kill`, `pause`, `restart`)
+/// lets through.
+fn wanted(kinds: Vec<FaultKind>) -> Vec<FaultKind> {
+    let only = std::env::var("COATCHECK_NEMESIS").unwrap_or_default();
+    let wanted = |k: &FaultKind| {
+        let name = match k {
+            FaultKind::KillConnections => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Restart => "restart",
         };
-        self.all_kinds().iter().copied().filter(wanted).collect()
-    }
+        only.trim().is_empty() || only.split(',').any(|w| w.trim() == name)
+    };
+    kinds.into_iter().filter(wanted).collect()
+}
 
-    fn all_kinds(&self) -> &'static [FaultKind] {
+#[async_trait]
+impl FaultTarget for Target {
+    fn kinds(&self) -> Vec<FaultKind> {
         match self {
-            Target::Redis(_) => &[
+            Target::Redis(_) => vec![
                 FaultKind::KillConnections,
                 FaultKind::KillConnections,
                 FaultKind::Pause,
                 FaultKind::Restart,
             ],
-            Target::Postgres(_) => &[FaultKind::KillConnections, FaultKind::Restart],
-            Target::Mongo(_) => &[FaultKind::KillConnections, FaultKind::Pause],
+            Target::Postgres(_) => vec![FaultKind::KillConnections, FaultKind::Restart],
+            Target::Mongo(_) => vec![FaultKind::KillConnections, FaultKind::Pause],
         }
     }
 
-    /// Injects one fault and returns once it is over (the server answers again).
     async fn inject(&self, kind: FaultKind, pause: Duration) {
         match (self, kind) {
             (Target::Redis(s), FaultKind::KillConnections) => {
@@ -70,15 +89,7 @@ impl Target {
                 let _ = tokio::task::spawn_blocking(move || redis_kill_clients(port)).await;
             }
             (Target::Postgres(p), FaultKind::KillConnections) => {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&p.url()).await {
-                    let _ = sqlx::query(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                         WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
-                    )
-                    .execute(&mut conn)
-                    .await;
-                    let _ = conn.close().await;
-                }
+                tokio::task::block_in_place(|| p.terminate_clients());
             }
             (Target::Mongo(s), FaultKind::KillConnections) => {
                 let port = s.port();
@@ -126,18 +137,27 @@ fn kill_sockets(port: u16) -> std::io::Result<()> {
         .map(drop)
 }
 
+/// What a fault does to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FaultKind {
+    /// Every client connection closed or reset; the server keeps running.
     KillConnections,
+    /// The server stops answering (SIGSTOP) for longer than the layer's store timeout,
+    /// then resumes.
     Pause,
+    /// The server stops at once and starts again, keeping what it made durable.
     Restart,
 }
 
 /// One injected fault: what, and when (µs since the history began).
 #[derive(Debug, Clone)]
 pub struct Fault {
+    /// What.
     pub kind: FaultKind,
+    /// When it began, µs since the history began.
     pub began: u64,
+    /// When the server answered again.
     pub ended: u64,
 }
 
@@ -160,7 +180,7 @@ impl Nemesis {
     /// Starts injecting faults into `target`, one at a time, every 20–150 ms (see
     /// `COATCHECK_NEMESIS_GAP_MS`), drawn from
     /// `seed`; a pause lasts `pause` (longer than the layer's `store_timeout`).
-    pub fn start(target: Arc<Target>, seed: u64, start: Instant, pause: Duration) -> Self {
+    pub fn start(target: Arc<dyn FaultTarget>, seed: u64, start: Instant, pause: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let halt = stop.clone();
         // `COATCHECK_NEMESIS_GAP_MS`: the longest quiet time between two faults.
@@ -177,7 +197,7 @@ impl Nemesis {
                 if halt.load(Ordering::SeqCst) {
                     return faults;
                 }
-                let Some(&kind) = target.kinds().choose(&mut rng) else {
+                let Some(&kind) = wanted(target.kinds()).choose(&mut rng) else {
                     return faults;
                 };
                 let began = start.elapsed().as_micros() as u64;
@@ -192,6 +212,7 @@ impl Nemesis {
     /// Stops after the fault in progress (the server answers again); the faults injected.
     pub async fn stop(self) -> Vec<Fault> {
         self.stop.store(true, Ordering::SeqCst);
+        #[allow(clippy::expect_used)] // a fixture's own panic, passed on
         self.task.await.expect("the nemesis panicked")
     }
 }
