@@ -10,19 +10,24 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// The skeleton every coatcheck store crate shares: `builder` (options and terminals),
+// `error` (`BuildError`), `store` (the `SessionStore` impl, thin), `layout/` (native and
+// express), and here the topology (`conn`: single node, cluster, pool) with `ctx`.
+mod builder;
 mod cas;
 mod conn;
+mod ctx;
 mod error;
-mod express;
-mod native;
+mod layout;
 mod notices;
 mod scripts;
 mod store;
 mod value;
 
+pub use builder::{RedisStoreBuilder, DEFAULT_OPERATION_TIMEOUT, DEFAULT_PREFIX};
 pub use error::{BuildError, OperationTimedOut};
 pub use notices::{NoticeError, Notifications, NOTICE_QUEUE};
-pub use store::{RedisStore, RedisStoreBuilder, DEFAULT_OPERATION_TIMEOUT, DEFAULT_PREFIX};
+pub use store::RedisStore;
 
 /// The redis-rs crate this store is built on, to build a `ConnectionManager`,
 /// `ClusterConnection` or client configuration to hand to [`RedisStore`].

@@ -25,8 +25,8 @@ use std::sync::LazyLock;
 use coatcheck_core::{ExpressFormat, Record, SessionId, StoreError, Timestamp};
 use redis::{Script, Value};
 
+use crate::ctx::Ctx;
 use crate::error::UnexpectedReply;
-use crate::store::Ctx;
 
 /// KEYS[1]; ARGV: expected version (16 hex), json, ttl seconds. Returns 0 (missing),
 /// -1 (conflict) or the new version (16 hex).

@@ -16,8 +16,8 @@ use super::{
     Native, Outcome,
 };
 use crate::conn::Topology;
+use crate::ctx::Ctx;
 use crate::scripts::{self, LIMIT_REACHED, NONE, OK};
-use crate::store::Ctx;
 use crate::value;
 
 /// The single-key delete-if-user script (cluster paths): 0 not that user's (a stale index

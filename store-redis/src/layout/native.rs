@@ -18,9 +18,9 @@ use coatcheck_core::{Codec, DecodeError, Record, SessionId, StoreError, Timestam
 use redis::Value;
 
 use crate::conn::Topology;
+use crate::ctx::Ctx;
 use crate::error::UnexpectedReply;
 use crate::scripts::{self, CONFLICT, MALFORMED, NONE, OK, WRONG_TYPE};
-use crate::store::Ctx;
 use crate::value;
 
 mod users;

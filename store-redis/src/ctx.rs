@@ -1,0 +1,283 @@
+//! What every operation needs: the connection and its topology, the key layout, the
+//! clock, the operation timeout and the `SET … IFEQ` probe with its remembered bytes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coatcheck_core::{Clock, DecodeError, SessionId, StoreError, Timestamp};
+use redis::{Cmd, Pipeline, RedisError, ScriptInvocation, Value};
+
+use crate::cas::{self, Seen, Support};
+use crate::conn::{Source, Topology};
+use crate::error::OperationTimedOut;
+use crate::layout::express::Express;
+use crate::layout::native::Native;
+
+/// How stored sessions look, chosen at construction: the native hash layout, or
+/// connect-redis's (a string `sess:<id>` holding express-session's JSON).
+#[derive(Debug, Clone)]
+pub(crate) enum Format {
+    Native(Native),
+    Express(Express),
+}
+
+/// What every operation needs: the connection, the key layout, the clock.
+pub(crate) struct Ctx {
+    pub(crate) source: Source,
+    pub(crate) topology: Topology,
+    pub(crate) prefix: String,
+    pub(crate) index_prefix: String,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) operation_timeout: Option<Duration>,
+    /// Whether the server has `SET … IFEQ`.
+    pub(crate) support: Support,
+    /// The bytes of the sessions last read or written (only kept when it has).
+    pub(crate) seen: Seen,
+}
+
+fn map_redis_error(e: RedisError) -> StoreError {
+    if e.code() == Some("WRONGTYPE") {
+        StoreError::Decode(DecodeError::with_source(
+            "a key of this store holds a value of the wrong type (not a session hash or user index set)",
+            e,
+        ))
+    } else {
+        StoreError::backend(e)
+    }
+}
+
+impl Ctx {
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub(crate) fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `{prefix}user:`, the start of every user index key.
+    pub(crate) fn index_prefix(&self) -> &str {
+        &self.index_prefix
+    }
+
+    pub(crate) fn session_key(&self, id: &SessionId) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + id.as_str().len());
+        k.push_str(&self.prefix);
+        k.push_str(id.as_str());
+        k
+    }
+
+    /// `{prefix}user:{user}`, byte for byte: any user id is a literal part of one key,
+    /// never a pattern.
+    pub(crate) fn index_key(&self, user: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.index_prefix.len() + user.len());
+        k.extend_from_slice(self.index_prefix.as_bytes());
+        k.extend_from_slice(user);
+        k
+    }
+
+    pub(crate) async fn invoke(&self, inv: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let (mut conn, lease) = self.source.conn().await?;
+        match inv.invoke_async::<Value>(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.source.failed(lease, &e).await;
+                Err(map_redis_error(e))
+            }
+        }
+    }
+
+    pub(crate) async fn query(&self, cmd: &Cmd) -> Result<Value, StoreError> {
+        self.raw_query(cmd).await?.map_err(map_redis_error)
+    }
+
+    /// The server's reply or error; the outer error: no connection to send it on.
+    async fn raw_query(&self, cmd: &Cmd) -> Result<Result<Value, RedisError>, StoreError> {
+        let (mut conn, lease) = self.source.conn().await?;
+        let r = cmd.query_async::<Value>(&mut conn).await;
+        if let Err(e) = &r {
+            self.source.failed(lease, e).await;
+        }
+        Ok(r)
+    }
+
+    async fn raw_pipe(&self, pipe: &Pipeline) -> Result<Result<Value, RedisError>, StoreError> {
+        let (mut conn, lease) = self.source.conn().await?;
+        let r = pipe.query_async::<Value>(&mut conn).await;
+        if let Err(e) = &r {
+            self.source.failed(lease, e).await;
+        }
+        Ok(r)
+    }
+
+    /// A pipeline (not a transaction): the replies of its commands not marked `ignore`.
+    pub(crate) async fn query_pipe(&self, pipe: &Pipeline) -> Result<Value, StoreError> {
+        self.raw_pipe(pipe).await?.map_err(map_redis_error)
+    }
+
+    /// A pipeline whose replies are each the command's answer or its server error, in order
+    /// (`ignore`d commands left out): redis-rs reports an error inside a pipeline without
+    /// its code, so the replies are read one by one.
+    async fn raw_pipe_each(
+        &self,
+        pipe: &Pipeline,
+    ) -> Result<Vec<Result<Value, RedisError>>, StoreError> {
+        let mut pipe = pipe.clone();
+        pipe.ignore_errors();
+        match self.raw_pipe(&pipe).await?.map_err(map_redis_error)? {
+            Value::Array(replies) => Ok(replies
+                .into_iter()
+                .map(|r| match r {
+                    Value::ServerError(e) => Err(RedisError::from(e)),
+                    v => Ok(v),
+                })
+                .collect()),
+            _ => Err(StoreError::backend(crate::error::UnexpectedReply {
+                what: "pipeline",
+            })),
+        }
+    }
+
+    /// [`Ctx::raw_pipe_each`], errors mapped as [`Ctx::query`] maps them.
+    pub(crate) async fn query_pipe_each(
+        &self,
+        pipe: &Pipeline,
+    ) -> Result<Vec<Result<Value, StoreError>>, StoreError> {
+        Ok(self
+            .raw_pipe_each(pipe)
+            .await?
+            .into_iter()
+            .map(|r| r.map_err(map_redis_error))
+            .collect())
+    }
+
+    /// A command using `IFEQ`: `None` when the server turns out not to know it (it is then
+    /// never used again by this store).
+    pub(crate) async fn query_ifeq(&self, cmd: &Cmd) -> Result<Option<Value>, StoreError> {
+        self.unsupported_is_none(self.raw_query(cmd).await?)
+    }
+
+    /// A pipeline ending with a command using `IFEQ`: that command's reply, or `None` as in
+    /// [`Ctx::query_ifeq`]; an error of an earlier command is that error.
+    pub(crate) async fn query_ifeq_pipe(
+        &self,
+        pipe: &Pipeline,
+    ) -> Result<Option<Value>, StoreError> {
+        let mut replies = self.raw_pipe_each(pipe).await?;
+        let last = replies.pop().ok_or_else(|| {
+            StoreError::backend(crate::error::UnexpectedReply { what: "pipeline" })
+        })?;
+        if let Some(Err(e)) = replies.into_iter().find(Result::is_err) {
+            return Err(map_redis_error(e));
+        }
+        self.unsupported_is_none(last)
+    }
+
+    fn unsupported_is_none(
+        &self,
+        r: Result<Value, RedisError>,
+    ) -> Result<Option<Value>, StoreError> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if cas::is_unsupported(&e) => {
+                tracing::warn!("coatcheck-redis: the server refused SET … IFEQ; using the Lua scripts from now on");
+                self.support.set(false);
+                Ok(None)
+            }
+            Err(e) => Err(map_redis_error(e)),
+        }
+    }
+
+    /// Whether to take the `SET … IFEQ` path: probes the server on first use (one
+    /// `SET {prefix}probe:ifeq "" IFEQ ""`, which never creates the key; Redis before 8.4
+    /// answers a syntax error). Any other error reply (an ACL refusing the key, a proxy's own
+    /// error) also settles it: the scripts. Only a probe that could not reach the server is
+    /// repeated, by the next operation.
+    pub(crate) async fn cas(&self) -> bool {
+        if let Some(known) = self.support.known() {
+            return known;
+        }
+        let probe = redis::cmd("SET")
+            .arg(format!("{}probe:ifeq", self.prefix))
+            .arg("")
+            .arg("IFEQ")
+            .arg("")
+            .clone();
+        match self.raw_query(&probe).await {
+            Ok(Ok(_)) => {
+                self.support.set(true);
+                tracing::debug!("coatcheck-redis: the server has SET … IFEQ");
+                true
+            }
+            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => false,
+            Ok(Err(e)) => {
+                self.support.set(false);
+                tracing::debug!(error = %e, "coatcheck-redis: no SET … IFEQ on this server; Lua scripts");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The bytes of sessions last read or written, for `SET … IFEQ`.
+    pub(crate) fn seen(&self) -> &Seen {
+        &self.seen
+    }
+
+    /// Appends to `pipe` what the scripts' `index_add` does, as three plain commands on the
+    /// index key: `SADD` the id, `PEXPIREAT … NX` (a set just created has no TTL) and
+    /// `PEXPIREAT … GT` (never shorten it), so the set lives at least until `expires_at`.
+    pub(crate) fn push_index_add(
+        &self,
+        pipe: &mut Pipeline,
+        user: &[u8],
+        id: &SessionId,
+        expires_at: i64,
+    ) {
+        let key = self.index_key(user);
+        pipe.cmd("SADD").arg(&key).arg(id.as_str()).ignore();
+        for when in ["NX", "GT"] {
+            pipe.cmd("PEXPIREAT")
+                .arg(&key)
+                .arg(expires_at)
+                .arg(when)
+                .ignore();
+        }
+    }
+
+    /// Cluster only (the index is in another slot than the session): [`Ctx::push_index_add`]
+    /// as one pipeline to the index's node.
+    pub(crate) async fn index_add(
+        &self,
+        user: &[u8],
+        id: &SessionId,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        self.push_index_add(&mut pipe, user, id, expires_at.as_millis());
+        self.query_pipe(&pipe).await.map(drop)
+    }
+
+    /// The bound on one whole store operation ([`RedisStoreBuilder::operation_timeout`]).
+    pub(crate) fn operation_timeout(&self) -> Option<Duration> {
+        self.operation_timeout
+    }
+
+    pub(crate) async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.operation_timeout {
+            None => fut.await,
+            Some(limit) => match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::backend(OperationTimedOut::new(limit))),
+            },
+        }
+    }
+}
