@@ -21,7 +21,8 @@ use coatcheck_core::{LimitPolicy, Record, SessionLimit, SessionStore, StoreError
 use mongodb::bson::{doc, Bson, Document};
 
 use crate::layout::{date, F_CREATED, F_HANDLE, F_ID, F_SEEN, F_USER};
-use crate::{backend, is_duplicate_key, MongoStore};
+use crate::store::{backend, is_duplicate_key};
+use crate::MongoStore;
 
 /// How long a limit lease holds before another create may take it over.
 const LEASE: Duration = Duration::from_secs(10);

@@ -31,7 +31,7 @@ async fn express_mode_refuses_an_encrypting_codec() {
         .codec(coatcheck_conformance::encryption::codec())
         .build();
     assert!(
-        matches!(refused, Err(coatcheck_mongo::SetupError::EncryptedExpress)),
+        matches!(refused, Err(coatcheck_mongo::BuildError::EncryptedExpress)),
         "{:?}",
         refused.err()
     );

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use coatcheck_conformance::harness;
 use coatcheck_core::{Clock, ManualClock, Record, SessionId, SessionStore, StoreError, Timestamp};
-use coatcheck_mongo::{MongoStore, SetupError};
+use coatcheck_mongo::{MongoStore, BuildError};
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Bson, DateTime, Document};
 use serde_json::json;
 
@@ -453,8 +453,8 @@ async fn unreachable_server_fails_setup_within_bounded_time() {
     let started = Instant::now();
     let url = format!("{UNREACHABLE_URL}&serverSelectionTimeoutMS=1000");
     match MongoStore::connect(&url, "app").await {
-        Err(SetupError::Indexes(_)) => {}
-        other => panic!("expected SetupError::Indexes, got {other:?}"),
+        Err(BuildError::Indexes(_)) => {}
+        other => panic!("expected BuildError::Indexes, got {other:?}"),
     }
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -502,7 +502,7 @@ async fn bad_names_are_setup_errors() {
         ("app", "system.x"),
     ] {
         match MongoStore::builder(&client, db).collection(coll).build() {
-            Err(SetupError::InvalidName { .. }) => {}
+            Err(BuildError::InvalidName { .. }) => {}
             other => panic!("{db:?}.{coll:?}: expected InvalidName, got {other:?}"),
         }
     }

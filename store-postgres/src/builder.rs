@@ -11,10 +11,10 @@ use sqlx::PgPool;
 #[cfg(doc)]
 use coatcheck_core::{SessionStore, StoreError};
 
-use crate::sql::{self, Layout, Statements};
+use crate::layout::{self as sql, Layout, Statements};
 use crate::store::{Inner, PostgresStore};
 use crate::{
-    ConfigError, Durability, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_APPLICATION_NAME,
+    BuildError, Durability, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_APPLICATION_NAME,
     DEFAULT_CLEANUP_BATCH, DEFAULT_MAX_CONNECTIONS, DEFAULT_SCHEMA, DEFAULT_TABLE, EXPRESS_TABLE,
     EXPRESS_TIME_ZONE_SQL,
 };
@@ -27,7 +27,7 @@ use crate::{
 /// use coatcheck::postgres::PostgresStore;
 /// use std::time::Duration;
 ///
-/// # #[tokio::main] async fn main() -> Result<(), coatcheck::postgres::ConfigError> {
+/// # #[tokio::main] async fn main() -> Result<(), coatcheck::postgres::BuildError> {
 /// let store = PostgresStore::builder()
 ///     .schema("auth")
 ///     .table("web_sessions")
@@ -120,7 +120,7 @@ impl PostgresStoreBuilder {
     /// ```
     /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
     /// use coatcheck::core::{ExpressFormat, SessionStore};
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), coatcheck::postgres::ConfigError> {
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), coatcheck::postgres::BuildError> {
     /// let store = coatcheck::postgres::PostgresStore::builder()
     ///     .express(ExpressFormat::new())
     ///     .connect_lazy("postgres://app@localhost/app")?;
@@ -134,7 +134,7 @@ impl PostgresStoreBuilder {
     }
 
     /// The codec of the `data` column; default [`NativeCodec`]. Ignored in express mode,
-    /// except that an encrypting one is refused there ([`ConfigError::EncryptedExpress`]).
+    /// except that an encrypting one is refused there ([`BuildError::EncryptedExpress`]).
     ///
     /// ```
     /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
@@ -203,7 +203,7 @@ impl PostgresStoreBuilder {
     /// let store = PostgresStore::builder().table("sessions").build(pool)?;
     /// # drop(store); Ok(()) }
     /// ```
-    pub fn build(self, pool: PgPool) -> Result<PostgresStore, ConfigError> {
+    pub fn build(self, pool: PgPool) -> Result<PostgresStore, BuildError> {
         let table = match (&self.table, &self.express) {
             (Some(t), _) => t.clone(),
             (None, Some(_)) => EXPRESS_TABLE.to_owned(),
@@ -223,10 +223,10 @@ impl PostgresStoreBuilder {
             }
         };
         if self.cleanup_batch == 0 {
-            return Err(ConfigError::ZeroCleanupBatch);
+            return Err(BuildError::ZeroCleanupBatch);
         }
         if self.express.is_some() && self.codec.encrypts() {
-            return Err(ConfigError::EncryptedExpress);
+            return Err(BuildError::EncryptedExpress);
         }
         let attempts = pool.options().get_max_connections().saturating_add(1);
         let retry_window = pool.options().get_acquire_timeout();
@@ -257,17 +257,17 @@ impl PostgresStoreBuilder {
     ///
     /// ```no_run
     /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
-    /// # #[tokio::main] async fn main() -> Result<(), coatcheck::postgres::ConfigError> {
+    /// # #[tokio::main] async fn main() -> Result<(), coatcheck::postgres::BuildError> {
     /// let store = coatcheck::postgres::PostgresStore::builder()
     ///     .connect_lazy("postgres://app@localhost/app")?;
     /// # drop(store); Ok(()) }
     /// ```
-    pub fn connect_lazy(self, url: &str) -> Result<PostgresStore, ConfigError> {
+    pub fn connect_lazy(self, url: &str) -> Result<PostgresStore, BuildError> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(ConfigError::NoRuntime);
+            return Err(BuildError::NoRuntime);
         }
         if self.max_connections == 0 {
-            return Err(ConfigError::ZeroConnections);
+            return Err(BuildError::ZeroConnections);
         }
         // Validate before building a pool that would only be thrown away.
         sql::validate_ident("schema", &self.schema)?;
@@ -275,7 +275,7 @@ impl PostgresStoreBuilder {
             sql::validate_ident("table", table)?;
         }
         let options = PgConnectOptions::from_str(url)
-            .map_err(ConfigError::InvalidUrl)?
+            .map_err(BuildError::InvalidUrl)?
             .application_name(&self.application_name);
         let mut pool = PgPoolOptions::new()
             .max_connections(self.max_connections)

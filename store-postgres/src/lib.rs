@@ -43,8 +43,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// The skeleton every coatcheck store crate shares: `builder` (options and terminals),
+// `error` (`BuildError`), `store` (the `SessionStore` impl), `layout/` (native and express
+// statements).
 mod builder;
-mod sql;
+mod error;
+mod layout;
 mod store;
 mod ts;
 
@@ -55,6 +59,9 @@ use coatcheck_core::{Clock, SessionStore, StoreError};
 pub use sqlx::PgPool;
 
 pub use crate::builder::PostgresStoreBuilder;
+#[allow(deprecated)]
+pub use crate::error::ConfigError;
+pub use crate::error::{BuildError, MigrateError};
 pub use crate::store::{PostgresStore, REPORT_QUEUE};
 
 /// In express-compatible mode, sets the connection's `TimeZone` to the one an Express app's
@@ -135,64 +142,3 @@ pub enum Durability {
     /// out or evicted by the session limit.
     RelaxedCommit,
 }
-
-/// Building a [`PostgresStore`] failed. Nothing was sent to the server.
-///
-/// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
-/// use coatcheck::postgres::{ConfigError, PostgresStore};
-///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let err = PostgresStore::builder()
-///     .table("sessions\"; DROP TABLE users; --")
-///     .connect_lazy("postgres://localhost/app")
-///     .unwrap_err();
-/// assert!(matches!(err, ConfigError::InvalidIdentifier { what: "table", .. }));
-/// # }
-/// ```
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A schema or table name is not a plain identifier.
-    #[error(
-        "invalid {what} name {name:?}: use 1 to 63 characters of A-Z, a-z, 0-9 and '_', \
-         not starting with a digit"
-    )]
-    InvalidIdentifier {
-        /// `"schema"` or `"table"`.
-        what: &'static str,
-        /// The refused name.
-        name: String,
-    },
-    /// The database URL could not be parsed.
-    #[error("invalid Postgres URL: {0}")]
-    InvalidUrl(#[source] sqlx::Error),
-    /// A cleanup batch size of zero.
-    #[error("the cleanup batch size must be at least 1")]
-    ZeroCleanupBatch,
-    /// A pool size of zero.
-    #[error("the pool needs at least one connection")]
-    ZeroConnections,
-    /// An encrypting codec ([`EncryptedCodec`](coatcheck_core::EncryptedCodec)) with
-    /// express-compatible mode: Node reads the `sess` column as plain JSON.
-    #[error("express-compatible mode stores express-session's JSON and cannot encrypt it; drop the encrypting codec or the express format")]
-    EncryptedExpress,
-    /// [`PostgresStoreBuilder::connect_lazy`] was called outside a Tokio runtime (sqlx's
-    /// pool spawns its maintenance task there).
-    #[error("connect_lazy must be called from within a Tokio runtime")]
-    NoRuntime,
-}
-
-/// [`PostgresStore::migrate`] failed; the source is the database's error.
-///
-/// ```no_run
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
-/// # async fn f(store: coatcheck::postgres::PostgresStore) {
-/// if let Err(e) = store.migrate().await {
-///     eprintln!("{e}: {:?}", std::error::Error::source(&e));
-/// }
-/// # }
-/// ```
-#[derive(Debug, thiserror::Error)]
-#[error("migrating the session table failed: {0}")]
-pub struct MigrateError(#[source] pub sqlx::Error);

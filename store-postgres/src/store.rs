@@ -18,7 +18,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row as _};
 
 use crate::builder::PostgresStoreBuilder;
-use crate::sql::Statements;
+use crate::layout::Statements;
 use crate::ts::PgTs;
 use crate::MigrateError;
 #[cfg(doc)]
@@ -127,7 +127,7 @@ impl PostgresStore {
     ///
     /// ```no_run
     /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
-    /// # #[tokio::main] async fn main() -> Result<(), coatcheck::postgres::ConfigError> {
+    /// # #[tokio::main] async fn main() -> Result<(), coatcheck::postgres::BuildError> {
     /// let store = coatcheck::postgres::PostgresStore::builder()
     ///     .connect_lazy("postgres://app@localhost/app")?;
     /// # drop(store); Ok(()) }

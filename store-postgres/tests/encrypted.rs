@@ -13,7 +13,7 @@ use coatcheck_core::{
     EncryptedCodec, ExpressFormat, Record, SessionId, SessionStore, StoreError, Timestamp,
     ENCRYPTED_FORMAT_V1,
 };
-use coatcheck_postgres::{ConfigError, PostgresStore};
+use coatcheck_postgres::{BuildError, PostgresStore};
 
 const SECRET: &str = "4111 1111 1111 1111";
 
@@ -151,7 +151,7 @@ async fn express_mode_refuses_an_encrypting_codec() {
         .codec(codec())
         .build(pool);
     assert!(
-        matches!(refused, Err(ConfigError::EncryptedExpress)),
+        matches!(refused, Err(BuildError::EncryptedExpress)),
         "{refused:?}"
     );
 }

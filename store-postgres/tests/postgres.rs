@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use coatcheck_conformance::{harness, Backend};
 use coatcheck_core::{ManualClock, Record, SessionId, SessionStore, StoreError, Timestamp};
-use coatcheck_postgres::{ConfigError, PostgresStore};
+use coatcheck_postgres::{BuildError, PostgresStore};
 use common::{scoped_store, scoped_with, url, SchemaGuard};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -59,7 +59,7 @@ async fn bad_identifiers_are_refused_at_construction() {
             .table(bad)
             .connect_lazy("postgres://localhost/x");
         match t {
-            Err(ConfigError::InvalidIdentifier {
+            Err(BuildError::InvalidIdentifier {
                 what: "table",
                 name,
             }) => assert_eq!(name, bad),
@@ -69,10 +69,7 @@ async fn bad_identifiers_are_refused_at_construction() {
             .schema(bad)
             .connect_lazy("postgres://localhost/x");
         assert!(
-            matches!(
-                s,
-                Err(ConfigError::InvalidIdentifier { what: "schema", .. })
-            ),
+            matches!(s, Err(BuildError::InvalidIdentifier { what: "schema", .. })),
             "schema {bad:?}"
         );
     }
@@ -97,11 +94,11 @@ async fn bad_identifiers_are_refused_at_construction() {
         PostgresStore::builder()
             .cleanup_batch_size(0)
             .connect_lazy("postgres://localhost/x"),
-        Err(ConfigError::ZeroCleanupBatch)
+        Err(BuildError::ZeroCleanupBatch)
     ));
     assert!(matches!(
         PostgresStore::builder().connect_lazy("not a url"),
-        Err(ConfigError::InvalidUrl(_))
+        Err(BuildError::InvalidUrl(_))
     ));
 }
 
@@ -109,7 +106,7 @@ async fn bad_identifiers_are_refused_at_construction() {
 fn connect_lazy_outside_a_runtime_is_an_error_not_a_panic() {
     assert!(matches!(
         PostgresStore::builder().connect_lazy("postgres://localhost/x"),
-        Err(ConfigError::NoRuntime)
+        Err(BuildError::NoRuntime)
     ));
 }
 

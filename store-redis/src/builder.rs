@@ -140,7 +140,7 @@ impl RedisStoreBuilder {
 
     /// Bound on one whole store operation (connection wait, pool checkout, retries,
     /// every command); past it the operation fails with a `Backend` error whose source is
-    /// [`OperationTimedOut`]. Default 5 s; `None` disables it.
+    /// [`OperationTimedOut`](crate::OperationTimedOut). Default 5 s; `None` disables it.
     ///
     /// ```
     /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }

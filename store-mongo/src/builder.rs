@@ -1,4 +1,4 @@
-//! Setting a store up: the builder, the name checks, and what can go wrong on the way.
+//! [`MongoStoreBuilder`]: every option, the name checks and the terminals.
 
 use std::sync::Arc;
 
@@ -6,54 +6,14 @@ use coatcheck_core::{Clock, Codec, ExpressFormat};
 use mongodb::bson::Document;
 use mongodb::Client;
 
-use crate::express::ExpressLayout;
+use crate::error::BuildError;
+use crate::layout::express::ExpressLayout;
 use crate::layout::NativeLayout;
 use crate::MongoStore;
 #[cfg(doc)]
 use crate::DEFAULT_COLLECTION;
 #[cfg(doc)]
 use coatcheck_core::{NativeCodec, StoreError, SystemClock};
-
-/// Setting a store up failed: bad URL or names, or the indexes could not be ensured.
-///
-/// Errors of the store's operations are [`StoreError`]s; this type is only returned by
-/// constructors and [`MongoStore::ensure_indexes`].
-///
-/// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
-/// use coatcheck::mongo::{MongoStore, SetupError};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let err = MongoStore::connect("not a mongodb url", "app").await.unwrap_err();
-/// assert!(matches!(err, SetupError::Options(_)));
-/// # }
-/// ```
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SetupError {
-    /// The connection string or client options were rejected.
-    #[error("invalid MongoDB connection options: {0}")]
-    Options(#[source] mongodb::error::Error),
-    /// The database or collection name is not one MongoDB accepts.
-    #[error("invalid MongoDB {what} name {name:?}: {why}")]
-    InvalidName {
-        /// `"database"` or `"collection"`.
-        what: &'static str,
-        /// The rejected name.
-        name: String,
-        /// Why it was rejected.
-        why: &'static str,
-    },
-    /// An encrypting codec ([`EncryptedCodec`](coatcheck_core::EncryptedCodec)) with
-    /// express-compatible mode: Node reads the `session` field as plain JSON.
-    #[error("express-compatible mode stores express-session's JSON and cannot encrypt it; drop the encrypting codec or the express format")]
-    EncryptedExpress,
-    /// Creating the TTL or user index failed (server unreachable, or an index with the same
-    /// key but other options already exists).
-    #[error("could not ensure the session indexes: {0}")]
-    Indexes(#[source] mongodb::error::Error),
-}
 
 /// Builds a [`MongoStore`] on a client you already have. See [`MongoStore::builder`].
 ///
@@ -128,11 +88,11 @@ impl MongoStoreBuilder {
 
     /// Builds the store. No I/O: call [`MongoStore::ensure_indexes`] once at startup (or use
     /// [`build_with_indexes`](Self::build_with_indexes)).
-    pub fn build(self) -> Result<MongoStore, SetupError> {
+    pub fn build(self) -> Result<MongoStore, BuildError> {
         check_database_name(&self.database)?;
         check_collection_name(&self.collection)?;
         if self.express.is_some() && self.codec.encrypts() {
-            return Err(SetupError::EncryptedExpress);
+            return Err(BuildError::EncryptedExpress);
         }
         let collection = self
             .client
@@ -153,16 +113,16 @@ impl MongoStoreBuilder {
     }
 
     /// Builds the store and ensures its indexes (one `createIndexes` command).
-    pub async fn build_with_indexes(self) -> Result<MongoStore, SetupError> {
+    pub async fn build_with_indexes(self) -> Result<MongoStore, BuildError> {
         let store = self.build()?;
         store.ensure_indexes().await?;
         Ok(store)
     }
 }
 
-fn check_database_name(name: &str) -> Result<(), SetupError> {
+fn check_database_name(name: &str) -> Result<(), BuildError> {
     let bad = |why| {
-        Err(SetupError::InvalidName {
+        Err(BuildError::InvalidName {
             what: "database",
             name: name.to_owned(),
             why,
@@ -183,9 +143,9 @@ fn check_database_name(name: &str) -> Result<(), SetupError> {
     Ok(())
 }
 
-fn check_collection_name(name: &str) -> Result<(), SetupError> {
+fn check_collection_name(name: &str) -> Result<(), BuildError> {
     let bad = |why| {
-        Err(SetupError::InvalidName {
+        Err(BuildError::InvalidName {
             what: "collection",
             name: name.to_owned(),
             why,

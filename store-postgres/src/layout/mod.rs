@@ -11,11 +11,14 @@
 //! `timestamp` without time zone, i.e. in the connection's `TimeZone`) and compared in that
 //! same domain, so both apps must use the same `TimeZone`.
 
-use crate::{ConfigError, Durability};
+mod express;
+mod native;
+
+use crate::{BuildError, Durability};
 
 /// In a statement, `''` that sets `synchronous_commit = off` for the statement's own
 /// transaction when evaluated ([`Durability::RelaxedCommit`]).
-const RELAX: &str = "left(set_config('synchronous_commit', 'off', true), 0)";
+pub(crate) const RELAX: &str = "left(set_config('synchronous_commit', 'off', true), 0)";
 
 /// Longest identifier Postgres keeps (`NAMEDATALEN - 1`).
 pub(crate) const MAX_IDENT_LEN: usize = 63;
@@ -26,7 +29,7 @@ pub(crate) const MAX_IDENT_LEN: usize = 63;
 pub(crate) const MIGRATE_LOCK_KEY: i64 = 0x636f_6174_6368_6b00;
 
 /// Checks `name` against `^[A-Za-z_][A-Za-z0-9_]{0,62}$`.
-pub(crate) fn validate_ident(what: &'static str, name: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_ident(what: &'static str, name: &str) -> Result<(), BuildError> {
     let mut bytes = name.bytes();
     let first_ok = bytes
         .next()
@@ -35,7 +38,7 @@ pub(crate) fn validate_ident(what: &'static str, name: &str) -> Result<(), Confi
     if first_ok && rest_ok && name.len() <= MAX_IDENT_LEN {
         Ok(())
     } else {
-        Err(ConfigError::InvalidIdentifier {
+        Err(BuildError::InvalidIdentifier {
             what,
             name: name.to_owned(),
         })
@@ -44,7 +47,7 @@ pub(crate) fn validate_ident(what: &'static str, name: &str) -> Result<(), Confi
 
 /// A validated identifier, double-quoted (validation already excludes quotes; quoting keeps
 /// reserved words and upper case working and literal).
-fn quote(ident: &str) -> String {
+pub(crate) fn quote(ident: &str) -> String {
     format!("\"{ident}\"")
 }
 
@@ -70,7 +73,7 @@ pub(crate) fn index_name(table: &str, suffix: &str) -> String {
 
 /// The start of every `migrate`: the advisory lock, then the schema if absent (a role
 /// without CREATE on the database can still migrate into an existing schema).
-fn migrate_prelude(schema: &str) -> String {
+pub(crate) fn migrate_prelude(schema: &str) -> String {
     let qschema = quote(schema);
     format!(
         "SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY});\
@@ -185,179 +188,6 @@ impl Statements {
                 &format!(" FROM (SELECT {RELAX}) AS relaxed WHERE "),
                 1,
             );
-        }
-    }
-
-    fn express(schema: &str, table: &str, user_key: Option<&str>) -> Self {
-        let qschema = quote(schema);
-        let t = format!("{qschema}.{}", quote(table));
-        // connect-pg-simple's own index name for its default table: `IDX_session_expire`.
-        let expire_idx = quote(&index_name(&format!("IDX_{table}"), "expire"));
-        let user_idx = quote(&index_name(&format!("IDX_{table}"), "user"));
-        let hash = "('x' || substr(md5(sess::text), 1, 16))::bit(64)::int8";
-        // connect-pg-simple's `to_timestamp(ceil(seconds))`; an expiry already past at write
-        // time is kept exact, so rounding up never brings an expired session back to life.
-        let secs = |p: &str, now: &str| {
-            format!(
-                "(CASE WHEN {p} <= {now} THEN {p}::timestamp \
-                 ELSE to_timestamp(ceil(extract(epoch FROM {p})))::timestamp END)"
-            )
-        };
-        // Without a principal key, no row matches a user (and capabilities say no index).
-        let user = match user_key {
-            Some(k) => format!("(sess ->> '{k}')"),
-            None => "(NULL::text)".to_owned(),
-        };
-        let user_index = match user_key {
-            Some(_) => format!("\nCREATE INDEX IF NOT EXISTS {user_idx} ON {t} ({user});"),
-            None => String::new(),
-        };
-        Statements {
-            migrate: format!(
-                "{prelude}\
-                 \nCREATE TABLE IF NOT EXISTS {t} (\
-                 \n    \"sid\" varchar NOT NULL COLLATE \"default\" PRIMARY KEY,\
-                 \n    \"sess\" json NOT NULL,\
-                 \n    \"expire\" timestamp(6) NOT NULL\
-                 \n);\
-                 \nCREATE INDEX IF NOT EXISTS {expire_idx} ON {t} (expire);{user_index}",
-                prelude = migrate_prelude(schema)
-            ),
-            // $2 version, $4 user and $5 created are bound but not stored (the principal is in
-            // sess; Express keeps no version or creation time).
-            create: format!(
-                "INSERT INTO {t} AS s (sid, sess, expire) \
-                 VALUES ($1, convert_from($3, 'UTF8')::json, {e}) \
-                 ON CONFLICT (sid) DO UPDATE SET sess = EXCLUDED.sess, expire = EXCLUDED.expire \
-                 WHERE s.expire <= $7::timestamp",
-                e = secs("$6::timestamptz", "$7::timestamptz")
-            ),
-            // Filled in by `new`.
-            create_durable: String::new(),
-            load: format!(
-                "SELECT {hash}, convert_to(sess::text, 'UTF8'), NULL::text, \
-                 to_timestamp(0), expire::timestamptz, NULL::text, NULL::text, NULL::text, \
-                 to_timestamp(0) FROM {t} \
-                 WHERE sid = $1 AND expire > $2::timestamp"
-            ),
-            save: format!(
-                "UPDATE {t} SET sess = convert_from($3, 'UTF8')::json, expire = {e} \
-                 WHERE sid = $1 AND {hash} = $2 AND expire > $6::timestamp RETURNING {hash}",
-                e = secs("$5::timestamptz", "$6::timestamptz")
-            ),
-            save_probe: format!(
-                "SELECT 0::int8 FROM {t} WHERE sid = $1 AND expire > $2::timestamp"
-            ),
-            touch: format!(
-                "UPDATE {t} SET expire = {e} WHERE sid = $1 AND expire > $3::timestamp",
-                e = secs("$2::timestamptz", "$3::timestamptz")
-            ),
-            delete: format!("DELETE FROM {t} WHERE sid = $1 RETURNING expire > $2::timestamp"),
-            delete_version: format!(
-                "DELETE FROM {t} WHERE sid = $1 AND {hash} = $2 AND expire > $3::timestamp"
-            ),
-            list_for_user: format!(
-                "SELECT sid::text, to_timestamp(0), expire::timestamptz, NULL::text, NULL::text, \
-                 NULL::text, to_timestamp(0) FROM {t} \
-                 WHERE {user} = $1 AND expire > $2::timestamp"
-            ),
-            delete_device: String::new(),
-            limit_lock: String::new(),
-            limit_live: String::new(),
-            delete_ids: String::new(),
-            delete_for_user: format!(
-                "DELETE FROM {t} WHERE {user} = $1 AND expire > $2::timestamp \
-                 AND sid IS DISTINCT FROM $3"
-            ),
-            delete_expired_batch: format!(
-                "DELETE FROM {t} WHERE sid IN (SELECT sid FROM {t} WHERE expire <= $1::timestamp \
-                 LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            ),
-        }
-    }
-
-    fn native(schema: &str, table: &str) -> Self {
-        let qschema = quote(schema);
-        let t = format!("{qschema}.{}", quote(table));
-        let expires_idx = quote(&index_name(table, "expires_at_idx"));
-        let user_idx = quote(&index_name(table, "user_id_idx"));
-        Statements {
-            migrate: format!(
-                "{prelude}\
-                 \nCREATE TABLE IF NOT EXISTS {t} (\
-                 \n    id text COLLATE \"C\" PRIMARY KEY,\
-                 \n    version bigint NOT NULL,\
-                 \n    data bytea NOT NULL,\
-                 \n    user_id text COLLATE \"C\",\
-                 \n    created_at timestamptz NOT NULL,\
-                 \n    expires_at timestamptz NOT NULL\
-                 \n);\
-                 \nALTER TABLE {t} ADD COLUMN IF NOT EXISTS device_handle text COLLATE \"C\",\
-                 \n    ADD COLUMN IF NOT EXISTS user_agent text,\
-                 \n    ADD COLUMN IF NOT EXISTS ip text,\
-                 \n    ADD COLUMN IF NOT EXISTS last_seen timestamptz;\
-                 \nCREATE INDEX IF NOT EXISTS {expires_idx} ON {t} (expires_at);\
-                 \nCREATE INDEX IF NOT EXISTS {user_idx} ON {t} (user_id) WHERE user_id IS NOT NULL;",
-                prelude = migrate_prelude(schema)
-            ),
-            create: format!(
-                "INSERT INTO {t} AS s (id, version, data, user_id, created_at, expires_at, \
-                 device_handle, user_agent, ip, last_seen) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $8, $9, $10, $11) \
-                 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, data = EXCLUDED.data, \
-                 user_id = EXCLUDED.user_id, created_at = EXCLUDED.created_at, \
-                 expires_at = EXCLUDED.expires_at, device_handle = EXCLUDED.device_handle, \
-                 user_agent = EXCLUDED.user_agent, ip = EXCLUDED.ip, \
-                 last_seen = EXCLUDED.last_seen \
-                 WHERE s.expires_at <= $7"
-            ),
-            // Filled in by `new`.
-            create_durable: String::new(),
-            load: format!(
-                "SELECT version, data, user_id, created_at, expires_at, device_handle, \
-                 user_agent, ip, coalesce(last_seen, created_at) FROM {t} \
-                 WHERE id = $1 AND expires_at > $2"
-            ),
-            save: format!(
-                "UPDATE {t} SET data = $3, user_id = $4, expires_at = $5, version = version + 1, \
-                 device_handle = $7, user_agent = $8, ip = $9, last_seen = $10 \
-                 WHERE id = $1 AND version = $2 AND expires_at > $6 RETURNING version"
-            ),
-            save_probe: format!("SELECT version FROM {t} WHERE id = $1 AND expires_at > $2"),
-            touch: format!(
-                "UPDATE {t} SET expires_at = $2, last_seen = $3 WHERE id = $1 AND expires_at > $3"
-            ),
-            delete: format!("DELETE FROM {t} WHERE id = $1 RETURNING expires_at > $2"),
-            delete_version: format!(
-                "DELETE FROM {t} WHERE id = $1 AND version = $2 AND expires_at > $3"
-            ),
-            list_for_user: format!(
-                "SELECT id, created_at, expires_at, device_handle, user_agent, ip, \
-                 coalesce(last_seen, created_at) FROM {t} \
-                 WHERE user_id = $1 AND expires_at > $2"
-            ),
-            delete_device: format!(
-                "DELETE FROM {t} WHERE user_id = $1 AND device_handle = $2 \
-                 RETURNING expires_at > $3"
-            ),
-            // The key: a 64-bit hash of the table and the user, so that users (and tables)
-            // do not wait for each other, except on a rare hash collision.
-            limit_lock: format!(
-                "SELECT pg_advisory_xact_lock(hashtextextended('{schema}.{table}:' || $1, 0))"
-            ),
-            limit_live: format!(
-                "SELECT id FROM {t} WHERE user_id = $1 AND expires_at > $2 \
-                 ORDER BY coalesce(last_seen, created_at), id"
-            ),
-            delete_ids: format!("DELETE FROM {t} WHERE id = ANY($1)"),
-            delete_for_user: format!(
-                "DELETE FROM {t} WHERE user_id = $1 AND expires_at > $2 \
-                 AND id IS DISTINCT FROM $3"
-            ),
-            delete_expired_batch: format!(
-                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE expires_at <= $1 \
-                 LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            ),
         }
     }
 }

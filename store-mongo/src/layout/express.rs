@@ -23,7 +23,7 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
 
-use crate::layout::{date, read_date, read_id, Layout, LayoutError, F_ID, MAX_DATA_BYTES};
+use super::{date, read_date, read_id, Layout, LayoutError, F_ID, MAX_DATA_BYTES};
 
 pub(crate) const F_EXPIRES: &str = "expires";
 

@@ -1,0 +1,54 @@
+//! [`BuildError`]: the same name in every coatcheck store crate.
+
+#[cfg(doc)]
+use crate::MongoStore;
+#[cfg(doc)]
+use coatcheck_core::StoreError;
+
+/// Setting a store up failed: bad URL or names, or the indexes could not be ensured.
+///
+/// Errors of the store's operations are [`StoreError`]s; this type is only returned by
+/// constructors and [`MongoStore::ensure_indexes`].
+///
+/// ```
+/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
+/// use coatcheck::mongo::{MongoStore, BuildError};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let err = MongoStore::connect("not a mongodb url", "app").await.unwrap_err();
+/// assert!(matches!(err, BuildError::Options(_)));
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The connection string or client options were rejected.
+    #[error("invalid MongoDB connection options: {0}")]
+    Options(#[source] mongodb::error::Error),
+    /// The database or collection name is not one MongoDB accepts.
+    #[error("invalid MongoDB {what} name {name:?}: {why}")]
+    InvalidName {
+        /// `"database"` or `"collection"`.
+        what: &'static str,
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        why: &'static str,
+    },
+    /// An encrypting codec ([`EncryptedCodec`](coatcheck_core::EncryptedCodec)) with
+    /// express-compatible mode: Node reads the `session` field as plain JSON.
+    #[error("express-compatible mode stores express-session's JSON and cannot encrypt it; drop the encrypting codec or the express format")]
+    EncryptedExpress,
+    /// Creating the TTL or user index failed (server unreachable, or an index with the same
+    /// key but other options already exists).
+    #[error("could not ensure the session indexes: {0}")]
+    Indexes(#[source] mongodb::error::Error),
+}
+
+/// The name of [`BuildError`] before every store crate used the same one.
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed `BuildError`, as in every coatcheck store crate"
+)]
+pub type SetupError = BuildError;
