@@ -28,6 +28,7 @@ mod hashed;
 mod id;
 pub mod keys;
 mod notice;
+mod options;
 mod record;
 mod signing;
 mod store;
@@ -45,6 +46,7 @@ pub use express::{
 pub use hashed::{hashed_key, HashedIds, HashedIdsError, HASHED_KEY_LEN};
 pub use id::{InvalidSessionId, SessionId};
 pub use notice::ExpiryNotice;
+pub use options::{OptionsConflict, StoreOptions};
 pub use record::{Data, Record, SessionInfo};
 pub use signing::{KeyRing, KeyRingError, Verified, MIN_SECRET_LEN};
 pub use store::{Capabilities, SessionStore};

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use coatcheck_core::{Clock, Codec, ExpressFormat};
+use coatcheck_core::{Clock, Codec, ExpressFormat, StoreOptions};
 use mongodb::bson::Document;
 use mongodb::Client;
 
@@ -38,12 +38,18 @@ pub struct MongoStoreBuilder {
     pub(crate) client: Client,
     pub(crate) database: String,
     pub(crate) collection: String,
-    pub(crate) codec: Arc<dyn Codec>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) express: Option<ExpressFormat>,
+    pub(crate) options: StoreOptions,
 }
 
 impl MongoStoreBuilder {
+    /// Every shared option at once ([`StoreOptions`]: codec, clock, express layout), as
+    /// every coatcheck store builder takes them; replaces what `codec`, `clock` and
+    /// `express` set before.
+    pub fn options(mut self, options: StoreOptions) -> Self {
+        self.options = options;
+        self
+    }
+
     /// Express-compatible mode: documents as connect-mongo (default options) writes them,
     /// `{_id, expires: Date, session: "<express-session JSON>"}`, with its TTL index on
     /// `expires`, so an Express app using connect-mongo on the same collection (its default
@@ -64,7 +70,7 @@ impl MongoStoreBuilder {
     /// # Ok(()) }
     /// ```
     pub fn express(mut self, format: ExpressFormat) -> Self {
-        self.express = Some(format);
+        self.options.express = Some(format);
         self
     }
 
@@ -76,13 +82,13 @@ impl MongoStoreBuilder {
 
     /// The codec for the `data` field (default [`NativeCodec`]).
     pub fn codec(mut self, codec: impl Codec) -> Self {
-        self.codec = Arc::new(codec);
+        self.options.codec = Arc::new(codec);
         self
     }
 
     /// The clock "now" is read from when deciding liveness (default [`SystemClock`]).
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.options.clock = Arc::new(clock);
         self
     }
 
@@ -91,24 +97,22 @@ impl MongoStoreBuilder {
     pub fn build(self) -> Result<MongoStore, BuildError> {
         check_database_name(&self.database)?;
         check_collection_name(&self.collection)?;
-        if self.express.is_some() && self.codec.encrypts() {
-            return Err(BuildError::EncryptedExpress);
-        }
+        self.options.validate().map_err(BuildError::from)?;
         let collection = self
             .client
             .database(&self.database)
             .collection::<Document>(&self.collection);
         Ok(MongoStore {
             collection,
-            layout: match self.express {
+            layout: match self.options.express {
                 Some(format) => Arc::new(ExpressLayout {
                     format,
-                    clock: self.clock.clone(),
+                    clock: self.options.clock.clone(),
                 }),
                 None => Arc::new(NativeLayout),
             },
-            codec: self.codec,
-            clock: self.clock,
+            codec: self.options.codec,
+            clock: self.options.clock,
         })
     }
 

@@ -40,6 +40,10 @@ pub enum BuildError {
     /// express-compatible mode: Node reads the `session` field as plain JSON.
     #[error("express-compatible mode stores express-session's JSON and cannot encrypt it; drop the encrypting codec or the express format")]
     EncryptedExpress,
+    /// Other options that cannot go together
+    /// ([`StoreOptions::validate`](coatcheck_core::StoreOptions::validate)).
+    #[error(transparent)]
+    Conflict(coatcheck_core::OptionsConflict),
     /// Creating the TTL or user index failed (server unreachable, or an index with the same
     /// key but other options already exists).
     #[error("could not ensure the session indexes: {0}")]
@@ -52,3 +56,14 @@ pub enum BuildError {
     note = "renamed `BuildError`, as in every coatcheck store crate"
 )]
 pub type SetupError = BuildError;
+
+impl From<coatcheck_core::OptionsConflict> for BuildError {
+    fn from(conflict: coatcheck_core::OptionsConflict) -> Self {
+        match conflict {
+            coatcheck_core::OptionsConflict::EncryptedExpress => BuildError::EncryptedExpress,
+            // `OptionsConflict` is non-exhaustive; a conflict added there is refused here
+            // under its own message until this crate names it.
+            _ => BuildError::Conflict(conflict),
+        }
+    }
+}

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use coatcheck_core::{
-    content_version, Capabilities, Clock, Codec, NativeCodec, Record, SessionId, SessionInfo,
-    SessionLimit, SessionStore, StoreError, SystemClock, Timestamp,
+    content_version, Capabilities, Clock, Codec, Record, SessionId, SessionInfo, SessionLimit,
+    SessionStore, StoreError, Timestamp,
 };
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -188,9 +188,7 @@ impl MongoStore {
             client: client.clone(),
             database: database.to_owned(),
             collection: DEFAULT_COLLECTION.to_owned(),
-            codec: Arc::new(NativeCodec),
-            clock: Arc::new(SystemClock),
-            express: None,
+            options: coatcheck_core::StoreOptions::new(),
         }
     }
 

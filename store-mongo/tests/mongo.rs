@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use coatcheck_conformance::harness;
 use coatcheck_core::{Clock, ManualClock, Record, SessionId, SessionStore, StoreError, Timestamp};
-use coatcheck_mongo::{MongoStore, BuildError};
+use coatcheck_mongo::{BuildError, MongoStore};
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Bson, DateTime, Document};
 use serde_json::json;
 

@@ -4,12 +4,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coatcheck_core::{Clock, Codec, ExpressFormat, NativeCodec, SystemClock};
+use coatcheck_core::{Clock, Codec, ExpressFormat, StoreOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 #[cfg(doc)]
-use coatcheck_core::{SessionStore, StoreError};
+use coatcheck_core::{NativeCodec, SessionStore, StoreError, SystemClock};
 
 use crate::layout::{self as sql, Layout, Statements};
 use crate::store::{Inner, PostgresStore};
@@ -45,9 +45,7 @@ use crate::{
 pub struct PostgresStoreBuilder {
     schema: String,
     table: Option<String>,
-    express: Option<ExpressFormat>,
-    codec: Arc<dyn Codec>,
-    clock: Arc<dyn Clock>,
+    options: StoreOptions,
     acquire_timeout: Duration,
     max_connections: u32,
     application_name: String,
@@ -60,9 +58,7 @@ impl Default for PostgresStoreBuilder {
         PostgresStoreBuilder {
             schema: DEFAULT_SCHEMA.to_owned(),
             table: None,
-            express: None,
-            codec: Arc::new(NativeCodec),
-            clock: Arc::new(SystemClock),
+            options: StoreOptions::new(),
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             application_name: DEFAULT_APPLICATION_NAME.to_owned(),
@@ -103,6 +99,14 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Every shared option at once ([`StoreOptions`]: codec, clock, express layout), as
+    /// every coatcheck store builder takes them; replaces what `codec`, `clock` and
+    /// `express` set before.
+    pub fn options(mut self, options: StoreOptions) -> Self {
+        self.options = options;
+        self
+    }
+
     /// Express-compatible mode: sessions live in connect-pg-simple's table (default
     /// `session`: `sid varchar`, `sess json`, `expire timestamp(6)`), written and read with
     /// its SQL semantics, so an Express app using connect-pg-simple on the same table shares
@@ -129,7 +133,7 @@ impl PostgresStoreBuilder {
     /// # Ok(()) }
     /// ```
     pub fn express(mut self, format: ExpressFormat) -> Self {
-        self.express = Some(format);
+        self.options.express = Some(format);
         self
     }
 
@@ -141,14 +145,14 @@ impl PostgresStoreBuilder {
     /// let b = coatcheck::postgres::PostgresStore::builder().codec(coatcheck::core::JsonCodec);
     /// ```
     pub fn codec(mut self, codec: impl Codec) -> Self {
-        self.codec = Arc::new(codec);
+        self.options.codec = Arc::new(codec);
         self
     }
 
     /// Where "now" comes from ([`SystemClock`] by default). Every statement compares
     /// `expires_at` against this clock's time, bound as a parameter.
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.options.clock = Arc::new(clock);
         self
     }
 
@@ -204,14 +208,14 @@ impl PostgresStoreBuilder {
     /// # drop(store); Ok(()) }
     /// ```
     pub fn build(self, pool: PgPool) -> Result<PostgresStore, BuildError> {
-        let table = match (&self.table, &self.express) {
+        let table = match (&self.table, &self.options.express) {
             (Some(t), _) => t.clone(),
             (None, Some(_)) => EXPRESS_TABLE.to_owned(),
             (None, None) => DEFAULT_TABLE.to_owned(),
         };
         sql::validate_ident("schema", &self.schema)?;
         sql::validate_ident("table", &table)?;
-        let layout = match &self.express {
+        let layout = match &self.options.express {
             None => Layout::Native,
             Some(f) => {
                 if let Some(k) = &f.user_key {
@@ -225,9 +229,7 @@ impl PostgresStoreBuilder {
         if self.cleanup_batch == 0 {
             return Err(BuildError::ZeroCleanupBatch);
         }
-        if self.express.is_some() && self.codec.encrypts() {
-            return Err(BuildError::EncryptedExpress);
-        }
+        self.options.validate().map_err(BuildError::from)?;
         let attempts = pool.options().get_max_connections().saturating_add(1);
         let retry_window = pool.options().get_acquire_timeout();
         let statements = Statements::new(layout, &self.schema, &table, self.durability);
@@ -235,9 +237,9 @@ impl PostgresStoreBuilder {
             inner: Arc::new(Inner {
                 pool,
                 sql: statements,
-                codec: self.codec,
-                express: self.express,
-                clock: self.clock,
+                codec: self.options.codec,
+                express: self.options.express,
+                clock: self.options.clock,
                 cleanup_batch: i64::from(self.cleanup_batch),
                 attempts,
                 retry_window,
@@ -281,7 +283,7 @@ impl PostgresStoreBuilder {
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
             .test_before_acquire(false);
-        if self.express.is_some() {
+        if self.options.express.is_some() {
             pool = pool.after_connect(|conn, _| {
                 Box::pin(async move {
                     use sqlx::Executor as _;

@@ -45,6 +45,10 @@ pub enum BuildError {
     /// express-compatible mode: Node reads the `sess` column as plain JSON.
     #[error("express-compatible mode stores express-session's JSON and cannot encrypt it; drop the encrypting codec or the express format")]
     EncryptedExpress,
+    /// Other options that cannot go together
+    /// ([`StoreOptions::validate`](coatcheck_core::StoreOptions::validate)).
+    #[error(transparent)]
+    Conflict(coatcheck_core::OptionsConflict),
     /// [`PostgresStoreBuilder::connect_lazy`] was called outside a Tokio runtime (sqlx's
     /// pool spawns its maintenance task there).
     #[error("connect_lazy must be called from within a Tokio runtime")]
@@ -71,3 +75,14 @@ pub struct MigrateError(#[source] pub sqlx::Error);
     note = "renamed `BuildError`, as in every coatcheck store crate"
 )]
 pub type ConfigError = BuildError;
+
+impl From<coatcheck_core::OptionsConflict> for BuildError {
+    fn from(conflict: coatcheck_core::OptionsConflict) -> Self {
+        match conflict {
+            coatcheck_core::OptionsConflict::EncryptedExpress => BuildError::EncryptedExpress,
+            // `OptionsConflict` is non-exhaustive; a conflict added there is refused here
+            // under its own message until this crate names it.
+            _ => BuildError::Conflict(conflict),
+        }
+    }
+}

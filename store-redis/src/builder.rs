@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use coatcheck_core::{Clock, Codec, ExpressFormat, NativeCodec, SystemClock};
+use coatcheck_core::{Clock, Codec, ExpressFormat, StoreOptions};
+#[cfg(doc)]
+use coatcheck_core::{NativeCodec, SystemClock};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
@@ -46,8 +48,7 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct RedisStoreBuilder {
     pub(crate) prefix: String,
-    pub(crate) codec: Arc<dyn Codec>,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) options: StoreOptions,
     pub(crate) operation_timeout: Option<Duration>,
     pub(crate) connection_timeout: Duration,
     pub(crate) response_timeout: Duration,
@@ -55,15 +56,13 @@ pub struct RedisStoreBuilder {
     pub(crate) pool_connections: usize,
     pub(crate) single_key_scripts: bool,
     pub(crate) set_ifeq: bool,
-    pub(crate) express: Option<ExpressFormat>,
 }
 
 impl Default for RedisStoreBuilder {
     fn default() -> Self {
         RedisStoreBuilder {
             prefix: DEFAULT_PREFIX.to_owned(),
-            codec: Arc::new(NativeCodec),
-            clock: Arc::new(SystemClock),
+            options: StoreOptions::new(),
             operation_timeout: Some(DEFAULT_OPERATION_TIMEOUT),
             connection_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(2),
@@ -71,7 +70,6 @@ impl Default for RedisStoreBuilder {
             pool_connections: 1,
             single_key_scripts: false,
             set_ifeq: true,
-            express: None,
         }
     }
 }
@@ -87,6 +85,14 @@ impl RedisStoreBuilder {
     /// ```
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// Every shared option at once ([`StoreOptions`]: codec, clock, express layout), as
+    /// every coatcheck store builder takes them; replaces what `codec`, `clock` and
+    /// `express` set before.
+    pub fn options(mut self, options: StoreOptions) -> Self {
+        self.options = options;
         self
     }
 
@@ -109,7 +115,7 @@ impl RedisStoreBuilder {
     /// # }
     /// ```
     pub fn express(mut self, format: ExpressFormat) -> Self {
-        self.express = Some(format);
+        self.options.express = Some(format);
         self
     }
 
@@ -122,7 +128,7 @@ impl RedisStoreBuilder {
     /// let b = coatcheck::redis::RedisStore::builder().codec(coatcheck::core::JsonCodec);
     /// ```
     pub fn codec(mut self, codec: impl Codec) -> Self {
-        self.codec = Arc::new(codec);
+        self.options.codec = Arc::new(codec);
         self
     }
 
@@ -134,7 +140,7 @@ impl RedisStoreBuilder {
     /// let b = coatcheck::redis::RedisStore::builder().clock(ManualClock::new(Timestamp::now()));
     /// ```
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.options.clock = Arc::new(clock);
         self
     }
 
@@ -440,9 +446,7 @@ impl RedisStoreBuilder {
 
     /// Express mode stores Node's JSON: an encrypting codec cannot apply there.
     fn refuse_encrypted_express(&self) -> Result<(), BuildError> {
-        if self.express.is_some() && self.codec.encrypts() {
-            return Err(BuildError::EncryptedExpress);
-        }
+        self.options.validate().map_err(BuildError::from)?;
         Ok(())
     }
 
@@ -460,14 +464,16 @@ impl RedisStoreBuilder {
                 topology,
                 prefix: self.prefix,
                 index_prefix,
-                clock: self.clock,
+                clock: self.options.clock,
                 operation_timeout: self.operation_timeout,
                 support: Support::new(self.set_ifeq),
                 seen: Seen::default(),
             }),
-            format: match self.express {
+            format: match self.options.express {
                 Some(format) => Format::Express(Express { format }),
-                None => Format::Native(Native { codec: self.codec }),
+                None => Format::Native(Native {
+                    codec: self.options.codec,
+                }),
             },
         }
     }

@@ -34,6 +34,10 @@ pub enum BuildError {
     /// encrypted.
     #[error("express-compatible mode stores express-session's JSON and cannot encrypt it; drop the encrypting codec or the express format")]
     EncryptedExpress,
+    /// Other options that cannot go together
+    /// ([`StoreOptions::validate`](coatcheck_core::StoreOptions::validate)).
+    #[error(transparent)]
+    Conflict(coatcheck_core::OptionsConflict),
     /// A constructor that spawns background tasks was called outside a Tokio runtime.
     #[error("coatcheck-redis needs a Tokio runtime: build the store inside one")]
     NoRuntime,
@@ -76,4 +80,15 @@ impl OperationTimedOut {
 #[error("unexpected reply from Redis to {what}")]
 pub(crate) struct UnexpectedReply {
     pub(crate) what: &'static str,
+}
+
+impl From<coatcheck_core::OptionsConflict> for BuildError {
+    fn from(conflict: coatcheck_core::OptionsConflict) -> Self {
+        match conflict {
+            coatcheck_core::OptionsConflict::EncryptedExpress => BuildError::EncryptedExpress,
+            // `OptionsConflict` is non-exhaustive; a conflict added there is refused here
+            // under its own message until this crate names it.
+            _ => BuildError::Conflict(conflict),
+        }
+    }
 }
