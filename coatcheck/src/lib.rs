@@ -73,11 +73,50 @@ pub use transport::{Transport, BEARER_RESPONSE_HEADER};
 pub use guard::{AuthRejection, Authenticated, RequireRole, RequireRoleService, ROLES_KEY};
 
 pub use coatcheck_core::{
-    Capabilities, Clock, Codec, Data, DataKeyError, DataKeys, Device, DeviceHandle, EncryptedCodec,
-    ExpiryNotice, ExpiryPolicy, ExpressFormat, ExpressMaxAge, HashedIds, HashedIdsError, JsonCodec,
-    KeyRing, KeyRingError, LimitPolicy, ManualClock, NativeCodec, Record, SessionId, SessionInfo,
-    SessionLimit, SessionStore, StoreError, SystemClock, Timestamp, Verified,
+    Clock, DataKeyError, DataKeys, Device, DeviceHandle, EncryptedCodec, ExpiryNotice,
+    ExpiryPolicy, ExpressFormat, ExpressMaxAge, HashedIds, HashedIdsError, JsonCodec, KeyRing,
+    KeyRingError, LimitPolicy, ManualClock, NativeCodec, SessionId, SessionInfo, SessionStore,
+    StoreError, StoreOptions, SystemClock, Timestamp, Verified,
 };
+
+/// What a store implementor uses, in one place: the [`SessionStore`]
+/// trait and what its methods take and answer. An application needs none of it beyond
+/// picking a store; the root of this crate holds what an application uses.
+///
+/// ```
+/// use coatcheck::store::{Capabilities, Record, SessionStore};
+/// use coatcheck::memory::MemoryStore;
+///
+/// let store = MemoryStore::new();
+/// let caps: Capabilities = store.capabilities();
+/// assert!(caps.user_index);
+/// # let _: Option<Record> = None;
+/// ```
+pub mod store {
+    pub use coatcheck_core::{
+        content_version, Capabilities, Clock, Codec, Data, DecodeError, Device, DeviceHandle,
+        EncodeError, ExpressFormat, JsonCodec, ManualClock, NativeCodec, OptionsConflict, Record,
+        SessionId, SessionInfo, SessionLimit, SessionStore, StoreError, StoreOptions, SystemClock,
+        Timestamp,
+    };
+}
+
+/// Moved to [`store::Record`] (what store implementors use).
+#[deprecated(since = "0.2.0", note = "use `coatcheck::store::Record`")]
+pub type Record = coatcheck_core::Record;
+/// Moved to [`store::Data`].
+#[deprecated(since = "0.2.0", note = "use `coatcheck::store::Data`")]
+pub type Data = coatcheck_core::Data;
+/// Moved to [`store::Capabilities`].
+#[deprecated(since = "0.2.0", note = "use `coatcheck::store::Capabilities`")]
+pub type Capabilities = coatcheck_core::Capabilities;
+/// Moved to [`store::SessionLimit`].
+#[deprecated(since = "0.2.0", note = "use `coatcheck::store::SessionLimit`")]
+pub type SessionLimit = coatcheck_core::SessionLimit;
+// A trait cannot carry a deprecated alias: `coatcheck::Codec` stays, hidden, for one
+// release; it is documented as `coatcheck::store::Codec`.
+#[doc(hidden)]
+pub use coatcheck_core::Codec;
 
 /// The JSON value sessions hold ([`Session::get_value`] returns it).
 pub use serde_json::Value;

@@ -377,54 +377,21 @@ async fn concurrent_logins_never_pass_the_limit() {
 async fn a_limit_on_a_store_without_the_capability_is_a_config_error() {
     #[derive(Debug)]
     struct NoLimit(MemoryStore);
-    #[async_trait::async_trait]
-    impl coatcheck::SessionStore for NoLimit {
-        async fn create(&self, r: &coatcheck::Record) -> Result<(), coatcheck::StoreError> {
-            self.0.create(r).await
+    impl coatcheck_conformance::kit::StoreWrapper for NoLimit {
+        fn inner(&self) -> &dyn coatcheck::SessionStore {
+            &self.0
         }
-        async fn load(
-            &self,
-            id: &coatcheck::SessionId,
-        ) -> Result<Option<coatcheck::Record>, coatcheck::StoreError> {
-            self.0.load(id).await
-        }
-        async fn save(&self, r: &coatcheck::Record) -> Result<u64, coatcheck::StoreError> {
-            self.0.save(r).await
-        }
-        async fn touch(
-            &self,
-            id: &coatcheck::SessionId,
-            e: Timestamp,
-        ) -> Result<bool, coatcheck::StoreError> {
-            self.0.touch(id, e).await
-        }
-        async fn delete(&self, id: &coatcheck::SessionId) -> Result<bool, coatcheck::StoreError> {
-            self.0.delete(id).await
-        }
-        async fn list_for_user(
-            &self,
-            u: &str,
-        ) -> Result<Vec<coatcheck::SessionInfo>, coatcheck::StoreError> {
-            self.0.list_for_user(u).await
-        }
-        async fn delete_for_user(
-            &self,
-            u: &str,
-            e: Option<&coatcheck::SessionId>,
-        ) -> Result<u64, coatcheck::StoreError> {
-            self.0.delete_for_user(u, e).await
-        }
-        async fn delete_expired(&self) -> Result<u64, coatcheck::StoreError> {
-            self.0.delete_expired().await
-        }
-        fn capabilities(&self) -> coatcheck::Capabilities {
-            coatcheck::Capabilities::new().with_user_index(true)
+        fn capabilities(&self) -> coatcheck::store::Capabilities {
+            coatcheck::store::Capabilities::new().with_user_index(true)
         }
     }
     let keys = KeyRing::new([SECRET]).expect("long secret");
-    let err = SessionLayer::builder(NoLimit(MemoryStore::new()), keys)
-        .max_sessions_per_user(2, LimitPolicy::Refuse)
-        .build()
-        .expect_err("refused");
+    let err = SessionLayer::builder(
+        coatcheck_conformance::kit::Wrapped(NoLimit(MemoryStore::new())),
+        keys,
+    )
+    .max_sessions_per_user(2, LimitPolicy::Refuse)
+    .build()
+    .expect_err("refused");
     assert_eq!(err, ConfigError::SessionLimitUnsupported);
 }

@@ -8,10 +8,10 @@ use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use coatcheck::{
-    Capabilities, CsrfLayer, KeyRing, Record, Session, SessionError, SessionFailure, SessionId,
-    SessionInfo, SessionLayer, SessionStore, StoreError, Timestamp,
+use coatcheck::store::{
+    Capabilities, Record, SessionId, SessionInfo, SessionStore, StoreError, Timestamp,
 };
+use coatcheck::{CsrfLayer, KeyRing, Session, SessionError, SessionFailure, SessionLayer};
 use http::header::COOKIE;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;

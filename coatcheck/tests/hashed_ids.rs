@@ -188,16 +188,16 @@ fn express_stores_are_refused() {
     struct Express;
     #[async_trait::async_trait]
     impl SessionStore for Express {
-        async fn create(&self, _: &coatcheck::Record) -> Result<(), coatcheck::StoreError> {
+        async fn create(&self, _: &coatcheck::store::Record) -> Result<(), coatcheck::StoreError> {
             Ok(())
         }
         async fn load(
             &self,
             _: &SessionId,
-        ) -> Result<Option<coatcheck::Record>, coatcheck::StoreError> {
+        ) -> Result<Option<coatcheck::store::Record>, coatcheck::StoreError> {
             Ok(None)
         }
-        async fn save(&self, _: &coatcheck::Record) -> Result<u64, coatcheck::StoreError> {
+        async fn save(&self, _: &coatcheck::store::Record) -> Result<u64, coatcheck::StoreError> {
             Ok(1)
         }
         async fn touch(
@@ -226,8 +226,8 @@ fn express_stores_are_refused() {
         async fn delete_expired(&self) -> Result<u64, coatcheck::StoreError> {
             Ok(0)
         }
-        fn capabilities(&self) -> coatcheck::Capabilities {
-            coatcheck::Capabilities::new().with_express_layout(true)
+        fn capabilities(&self) -> coatcheck::store::Capabilities {
+            coatcheck::store::Capabilities::new().with_express_layout(true)
         }
     }
     assert!(matches!(

@@ -10,9 +10,10 @@ use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::Router;
 use coatcheck::memory::MemoryStore;
+use coatcheck::store::Capabilities;
 use coatcheck::{
-    Capabilities, KeyRing, ManualClock, Secure, Session, SessionError, SessionId, SessionLayer,
-    SessionStore, StoreError, Timestamp,
+    KeyRing, ManualClock, Secure, Session, SessionError, SessionId, SessionLayer, SessionStore,
+    StoreError, Timestamp,
 };
 use coatcheck_conformance::kit::{Call, StoreWrapper, Wrapped};
 use futures_util::future::BoxFuture;

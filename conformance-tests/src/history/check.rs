@@ -81,7 +81,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use std::time::Duration;
 
-use coatcheck::{LimitPolicy, Record, SessionEvent, SessionId, SessionStore, Timestamp};
+use coatcheck::store::{Record, SessionId, SessionStore, Timestamp};
+use coatcheck::{LimitPolicy, SessionEvent};
 
 use crate::history::run::{CookieOut, Event, Op};
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use coatcheck::{Record, Timestamp};
+use coatcheck::store::{Record, Timestamp};
 
 use super::Anomaly;
 use crate::history::run::{Event, Op};

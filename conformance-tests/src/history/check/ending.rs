@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use coatcheck::{Record, RevokeScope, SessionEvent, SessionId};
+use coatcheck::store::{Record, SessionId};
+use coatcheck::{RevokeScope, SessionEvent};
 
 use super::{Anomaly, Final};
 use crate::history::run::{CookieOut, Event, Op};

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use coatcheck::core::keys::FLASH_KEY;
-use coatcheck::{Record, SessionId, MAX_PENDING_FLASHES};
+use coatcheck::store::{Record, SessionId};
+use coatcheck::MAX_PENDING_FLASHES;
 
 use super::Anomaly;
 use crate::history::run::{client, Client, Event, Op};
