@@ -142,6 +142,10 @@ pub mod store_readmes {
     #[cfg(feature = "mongo")]
     #[doc = include_str!("../../store-mongo/README.md")]
     pub struct Mongo;
+    /// coatcheck-mysql.
+    #[cfg(feature = "mysql")]
+    #[doc = include_str!("../../store-mysql/README.md")]
+    pub struct Mysql;
 }
 
 /// The in-process store.
@@ -163,4 +167,9 @@ pub mod postgres {
 #[cfg(feature = "mongo")]
 pub mod mongo {
     pub use coatcheck_mongo::*;
+}
+/// The MySQL / MariaDB store.
+#[cfg(feature = "mysql")]
+pub mod mysql {
+    pub use coatcheck_mysql::*;
 }

@@ -1,12 +1,12 @@
 //! Finding the backends the store tests run against.
 //!
 //! In order: an environment variable with the server's URL (`REDIS_URL`, `DATABASE_URL`,
-//! `MONGODB_URL`, `REDIS_CLUSTER_URLS` — comma-separated node URLs); otherwise, with the
+//! `MONGODB_URL`, `MYSQL_URL`, `REDIS_CLUSTER_URLS` — comma-separated node URLs); otherwise, with the
 //! default `testcontainers` feature and a Docker engine that answers, a container started
-//! once per test process (Redis 7, Postgres 16, MongoDB 7; no cluster image, so a cluster
+//! once per test process (Redis 7, Postgres 16, MongoDB 7, MariaDB 10.11; no cluster image, so a cluster
 //! needs `REDIS_CLUSTER_URLS`); otherwise nothing, and each test of that backend prints
 //! `skipped: no <backend> ...` and passes — or fails, if `COATCHECK_REQUIRE_BACKENDS`
-//! (comma-separated: `redis,redis-cluster,postgres,mongo`, or `all`) names the backend.
+//! (comma-separated: `redis,redis-cluster,postgres,mongo,mysql`, or `all`) names the backend.
 
 use std::io::Write as _;
 
@@ -26,6 +26,8 @@ pub enum Backend {
     Postgres,
     /// MongoDB or a MongoDB-wire server: `MONGODB_URL`.
     Mongo,
+    /// MySQL or MariaDB: `MYSQL_URL` (e.g. `mysql://root@127.0.0.1:3306/test`).
+    Mysql,
 }
 
 impl Backend {
@@ -38,6 +40,7 @@ impl Backend {
             Backend::ValkeyCluster => "valkey-cluster",
             Backend::Postgres => "postgres",
             Backend::Mongo => "mongo",
+            Backend::Mysql => "mysql",
         }
     }
 
@@ -50,6 +53,7 @@ impl Backend {
             Backend::ValkeyCluster => "VALKEY_CLUSTER_URLS",
             Backend::Postgres => "DATABASE_URL",
             Backend::Mongo => "MONGODB_URL",
+            Backend::Mysql => "MYSQL_URL",
         }
     }
 
@@ -140,6 +144,7 @@ mod containers {
         Redis(ContainerAsync<testcontainers_modules::redis::Redis>),
         Valkey(ContainerAsync<testcontainers_modules::valkey::Valkey>),
         Postgres(ContainerAsync<testcontainers_modules::postgres::Postgres>),
+        Mysql(ContainerAsync<testcontainers_modules::mariadb::Mariadb>),
         Mongo(ContainerAsync<testcontainers_modules::mongo::Mongo>),
     }
 
@@ -207,6 +212,18 @@ mod containers {
                 Ok((
                     format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
                     Held::Mongo(c),
+                ))
+            }
+            Backend::Mysql => {
+                let c = testcontainers_modules::mariadb::Mariadb::default()
+                    .with_tag("10.11")
+                    .start()
+                    .await
+                    .map_err(err)?;
+                let port = c.get_host_port_ipv4(3306).await.map_err(err)?;
+                Ok((
+                    format!("mysql://root@127.0.0.1:{port}/test"),
+                    Held::Mysql(c),
                 ))
             }
             Backend::RedisCluster => Err("no cluster image; set REDIS_CLUSTER_URLS".into()),

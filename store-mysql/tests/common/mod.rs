@@ -1,0 +1,103 @@
+//! Helpers shared by the integration tests: each test gets its own table (and lock table)
+//! in the database at `MYSQL_URL` (or a testcontainers MariaDB), dropped with the store.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use coatcheck_conformance::kit::{StoreWrapper, Wrapped};
+use coatcheck_conformance::{harness, Backend};
+use coatcheck_core::SessionStore;
+use coatcheck_mysql::{MySqlStore, MySqlStoreBuilder};
+use sqlx::Connection as _;
+
+/// The server's URL; the tests that call this have checked `harness::require` first.
+pub async fn url() -> String {
+    harness::url(Backend::Mysql)
+        .await
+        .expect("checked by harness::require")
+}
+
+/// A store on a fresh table of its own, migrated; its tables are dropped with the store.
+pub async fn scoped_store() -> Scoped {
+    scoped_with(MySqlStore::builder()).await
+}
+
+/// Like [`scoped_store`] with a builder's settings (the table is overridden).
+pub async fn scoped_with(builder: MySqlStoreBuilder) -> Scoped {
+    let url = url().await;
+    let table = harness::unique_name("cc");
+    let store = builder
+        .table(&table)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy(&url)
+        .expect("valid config");
+    store.migrate().await.expect("migrate");
+    Wrapped(InTable {
+        store,
+        guard: TableGuard { url, table },
+    })
+}
+
+/// A store pointed at a closed port, answering fast.
+pub async fn unreachable_store() -> MySqlStore {
+    MySqlStore::builder()
+        .acquire_timeout(Duration::from_millis(1500))
+        .connect_lazy("mysql://root@127.0.0.1:1/x")
+        .expect("valid config")
+}
+
+/// Runs `sql` on a connection of its own, from a thread with a runtime of its own (so it
+/// works inside `Drop`, where the test's runtime cannot be blocked on).
+pub fn admin(url: &str, sql: String) -> Result<(), String> {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let mut conn = sqlx::MySqlConnection::connect(&url)
+                .await
+                .map_err(|e| e.to_string())?;
+            sqlx::raw_sql(&sql)
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.close().await.map_err(|e| e.to_string())
+        })
+    })
+    .join()
+    .map_err(|_| "admin thread panicked".to_owned())?
+}
+
+/// Drops the test's table and its lock table when dropped, even while a test unwinds.
+#[derive(Debug)]
+pub struct TableGuard {
+    pub url: String,
+    pub table: String,
+}
+
+impl Drop for TableGuard {
+    fn drop(&mut self) {
+        let sql = format!("DROP TABLE IF EXISTS `{t}`, `{t}_locks`", t = self.table);
+        if let Err(e) = admin(&self.url, sql) {
+            eprintln!("could not drop test table {}: {e}", self.table);
+        }
+    }
+}
+
+/// A store and the guard of its table.
+#[derive(Debug)]
+pub struct InTable {
+    pub store: MySqlStore,
+    pub guard: TableGuard,
+}
+
+impl StoreWrapper for InTable {
+    fn inner(&self) -> &dyn SessionStore {
+        &self.store
+    }
+}
+
+/// The scoped store as the suite sees it: every call forwarded.
+pub type Scoped = Wrapped<InTable>;
