@@ -84,6 +84,15 @@ impl MySqlStoreBuilder {
         self
     }
 
+    /// Express-compatible mode (express-mysql-session's table): not built yet in this
+    /// store, so [`build`](Self::build) refuses it with [`BuildError::ExpressUnsupported`]
+    /// rather than store sessions an Express app cannot read. Here so that every coatcheck
+    /// store builder takes the same options.
+    pub fn express(mut self, format: coatcheck_core::ExpressFormat) -> Self {
+        self.options.express = Some(format);
+        self
+    }
+
     /// The codec of the `data` column; default [`NativeCodec`].
     ///
     /// ```
@@ -200,6 +209,12 @@ impl MySqlStoreBuilder {
         }
         // Validate before building a pool that would only be thrown away.
         self.validate()?;
+        // sqlx parses any scheme; a Postgres URL given here by mistake is refused by name.
+        if !(url.starts_with("mysql://") || url.starts_with("mariadb://")) {
+            return Err(BuildError::InvalidUrl(sqlx::Error::Configuration(
+                "the URL must start with mysql:// or mariadb://".into(),
+            )));
+        }
         let options = MySqlConnectOptions::from_str(url).map_err(BuildError::InvalidUrl)?;
         let pool = MySqlPoolOptions::new()
             .max_connections(self.max_connections)
