@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Runs the quickstart (the README's first command), then the login example on every store it claims (memory, redis, postgres, mongo) and drives
+# Runs the quickstart (the README's first command), then the login example on every store it claims (memory, redis, postgres, mongo, mysql) and drives
 # it over HTTP as the README shows: log in, a protected route, a role-guarded route, log out
 # everywhere, the protected route again, each POST with the session's CSRF token (and refused
 # without it or cross-site), and the Prometheus metrics. So an example command in a README
 # cannot rot.
 #
-#   .ci/examples-smoke.sh            # REDIS_URL, DATABASE_URL, MONGODB_URL from the environment
+#   .ci/examples-smoke.sh            # REDIS_URL, DATABASE_URL, MONGODB_URL, MYSQL_URL from the environment
 #
 # Exits non-zero on the first store whose app misbehaves; prints one line per store.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-cargo build -q --example login --example quickstart --example api_client --features redis,postgres,mongo,metrics
+cargo build -q --example login --example quickstart --example api_client --features redis,postgres,mongo,mysql,metrics
 target=${CARGO_TARGET_DIR:-target}
 bin=$target/debug/examples/login
 jar=$(mktemp -d)
@@ -71,7 +71,7 @@ expect "GET /me after logout" 401 "$(curl -s -o /dev/null -w '%{http_code}' -H "
 kill "$app"; wait "$app" 2>/dev/null || true; app=
 echo "examples-smoke: api_client: ok"
 
-for store in memory redis postgres mongo; do
+for store in memory redis postgres mongo mysql; do
     port=$(free_port)
     COATCHECK_STORE=$store PORT=$port RUST_LOG=warn "$bin" >"$jar/$store.log" 2>&1 &
     app=$!

@@ -7,6 +7,7 @@
 //! COATCHECK_STORE=redis    cargo run --example login --features redis     # REDIS_URL
 //! COATCHECK_STORE=postgres cargo run --example login --features postgres  # DATABASE_URL
 //! COATCHECK_STORE=mongo    cargo run --example login --features mongo     # MONGODB_URL
+//! COATCHECK_STORE=mysql    cargo run --example login --features mysql     # MYSQL_URL
 //! COATCHECK_MAX_SESSIONS=2 COATCHECK_LIMIT_POLICY=refuse cargo run --example login
 //! cargo run --example login --features metrics       # and Prometheus metrics at /metrics
 //! ```
@@ -77,9 +78,17 @@ async fn store() -> Result<Arc<dyn SessionStore>, Box<dyn std::error::Error>> {
             )
             .await?,
         )),
+        #[cfg(feature = "mysql")]
+        "mysql" => {
+            let store = coatcheck::mysql::MySqlStore::builder()
+                .connect_lazy(&url("MYSQL_URL", "mysql://root@127.0.0.1:3306/test"))?;
+            store.migrate().await?;
+            store.spawn_cleanup(std::time::Duration::from_secs(300));
+            Ok(Arc::new(store))
+        }
         other => Err(format!(
             "COATCHECK_STORE={other}: not a store this build has (memory, or redis / postgres / \
-             mongo with `--features {other}`)"
+             mongo / mysql with `--features {other}`)"
         )
         .into()),
     }
