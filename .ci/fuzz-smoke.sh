@@ -25,7 +25,7 @@ log() { echo "== $*"; }
 have=$(cargo fuzz --version 2>/dev/null || true)
 if [ "$have" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
     log "installing cargo-fuzz $CARGO_FUZZ_VERSION (found: ${have:-none})"
-    cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION"
+    cargo install cargo-fuzz --locked --debug --version "$CARGO_FUZZ_VERSION"
 fi
 log "$(cargo fuzz --version), sanitizer: $SANITIZER, $(rustc --version)"
 
