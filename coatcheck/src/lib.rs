@@ -146,6 +146,10 @@ pub mod store_readmes {
     #[cfg(feature = "mysql")]
     #[doc = include_str!("../../store-mysql/README.md")]
     pub struct Mysql;
+    /// coatcheck-sqlite.
+    #[cfg(feature = "sqlite")]
+    #[doc = include_str!("../../store-sqlite/README.md")]
+    pub struct Sqlite;
 }
 
 /// The in-process store.
@@ -172,4 +176,9 @@ pub mod mongo {
 #[cfg(feature = "mysql")]
 pub mod mysql {
     pub use coatcheck_mysql::*;
+}
+/// The SQLite store.
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    pub use coatcheck_sqlite::*;
 }
