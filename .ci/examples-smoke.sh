@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Runs the quickstart (the README's first command), then the login example on every store it claims (memory, redis, postgres, mongo, mysql) and drives
+# Runs the quickstart (the README's first command), then the login example on every store it claims (memory, redis, postgres, mongo, mysql, sqlite) and drives
 # it over HTTP as the README shows: log in, a protected route, a role-guarded route, log out
 # everywhere, the protected route again, each POST with the session's CSRF token (and refused
 # without it or cross-site), and the Prometheus metrics. So an example command in a README
 # cannot rot.
 #
 #   .ci/examples-smoke.sh            # REDIS_URL, DATABASE_URL, MONGODB_URL, MYSQL_URL from the environment
+#                                    # (SQLite: a file of its own)
 #
 # Exits non-zero on the first store whose app misbehaves; prints one line per store.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-cargo build -q --example login --example quickstart --example api_client --features redis,postgres,mongo,mysql,metrics
+cargo build -q --example login --example quickstart --example api_client --features redis,postgres,mongo,mysql,sqlite,metrics
 target=${CARGO_TARGET_DIR:-target}
 bin=$target/debug/examples/login
 jar=$(mktemp -d)
@@ -71,7 +72,9 @@ expect "GET /me after logout" 401 "$(curl -s -o /dev/null -w '%{http_code}' -H "
 kill "$app"; wait "$app" 2>/dev/null || true; app=
 echo "examples-smoke: api_client: ok"
 
-for store in memory redis postgres mongo mysql; do
+# SQLite: a file of this run's own, kept across the restart below.
+export SQLITE_URL="sqlite://$jar/sessions.db?mode=rwc"
+for store in memory redis postgres mongo mysql sqlite; do
     port=$(free_port)
     COATCHECK_STORE=$store PORT=$port RUST_LOG=warn "$bin" >"$jar/$store.log" 2>&1 &
     app=$!
@@ -92,6 +95,14 @@ for store in memory redis postgres mongo mysql; do
     expect "POST /login alice" 200 "$(code -c "$c" -b "$c" "${json[@]}" -H "x-csrf-token: $(tok "$c")" \
         -d '{"username":"alice","password":"wonderland"}' "$base/login")"
     expect "GET /admin as alice" 200 "$(code -b "$c" "$base/admin")"
+    if [ "$store" = sqlite ]; then
+        # The persistent embedded store: a restart of the app keeps alice signed in.
+        kill "$app"; wait "$app" 2>/dev/null || true
+        COATCHECK_STORE=$store PORT=$port RUST_LOG=warn "$bin" >>"$jar/$store.log" 2>&1 &
+        app=$!
+        wait_port "$port" "$app" "$jar/$store.log"
+        expect "GET /admin as alice after a restart" 200 "$(code -b "$c" "$base/admin")"
+    fi
     w="$jar/$store.wrong"
     expect "POST /login wrong password" 401 "$(code -c "$w" -b "$w" "${json[@]}" -H "x-csrf-token: $(tok "$w")" \
         -d '{"username":"alice","password":"nope"}' "$base/login")"

@@ -8,6 +8,7 @@
 //! COATCHECK_STORE=postgres cargo run --example login --features postgres  # DATABASE_URL
 //! COATCHECK_STORE=mongo    cargo run --example login --features mongo     # MONGODB_URL
 //! COATCHECK_STORE=mysql    cargo run --example login --features mysql     # MYSQL_URL
+//! COATCHECK_STORE=sqlite   cargo run --example login --features sqlite    # SQLITE_URL (a file)
 //! COATCHECK_MAX_SESSIONS=2 COATCHECK_LIMIT_POLICY=refuse cargo run --example login
 //! cargo run --example login --features metrics       # and Prometheus metrics at /metrics
 //! ```
@@ -86,9 +87,18 @@ async fn store() -> Result<Arc<dyn SessionStore>, Box<dyn std::error::Error>> {
             store.spawn_cleanup(std::time::Duration::from_secs(300));
             Ok(Arc::new(store))
         }
+        #[cfg(feature = "sqlite")]
+        "sqlite" => {
+            // A file: sessions (and sign-ins) survive a restart of the app.
+            let store = coatcheck::sqlite::SqliteStore::builder()
+                .connect_lazy(&url("SQLITE_URL", "sqlite://sessions.db?mode=rwc"))?;
+            store.migrate().await?;
+            store.spawn_cleanup(std::time::Duration::from_secs(300));
+            Ok(Arc::new(store))
+        }
         other => Err(format!(
             "COATCHECK_STORE={other}: not a store this build has (memory, or redis / postgres / \
-             mongo / mysql with `--features {other}`)"
+             mongo / mysql / sqlite with `--features {other}`)"
         )
         .into()),
     }
