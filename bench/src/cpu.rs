@@ -12,6 +12,8 @@ pub enum Server {
     RedisLike { port: u16 },
     /// Every `postgres` process (postmaster, backends, WAL writer, …).
     Postgres,
+    /// The MariaDB or MySQL server process.
+    Mysql,
 }
 
 impl Server {
@@ -29,6 +31,7 @@ impl Server {
                     && cmdline.contains(&format!(":{port}"))
             }
             Server::Postgres => comm == "postgres",
+            Server::Mysql => comm == "mariadbd" || comm == "mysqld",
         }
     }
 

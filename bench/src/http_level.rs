@@ -73,7 +73,7 @@ async fn ts_read(session: tower_sessions::Session) -> Result<String, StatusCode>
     Ok(n.unwrap_or(0).to_string())
 }
 
-fn tower_router<S: tower_sessions::SessionStore + Clone>(store: S) -> Router {
+pub(crate) fn tower_router<S: tower_sessions::SessionStore + Clone>(store: S) -> Router {
     Router::new()
         .route("/incr", post(ts_incr))
         .layer(tower_sessions::SessionManagerLayer::new(store).with_secure(false))
@@ -82,7 +82,7 @@ fn tower_router<S: tower_sessions::SessionStore + Clone>(store: S) -> Router {
 /// tower-sessions with a rolling idle timeout as its docs have it: `Expiry::OnInactivity`,
 /// which only moves when the session is saved (tower-sessions #74), so `with_always_save(true)`:
 /// every request, reads included, writes the whole session back.
-fn tower_router_idle<S: tower_sessions::SessionStore + Clone>(store: S) -> Router {
+pub(crate) fn tower_router_idle<S: tower_sessions::SessionStore + Clone>(store: S) -> Router {
     let idle = tower_sessions::cookie::time::Duration::seconds(IDLE.as_secs() as i64);
     Router::new()
         .route("/incr", post(ts_incr))
@@ -173,7 +173,7 @@ impl Work for Mixed {
     }
 }
 
-async fn mixed_pair(
+pub(crate) async fn mixed_pair(
     title: &str,
     coatcheck: Arc<dyn SessionStore>,
     tower: Router,
@@ -302,6 +302,9 @@ pub async fn run(s: &Settings) -> Result<(), BoxErr> {
             .on(server),
         );
     }
+    // MySQL and SQLite (their files live until the section has run).
+    let (sql_contenders, _sqlite_files) = crate::sql_stores::middleware(s, clients).await?;
+    contenders.extend(sql_contenders);
     for c in [16, 64] {
         section("Middleware", &contenders, c, clients, s).await?;
     }
@@ -372,5 +375,6 @@ pub async fn run(s: &Settings) -> Result<(), BoxErr> {
         )
         .await?;
     }
+    crate::sql_stores::mixed(s, clients).await?;
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! coatcheck-bench: coatcheck against the raw drivers and tower-sessions, in one run.
 //!
 //! ```text
-//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo] [--part codec,store,http,rt,metrics]
+//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,metrics]
 //! ```
 //!
-//! Backends come from `REDIS_URL`, `VALKEY_URL`, `DATABASE_URL`, `MONGODB_URL`; a backend
+//! Backends come from `REDIS_URL`, `VALKEY_URL`, `DATABASE_URL`, `MONGODB_URL`, `MYSQL_URL`
+//! (SQLite needs none: a file in the temporary directory); a backend
 //! without its URL
 //! is left out (and said so). Every contender of a section runs in the same process,
 //! interleaved A B C A B C over the repetitions, and the table reports medians, min–max,
@@ -16,6 +17,7 @@ mod cpu;
 mod http_level;
 mod metrics_cost;
 mod report;
+mod sql_stores;
 mod store_level;
 
 use std::sync::Arc;
@@ -77,6 +79,7 @@ pub struct Settings {
     pub valkey_url: Option<String>,
     pub database_url: Option<String>,
     pub mongodb_url: Option<String>,
+    pub mysql_url: Option<String>,
 }
 
 impl Settings {
@@ -88,6 +91,8 @@ impl Settings {
             "valkey".into(),
             "postgres".into(),
             "mongo".into(),
+            "mysql".into(),
+            "sqlite".into(),
         ];
         let mut parts = vec![
             "codec".to_owned(),
@@ -110,7 +115,7 @@ impl Settings {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo] [--part codec,store,http,rt,metrics]"
+                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,metrics]"
                     );
                     std::process::exit(0);
                 }
@@ -133,6 +138,7 @@ impl Settings {
             valkey_url: env("VALKEY_URL"),
             database_url: env("DATABASE_URL"),
             mongodb_url: env("MONGODB_URL"),
+            mysql_url: env("MYSQL_URL"),
         })
     }
 
@@ -267,6 +273,7 @@ async fn main() -> Result<(), BoxErr> {
         ("valkey", &s.valkey_url),
         ("postgres", &s.database_url),
         ("mongo", &s.mongodb_url),
+        ("mysql", &s.mysql_url),
     ] {
         if s.wants(b) && url.is_none() {
             println!("_{b}: left out (no URL in the environment)._\n");

@@ -425,5 +425,6 @@ pub async fn run(s: &Settings) -> Result<(), BoxErr> {
         }
         let _ = store.collection().drop().await;
     }
+    crate::sql_stores::store_level(s).await?;
     Ok(())
 }
