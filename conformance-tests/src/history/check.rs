@@ -351,9 +351,12 @@ pub fn report(
 ) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
+    // Cargo gives a test binary its package's name when it runs it: the replay command
+    // names the crate whose `tests/history.rs` ran (ours, or a store author's).
+    let package = std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "<your crate>".into());
     let _ = writeln!(
         s,
-        "history checker: {} anomal{} on {label}, seed {seed} (replay: COATCHECK_HISTORY_SEED={seed} cargo test -p coatcheck --all-features --test history {})",
+        "history checker: {} anomal{} on {label}, seed {seed} (replay: COATCHECK_HISTORY_SEED={seed} cargo test -p {package} --test history {})",
         anomalies.len(),
         if anomalies.len() == 1 { "y" } else { "ies" },
         label
