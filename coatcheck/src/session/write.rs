@@ -104,14 +104,18 @@ impl Session {
         // (a user writing more often than `touch_after` used to keep the first `Expires`
         // until the browser dropped it), and `set_expiry` reaches the browser.
         let policy = shared.config.policy_for(&record.data);
-        let persistent_cookie = !policy.browser_session;
+        let resend = Resend {
+            id_changed,
+            resign,
+            persistent_cookie: !policy.browser_session,
+        };
         if dirty {
             let before = record.expires_at;
             return Ok(match self.save_with_retries(record).await? {
                 None => CookieAction::Clear,
                 Some(saved) => {
                     let moved = saved.expires_at != before || explicit.is_some() || due;
-                    if id_changed || resign || (persistent_cookie && moved) {
+                    if resend.when(moved) {
                         set(&saved)
                     } else {
                         CookieAction::None
@@ -128,8 +132,15 @@ impl Session {
                 return Ok(match self.save_with_retries(record).await? {
                     None => CookieAction::Clear,
                     Some(saved) => {
+                        // The saved record's policy counts too: "remember me" may have
+                        // changed under this request.
                         let persistent = !shared.config.policy_for(&saved.data).browser_session;
-                        if id_changed || resign || persistent_cookie || persistent {
+                        if (Resend {
+                            persistent_cookie: resend.persistent_cookie || persistent,
+                            ..resend
+                        })
+                        .when(true)
+                        {
                             set(&saved)
                         } else {
                             CookieAction::None
@@ -141,7 +152,7 @@ impl Session {
                 .bounded("touch", shared.store.touch(&record.id, next))
                 .await
             {
-                Ok(true) => Ok(if id_changed || resign || persistent_cookie {
+                Ok(true) => Ok(if resend.when(true) {
                     CookieAction::Set {
                         id: record.id,
                         expires: policy.cookie_expires(next),
@@ -154,7 +165,7 @@ impl Session {
                 Err(e) => self.fail(e),
             };
         }
-        Ok(if id_changed || resign || (persistent_cookie && due) {
+        Ok(if resend.when(due) {
             set(&record)
         } else {
             CookieAction::None
@@ -388,4 +399,22 @@ pub(super) async fn backoff(attempt: u32) {
         .unwrap_or(0);
     let micros = r % (ceiling * 1000);
     tokio::time::sleep(Duration::from_micros(micros)).await;
+}
+
+/// When a request ends by sending its session's cookie again: the one place that decides it.
+/// Always after the id changed (a new cookie value) or when the cookie must be re-signed
+/// (with the current key, or moved between persistent and not); and, for a persistent
+/// cookie, whenever the session's expiry `moved`, so the cookie's `Expires` follows it. A
+/// browser-session cookie has no `Expires` to follow.
+#[derive(Debug, Clone, Copy)]
+struct Resend {
+    id_changed: bool,
+    resign: bool,
+    persistent_cookie: bool,
+}
+
+impl Resend {
+    fn when(self, moved: bool) -> bool {
+        self.id_changed || self.resign || (self.persistent_cookie && moved)
+    }
 }
