@@ -79,6 +79,8 @@ impl Node {
             .env("MONGODB_URL", &config.mongodb_url)
             .env("MONGO_DB", &config.mongo_db)
             .env("MONGO_COLLECTION", &config.mongo_collection)
+            .env("MYSQL_URL", &config.mysql_url)
+            .env("MYSQL_TABLE", &config.mysql_table)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -347,4 +349,23 @@ async fn express_interop_mongo() {
     config.mongodb_url = harness::url(Backend::Mongo).await.expect("url");
     config.mongo_collection = harness::unique_name("interop");
     run(config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn express_interop_mysql() {
+    if !have_node() || !harness::require(Some(Backend::Mysql)).await {
+        return;
+    }
+    let mut config = base_config("mysql");
+    config.mysql_url = harness::url(Backend::Mysql).await.expect("url");
+    config.mysql_table = harness::unique_name("interop").replace('-', "_");
+    let table = config.mysql_table.clone();
+    let url = config.mysql_url.clone();
+    run(config).await;
+    // The table name passed validation as an identifier; drop what both apps wrote.
+    let pool = sqlx::MySqlPool::connect(&url).await.expect("connect");
+    sqlx::query(&format!("DROP TABLE IF EXISTS `{table}`"))
+        .execute(&pool)
+        .await
+        .expect("drop the test table");
 }

@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coatcheck_core::{Clock, Codec, StoreOptions};
+use coatcheck_core::{Clock, Codec, ExpressFormat, StoreOptions};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 
 #[cfg(doc)]
@@ -14,7 +14,7 @@ use crate::layout::{self as sql, Statements};
 use crate::store::{Inner, MySqlStore};
 use crate::{
     BuildError, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_CLEANUP_BATCH, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_TABLE,
+    DEFAULT_TABLE, EXPRESS_TABLE,
 };
 
 /// Builder for a [`MySqlStore`]; from [`MySqlStore::builder`].
@@ -40,7 +40,7 @@ use crate::{
 #[must_use]
 pub struct MySqlStoreBuilder {
     database: Option<String>,
-    table: String,
+    table: Option<String>,
     options: StoreOptions,
     acquire_timeout: Duration,
     max_connections: u32,
@@ -51,7 +51,7 @@ impl Default for MySqlStoreBuilder {
     fn default() -> Self {
         MySqlStoreBuilder {
             database: None,
-            table: DEFAULT_TABLE.to_owned(),
+            table: None,
             options: StoreOptions::new(),
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -69,31 +69,49 @@ impl MySqlStoreBuilder {
         self
     }
 
-    /// The table name ([`DEFAULT_TABLE`] by default). Validated as an identifier when the
-    /// store is built. The per-user limit's lock table is named after it (`{table}_locks`).
+    /// The table name ([`DEFAULT_TABLE`] by default; [`EXPRESS_TABLE`] in express mode).
+    /// Validated as an identifier when the store is built. The per-user limit's lock table
+    /// is named after it (`{table}_locks`).
     pub fn table(mut self, table: impl Into<String>) -> Self {
-        self.table = table.into();
+        self.table = Some(table.into());
         self
     }
 
     /// Every shared option at once ([`StoreOptions`]: codec, clock, express layout), as
-    /// every coatcheck store builder takes them; replaces what `codec` and `clock` set
-    /// before. An express layout is refused at build ([`BuildError::ExpressUnsupported`]).
+    /// every coatcheck store builder takes them; replaces what `codec`, `clock` and
+    /// `express` set before.
     pub fn options(mut self, options: StoreOptions) -> Self {
         self.options = options;
         self
     }
 
-    /// Express-compatible mode (express-mysql-session's table): not built yet in this
-    /// store, so [`build`](Self::build) refuses it with [`BuildError::ExpressUnsupported`]
-    /// rather than store sessions an Express app cannot read. Here so that every coatcheck
-    /// store builder takes the same options.
-    pub fn express(mut self, format: coatcheck_core::ExpressFormat) -> Self {
+    /// Express-compatible mode: sessions live in express-mysql-session's table (default
+    /// [`EXPRESS_TABLE`]: `session_id`, `expires` in whole seconds, `data` the session's
+    /// JSON), so an Express app using express-mysql-session on the same table shares them.
+    /// [`MySqlStore::migrate`] creates the table as express-mysql-session does, adds an
+    /// index on `expires` and, when the format has a principal key (`userId` by default), a
+    /// virtual column holding it with its index, for "log out everywhere". Express keeps no
+    /// creation time, no version (a hash of the JSON stands in) and no device: the cap and
+    /// device revocation are not available in this mode (`Capabilities` says so).
+    ///
+    /// ```no_run
+    /// use coatcheck::core::{ExpressFormat, SessionStore};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = coatcheck::mysql::MySqlStore::builder()
+    ///     .express(ExpressFormat::new())
+    ///     .connect_lazy("mysql://app@localhost/app")?;
+    /// store.migrate().await?;
+    /// assert!(store.capabilities().express_layout);
+    /// # Ok(()) }
+    /// ```
+    pub fn express(mut self, format: ExpressFormat) -> Self {
         self.options.express = Some(format);
         self
     }
 
-    /// The codec of the `data` column; default [`NativeCodec`].
+    /// The codec of the `data` column; default [`NativeCodec`]. Ignored in express mode,
+    /// except that an encrypting one is refused there ([`BuildError::EncryptedExpress`]).
     ///
     /// ```
     /// let b = coatcheck::mysql::MySqlStore::builder().codec(coatcheck::store::JsonCodec);
@@ -156,10 +174,18 @@ impl MySqlStoreBuilder {
         self.validate()?;
         let attempts = pool.options().get_max_connections().saturating_add(1);
         let retry_window = pool.options().get_acquire_timeout();
-        let statements = Statements::native(self.database.as_deref(), &self.table);
+        let table = self.table_name().to_owned();
+        let (statements, express_sql) = match &self.options.express {
+            None => (Statements::native(self.database.as_deref(), &table), None),
+            Some(f) => {
+                let (s, x) =
+                    Statements::express(self.database.as_deref(), &table, f.user_key.as_deref());
+                (s, Some(x))
+            }
+        };
         let qualified_name = match &self.database {
-            Some(db) => format!("{db}.{}", self.table),
-            None => self.table.clone(),
+            Some(db) => format!("{db}.{table}"),
+            None => table.clone(),
         };
         Ok(MySqlStore {
             inner: Arc::new(Inner {
@@ -171,6 +197,10 @@ impl MySqlStoreBuilder {
                 attempts,
                 retry_window,
                 qualified_name,
+                database: self.database,
+                table,
+                express: self.options.express,
+                express_sql,
             }),
         })
     }
@@ -179,15 +209,29 @@ impl MySqlStoreBuilder {
         if let Some(db) = &self.database {
             sql::validate_ident("database", db)?;
         }
-        sql::validate_ident("table", &self.table)?;
+        sql::validate_ident("table", self.table_name())?;
         if self.cleanup_batch == 0 {
             return Err(BuildError::ZeroCleanupBatch);
         }
         self.options.validate().map_err(BuildError::from)?;
-        if self.options.express.is_some() {
-            return Err(BuildError::ExpressUnsupported);
+        if let Some(key) = self
+            .options
+            .express
+            .as_ref()
+            .and_then(|f| f.user_key.as_deref())
+        {
+            // A literal in the virtual column's JSON path.
+            sql::validate_ident("express user key", key)?;
         }
         Ok(())
+    }
+
+    fn table_name(&self) -> &str {
+        match (&self.table, &self.options.express) {
+            (Some(t), _) => t,
+            (None, Some(_)) => EXPRESS_TABLE,
+            (None, None) => DEFAULT_TABLE,
+        }
     }
 
     /// A store on a new pool for `url` (e.g. `mysql://user:pass@host:3306/db`). Connects

@@ -26,7 +26,7 @@ pub enum BuildError {
          not starting with a digit"
     )]
     InvalidIdentifier {
-        /// `"database"` or `"table"`.
+        /// `"database"`, `"table"` or `"express user key"`.
         what: &'static str,
         /// The refused name.
         name: String,
@@ -44,10 +44,6 @@ pub enum BuildError {
     /// express-compatible mode.
     #[error("express-compatible mode stores express-session's JSON and cannot encrypt it; drop the encrypting codec or the express format")]
     EncryptedExpress,
-    /// Express-compatible mode (express-mysql-session's table) is not built yet in this
-    /// store: refused rather than silently storing sessions Node cannot read.
-    #[error("express-compatible mode (express-mysql-session's table) is not supported by coatcheck-mysql yet; use the native layout, or the Postgres, Redis or MongoDB store to share sessions with Express")]
-    ExpressUnsupported,
     /// Other options that cannot go together
     /// ([`StoreOptions::validate`](coatcheck_core::StoreOptions::validate)).
     #[error(transparent)]

@@ -20,6 +20,9 @@
 //! - **Cleanup**: [`SessionStore::delete_expired`] removes expired rows in bounded batches
 //!   under READ COMMITTED (row locks only: live traffic never waits on a gap lock);
 //!   [`MySqlStore::spawn_cleanup`] runs it periodically.
+//! - **Express-compatible mode** ([`MySqlStoreBuilder::express`]): express-mysql-session's
+//!   table, shared with an Express app, with a virtual principal column for "log out
+//!   everywhere".
 //! - **Failures**: deadlocks and lock-wait timeouts (the server rolled the statement back)
 //!   are retried; an unreachable server is a [`StoreError::Backend`] after at most the
 //!   pool's acquire timeout (3 s by default).
@@ -64,6 +67,8 @@ pub use crate::store::{MySqlStore, REPORT_QUEUE};
 
 /// The table used when none is configured.
 pub const DEFAULT_TABLE: &str = "coatcheck_sessions";
+/// The table used in express-compatible mode when none is configured: express-mysql-session's.
+pub const EXPRESS_TABLE: &str = "sessions";
 /// How long an operation waits for a pool connection before failing with `Backend`
 /// (pools built by [`MySqlStoreBuilder::connect_lazy`]).
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);

@@ -6,19 +6,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coatcheck_core::{
-    Capabilities, Clock, Codec, DecodeError, EncodeError, Record, SessionId, SessionInfo,
-    SessionLimit, SessionStore, StoreError, Timestamp,
+    Capabilities, Clock, Codec, DecodeError, EncodeError, ExpressFormat, Record, SessionId,
+    SessionInfo, SessionLimit, SessionStore, StoreError, Timestamp,
 };
 use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::Row as _;
 
 mod cleanup;
+mod express;
 mod limit;
 mod row;
 pub use cleanup::REPORT_QUEUE;
 use row::{device_columns, text, CreateArgs};
 
 use crate::builder::MySqlStoreBuilder;
+use crate::layout::express::ExpressStatements;
 use crate::layout::native::MAX_USER_ID_LEN;
 use crate::layout::Statements;
 use crate::MigrateError;
@@ -62,6 +64,12 @@ pub(crate) struct Inner {
     pub(crate) retry_window: Duration,
     /// `database.table` (or `table`), for logs.
     pub(crate) qualified_name: String,
+    /// The database (`None`: the connection's) and the table, unquoted.
+    pub(crate) database: Option<String>,
+    pub(crate) table: String,
+    /// Express-compatible mode: express-mysql-session's table, the session as its JSON.
+    pub(crate) express: Option<ExpressFormat>,
+    pub(crate) express_sql: Option<ExpressStatements>,
 }
 
 /// Whether a statement may be re-sent after its connection was lost.
@@ -172,11 +180,30 @@ impl MySqlStore {
     /// # Ok(()) }
     /// ```
     pub async fn migrate(&self) -> Result<(), MigrateError> {
-        for ddl in &self.inner.sql.migrate {
+        let inner = &*self.inner;
+        for ddl in &inner.sql.migrate {
             sqlx::raw_sql(ddl)
-                .execute(&self.inner.pool)
+                .execute(&inner.pool)
                 .await
                 .map_err(MigrateError)?;
+        }
+        if let Some(x) = &inner.express_sql {
+            // A table express-mysql-session created first lacks coatcheck's additions.
+            let found: i64 = sqlx::query_scalar(&x.probe)
+                .bind(inner.database.as_deref())
+                .bind(&inner.table)
+                .fetch_one(&inner.pool)
+                .await
+                .map_err(MigrateError)?;
+            if found == 0 {
+                match sqlx::raw_sql(&x.add).execute(&inner.pool).await {
+                    // Another instance added them meanwhile (duplicate column / key name).
+                    Err(e) if matches!(error_number(&e), Some(1060 | 1061)) => {}
+                    other => {
+                        other.map_err(MigrateError)?;
+                    }
+                }
+            }
         }
         tracing::debug!(table = %self.inner.qualified_name, "session table migrated");
         Ok(())
@@ -186,6 +213,27 @@ impl MySqlStore {
 impl Inner {
     pub(crate) fn now(&self) -> i64 {
         self.clock.now().as_millis()
+    }
+
+    /// "Now" in the unit of the table's expiry column: milliseconds, or whole seconds in
+    /// express mode (live means `expires > ⌊now / 1 s⌋` there).
+    pub(crate) fn now_param(&self) -> i64 {
+        let now = self.now();
+        if self.express.is_some() {
+            now.div_euclid(1000)
+        } else {
+            now
+        }
+    }
+
+    /// Revocation by user needs the principal mapped to a column.
+    fn user_index(&self) -> Result<(), StoreError> {
+        match &self.express {
+            Some(f) if f.user_key.is_none() => Err(StoreError::Unsupported(
+                "express mode without a principal key has no user index",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The failure path of a compare-and-set (`save`, `delete_version`): the version of the
@@ -319,9 +367,15 @@ pub(crate) fn version_param(version: u64) -> Result<i64, StoreError> {
 impl SessionStore for MySqlStore {
     async fn create(&self, record: &Record) -> Result<(), StoreError> {
         let inner = &*self.inner;
-        let bytes = inner.encode(record)?;
-        let args = CreateArgs::new(record, &bytes, inner.now())?;
-        if inner.insert(args).await? {
+        let created = match &inner.express {
+            Some(f) => inner.express_create(f, record).await?,
+            None => {
+                let bytes = inner.encode(record)?;
+                let args = CreateArgs::new(record, &bytes, inner.now())?;
+                inner.insert(args).await?
+            }
+        };
+        if created {
             Ok(())
         } else {
             tracing::debug!(session = %record.id.short_hash(), "create: id taken");
@@ -331,6 +385,11 @@ impl SessionStore for MySqlStore {
 
     async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
         let inner = &*self.inner;
+        if let Some(f) = &inner.express {
+            return inner.express_load(f, id).await.inspect_err(|e| {
+                tracing::warn!(session = %id.short_hash(), error = %e, "stored session is unreadable");
+            });
+        }
         let now = inner.now();
         let (sql, pool, key) = (inner.sql.load.as_str(), &inner.pool, id.as_str());
         let row = inner
@@ -356,6 +415,9 @@ impl SessionStore for MySqlStore {
     /// from `NotFound`.
     async fn save(&self, record: &Record) -> Result<u64, StoreError> {
         let inner = &*self.inner;
+        if let Some(f) = &inner.express {
+            return inner.express_save(f, record).await;
+        }
         let now = inner.now();
         let bytes = inner.encode(record)?;
         let version = version_param(record.version)?;
@@ -387,6 +449,9 @@ impl SessionStore for MySqlStore {
 
     async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
         let inner = &*self.inner;
+        if inner.express.is_some() {
+            return inner.express_delete_version(id, version).await;
+        }
         let now = inner.now();
         let expected = version_param(version)?;
         let (sql, pool, key) = (inner.sql.delete_version.as_str(), &inner.pool, id.as_str());
@@ -411,6 +476,9 @@ impl SessionStore for MySqlStore {
 
     async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError> {
         let inner = &*self.inner;
+        if inner.express.is_some() {
+            return inner.express_touch(id, expires_at).await;
+        }
         let now = inner.now();
         let (sql, pool, key, expires) = (
             inner.sql.touch.as_str(),
@@ -434,7 +502,7 @@ impl SessionStore for MySqlStore {
 
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
         let inner = &*self.inner;
-        let now = inner.now();
+        let now = inner.now_param();
         let (sql, pool, key) = (inner.sql.delete.as_str(), &inner.pool, id.as_str());
         let done = inner
             .run("delete", Retry::IfNotRun, move || {
@@ -447,6 +515,10 @@ impl SessionStore for MySqlStore {
 
     async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
         let inner = &*self.inner;
+        inner.user_index()?;
+        if inner.express.is_some() {
+            return inner.express_list(user_id).await;
+        }
         let now = inner.now();
         let (sql, pool) = (inner.sql.list_for_user.as_str(), &inner.pool);
         let rows = inner
@@ -490,7 +562,8 @@ impl SessionStore for MySqlStore {
         except: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
         let inner = &*self.inner;
-        let now = inner.now();
+        inner.user_index()?;
+        let now = inner.now_param();
         let (sql, pool, keep) = (
             inner.sql.delete_for_user.as_str(),
             &inner.pool,
@@ -514,6 +587,9 @@ impl SessionStore for MySqlStore {
     }
 
     async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
+        if self.inner.express.is_some() {
+            return Err(StoreError::Unsupported("express mode keeps no devices"));
+        }
         self.inner.delete_device(user_id, handle).await
     }
 
@@ -522,14 +598,26 @@ impl SessionStore for MySqlStore {
         record: &Record,
         limit: SessionLimit,
     ) -> Result<u64, StoreError> {
+        if self.inner.express.is_some() {
+            return Err(StoreError::Unsupported(
+                "express mode has no per-user session limit",
+            ));
+        }
         self.inner.create_limited(record, limit).await
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new()
-            .with_db_system("mysql")
-            .with_user_index(true)
-            .with_devices(true)
-            .with_session_limit(true)
+        let caps = Capabilities::new().with_db_system("mysql");
+        match &self.inner.express {
+            None => caps
+                .with_user_index(true)
+                .with_devices(true)
+                .with_session_limit(true),
+            Some(f) => caps
+                .with_user_index(f.user_key.is_some())
+                .with_opaque_versions(true)
+                .with_no_creation_time(true)
+                .with_express_layout(true),
+        }
     }
 }

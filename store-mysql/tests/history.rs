@@ -10,15 +10,20 @@ use std::time::Duration;
 
 use coatcheck_conformance::history::{self, Config, Deployment, FaultKind, FaultTarget};
 use coatcheck_conformance::{harness, Backend};
+use coatcheck_core::ExpressFormat;
 use coatcheck_mysql::MySqlStore;
 
-/// `n` pools on one fresh table.
-async fn mysql_stores(n: usize) -> Deployment {
+/// `n` pools on one fresh table (express-mysql-session's table when `express`).
+async fn mysql_stores(n: usize, express: bool) -> Deployment {
     let url = harness::url(Backend::Mysql).await.expect("checked");
     let table = harness::unique_name("cc_hist");
     let mut stores = Vec::new();
     for i in 0..n {
-        let store = MySqlStore::builder()
+        let mut builder = MySqlStore::builder();
+        if express {
+            builder = builder.express(ExpressFormat::new());
+        }
+        let store = builder
             .table(&table)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy(&url)
@@ -35,7 +40,15 @@ coatcheck_conformance::history!(
     mysql,
     config = Config::new("mysql").seeds(25),
     requires = Backend::Mysql,
-    mysql_stores
+    |n| mysql_stores(n, false)
+);
+
+// express-mysql-session's table, with the principal's virtual column.
+coatcheck_conformance::history!(
+    mysql_express,
+    config = Config::new("mysql_express").seeds(25),
+    requires = Backend::Mysql,
+    |n| mysql_stores(n, true)
 );
 
 /// Faults on the shared MariaDB, confined to the faults test's own database so that the

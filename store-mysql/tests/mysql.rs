@@ -61,10 +61,19 @@ async fn bad_options_are_refused_at_construction() {
         assert!(matches!(err, BuildError::InvalidIdentifier { .. }), "{err}");
     }
     let err = MySqlStore::builder()
-        .express(ExpressFormat::new())
+        .express(ExpressFormat::new().user_key(Some("user'); DROP TABLE x; --")))
         .connect_lazy("mysql://root@127.0.0.1:1/x")
         .unwrap_err();
-    assert!(matches!(err, BuildError::ExpressUnsupported), "{err}");
+    assert!(
+        matches!(
+            err,
+            BuildError::InvalidIdentifier {
+                what: "express user key",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let encrypted_express = StoreOptions::new()
         .codec(coatcheck_conformance::encryption::codec())
         .express(ExpressFormat::new());
@@ -405,4 +414,56 @@ async fn cleanup_racing_live_traffic_fails_nothing() {
             "a live session went"
         );
     }
+}
+
+/// A table express-mysql-session created first (its `schema.sql`, with a session Node
+/// wrote): `migrate()` adds the expiry index and the principal column, concurrent
+/// migrations included, and the existing session is read, listed and revoked by user.
+#[tokio::test]
+async fn express_migrate_upgrades_a_table_express_created() {
+    require_mysql!();
+    let url = common::url().await;
+    let table = harness::unique_name("cc_ems");
+    let _guard = common::TableGuard {
+        url: url.clone(),
+        table: table.clone(),
+    };
+    let expires = Timestamp::now().as_millis() / 1000 + 3600;
+    common::admin(
+        &url,
+        format!(
+            "CREATE TABLE IF NOT EXISTS `{table}` (\
+               `session_id` varchar(128) COLLATE utf8mb4_bin NOT NULL,\
+               `expires` int(11) unsigned NOT NULL,\
+               `data` mediumtext COLLATE utf8mb4_bin,\
+               PRIMARY KEY (`session_id`)\
+             ) ENGINE=InnoDB;\
+             INSERT INTO `{table}` VALUES ('nodeSid0nodeSid0nodeSid0nodeSid', {expires}, \
+               '{{\"cookie\":{{\"originalMaxAge\":3600000,\"expires\":\"2030-01-01T00:00:00.000Z\",\
+\"httpOnly\":true,\"path\":\"/\"}},\"userId\":\"ada\",\"counter\":3}}')"
+        ),
+    )
+    .expect("express-mysql-session's table");
+    let stores: Vec<MySqlStore> = (0..4)
+        .map(|_| {
+            MySqlStore::builder()
+                .table(&table)
+                .express(ExpressFormat::new())
+                .connect_lazy(&url)
+                .expect("config")
+        })
+        .collect();
+    let migrations = stores.iter().map(|s| s.migrate());
+    for result in futures_util::future::join_all(migrations).await {
+        result.expect("migrate");
+    }
+    let store = &stores[0];
+    let listed = store.list_for_user("ada").await.expect("list");
+    assert_eq!(listed.len(), 1);
+    let id = listed[0].id.clone();
+    let loaded = store.load(&id).await.expect("load").expect("live");
+    assert_eq!(loaded.user_id.as_deref(), Some("ada"));
+    assert_eq!(loaded.data.get("counter"), Some(&json!(3)));
+    assert_eq!(store.delete_for_user("ada", None).await.expect("revoke"), 1);
+    assert!(store.load(&id).await.expect("load").is_none());
 }

@@ -1,7 +1,8 @@
 'use strict';
 
 // The Node side of coatcheck's express-session interop test: a plain Express app using
-// express-session with one of the stock stores (connect-redis, connect-pg-simple, connect-mongo).
+// express-session with one of the stock stores (connect-redis, connect-pg-simple, connect-mongo,
+// express-mysql-session).
 // Configured entirely through environment variables; see README.md.
 
 const express = require('express');
@@ -93,8 +94,31 @@ function makeStore(kind) {
         },
       };
     }
+    case 'mysql': {
+      // express-mysql-session 3 on a mysql2 pool; it creates its `sessions` table (if
+      // missing) before it is ready.
+      const mysql = require('mysql2/promise');
+      const MySQLStore = require('express-mysql-session')(session);
+      const pool = mysql.createPool(env('MYSQL_URL'));
+      const store = new MySQLStore(
+        {
+          createDatabaseTable: true,
+          clearExpired: false,
+          schema: { tableName: env('MYSQL_TABLE', 'sessions') },
+        },
+        pool,
+      );
+      return {
+        store,
+        ready: store.onReady(),
+        close: async () => {
+          await store.close();
+          await pool.end();
+        },
+      };
+    }
     default:
-      return fail(`STORE must be redis, postgres or mongo, got ${JSON.stringify(kind)}`);
+      return fail(`STORE must be redis, postgres, mongo or mysql, got ${JSON.stringify(kind)}`);
   }
 }
 

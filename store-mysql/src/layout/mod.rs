@@ -8,6 +8,7 @@
 //! milliseconds since the Unix epoch (`BIGINT`: no 2038, no time zone, no
 //! `TIMESTAMP`/`DATETIME` conversion through the connection's `time_zone`).
 
+pub(crate) mod express;
 pub(crate) mod native;
 
 use crate::BuildError;

@@ -20,7 +20,7 @@ impl Inner {
     /// locks on the expiry index, so inserts and updates of live sessions never wait for
     /// it), and holds them for one batch. A batch chosen as a deadlock victim runs again.
     pub(super) async fn delete_expired(&self) -> Result<u64, StoreError> {
-        let now = self.now();
+        let now = self.now_param();
         let (sql, pool, batch) = (
             self.sql.delete_expired_batch.as_str(),
             &self.pool,

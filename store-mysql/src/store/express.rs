@@ -1,0 +1,236 @@
+//! Express-compatible mode: the operations whose statements bind or read differently from
+//! the native layout's (express-mysql-session's three columns; seconds; content-hash
+//! versions). The others share the native code with [`Inner::now_param`] in seconds.
+
+use coatcheck_core::{
+    content_version, EncodeError, ExpressFormat, Record, SessionId, SessionInfo, StoreError,
+    Timestamp,
+};
+use sqlx::Row as _;
+
+use super::{is_duplicate, store_error, Inner, Retry};
+use crate::layout::express::{expires_secs, MAX_EXPRESS_USER_LEN};
+
+impl Inner {
+    /// The JSON express-session stores, and its expiry in whole seconds.
+    fn express_row(
+        &self,
+        format: &ExpressFormat,
+        record: &Record,
+        now_ms: i64,
+    ) -> Result<(String, i64), StoreError> {
+        if let Some(user) = &record.user_id {
+            if user.chars().count() > MAX_EXPRESS_USER_LEN {
+                return Err(StoreError::Encode(EncodeError(format!(
+                    "user id of {} characters: the express table's user column keeps at most \
+                     {MAX_EXPRESS_USER_LEN}",
+                    user.chars().count()
+                ))));
+            }
+        }
+        let json = format.encode(record, Timestamp::from_millis(now_ms))?;
+        Ok((json, expires_secs(record.expires_at.as_millis(), now_ms)))
+    }
+
+    /// `INSERT`; on a duplicate key, the id's row removed if it has expired and the insert
+    /// made again. `Ok(false)`: the id is a live session's.
+    pub(super) async fn express_create(
+        &self,
+        format: &ExpressFormat,
+        record: &Record,
+    ) -> Result<bool, StoreError> {
+        let now_ms = self.now();
+        let (json, expires) = self.express_row(format, record, now_ms)?;
+        let (sql, pool, id, now) = (
+            self.sql.create.as_str(),
+            &self.pool,
+            record.id.as_str(),
+            self.now_param(),
+        );
+        let insert = || {
+            let json = json.as_str();
+            async move {
+                match sqlx::query(sql)
+                    .bind(id)
+                    .bind(expires)
+                    .bind(json)
+                    .execute(pool)
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(e) if is_duplicate(&e) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if self.run("create", Retry::IfNotRun, insert).await? {
+            return Ok(true);
+        }
+        let clear = self.sql.clear_expired_id.as_str();
+        let cleared = self
+            .run("create", Retry::IfNotRun, move || {
+                sqlx::query(clear).bind(id).bind(now).execute(pool)
+            })
+            .await?
+            .rows_affected();
+        if cleared == 0 {
+            return Ok(false);
+        }
+        self.run("create", Retry::IfNotRun, insert).await
+    }
+
+    pub(super) async fn express_load(
+        &self,
+        format: &ExpressFormat,
+        id: &SessionId,
+    ) -> Result<Option<Record>, StoreError> {
+        let (sql, pool, key, now) = (
+            self.sql.load.as_str(),
+            &self.pool,
+            id.as_str(),
+            self.now_param(),
+        );
+        let row = self
+            .run("load", Retry::ReadOnly, move || {
+                sqlx::query(sql).bind(key).bind(now).fetch_optional(pool)
+            })
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        // `utf8mb4_bin` columns read as bytes (sqlx takes a binary collation for binary).
+        let json: Option<Vec<u8>> = row.try_get(0).map_err(store_error)?;
+        let expires: i64 = row.try_get(1).map_err(store_error)?;
+        let json = json.unwrap_or_default();
+        let version = content_version(&json);
+        Ok(Some(format.decode(&json)?.into_record(
+            id.clone(),
+            Timestamp::from_millis(expires.saturating_mul(1000)),
+            version,
+        )))
+    }
+
+    /// One `UPDATE … WHERE session_id = ? AND <hash of data> = ?`; the new version is the
+    /// hash of what was written.
+    pub(super) async fn express_save(
+        &self,
+        format: &ExpressFormat,
+        record: &Record,
+    ) -> Result<u64, StoreError> {
+        let now_ms = self.now();
+        let (json, expires) = self.express_row(format, record, now_ms)?;
+        let next = content_version(json.as_bytes());
+        let (sql, pool, id, now, expected) = (
+            self.sql.save.as_str(),
+            &self.pool,
+            record.id.as_str(),
+            self.now_param(),
+            record.version,
+        );
+        let json = json.as_str();
+        let done = self
+            .run("save", Retry::IfNotRun, move || {
+                sqlx::query(sql)
+                    .bind(json)
+                    .bind(expires)
+                    .bind(id)
+                    .bind(expected)
+                    .bind(now)
+                    .execute(pool)
+            })
+            .await?
+            .rows_affected();
+        if done > 0 {
+            return Ok(next);
+        }
+        match self.live_version("save", &record.id, now).await? {
+            Some(_) => Err(StoreError::Conflict),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    pub(super) async fn express_delete_version(
+        &self,
+        id: &SessionId,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        let (sql, pool, key, now) = (
+            self.sql.delete_version.as_str(),
+            &self.pool,
+            id.as_str(),
+            self.now_param(),
+        );
+        let removed = self
+            .run("delete_version", Retry::IfNotRun, move || {
+                sqlx::query(sql)
+                    .bind(key)
+                    .bind(version)
+                    .bind(now)
+                    .execute(pool)
+            })
+            .await?
+            .rows_affected();
+        if removed > 0 {
+            return Ok(());
+        }
+        match self.live_version("delete_version", id, now).await? {
+            Some(_) => Err(StoreError::Conflict),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    pub(super) async fn express_touch(
+        &self,
+        id: &SessionId,
+        expires_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let expires = expires_secs(expires_at.as_millis(), self.now());
+        let (sql, pool, key, now) = (
+            self.sql.touch.as_str(),
+            &self.pool,
+            id.as_str(),
+            self.now_param(),
+        );
+        let done = self
+            .run("touch", Retry::IfNotRun, move || {
+                sqlx::query(sql)
+                    .bind(expires)
+                    .bind(key)
+                    .bind(now)
+                    .execute(pool)
+            })
+            .await?
+            .rows_affected();
+        Ok(done > 0)
+    }
+
+    pub(super) async fn express_list(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        let (sql, pool, now) = (
+            self.sql.list_for_user.as_str(),
+            &self.pool,
+            self.now_param(),
+        );
+        let rows = self
+            .run("list_for_user", Retry::ReadOnly, move || {
+                sqlx::query(sql).bind(user_id).bind(now).fetch_all(pool)
+            })
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let raw = super::row::text(&row, 0)?.unwrap_or_default();
+            let expires: i64 = row.try_get(1).map_err(store_error)?;
+            match SessionId::parse(&raw) {
+                Ok(id) => out.push(SessionInfo::new(
+                    id,
+                    Timestamp::from_millis(0),
+                    Timestamp::from_millis(expires.saturating_mul(1000)),
+                )),
+                Err(e) => tracing::warn!(
+                    table = %self.qualified_name, error = %e,
+                    "list_for_user: skipping a row whose id is not a session id"
+                ),
+            }
+        }
+        Ok(out)
+    }
+}
