@@ -1,24 +1,24 @@
 //! A Rust app sharing sessions with an Express app: same `connect.sid` cookie, same secret
-//! list, same store (connect-redis, connect-pg-simple, connect-mongo or express-mysql-session
-//! layout).
+//! list, same store (connect-redis, connect-pg-simple, connect-mongo, express-mysql-session or
+//! better-sqlite3-session-store layout).
 //!
 //! Run it next to the Node app in `coatcheck/tests/express-app/` (same environment):
 //!
 //! ```text
 //! STORE=redis REDIS_URL=redis://127.0.0.1:6379 SESSION_SECRETS='new secret,old secret' PORT=3001 \
-//!     cargo run --example express_shared --features redis,postgres,mongo,mysql
+//!     cargo run --example express_shared --features redis,postgres,mongo,mysql,sqlite
 //! ```
 //!
 //! `STORE` is `redis` (`REDIS_URL`, `REDIS_PREFIX`), `postgres` (`DATABASE_URL`, `PG_TABLE`),
-//! `mongo` (`MONGODB_URL`, `MONGO_DB`, `MONGO_COLLECTION`) or `mysql` (`MYSQL_URL`,
-//! `MYSQL_TABLE`); defaults match the Node
+//! `mongo` (`MONGODB_URL`, `MONGO_DB`, `MONGO_COLLECTION`), `mysql` (`MYSQL_URL`,
+//! `MYSQL_TABLE`) or `sqlite` (`SQLITE_FILE`); defaults match the Node
 //! packages' defaults. Routes (the Node app has the same ones): `POST /login?user=`,
 //! `GET /me`, `POST /counter`, `POST /note?text=`, `GET /session`, `POST /logout`.
 //!
 //! What to know: concurrency with Node is last-write-wins (Node takes no locks); keys
 //! express-session reserves (`cookie`, `id`, `save`, ...) are refused; Express keeps no
 //! creation time, so there is no absolute timeout; with connect-redis and connect-mongo there
-//! is no per-user index, so "log out everywhere" needs the Postgres or MySQL store.
+//! is no per-user index, so "log out everywhere" needs the Postgres, MySQL or SQLite store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 /// Where the shared sessions live and how they are signed.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `redis`, `postgres`, `mongo` or `mysql`.
+    /// `redis`, `postgres`, `mongo`, `mysql` or `sqlite`.
     pub store: String,
     /// The Node app's secret list: the first signs, all verify.
     pub secrets: Vec<String>,
@@ -54,6 +54,8 @@ pub struct Config {
     /// MySQL URL and table (express-mysql-session's default `sessions`).
     pub mysql_url: String,
     pub mysql_table: String,
+    /// The SQLite file (better-sqlite3-session-store's table is always `sessions`).
+    pub sqlite_file: String,
 }
 
 impl Config {
@@ -79,14 +81,16 @@ impl Config {
             mongo_collection: var("MONGO_COLLECTION", "sessions"),
             mysql_url: var("MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
             mysql_table: var("MYSQL_TABLE", "sessions"),
+            sqlite_file: var("SQLITE_FILE", "sessions.db"),
         }
     }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The store in express-compatible mode. Postgres and MySQL: the table is created as
-/// connect-pg-simple and express-mysql-session create it, if absent.
+/// The store in express-compatible mode. Postgres, MySQL and SQLite: the table is created
+/// as connect-pg-simple, express-mysql-session and better-sqlite3-session-store create it,
+/// if absent.
 pub async fn store(config: &Config) -> Result<Arc<dyn SessionStore>, BoxError> {
     // The stored `cookie` object is what Express re-sends: match the Node app's options
     // (`secure: false` here: plain HTTP on loopback; keep the default `true` in production).
@@ -127,10 +131,18 @@ pub async fn store(config: &Config) -> Result<Arc<dyn SessionStore>, BoxError> {
             store.migrate().await?;
             Arc::new(store)
         }
+        "sqlite" => {
+            let store = coatcheck::sqlite::SqliteStore::builder()
+                .express(format)
+                .connect_lazy(&format!("sqlite://{}?mode=rwc", config.sqlite_file))?;
+            store.migrate().await?;
+            Arc::new(store)
+        }
         other => {
-            return Err(
-                format!("STORE must be redis, postgres, mongo or mysql, not {other:?}").into(),
+            return Err(format!(
+                "STORE must be redis, postgres, mongo, mysql or sqlite, not {other:?}"
             )
+            .into())
         }
     })
 }

@@ -81,6 +81,7 @@ impl Node {
             .env("MONGO_COLLECTION", &config.mongo_collection)
             .env("MYSQL_URL", &config.mysql_url)
             .env("MYSQL_TABLE", &config.mysql_table)
+            .env("SQLITE_FILE", &config.sqlite_file)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -368,4 +369,18 @@ async fn express_interop_mysql() {
         .execute(&pool)
         .await
         .expect("drop the test table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn express_interop_sqlite() {
+    if !have_node() {
+        return;
+    }
+    let mut config = base_config("sqlite");
+    let file = std::env::temp_dir().join(format!("{}.db", harness::unique_name("interop")));
+    config.sqlite_file = file.display().to_string();
+    run(config).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
 }

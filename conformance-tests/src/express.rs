@@ -320,6 +320,12 @@ macro_rules! express_suite {
     ($name:ident, requires = $req:expr, $factory:expr $(,)?) => {
         $crate::express_suite!(@cases $name, [Some($req)], $factory, []);
     };
+    ($name:ident, $factory:expr, unreachable = $unreach:expr $(,)?) => {
+        $crate::express_suite!(@cases $name, [None], $factory, [$unreach]);
+    };
+    ($name:ident, $factory:expr $(,)?) => {
+        $crate::express_suite!(@cases $name, [None], $factory, []);
+    };
     (@cases $name:ident, [$req:expr], $factory:expr, [$($unreach:expr)?]) => {
         #[allow(unused_imports, clippy::redundant_closure_call)]
         mod $name {

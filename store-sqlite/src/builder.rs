@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coatcheck_core::{Clock, Codec, StoreOptions};
+use coatcheck_core::{Clock, Codec, ExpressFormat, StoreOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 #[cfg(doc)]
@@ -14,7 +14,7 @@ use crate::layout::{self as sql, Statements};
 use crate::store::{Inner, SqliteStore};
 use crate::{
     BuildError, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_BUSY_TIMEOUT, DEFAULT_CLEANUP_BATCH,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_TABLE,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_TABLE, EXPRESS_TABLE,
 };
 
 /// Builder for a [`SqliteStore`]; from [`SqliteStore::builder`].
@@ -39,7 +39,7 @@ use crate::{
 #[derive(Debug)]
 #[must_use]
 pub struct SqliteStoreBuilder {
-    table: String,
+    table: Option<String>,
     options: StoreOptions,
     acquire_timeout: Duration,
     busy_timeout: Duration,
@@ -50,7 +50,7 @@ pub struct SqliteStoreBuilder {
 impl Default for SqliteStoreBuilder {
     fn default() -> Self {
         SqliteStoreBuilder {
-            table: DEFAULT_TABLE.to_owned(),
+            table: None,
             options: StoreOptions::new(),
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
@@ -61,31 +61,49 @@ impl Default for SqliteStoreBuilder {
 }
 
 impl SqliteStoreBuilder {
-    /// The table name ([`DEFAULT_TABLE`] by default). Validated as an identifier when the
-    /// store is built; its indexes are named after it (`{table}_expires_at_idx`,
-    /// `{table}_user_id_idx`).
+    /// The table name ([`DEFAULT_TABLE`] by default; [`EXPRESS_TABLE`] in express mode).
+    /// Validated as an identifier when the store is built; its indexes are named after it
+    /// (`{table}_expires_at_idx`, `{table}_user_id_idx`).
     pub fn table(mut self, table: impl Into<String>) -> Self {
-        self.table = table.into();
+        self.table = Some(table.into());
         self
     }
 
     /// Every shared option at once ([`StoreOptions`]: codec, clock, express layout), as
-    /// every coatcheck store builder takes them; replaces what `codec` and `clock` set
-    /// before. An express layout is refused at build ([`BuildError::ExpressUnsupported`]).
+    /// every coatcheck store builder takes them; replaces what `codec`, `clock` and
+    /// `express` set before.
     pub fn options(mut self, options: StoreOptions) -> Self {
         self.options = options;
         self
     }
 
-    /// Express-compatible mode: not built in this store, so [`build`](Self::build) refuses
-    /// it with [`BuildError::ExpressUnsupported`] rather than store sessions an Express app
-    /// cannot read. Here so that every coatcheck store builder takes the same options.
-    pub fn express(mut self, format: coatcheck_core::ExpressFormat) -> Self {
+    /// Express-compatible mode: sessions live in better-sqlite3-session-store's table
+    /// (default [`EXPRESS_TABLE`]: `sid`, `sess` the session's JSON, `expire` an ISO-8601
+    /// instant), so an Express app using that store on the same file shares them.
+    /// [`SqliteStore::migrate`] creates the table as that store does and adds an index on
+    /// `expire` and, when the format has a principal key (`userId` by default), an index on
+    /// it, for "log out everywhere". Express keeps no creation time, no version (a hash of
+    /// the JSON stands in, compared inside a `BEGIN IMMEDIATE` transaction) and no device:
+    /// the cap and device revocation are not available in this mode.
+    ///
+    /// ```no_run
+    /// use coatcheck::core::{ExpressFormat, SessionStore};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = coatcheck::sqlite::SqliteStore::builder()
+    ///     .express(ExpressFormat::new())
+    ///     .connect_lazy("sqlite://sessions.db?mode=rwc")?;
+    /// store.migrate().await?;
+    /// assert!(store.capabilities().express_layout);
+    /// # Ok(()) }
+    /// ```
+    pub fn express(mut self, format: ExpressFormat) -> Self {
         self.options.express = Some(format);
         self
     }
 
-    /// The codec of the `data` column; default [`NativeCodec`].
+    /// The codec of the `data` column; default [`NativeCodec`]. Ignored in express mode,
+    /// except that an encrypting one is refused there ([`BuildError::EncryptedExpress`]).
     ///
     /// ```
     /// let b = coatcheck::sqlite::SqliteStore::builder().codec(coatcheck::store::JsonCodec);
@@ -160,29 +178,49 @@ impl SqliteStoreBuilder {
 
     fn build_with(self, pool: SqlitePool, writer: SqlitePool) -> Result<SqliteStore, BuildError> {
         self.validate()?;
+        let table = self.table_name().to_owned();
+        let sql = match &self.options.express {
+            None => Statements::native(&table),
+            Some(f) => Statements::express(&table, f.user_key.as_deref()),
+        };
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 pool,
                 writer,
-                sql: Statements::native(&self.table),
+                sql,
                 codec: self.options.codec,
                 clock: self.options.clock,
                 cleanup_batch: self.cleanup_batch,
-                table: self.table,
+                table,
+                express: self.options.express,
             }),
         })
     }
 
     fn validate(&self) -> Result<(), BuildError> {
-        sql::validate_ident("table", &self.table)?;
+        sql::validate_ident("table", self.table_name())?;
         if self.cleanup_batch == 0 {
             return Err(BuildError::ZeroCleanupBatch);
         }
         self.options.validate().map_err(BuildError::from)?;
-        if self.options.express.is_some() {
-            return Err(BuildError::ExpressUnsupported);
+        if let Some(key) = self
+            .options
+            .express
+            .as_ref()
+            .and_then(|f| f.user_key.as_deref())
+        {
+            // A literal in the user index's JSON path.
+            sql::validate_ident("express user key", key)?;
         }
         Ok(())
+    }
+
+    fn table_name(&self) -> &str {
+        match (&self.table, &self.options.express) {
+            (Some(t), _) => t,
+            (None, Some(_)) => EXPRESS_TABLE,
+            (None, None) => DEFAULT_TABLE,
+        }
     }
 
     /// A store on the database at `url`, a sqlx SQLite URL such as

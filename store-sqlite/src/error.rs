@@ -20,13 +20,13 @@ use crate::{SqliteStore, SqliteStoreBuilder};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// A table name is not a plain identifier.
+    /// A table name or express user key is not a plain identifier.
     #[error(
         "invalid {what} name {name:?}: use 1 to 64 characters of A-Z, a-z, 0-9 and '_', \
          not starting with a digit"
     )]
     InvalidIdentifier {
-        /// `"table"`.
+        /// `"table"` or `"express user key"`.
         what: &'static str,
         /// The refused name.
         name: String,
@@ -44,10 +44,6 @@ pub enum BuildError {
     /// express-compatible mode.
     #[error("express-compatible mode stores express-session's JSON and cannot encrypt it; drop the encrypting codec or the express format")]
     EncryptedExpress,
-    /// Express-compatible mode is not built in this store: refused rather than silently
-    /// storing sessions Node cannot read (see the crate's README for why).
-    #[error("express-compatible mode is not supported by coatcheck-sqlite; use the native layout, or the Postgres, Redis or MongoDB store to share sessions with Express")]
-    ExpressUnsupported,
     /// Other options that cannot go together
     /// ([`StoreOptions::validate`](coatcheck_core::StoreOptions::validate)).
     #[error(transparent)]

@@ -60,6 +60,9 @@ pub use crate::store::{SqliteStore, REPORT_QUEUE};
 
 /// The table used when none is configured.
 pub const DEFAULT_TABLE: &str = "coatcheck_sessions";
+/// The table used in express-compatible mode when none is configured:
+/// better-sqlite3-session-store's.
+pub const EXPRESS_TABLE: &str = "sessions";
 /// How long an operation waits for a pool connection before failing with `Backend`
 /// (pools built by [`SqliteStoreBuilder::connect_lazy`]).
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);

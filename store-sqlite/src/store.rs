@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use coatcheck_core::{
-    Capabilities, Clock, Codec, DecodeError, EncodeError, Record, SessionId, SessionInfo,
-    SessionLimit, SessionStore, StoreError, Timestamp,
+    Capabilities, Clock, Codec, DecodeError, EncodeError, ExpressFormat, Record, SessionId,
+    SessionInfo, SessionLimit, SessionStore, StoreError, Timestamp,
 };
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::Row as _;
 
 mod cleanup;
+mod express;
 mod limit;
 mod row;
 pub use cleanup::REPORT_QUEUE;
@@ -59,6 +60,9 @@ pub(crate) struct Inner {
     pub(crate) cleanup_batch: u32,
     /// The table's name, for logs and errors.
     pub(crate) table: String,
+    /// Express-compatible mode: better-sqlite3-session-store's table, the session as its
+    /// JSON.
+    pub(crate) express: Option<ExpressFormat>,
 }
 
 /// sqlx errors to store errors: a value that cannot be read from its column is `Decode`,
@@ -211,6 +215,16 @@ impl Inner {
         Ok(record)
     }
 
+    /// Revocation by user needs the principal mapped to an index.
+    fn user_index(&self) -> Result<(), StoreError> {
+        match &self.express {
+            Some(f) if f.user_key.is_none() => Err(StoreError::Unsupported(
+                "express mode without a principal key has no user index",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn encode(&self, record: &Record) -> Result<Vec<u8>, StoreError> {
         Ok(self.codec.encode_for(&record.id, &record.data)?)
     }
@@ -241,13 +255,19 @@ impl SessionStore for SqliteStore {
     /// no row when the id is a live session's (`IdTaken`).
     async fn create(&self, record: &Record) -> Result<(), StoreError> {
         let inner = &*self.inner;
-        let bytes = inner.encode(record)?;
-        let args = CreateArgs::new(record, &bytes, inner.now())?;
-        let (sql, pool) = (inner.sql.create.as_str(), &inner.writer);
-        let done = run("create", args.query(sql).execute(pool))
-            .await?
-            .rows_affected();
-        if done > 0 {
+        let created = match &inner.express {
+            Some(f) => inner.express_create(f, record).await?,
+            None => {
+                let bytes = inner.encode(record)?;
+                let args = CreateArgs::new(record, &bytes, inner.now())?;
+                let (sql, pool) = (inner.sql.create.as_str(), &inner.writer);
+                run("create", args.query(sql).execute(pool))
+                    .await?
+                    .rows_affected()
+                    > 0
+            }
+        };
+        if created {
             Ok(())
         } else {
             tracing::debug!(session = %record.id.short_hash(), "create: id taken");
@@ -257,6 +277,11 @@ impl SessionStore for SqliteStore {
 
     async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError> {
         let inner = &*self.inner;
+        if let Some(f) = &inner.express {
+            return inner.express_load(f, id).await.inspect_err(|e| {
+                tracing::warn!(session = %id.short_hash(), error = %e, "stored session is unreadable");
+            });
+        }
         let now = inner.now();
         let (sql, pool, key) = (inner.sql.load.as_str(), &inner.pool, id.as_str());
         let row = run(
@@ -281,6 +306,9 @@ impl SessionStore for SqliteStore {
     /// none does the probe tell `Conflict` from `NotFound`.
     async fn save(&self, record: &Record) -> Result<u64, StoreError> {
         let inner = &*self.inner;
+        if let Some(f) = &inner.express {
+            return inner.express_save(f, record).await;
+        }
         let now = inner.now();
         let bytes = inner.encode(record)?;
         let version = version_param(record.version)?;
@@ -308,6 +336,9 @@ impl SessionStore for SqliteStore {
 
     async fn delete_version(&self, id: &SessionId, version: u64) -> Result<(), StoreError> {
         let inner = &*self.inner;
+        if inner.express.is_some() {
+            return inner.express_delete_version(id, version).await;
+        }
         let now = inner.now();
         let expected = version_param(version)?;
         let (sql, pool, key) = (
@@ -336,6 +367,9 @@ impl SessionStore for SqliteStore {
 
     async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError> {
         let inner = &*self.inner;
+        if inner.express.is_some() {
+            return inner.express_touch(id, expires_at).await;
+        }
         let now = inner.now();
         let (sql, pool) = (inner.sql.touch.as_str(), &inner.writer);
         let done = run(
@@ -367,6 +401,10 @@ impl SessionStore for SqliteStore {
 
     async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
         let inner = &*self.inner;
+        inner.user_index()?;
+        if inner.express.is_some() {
+            return inner.express_list(user_id).await;
+        }
         let now = inner.now();
         let (sql, pool) = (inner.sql.list_for_user.as_str(), &inner.pool);
         let rows = run(
@@ -408,6 +446,7 @@ impl SessionStore for SqliteStore {
         except: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
         let inner = &*self.inner;
+        inner.user_index()?;
         let now = inner.now();
         let (sql, pool, keep) = (
             inner.sql.delete_for_user.as_str(),
@@ -432,6 +471,9 @@ impl SessionStore for SqliteStore {
     }
 
     async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
+        if self.inner.express.is_some() {
+            return Err(StoreError::Unsupported("express mode keeps no devices"));
+        }
         self.inner.delete_device(user_id, handle).await
     }
 
@@ -440,14 +482,26 @@ impl SessionStore for SqliteStore {
         record: &Record,
         limit: SessionLimit,
     ) -> Result<u64, StoreError> {
+        if self.inner.express.is_some() {
+            return Err(StoreError::Unsupported(
+                "express mode has no per-user session limit",
+            ));
+        }
         self.inner.create_limited(record, limit).await
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new()
-            .with_db_system("sqlite")
-            .with_user_index(true)
-            .with_devices(true)
-            .with_session_limit(true)
+        let caps = Capabilities::new().with_db_system("sqlite");
+        match &self.inner.express {
+            None => caps
+                .with_user_index(true)
+                .with_devices(true)
+                .with_session_limit(true),
+            Some(f) => caps
+                .with_user_index(f.user_key.is_some())
+                .with_opaque_versions(true)
+                .with_no_creation_time(true)
+                .with_express_layout(true),
+        }
     }
 }

@@ -15,11 +15,20 @@ use coatcheck_sqlite::SqliteStore;
 
 /// `n` stores, each with pools of its own, on one fresh file (and its URL).
 async fn sqlite_stores(n: usize, busy: Duration) -> (Deployment, String) {
+    stores_on_file(n, busy, false).await
+}
+
+/// The same, in native or express layout.
+async fn stores_on_file(n: usize, busy: Duration, express: bool) -> (Deployment, String) {
     let file = common::fresh_file("cc_hist");
     let url = common::url_of(&file);
     let mut stores = Vec::new();
     for i in 0..n {
-        let store = SqliteStore::builder()
+        let mut builder = SqliteStore::builder();
+        if express {
+            builder = builder.express(coatcheck_core::ExpressFormat::new());
+        }
+        let store = builder
             .acquire_timeout(Duration::from_secs(10))
             .busy_timeout(busy)
             .connect_lazy(&url)
@@ -37,6 +46,17 @@ coatcheck_conformance::history!(
     config = Config::new("sqlite").seeds(25),
     |n| async move {
         sqlite_stores(n, coatcheck_sqlite::DEFAULT_BUSY_TIMEOUT)
+            .await
+            .0
+    }
+);
+
+// better-sqlite3-session-store's table, with the principal index.
+coatcheck_conformance::history!(
+    sqlite_express,
+    config = Config::new("sqlite_express").seeds(25),
+    |n| async move {
+        stores_on_file(n, coatcheck_sqlite::DEFAULT_BUSY_TIMEOUT, true)
             .await
             .0
     }

@@ -54,10 +54,19 @@ async fn bad_options_are_refused_at_construction() {
         assert!(matches!(err, BuildError::InvalidIdentifier { .. }), "{err}");
     }
     let err = SqliteStore::builder()
-        .express(ExpressFormat::new())
+        .express(ExpressFormat::new().user_key(Some("u') --")))
         .connect_lazy(url)
         .unwrap_err();
-    assert!(matches!(err, BuildError::ExpressUnsupported), "{err}");
+    assert!(
+        matches!(
+            err,
+            BuildError::InvalidIdentifier {
+                what: "express user key",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let encrypted_express = StoreOptions::new()
         .codec(coatcheck_conformance::encryption::codec())
         .express(ExpressFormat::new());

@@ -2,7 +2,7 @@
 
 // The Node side of coatcheck's express-session interop test: a plain Express app using
 // express-session with one of the stock stores (connect-redis, connect-pg-simple, connect-mongo,
-// express-mysql-session).
+// express-mysql-session, better-sqlite3-session-store).
 // Configured entirely through environment variables; see README.md.
 
 const express = require('express');
@@ -117,8 +117,27 @@ function makeStore(kind) {
         },
       };
     }
+    case 'sqlite': {
+      // better-sqlite3-session-store on a better-sqlite3 database (its table is always
+      // `sessions`); WAL and a busy timeout, as coatcheck opens the same file.
+      const Database = require('better-sqlite3');
+      const SqliteStore = require('better-sqlite3-session-store')(session);
+      const db = new Database(env('SQLITE_FILE'));
+      db.pragma('journal_mode = WAL');
+      db.pragma('busy_timeout = 5000');
+      const store = new SqliteStore({ client: db });
+      return {
+        store,
+        ready: Promise.resolve(),
+        close: async () => {
+          db.close();
+        },
+      };
+    }
     default:
-      return fail(`STORE must be redis, postgres, mongo or mysql, got ${JSON.stringify(kind)}`);
+      return fail(
+        `STORE must be redis, postgres, mongo, mysql or sqlite, got ${JSON.stringify(kind)}`,
+      );
   }
 }
 

@@ -6,6 +6,7 @@
 //! Unix epoch. Ids, users and handles are `TEXT` compared with SQLite's default `BINARY`
 //! collation: byte for byte (`Alice` ≠ `alice`).
 
+pub(crate) mod express;
 pub(crate) mod native;
 
 use crate::BuildError;
