@@ -221,6 +221,28 @@ pub async fn session_limit_evicts_the_least_recently_seen<S: SessionStore>(store
     ));
 }
 
+/// A `max` of 0, set on the public field after `SessionLimit::new`, acts as 1 under either
+/// policy: an error or an eviction, never a panic (a store sliced its live list with it).
+pub async fn session_limit_of_zero_acts_as_one<S: SessionStore>(store: S) {
+    if !limited(&store, "session_limit_of_zero_acts_as_one").await {
+        return;
+    }
+    let mut evict = SessionLimit::new(1, LimitPolicy::EvictLeastRecentlySeen);
+    evict.max = 0;
+    let first = signed_in("zoe", 1_000);
+    assert_eq!(store.create_limited(&first, evict).await.expect("first"), 0);
+    let second = signed_in("zoe", 2_000);
+    assert_eq!(store.create_limited(&second, evict).await.expect("second"), 1);
+    assert_eq!(ids_of(&store, "zoe").await, keys(&store, [&second.id]));
+    let mut refuse = SessionLimit::new(1, LimitPolicy::Refuse);
+    refuse.max = 0;
+    assert!(matches!(
+        store.create_limited(&signed_in("zoe", 3_000), refuse).await,
+        Err(StoreError::LimitReached)
+    ));
+    assert_eq!(ids_of(&store, "zoe").await, keys(&store, [&second.id]));
+}
+
 /// Logins arriving together never take a user past the limit, under either policy.
 pub async fn concurrent_limited_creates_never_pass_the_limit<S: SessionStore>(store: S) {
     if !limited(&store, "concurrent_limited_creates_never_pass_the_limit").await {

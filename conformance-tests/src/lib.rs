@@ -109,6 +109,7 @@ macro_rules! suite {
                 delete_device_revokes_only_the_users_own,
                 session_limit_refuses_at_the_limit,
                 session_limit_evicts_the_least_recently_seen,
+                session_limit_of_zero_acts_as_one,
                 concurrent_limited_creates_never_pass_the_limit,
             );
 

@@ -401,7 +401,8 @@ impl Inner {
         let _serial = lock(&self.limit);
         let now = self.clock.now();
         let live = self.live_of(user, now);
-        let max = limit.max as usize;
+        // At least 1 (a `max` of 0, set on the public field, would evict past the end).
+        let max = limit.max.max(1) as usize;
         let mut evicted = 0;
         if live.len() >= max {
             if limit.policy == LimitPolicy::Refuse {

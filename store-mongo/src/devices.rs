@@ -167,7 +167,8 @@ impl MongoStore {
             }
         }
         live.sort();
-        let max = usize::try_from(limit.max).unwrap_or(usize::MAX);
+        // At least 1 (a `max` of 0, set on the public field, would evict past the end).
+        let max = usize::try_from(limit.max.max(1)).unwrap_or(usize::MAX);
         let mut evicted = 0;
         if live.len() >= max {
             if limit.policy == LimitPolicy::Refuse {

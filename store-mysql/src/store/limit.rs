@@ -52,7 +52,8 @@ impl Inner {
         let bytes = self.encode(record)?;
         let args = CreateArgs::new(record, &bytes, now)?;
         let (pool, sql) = (&self.pool, &self.sql);
-        let max = usize::try_from(limit.max).unwrap_or(usize::MAX);
+        // At least 1 (a `max` of 0, set on the public field, would evict past the end).
+        let max = usize::try_from(limit.max.max(1)).unwrap_or(usize::MAX);
         let outcome = self
             .run("create_limited", Retry::IfNotRun, move || async move {
                 let mut conn = pool.acquire().await?;

@@ -421,7 +421,7 @@ impl Native {
             .arg(user)
             .arg(cx.index_prefix())
             .arg(flag(true))
-            .arg(limit.max)
+            .arg(limit.max.max(1))
             .arg(policy)
             .arg(cx.prefix());
         let out = Outcome::parse(cx.invoke(&inv).await?, "create_limited script")?;
@@ -500,7 +500,8 @@ impl Native {
         live.sort_by(|a, b| {
             (a.seen.unwrap_or(a.created), &a.id).cmp(&(b.seen.unwrap_or(b.created), &b.id))
         });
-        let max = usize::try_from(limit.max).unwrap_or(usize::MAX);
+        // At least 1 (a `max` of 0, set on the public field, would evict past the end).
+        let max = usize::try_from(limit.max.max(1)).unwrap_or(usize::MAX);
         let mut evicted = 0;
         if live.len() >= max {
             if limit.policy == LimitPolicy::Refuse {
