@@ -232,7 +232,10 @@ pub async fn session_limit_of_zero_acts_as_one<S: SessionStore>(store: S) {
     let first = signed_in("zoe", 1_000);
     assert_eq!(store.create_limited(&first, evict).await.expect("first"), 0);
     let second = signed_in("zoe", 2_000);
-    assert_eq!(store.create_limited(&second, evict).await.expect("second"), 1);
+    assert_eq!(
+        store.create_limited(&second, evict).await.expect("second"),
+        1
+    );
     assert_eq!(ids_of(&store, "zoe").await, keys(&store, [&second.id]));
     let mut refuse = SessionLimit::new(1, LimitPolicy::Refuse);
     refuse.max = 0;

@@ -54,7 +54,9 @@ pub enum BuildError {
     NoRuntime,
 }
 
-/// [`MySqlStore::migrate`] failed; the source is the database's error.
+/// [`MySqlStore::migrate`] failed: the server refused a statement (the source is its
+/// error: no right to create tables, ...), or a table of that name exists without what the
+/// store needs.
 ///
 /// ```no_run
 /// # async fn f(store: coatcheck::mysql::MySqlStore) {
@@ -64,8 +66,22 @@ pub enum BuildError {
 /// # }
 /// ```
 #[derive(Debug, thiserror::Error)]
-#[error("migrating the session table failed: {0}")]
-pub struct MigrateError(#[source] pub sqlx::Error);
+#[non_exhaustive]
+pub enum MigrateError {
+    /// The server refused a statement of the migration.
+    #[error("migrating the session table failed: {0}")]
+    Database(#[source] sqlx::Error),
+    /// The table exists but is not what this store reads and writes (a column is missing,
+    /// or, in express mode, its principal column reads another key): nothing was changed.
+    #[error("table {table} exists but does not fit this store ({source}); drop it, fix it or configure another table name")]
+    WrongShape {
+        /// The table's name.
+        table: String,
+        /// What does not fit (the server's complaint about the probe, or a description).
+        #[source]
+        source: sqlx::Error,
+    },
+}
 
 impl From<coatcheck_core::OptionsConflict> for BuildError {
     fn from(conflict: coatcheck_core::OptionsConflict) -> Self {

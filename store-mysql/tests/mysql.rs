@@ -467,3 +467,86 @@ async fn express_migrate_upgrades_a_table_express_created() {
     assert_eq!(store.delete_for_user("ada", None).await.expect("revoke"), 1);
     assert!(store.load(&id).await.expect("load").is_none());
 }
+
+/// Express mode's principal column: bytes compared byte for byte (`alice` and `alice ` are
+/// two users, as in the native layout, although a `_bin` text collation would pad them
+/// equal), only a string or an integer is a principal, and a table whose principal column
+/// reads another key than the configured one is refused at `migrate()`.
+#[tokio::test]
+async fn express_principals_match_byte_for_byte_and_a_changed_key_is_refused() {
+    require_mysql!();
+    let scoped = scoped_with(MySqlStore::builder().express(ExpressFormat::new())).await;
+    let store = &scoped.0.store;
+    let table = scoped.0.guard.table.clone();
+    for user in ["alice", "alice ", "42"] {
+        let mut r = record_at(Timestamp::now(), HOUR);
+        r.user_id = Some(user.into());
+        store.create(&r).await.expect("create");
+    }
+    for user in ["alice", "alice ", "42"] {
+        assert_eq!(
+            store.list_for_user(user).await.expect("list").len(),
+            1,
+            "{user:?}"
+        );
+    }
+    assert_eq!(
+        store.delete_for_user("alice", None).await.expect("revoke"),
+        1
+    );
+    assert_eq!(store.list_for_user("alice ").await.expect("list").len(), 1);
+    // A principal that is neither a string nor an integer is none.
+    let expires = Timestamp::now().as_millis() / 1000 + 3600;
+    common::admin(
+        &common::url().await,
+        format!(
+            "INSERT INTO `{table}` (session_id, expires, data) VALUES \
+             ('boolSid0boolSid0boolSid0boolSid', {expires}, '{{\"cookie\":{{}},\"userId\":true}}'), \
+             ('nullSid0nullSid0nullSid0nullSid', {expires}, '{{\"cookie\":{{}},\"userId\":null}}')"
+        ),
+    )
+    .expect("rows written by hand");
+    for user in ["true", "1", "null"] {
+        assert!(
+            store.list_for_user(user).await.expect("list").is_empty(),
+            "{user:?}"
+        );
+    }
+    // The same table under another principal key: refused, not silently revoking nothing.
+    let other = MySqlStore::builder()
+        .table(&table)
+        .express(ExpressFormat::new().user_key(Some("accountId")))
+        .connect_lazy(&common::url().await)
+        .expect("config");
+    match other.migrate().await {
+        Err(e @ coatcheck_mysql::MigrateError::WrongShape { .. }) => {
+            assert!(e.to_string().contains(&table), "{e}");
+        }
+        other => panic!("expected WrongShape, got {other:?}"),
+    }
+}
+
+/// A table of the session table's name made by something else is refused at `migrate()`.
+#[tokio::test]
+async fn a_table_of_the_wrong_shape_is_refused_at_migrate() {
+    require_mysql!();
+    let url = common::url().await;
+    let table = harness::unique_name("cc_shape");
+    let _guard = common::TableGuard {
+        url: url.clone(),
+        table: table.clone(),
+    };
+    common::admin(
+        &url,
+        format!("CREATE TABLE `{table}` (sid VARCHAR(64) PRIMARY KEY)"),
+    )
+    .expect("foreign table");
+    let store = MySqlStore::builder()
+        .table(&table)
+        .connect_lazy(&url)
+        .expect("config");
+    assert!(matches!(
+        store.migrate().await,
+        Err(coatcheck_mysql::MigrateError::WrongShape { .. })
+    ));
+}

@@ -8,9 +8,9 @@
 
 use super::{qualified, quote, Statements};
 
-/// The longest principal the virtual user column holds, in characters (`VARCHAR(760)`:
-/// with `expires`, the index key stays inside InnoDB's 3,072 bytes at 4 bytes a character).
-pub(crate) const MAX_EXPRESS_USER_LEN: usize = 760;
+/// The longest principal the virtual user column holds, in bytes (`VARBINARY(3040)`: with
+/// `expires`, the index key stays inside InnoDB's 3,072 bytes).
+pub(crate) const MAX_EXPRESS_USER_LEN: usize = 3040;
 
 /// The name of the virtual user column coatcheck adds.
 pub(crate) const USER_COLUMN: &str = "coatcheck_user";
@@ -20,15 +20,20 @@ pub(crate) const USER_COLUMN: &str = "coatcheck_user";
 const HASH: &str = "CAST(CONV(LEFT(SHA2(data, 256), 16), 16, 10) AS UNSIGNED)";
 
 /// What express mode adds to [`Statements`]: bringing a table Express created first up to
-/// what coatcheck needs.
+/// what coatcheck needs, one addition at a time.
 #[derive(Debug, Clone)]
 pub(crate) struct ExpressStatements {
-    /// `database or NULL, table` → how many indexes named `coatcheck_expires_idx` the
-    /// table has (none: Express created it, and `add` runs).
-    pub probe: String,
-    /// `ALTER TABLE … ADD` of the user column and its index (when mapped) and of the expiry
-    /// index.
-    pub add: String,
+    /// `database or NULL, table` → the principal column's generation expression, if the
+    /// column is there.
+    pub user_column: String,
+    /// `ALTER TABLE … ADD` of the principal column and its index (empty: none mapped).
+    pub add_user: String,
+    /// The JSON path the principal column must read (`$.userId`); empty: none mapped.
+    pub user_path: String,
+    /// `database or NULL, table` → how many index columns named `coatcheck_expires_idx`.
+    pub expires_index: String,
+    /// `ALTER TABLE … ADD` of the expiry index.
+    pub add_expires: String,
 }
 
 impl Statements {
@@ -40,11 +45,16 @@ impl Statements {
         let t = qualified(database, table);
         let expires_idx = quote("coatcheck_expires_idx");
         let user_idx = quote("coatcheck_user_idx");
+        // Bytes (`VARBINARY`: compared byte for byte, trailing spaces count, as the native
+        // layout's `user_id`); only a string or an integer is a principal (as in
+        // `ExpressFormat`), so `true` or `null` never match a user "true" or "null".
         let user_column = user_key.map(|k| {
             (
                 format!(
-                    "{col} VARCHAR({MAX_EXPRESS_USER_LEN}) COLLATE utf8mb4_bin \
-                     AS (JSON_UNQUOTE(JSON_EXTRACT(data, '$.{k}'))) VIRTUAL",
+                    "{col} VARBINARY({MAX_EXPRESS_USER_LEN}) AS (CASE \
+                     WHEN JSON_TYPE(JSON_EXTRACT(data, '$.{k}')) \
+                     IN ('STRING', 'INTEGER', 'UNSIGNED INTEGER') \
+                     THEN CAST(JSON_UNQUOTE(JSON_EXTRACT(data, '$.{k}')) AS BINARY) END) VIRTUAL",
                     col = quote(USER_COLUMN)
                 ),
                 format!("KEY {user_idx} ({}, expires)", quote(USER_COLUMN)),
@@ -54,14 +64,14 @@ impl Statements {
             Some((c, i)) => (format!(",\n    {c}"), format!(",\n    {i}")),
             None => (String::new(), String::new()),
         };
-        let add = match &user_column {
-            Some((c, i)) => {
-                format!("ALTER TABLE {t} ADD COLUMN {c}, ADD {i}, ADD KEY {expires_idx} (expires)")
-            }
-            None => format!("ALTER TABLE {t} ADD KEY {expires_idx} (expires)"),
+        let add_user = match &user_column {
+            Some((c, i)) => format!("ALTER TABLE {t} ADD COLUMN {c}, ADD {i}"),
+            None => String::new(),
         };
+        let add_expires = format!("ALTER TABLE {t} ADD KEY {expires_idx} (expires)");
         let user = quote(USER_COLUMN);
         let statements = Statements {
+            shape_probe: format!("SELECT session_id, expires, data FROM {t} WHERE 1 = 0"),
             migrate: vec![format!(
                 // express-mysql-session's schema.sql, column for column, and coatcheck's
                 // additions (Express's INSERT names its three columns: it never sees them).
@@ -111,23 +121,36 @@ impl Statements {
             ),
             delete_ids_prefix: String::new(),
         };
-        let probe = "SELECT count(*) FROM information_schema.STATISTICS \
-             WHERE TABLE_SCHEMA = coalesce(?, DATABASE()) AND TABLE_NAME = ? \
-             AND INDEX_NAME = 'coatcheck_expires_idx'"
-            .to_owned();
-        (statements, ExpressStatements { probe, add })
+        let extras = ExpressStatements {
+            user_column: "SELECT GENERATION_EXPRESSION FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = coalesce(?, DATABASE()) AND TABLE_NAME = ? \
+                 AND COLUMN_NAME = 'coatcheck_user'"
+                .to_owned(),
+            add_user,
+            user_path: user_key.map(|k| format!("$.{k}")).unwrap_or_default(),
+            expires_index: "SELECT count(*) FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = coalesce(?, DATABASE()) AND TABLE_NAME = ? \
+                 AND INDEX_NAME = 'coatcheck_expires_idx'"
+                .to_owned(),
+            add_expires,
+        };
+        (statements, extras)
     }
 }
 
 /// Whole seconds of an expiry as express-mysql-session stores it: rounded up, so a session
 /// never ends before its time; an expiry already past at `now` rounded down, so rounding
 /// never brings an expired session back.
+///
+/// Clamped to the column's range (`INT UNSIGNED`: 0 to 2106-02-07): a session meant to
+/// outlive 2106 ends then.
 pub(crate) fn expires_secs(expires_ms: i64, now_ms: i64) -> i64 {
-    if expires_ms <= now_ms {
+    let secs = if expires_ms <= now_ms {
         expires_ms.div_euclid(1000)
     } else {
-        (expires_ms + 999).div_euclid(1000)
-    }
+        expires_ms.saturating_add(999).div_euclid(1000)
+    };
+    secs.clamp(0, i64::from(u32::MAX))
 }
 
 #[cfg(test)]
@@ -140,15 +163,18 @@ mod tests {
         assert_eq!(expires_secs(5_000, 0), 5);
         assert_eq!(expires_secs(5_999, 6_000), 5);
         assert_eq!(expires_secs(5_500, 5_500), 5);
+        assert_eq!(expires_secs(i64::MAX, 0), i64::from(u32::MAX));
+        assert_eq!(expires_secs(-5_000, 0), 0);
     }
 
     #[test]
     fn the_user_column_reads_the_key() {
         let (s, x) = Statements::express(None, "sessions", Some("userId"));
         assert!(s.migrate[0].contains("JSON_EXTRACT(data, '$.userId')"));
-        assert!(x.add.starts_with("ALTER TABLE `sessions` ADD COLUMN"));
+        assert!(x.add_user.starts_with("ALTER TABLE `sessions` ADD COLUMN"));
+        assert_eq!(x.user_path, "$.userId");
         let (s, x) = Statements::express(None, "sessions", None);
         assert!(!s.migrate[0].contains("coatcheck_user"));
-        assert!(!x.add.contains("coatcheck_user"));
+        assert!(x.add_user.is_empty());
     }
 }

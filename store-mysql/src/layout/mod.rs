@@ -55,6 +55,9 @@ pub(crate) fn qualified(database: Option<&str>, table: &str) -> String {
 pub(crate) struct Statements {
     /// What `migrate` sends, one statement after the other (each idempotent).
     pub migrate: Vec<String>,
+    /// Selects every column the store reads and writes from no row: fails on a table of
+    /// that name without them.
+    pub shape_probe: String,
     /// `id, version, data, user_id, created_at, expires_at, device handle, user agent, ip,
     /// last_seen`: a plain insert; a duplicate key is the `IdTaken` path.
     pub create: String,

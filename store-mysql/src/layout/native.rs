@@ -56,6 +56,10 @@ impl Statements {
                      \n) ENGINE=InnoDB"
                 ),
             ],
+            shape_probe: format!(
+                "SELECT id, version, data, user_id, created_at, expires_at, device_handle, \
+                 user_agent, ip, last_seen FROM {t} WHERE 1 = 0"
+            ),
             create: format!(
                 "INSERT INTO {t} (id, version, data, user_id, created_at, expires_at, \
                  device_handle, user_agent, ip, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"

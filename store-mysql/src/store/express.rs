@@ -20,11 +20,11 @@ impl Inner {
         now_ms: i64,
     ) -> Result<(String, i64), StoreError> {
         if let Some(user) = &record.user_id {
-            if user.chars().count() > MAX_EXPRESS_USER_LEN {
+            if user.len() > MAX_EXPRESS_USER_LEN {
                 return Err(StoreError::Encode(EncodeError(format!(
-                    "user id of {} characters: the express table's user column keeps at most \
+                    "user id of {} bytes: the express table's user column keeps at most \
                      {MAX_EXPRESS_USER_LEN}",
-                    user.chars().count()
+                    user.len()
                 ))));
             }
         }

@@ -3,8 +3,10 @@
 //! instant as JavaScript's `toISOString()` writes it (`2026-12-07T04:46:00.123Z`), with the
 //! indexes coatcheck adds beside it (on `expire`, and on the principal for log out
 //! everywhere). Instants travel as milliseconds and are converted by SQLite itself
-//! (`strftime('%Y-%m-%dT%H:%M:%fZ', …)` and `unixepoch(…, 'subsec')`), so strings of one
-//! fixed format are compared, as the Node store compares them.
+//! (`strftime('%Y-%m-%dT%H:%M:%fZ', …)` and `unixepoch(…, 'subsec')`) and compared as
+//! strings of one fixed format, to the millisecond. The Node store compares whole seconds
+//! (`datetime('now') < datetime(expire)`): in a session's last second Node already treats
+//! it as expired while coatcheck still serves it.
 
 use super::{quote, Statements};
 
@@ -23,8 +25,13 @@ impl Statements {
         let user_idx = quote(&format!("{table}_coatcheck_user_idx"));
         // The principal as text (a Node integer `42` matches the user "42"); without a
         // principal key no row matches a user (and capabilities say there is no index).
+        // Only a string or an integer is a principal (as in `ExpressFormat`), so `true`
+        // never matches a user "1".
         let user = match user_key {
-            Some(k) => format!("CAST(json_extract(sess, '$.{k}') AS TEXT)"),
+            Some(k) => format!(
+                "(CASE WHEN json_type(sess, '$.{k}') IN ('text', 'integer') \
+                 THEN CAST(json_extract(sess, '$.{k}') AS TEXT) END)"
+            ),
             None => "NULL".to_owned(),
         };
         let now = iso("?2");

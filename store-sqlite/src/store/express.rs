@@ -10,6 +10,15 @@ use sqlx::{Connection as _, Row as _};
 
 use super::{run, store_error, Inner};
 
+/// The last instant `toISOString()` and SQLite's `strftime` write with a four-digit year
+/// (9999-12-31T23:59:59.999Z): a later expiry is kept as that (past it, `strftime` gives
+/// NULL).
+const MAX_ISO_MS: i64 = 253_402_300_799_999;
+
+fn iso_ms(t: Timestamp) -> i64 {
+    t.as_millis().min(MAX_ISO_MS)
+}
+
 /// What a compare-and-set in a transaction came to.
 enum Cas<T> {
     Done(T),
@@ -41,7 +50,7 @@ impl Inner {
             sqlx::query(&self.sql.create)
                 .bind(record.id.as_str())
                 .bind(json.as_str())
-                .bind(record.expires_at.as_millis())
+                .bind(iso_ms(record.expires_at))
                 .bind(now)
                 .execute(&self.writer),
         )
@@ -85,10 +94,13 @@ impl Inner {
         write: &str,
         json: Option<(&str, i64)>,
     ) -> Result<Cas<()>, StoreError> {
-        let (probe, now) = (self.sql.save_probe.as_str(), self.now());
+        let probe = self.sql.save_probe.as_str();
         run(op, async {
             let mut conn = self.writer.acquire().await?;
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            // "Now" once the write lock is held: a session that expired while this waited
+            // for it is gone, not saved back to life.
+            let now = self.now();
             let live: Option<String> = sqlx::query_scalar(probe)
                 .bind(id.as_str())
                 .bind(now)
@@ -122,7 +134,7 @@ impl Inner {
     ) -> Result<u64, StoreError> {
         let json = format.encode(record, self.clock.now())?;
         let next = content_version(json.as_bytes());
-        let expires = record.expires_at.as_millis();
+        let expires = iso_ms(record.expires_at);
         self.express_cas(
             "save",
             &record.id,
@@ -159,7 +171,7 @@ impl Inner {
         let done = run(
             "touch",
             sqlx::query(&self.sql.touch)
-                .bind(expires_at.as_millis())
+                .bind(iso_ms(expires_at))
                 .bind(id.as_str())
                 .bind(self.now())
                 .execute(&self.writer),
