@@ -60,7 +60,8 @@ coatcheck_conformance::history!(
 struct MysqlFaults {
     admin_url: String,
     database: String,
-    table: String,
+    /// The tables to lock (the session table, and the native layout's lock table).
+    tables: Vec<String>,
 }
 
 impl MysqlFaults {
@@ -103,8 +104,14 @@ impl FaultTarget for MysqlFaults {
                 // The tables locked; a third of the way through, the statements waiting for
                 // them killed (their requests see the store's error, not only the layer's
                 // timeout); the rest wait until the lock goes.
-                let (db, t) = (&self.database, &self.table);
-                let lock = format!("LOCK TABLES `{db}`.`{t}` WRITE, `{db}`.`{t}_locks` WRITE");
+                let db = &self.database;
+                let lock = self
+                    .tables
+                    .iter()
+                    .map(|t| format!("`{db}`.`{t}` WRITE"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let lock = format!("LOCK TABLES {lock}");
                 if sqlx::raw_sql(&lock).execute(&conn).await.is_ok() {
                     tokio::time::sleep(pause / 3).await;
                     self.kill(&conn).await;
@@ -122,6 +129,17 @@ impl FaultTarget for MysqlFaults {
 /// history on a fresh table of one name (the nemesis locks it by that name).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_faults() {
+    faults("mysql_faults", false).await;
+}
+
+/// The same faults on express-mysql-session's table (its compare-and-set on the JSON's
+/// hash, retried after killed connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_express_faults() {
+    faults("mysql_express_faults", true).await;
+}
+
+async fn faults(label: &str, express: bool) {
     if !harness::require(Some(Backend::Mysql)).await {
         return;
     }
@@ -135,10 +153,15 @@ async fn mysql_faults() {
     let (base, _) = admin_url.rsplit_once('/').expect("a database in MYSQL_URL");
     let url = format!("{base}/{database}");
     let table = "sessions".to_owned();
-    let config = Config::new("mysql_faults").seeds(6).faults(MysqlFaults {
+    let tables = if express {
+        vec![table.clone()]
+    } else {
+        vec![table.clone(), format!("{table}_locks")]
+    };
+    let config = Config::new(label).seeds(6).faults(MysqlFaults {
         admin_url: admin_url.clone(),
         database: database.clone(),
-        table: table.clone(),
+        tables,
     });
     history::check(config, |n| {
         let (url, table) = (url.clone(), table.clone());
@@ -149,7 +172,11 @@ async fn mysql_faults() {
                 // store_timeout: a statement killed while it waited for the locked table
                 // is retried a little, then its error reaches the request (the store's
                 // error path), rather than only the layer's timeout.
-                let store = MySqlStore::builder()
+                let mut builder = MySqlStore::builder();
+                if express {
+                    builder = builder.express(ExpressFormat::new());
+                }
+                let store = builder
                     .table(&table)
                     .acquire_timeout(Duration::from_millis(300))
                     .connect_lazy(&url)

@@ -64,9 +64,9 @@ coatcheck_conformance::history!(
 
 /// The fault that applies to an embedded database: another process holding the file's
 /// write lock (a backup, a long migration, a stuck job) for longer than the layer's
-/// `store_timeout`. Writes wait at SQLite's busy timeout, the requests behind them answer
-/// `503`, and the statements still waiting run when the lock goes (indeterminate, as on a
-/// paused server). Reads go on (WAL).
+/// `store_timeout`. Writes wait at SQLite's busy timeout and then fail (`database is
+/// locked`), so their requests answer with an error; a write already running when its
+/// request gave up may still land (indeterminate). Reads go on (WAL).
 struct HeldLock {
     /// The database of the history running now (each history has a file of its own).
     url: Arc<Mutex<String>>,
@@ -105,8 +105,19 @@ impl FaultTarget for HeldLock {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_faults() {
+    faults("sqlite_faults", false).await;
+}
+
+/// The same fault on better-sqlite3-session-store's table (its compare-and-set in a
+/// `BEGIN IMMEDIATE` transaction meets the held lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_express_faults() {
+    faults("sqlite_express_faults", true).await;
+}
+
+async fn faults(label: &str, express: bool) {
     let url = Arc::new(Mutex::new(String::new()));
-    let config = Config::new("sqlite_faults")
+    let config = Config::new(label)
         .seeds(6)
         .faults(HeldLock { url: url.clone() });
     history::check(config, |n| {
@@ -115,7 +126,7 @@ async fn sqlite_faults() {
             // A busy timeout shorter than the layer's store_timeout: writes that meet the
             // held lock fail in the store (`database is locked`), so the store's error path
             // is what the requests see, not only the layer's timeout.
-            let deployment = sqlite_stores(n, Duration::from_millis(250)).await;
+            let deployment = stores_on_file(n, Duration::from_millis(250), express).await;
             if let Ok(mut u) = url.lock() {
                 u.clone_from(&deployment.1);
             }
