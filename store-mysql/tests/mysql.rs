@@ -550,3 +550,71 @@ async fn a_table_of_the_wrong_shape_is_refused_at_migrate() {
         Err(coatcheck_mysql::MigrateError::WrongShape { .. })
     ));
 }
+
+/// A database the user cannot write: with SELECT only, reads work, every write and a
+/// migration that would create a table fail with typed errors (the server's "command
+/// denied"), nothing is lost and nothing panics.
+#[tokio::test]
+async fn a_user_who_cannot_write_gets_errors_and_loses_nothing() {
+    require_mysql!();
+    let url = common::url().await;
+    let scoped = scoped_store().await;
+    let store = &scoped.0.store;
+    let r = record_at(Timestamp::now(), HOUR);
+    store.create(&r).await.expect("create");
+    let user = harness::unique_name("cc_ro");
+    let (_, host) = url.rsplit_once('@').expect("a user in MYSQL_URL");
+    let database = host
+        .rsplit_once('/')
+        .map_or("test", |(_, db)| db)
+        .to_owned();
+    common::admin(
+        &url,
+        format!(
+            "CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'; \
+             CREATE USER '{user}'@'localhost' IDENTIFIED BY 'pw'; \
+             GRANT SELECT ON `{database}`.* TO '{user}'@'%'; \
+             GRANT SELECT ON `{database}`.* TO '{user}'@'localhost'"
+        ),
+    )
+    .expect("a read-only user");
+    struct DropUser(String, String);
+    impl Drop for DropUser {
+        fn drop(&mut self) {
+            let _ = common::admin(
+                &self.0,
+                format!(
+                    "DROP USER IF EXISTS '{u}'@'%', '{u}'@'localhost'",
+                    u = self.1
+                ),
+            );
+        }
+    }
+    let _drop = DropUser(url.clone(), user.clone());
+    let ro = MySqlStore::builder()
+        .table(&scoped.0.guard.table)
+        .connect_lazy(&format!("mysql://{user}:pw@{host}"))
+        .expect("config");
+    assert_eq!(ro.load(&r.id).await.expect("reads work"), Some(r.clone()));
+    let denied = |e: &StoreError| matches!(e, StoreError::Backend(_));
+    let e = ro
+        .create(&record_at(Timestamp::now(), HOUR))
+        .await
+        .unwrap_err();
+    assert!(denied(&e), "{e:?}");
+    let mut changed = r.clone();
+    changed.data.insert("x".into(), json!(2));
+    let e = ro.save(&changed).await.unwrap_err();
+    assert!(denied(&e), "{e:?}");
+    let e = ro.delete(&r.id).await.unwrap_err();
+    assert!(denied(&e), "{e:?}");
+    let other = MySqlStore::builder()
+        .table(format!("{}_new", scoped.0.guard.table))
+        .connect_lazy(&format!("mysql://{user}:pw@{host}"))
+        .expect("config");
+    assert!(matches!(
+        other.migrate().await,
+        Err(coatcheck_mysql::MigrateError::Database(_))
+    ));
+    assert_eq!(store.load(&r.id).await.expect("load"), Some(r));
+}
