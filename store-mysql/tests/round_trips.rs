@@ -157,6 +157,87 @@ async fn one_statement_per_operation() {
     store.create(&r).await.expect("create");
     count!("delete", 1, store.delete(&r.id).await.expect("delete"));
 
+    // Express mode (express-mysql-session's table): the same, its compare-and-set on the
+    // JSON's hash computed by the server in the one UPDATE.
+    let express_table = format!("{table}_ems");
+    let _express_guard = common::TableGuard {
+        url: url.clone(),
+        table: express_table.clone(),
+    };
+    let express = MySqlStore::builder()
+        .table(&express_table)
+        .express(coatcheck_core::ExpressFormat::new())
+        .build(
+            MySqlPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .expect("pool"),
+        )
+        .expect("store");
+    express.migrate().await.expect("migrate");
+    let plain = |user: &str| {
+        let now = Timestamp::now();
+        let mut r = Record::new(SessionId::generate(), now, now + HOUR);
+        r.user_id = Some(user.into());
+        r
+    };
+    let mut warm = plain("w");
+    express.create(&warm).await.expect("create");
+    warm = express.load(&warm.id).await.expect("load").expect("live");
+    warm.version = express.save(&warm).await.expect("save");
+    express
+        .touch(&warm.id, warm.expires_at)
+        .await
+        .expect("touch");
+    express.list_for_user("w").await.expect("list");
+    express
+        .delete_version(&warm.id, warm.version)
+        .await
+        .expect("dv");
+    express.delete_for_user("w", None).await.expect("dfu");
+    express.delete(&warm.id).await.expect("delete");
+    let mut e = plain("e");
+    count!(
+        "express create",
+        1,
+        express.create(&e).await.expect("create")
+    );
+    e = count!(
+        "express load",
+        1,
+        express.load(&e.id).await.expect("load").expect("live")
+    );
+    e.data.insert("n".into(), serde_json::json!(1));
+    e.version = count!("express save", 1, express.save(&e).await.expect("save"));
+    count!(
+        "express touch",
+        1,
+        express.touch(&e.id, e.expires_at).await.expect("touch")
+    );
+    count!(
+        "express list_for_user",
+        1,
+        express.list_for_user("e").await.expect("list")
+    );
+    count!(
+        "express delete_version",
+        1,
+        express.delete_version(&e.id, e.version).await.expect("dv")
+    );
+    express.create(&e).await.expect("create");
+    count!(
+        "express delete_for_user",
+        1,
+        express.delete_for_user("e", None).await.expect("dfu")
+    );
+    express.create(&e).await.expect("create");
+    count!(
+        "express delete",
+        1,
+        express.delete(&e.id).await.expect("delete")
+    );
+
     for (what, executed, prepared, _) in &measured {
         eprintln!("{what}: {executed} statement(s), {prepared} prepared");
     }
