@@ -170,6 +170,19 @@ impl SqliteStore {
 }
 
 impl Inner {
+    /// A listed row's id; `None` (logged) for a row another tool wrote under an id coatcheck
+    /// never accepts: skipped by `list_for_user`, still revoked by `delete_for_user` (which
+    /// works on the user column).
+    pub(crate) fn listed_id(&self, raw: &str) -> Option<SessionId> {
+        SessionId::parse(raw)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    table = %self.table, error = %e,
+                    "list_for_user: skipping a row whose id is not a session id"
+                )
+            })
+            .ok()
+    }
     pub(crate) fn now(&self) -> i64 {
         self.clock.now().as_millis()
     }
@@ -418,21 +431,15 @@ impl SessionStore for SqliteStore {
             let created_at: i64 = row.try_get(1).map_err(store_error)?;
             let expires_at: i64 = row.try_get(2).map_err(store_error)?;
             let (device, last_seen) = device_columns(&row, 3)?;
-            match SessionId::parse(&raw) {
-                Ok(id) => out.push(
+            if let Some(id) = inner.listed_id(&raw) {
+                out.push(
                     SessionInfo::new(
                         id,
                         Timestamp::from_millis(created_at),
                         Timestamp::from_millis(expires_at),
                     )
                     .with_device(device, last_seen),
-                ),
-                // Not an id coatcheck could have written: another tool's row. Skipped (it
-                // is still revoked by delete_for_user, which works on user_id).
-                Err(e) => tracing::warn!(
-                    table = %inner.table, error = %e,
-                    "list_for_user: skipping a row whose id is not a session id"
-                ),
+                );
             }
         }
         Ok(out)

@@ -219,16 +219,12 @@ impl Inner {
         for row in rows {
             let raw = super::row::text(&row, 0)?.unwrap_or_default();
             let expires: i64 = row.try_get(1).map_err(store_error)?;
-            match SessionId::parse(&raw) {
-                Ok(id) => out.push(SessionInfo::new(
+            if let Some(id) = self.listed_id(&raw) {
+                out.push(SessionInfo::new(
                     id,
                     Timestamp::from_millis(0),
                     Timestamp::from_millis(expires.saturating_mul(1000)),
-                )),
-                Err(e) => tracing::warn!(
-                    table = %self.qualified_name, error = %e,
-                    "list_for_user: skipping a row whose id is not a session id"
-                ),
+                ));
             }
         }
         Ok(out)

@@ -194,16 +194,12 @@ impl Inner {
         for row in rows {
             let raw: String = row.try_get(0).map_err(store_error)?;
             let expires: i64 = row.try_get(1).map_err(store_error)?;
-            match SessionId::parse(&raw) {
-                Ok(id) => out.push(SessionInfo::new(
+            if let Some(id) = self.listed_id(&raw) {
+                out.push(SessionInfo::new(
                     id,
                     Timestamp::from_millis(0),
                     Timestamp::from_millis(expires),
-                )),
-                Err(e) => tracing::warn!(
-                    table = %self.table, error = %e,
-                    "list_for_user: skipping a row whose id is not a session id"
-                ),
+                ));
             }
         }
         Ok(out)
