@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 
 use crate::harness::Backend;
 
+mod replicated;
+pub use replicated::{ReplicatedRedis, MASTER_NAME};
+
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 ///
 /// ```

@@ -14,9 +14,11 @@ use redis::cluster_async::ClusterConnection;
 use crate::cas::{Seen, Support};
 use crate::conn::{Leases, Source, Topology};
 use crate::ctx::{Ctx, Format};
+use crate::dial::{Dialer, SentinelLookup, Target};
 use crate::error::BuildError;
 use crate::layout::express::Express;
 use crate::layout::native::Native;
+use crate::replication::Replicated;
 use crate::store::RedisStore;
 
 /// The default key prefix.
@@ -56,6 +58,7 @@ pub struct RedisStoreBuilder {
     pub(crate) pool_connections: usize,
     pub(crate) single_key_scripts: bool,
     pub(crate) set_ifeq: bool,
+    pub(crate) replicated: Option<Replicated>,
 }
 
 impl Default for RedisStoreBuilder {
@@ -70,6 +73,7 @@ impl Default for RedisStoreBuilder {
             pool_connections: 1,
             single_key_scripts: false,
             set_ifeq: true,
+            replicated: None,
         }
     }
 }
@@ -243,6 +247,27 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Operations that end sessions (or, with [`Replicated::every_write`], every write)
+    /// answer only once replicas hold them (`WAIT`); see [`Replicated`] for what that
+    /// promises and what not. `WAIT` must travel on the socket the writes went on, so the
+    /// store then dials its own connections (`connect`, `connect_lazy`, `connect_sentinel`)
+    /// or leases from a [`pool`](Self::pool); a [`ConnectionManager`] of yours or a cluster
+    /// connection is refused ([`BuildError::ReplicationUnsupported`]). The eager terminals
+    /// check that the master has that many replicas attached
+    /// ([`BuildError::NotEnoughReplicas`]); later, too few in time fail the operation with
+    /// [`NotReplicated`](crate::NotReplicated). Keep `within` below the response timeout.
+    ///
+    /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// use std::time::Duration;
+    /// use coatcheck::redis::{RedisStore, Replicated};
+    /// let b = RedisStore::builder().replicated(Replicated::revocations(1, Duration::from_millis(250)));
+    /// ```
+    pub fn replicated(mut self, replicated: Replicated) -> Self {
+        self.replicated = Some(replicated);
+        self
+    }
+
     /// The [`ConnectionManagerConfig`] the `connect*` methods use: the timeouts above and a
     /// reconnect backoff of 50 ms doubling up to 500 ms, `reconnect_retries` times.
     ///
@@ -271,6 +296,9 @@ impl RedisStoreBuilder {
         require_runtime()?;
         self.refuse_encrypted_express()?;
         let client = redis::Client::open(url).map_err(BuildError::InvalidUrl)?;
+        if self.replicated.is_some() {
+            return self.dialed(Target::Url(client), true).await;
+        }
         let manager = ConnectionManager::new_with_config(client, self.connection_manager_config())
             .await
             .map_err(BuildError::Connect)?;
@@ -291,6 +319,9 @@ impl RedisStoreBuilder {
         require_runtime()?;
         self.refuse_encrypted_express()?;
         let client = redis::Client::open(url).map_err(BuildError::InvalidUrl)?;
+        if self.replicated.is_some() {
+            return Ok(self.finish_dialed(Target::Url(client)));
+        }
         let manager =
             ConnectionManager::new_lazy_with_config(client, self.connection_manager_config())
                 .map_err(BuildError::InvalidUrl)?;
@@ -310,6 +341,7 @@ impl RedisStoreBuilder {
     /// ```
     pub fn connection_manager(self, manager: ConnectionManager) -> Result<RedisStore, BuildError> {
         self.refuse_encrypted_express()?;
+        self.refuse_replicated("a ConnectionManager of yours")?;
         Ok(self.finish(Source::Manager(manager)))
     }
 
@@ -375,6 +407,7 @@ impl RedisStoreBuilder {
         S: AsRef<str>,
     {
         self.refuse_encrypted_express()?;
+        self.refuse_replicated("a Redis Cluster")?;
         require_runtime()?;
         let client = self.cluster_client(urls)?;
         let conn = client
@@ -403,6 +436,7 @@ impl RedisStoreBuilder {
         S: AsRef<str>,
     {
         self.refuse_encrypted_express()?;
+        self.refuse_replicated("a Redis Cluster")?;
         require_runtime()?;
         let client = self.cluster_client(urls)?;
         let conn = client.get_pending_async_connection_with_config(self.cluster_config());
@@ -422,6 +456,7 @@ impl RedisStoreBuilder {
     /// ```
     pub fn cluster_connection(self, conn: ClusterConnection) -> Result<RedisStore, BuildError> {
         self.refuse_encrypted_express()?;
+        self.refuse_replicated("a Redis Cluster")?;
         Ok(self.finish(Source::Cluster(conn)))
     }
 
@@ -440,8 +475,128 @@ impl RedisStoreBuilder {
         pool: deadpool_redis::cluster::Pool,
     ) -> Result<RedisStore, BuildError> {
         self.refuse_encrypted_express()?;
+        self.refuse_replicated("a Redis Cluster")?;
         let n = self.pool_connections;
         Ok(self.finish(Source::ClusterPool(Leases::new(pool, n))))
+    }
+
+    /// Connects now to the master that the Redis Sentinels at `sentinels` name `master`,
+    /// and follows it: after a failover (the connection reset, or a write answered
+    /// `READONLY` by the demoted master) the next operation asks the sentinels again and
+    /// reaches the new master; a `WARN` line in `tracing` says from where to where. Fails
+    /// now with [`BuildError::Sentinel`] if no sentinel answers, none knows `master`, or
+    /// the server they name is not a master. Requests in flight during the switch fail
+    /// (503), none after it. The URLs are the sentinels' (`redis://host:26379`); the
+    /// master's password, if any, goes in with [`connect_sentinel_with`](Self::connect_sentinel_with).
+    ///
+    /// ```no_run
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// # async fn run() -> Result<(), coatcheck::redis::BuildError> {
+    /// let store = coatcheck::redis::RedisStore::builder()
+    ///     .connect_sentinel(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"], "mymaster")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_sentinel<I, S>(
+        self,
+        sentinels: I,
+        master: &str,
+    ) -> Result<RedisStore, BuildError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.connect_sentinel_with(sentinels, master, None).await
+    }
+
+    /// [`connect_sentinel`](Self::connect_sentinel), with the connection details of the
+    /// master and replicas (password, database, TLS) as redis-rs's
+    /// [`SentinelNodeConnectionInfo`](redis::sentinel::SentinelNodeConnectionInfo).
+    ///
+    /// ```no_run
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
+    /// use coatcheck::redis::redis::sentinel::SentinelNodeConnectionInfo;
+    /// # async fn run() -> Result<(), coatcheck::redis::BuildError> {
+    /// let store = coatcheck::redis::RedisStore::builder()
+    ///     .connect_sentinel_with(["redis://127.0.0.1:26379"], "mymaster", Some(SentinelNodeConnectionInfo::default()))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_sentinel_with<I, S>(
+        self,
+        sentinels: I,
+        master: &str,
+        node: Option<redis::sentinel::SentinelNodeConnectionInfo>,
+    ) -> Result<RedisStore, BuildError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        require_runtime()?;
+        self.refuse_encrypted_express()?;
+        let urls: Vec<String> = sentinels
+            .into_iter()
+            .map(|u| u.as_ref().trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(BuildError::NoSentinels);
+        }
+        let client = redis::sentinel::SentinelClient::build(
+            urls,
+            master.to_owned(),
+            node,
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(BuildError::InvalidUrl)?;
+        let target = Target::Sentinel {
+            client: tokio::sync::Mutex::new(client),
+            master: master.to_owned(),
+            last: std::sync::Mutex::new(None),
+        };
+        self.dialed(target, true).await
+    }
+
+    /// The store over connections it dials itself to `target`; `now`: dial once now (and
+    /// count the replicas, when [`Replicated`] is set).
+    async fn dialed(self, target: Target, now: bool) -> Result<RedisStore, BuildError> {
+        let wanted = self.replicated.map(|r| r.replicas());
+        let store = self.finish_dialed(target);
+        if now {
+            let connected = store.ctx.connected_replicas().await.map_err(|e| match e {
+                coatcheck_core::StoreError::Backend(e) => match e.downcast::<SentinelLookup>() {
+                    Ok(lookup) => BuildError::Sentinel {
+                        master: lookup.master,
+                        source: lookup.source,
+                    },
+                    Err(e) => BuildError::Dial(e),
+                },
+                e => BuildError::Dial(e.into()),
+            })?;
+            if let Some(wanted) = wanted.filter(|&w| w > connected) {
+                return Err(BuildError::NotEnoughReplicas { wanted, connected });
+            }
+        }
+        Ok(store)
+    }
+
+    fn finish_dialed(self, target: Target) -> RedisStore {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_response_timeout(Some(self.response_timeout));
+        let n = self.pool_connections;
+        self.finish(Source::Dialed(Box::new(Leases::new(
+            Dialer { target, config },
+            n,
+        ))))
+    }
+
+    /// [`Replicated`] needs a handle that stays on one socket.
+    fn refuse_replicated(&self, connection: &'static str) -> Result<(), BuildError> {
+        match self.replicated {
+            Some(_) => Err(BuildError::ReplicationUnsupported { connection }),
+            None => Ok(()),
+        }
     }
 
     /// Express mode stores Node's JSON: an encrypting codec cannot apply there.
@@ -468,6 +623,7 @@ impl RedisStoreBuilder {
                 operation_timeout: self.operation_timeout,
                 support: Support::new(self.set_ifeq),
                 seen: Seen::default(),
+                replicated: self.replicated,
             }),
             format: match self.options.express {
                 Some(format) => Format::Express(Express { format }),

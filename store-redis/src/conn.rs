@@ -12,6 +12,8 @@
 //!   nobody else's `WATCH`/`MULTI` on a pooled connection can interleave with its commands.
 //! - a [`ClusterConnection`] (multiplexed per node, follows `MOVED`/`ASK` and reconnects).
 //! - a deadpool-redis cluster pool, leased the same way as the single-node pool.
+//! - connections the store dials itself ([`Dialer`]): to one URL, or to the master the
+//!   Redis Sentinels name, leased the same way and redialed after a failure.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -20,6 +22,8 @@ use coatcheck_core::{BoxError, StoreError};
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+use crate::dial::Dialer;
 
 /// A cloneable multiplexed connection handle.
 #[derive(Clone)]
@@ -75,6 +79,7 @@ pub(crate) enum Source {
     Pool(Leases<deadpool_redis::Pool>),
     Cluster(ClusterConnection),
     ClusterPool(Leases<deadpool_redis::cluster::Pool>),
+    Dialed(Box<Leases<Dialer>>),
 }
 
 impl std::fmt::Debug for Source {
@@ -84,6 +89,7 @@ impl std::fmt::Debug for Source {
             Source::Pool(l) => write!(f, "Pool(leases: {})", l.slots.len()),
             Source::Cluster(_) => f.write_str("ClusterConnection"),
             Source::ClusterPool(l) => write!(f, "ClusterPool(leases: {})", l.slots.len()),
+            Source::Dialed(l) => write!(f, "{:?}", l.pool),
         }
     }
 }
@@ -98,7 +104,7 @@ pub(crate) struct LeaseRef {
 impl Source {
     pub(crate) fn topology(&self) -> Topology {
         match self {
-            Source::Manager(_) | Source::Pool(_) => Topology::Single,
+            Source::Manager(_) | Source::Pool(_) | Source::Dialed(_) => Topology::Single,
             Source::Cluster(_) | Source::ClusterPool(_) => Topology::Cluster,
         }
     }
@@ -110,6 +116,7 @@ impl Source {
             Source::Cluster(c) => Ok((Conn::Cluster(c.clone()), None)),
             Source::Pool(l) => l.get().await.map(|(c, r)| (c, Some(r))),
             Source::ClusterPool(l) => l.get().await.map(|(c, r)| (c, Some(r))),
+            Source::Dialed(l) => l.get().await.map(|(c, r)| (c, Some(r))),
         }
     }
 
@@ -117,12 +124,22 @@ impl Source {
     /// its pool (whose recycle check then drops it) and replaced on the next operation.
     pub(crate) async fn failed(&self, lease: Option<LeaseRef>, err: &RedisError) {
         let Some(lease) = lease else { return };
-        if !(err.is_unrecoverable_error() || err.is_io_error() || err.is_connection_dropped()) {
+        // `READONLY`: a write reached a master that has since become a replica (a
+        // failover); a timeout: the server may be gone without a reset (a partition). Both
+        // mean "dial again", through the sentinels where there are some.
+        let demoted = err.code() == Some("READONLY");
+        if !(err.is_unrecoverable_error()
+            || err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_timeout()
+            || demoted)
+        {
             return;
         }
         match self {
             Source::Pool(l) => l.invalidate(lease).await,
             Source::ClusterPool(l) => l.invalidate(lease).await,
+            Source::Dialed(l) => l.invalidate(lease).await,
             Source::Manager(_) | Source::Cluster(_) => {}
         }
     }

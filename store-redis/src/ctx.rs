@@ -9,10 +9,11 @@ use coatcheck_core::{Clock, DecodeError, SessionId, StoreError, Timestamp};
 use redis::{Cmd, Pipeline, RedisError, ScriptInvocation, Value};
 
 use crate::cas::{self, Seen, Support};
-use crate::conn::{Source, Topology};
+use crate::conn::{Conn, LeaseRef, Source, Topology};
 use crate::error::OperationTimedOut;
 use crate::layout::express::Express;
 use crate::layout::native::Native;
+use crate::replication::{NotReplicated, Replicated};
 
 /// How stored sessions look, chosen at construction: the native hash layout, or
 /// connect-redis's (a string `sess:<id>` holding express-session's JSON).
@@ -34,6 +35,14 @@ pub(crate) struct Ctx {
     pub(crate) support: Support,
     /// The bytes of the sessions last read or written (only kept when it has).
     pub(crate) seen: Seen,
+    /// Operations acknowledged by replicas before they answer ([`Ctx::acknowledged`]).
+    pub(crate) replicated: Option<Replicated>,
+}
+
+tokio::task_local! {
+    /// The connection every command of an acknowledged operation goes on, so that its
+    /// `WAIT` counts the replicas holding exactly those writes (see [`Ctx::acknowledged`]).
+    static PINNED: std::cell::RefCell<Option<(Conn, Option<LeaseRef>)>>;
 }
 
 fn map_redis_error(e: RedisError) -> StoreError {
@@ -81,8 +90,86 @@ impl Ctx {
         k
     }
 
+    /// `connected_slaves` of `INFO replication` (one round trip; checked at build when
+    /// [`Replicated`] is set, and as the first dial of an eager terminal).
+    pub(crate) async fn connected_replicas(&self) -> Result<u32, StoreError> {
+        let cmd = redis::cmd("INFO").arg("replication").clone();
+        let info: String = match self.query(&cmd).await? {
+            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            Value::VerbatimString { text, .. } => text,
+            _ => {
+                return Err(StoreError::backend(crate::error::UnexpectedReply {
+                    what: "INFO replication",
+                }))
+            }
+        };
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_slaves:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// A connection for one command: the source's, or inside [`Ctx::acknowledged`] the one
+    /// the operation's first command went on.
+    async fn conn(&self) -> Result<(Conn, Option<LeaseRef>), StoreError> {
+        if let Ok(Some(pinned)) = PINNED.try_with(|p| p.borrow().clone()) {
+            return Ok(pinned);
+        }
+        let got = self.source.conn().await?;
+        let _ = PINNED.try_with(|p| {
+            p.borrow_mut().get_or_insert_with(|| got.clone());
+        });
+        Ok(got)
+    }
+
+    /// Runs `op` and, when [`Replicated`] covers it (`revokes`: it ends sessions), waits
+    /// with `WAIT n ms` on the connection its commands went on until `n` replicas hold its
+    /// writes; fewer in time is an error ([`NotReplicated`]). The connection is pinned for
+    /// the whole operation: the sources the builder allows with [`Replicated`] (dialed,
+    /// pooled) hand out handles that reach one socket or fail — never a fresh socket
+    /// whose `WAIT` would count nothing (a `ConnectionManager` may swap its socket, so it
+    /// is refused).
+    pub(crate) async fn acknowledged<T>(
+        &self,
+        revokes: bool,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let Some(rep) = self
+            .replicated
+            .filter(|r| revokes || r.covers_every_write())
+        else {
+            return op.await;
+        };
+        PINNED
+            .scope(std::cell::RefCell::new(None), async move {
+                let value = op.await?;
+                let Some((mut conn, lease)) = PINNED.with(|p| p.borrow().clone()) else {
+                    return Ok(value); // no command was sent
+                };
+                let wait = redis::cmd("WAIT")
+                    .arg(rep.replicas())
+                    .arg(rep.wait_ms())
+                    .clone();
+                let acked = match wait.query_async::<i64>(&mut conn).await {
+                    Ok(n) => u32::try_from(n).unwrap_or(0),
+                    Err(e) => {
+                        self.source.failed(lease, &e).await;
+                        return Err(map_redis_error(e));
+                    }
+                };
+                if acked < rep.replicas() {
+                    let e = NotReplicated::new(rep.replicas(), acked, rep.within());
+                    tracing::warn!(error = %e, "coatcheck-redis: an operation was not replicated in time; failing it");
+                    return Err(StoreError::backend(e));
+                }
+                Ok(value)
+            })
+            .await
+    }
+
     pub(crate) async fn invoke(&self, inv: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
-        let (mut conn, lease) = self.source.conn().await?;
+        let (mut conn, lease) = self.conn().await?;
         match inv.invoke_async::<Value>(&mut conn).await {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -98,7 +185,7 @@ impl Ctx {
 
     /// The server's reply or error; the outer error: no connection to send it on.
     async fn raw_query(&self, cmd: &Cmd) -> Result<Result<Value, RedisError>, StoreError> {
-        let (mut conn, lease) = self.source.conn().await?;
+        let (mut conn, lease) = self.conn().await?;
         let r = cmd.query_async::<Value>(&mut conn).await;
         if let Err(e) = &r {
             self.source.failed(lease, e).await;
@@ -107,7 +194,7 @@ impl Ctx {
     }
 
     async fn raw_pipe(&self, pipe: &Pipeline) -> Result<Result<Value, RedisError>, StoreError> {
-        let (mut conn, lease) = self.source.conn().await?;
+        let (mut conn, lease) = self.conn().await?;
         let r = pipe.query_async::<Value>(&mut conn).await;
         if let Err(e) = &r {
             self.source.failed(lease, e).await;

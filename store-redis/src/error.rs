@@ -38,6 +38,41 @@ pub enum BuildError {
     /// ([`StoreOptions::validate`](coatcheck_core::StoreOptions::validate)).
     #[error(transparent)]
     Conflict(coatcheck_core::OptionsConflict),
+    /// [`connect_sentinel`](crate::RedisStoreBuilder::connect_sentinel) was given no
+    /// sentinel URL.
+    #[error("connect_sentinel needs at least one sentinel URL")]
+    NoSentinels,
+    /// No sentinel answered, none knows a master of that name, or the server they name
+    /// does not say it is a master.
+    #[error("the Redis Sentinels named no reachable master {master:?} (is the name right, and does a sentinel answer?): {source}")]
+    Sentinel {
+        /// The master name asked for.
+        master: String,
+        /// What redis-rs reported.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The first connection of a store that dials its own could not be made (eager
+    /// terminals only).
+    #[error("could not reach the Redis master: {0}")]
+    Dial(#[source] coatcheck_core::BoxError),
+    /// [`Replicated`](crate::Replicated) asks for more replicas than the master has
+    /// attached now (`INFO replication`'s `connected_slaves`); eager terminals only.
+    #[error("Replicated asks for {wanted} replicas, but the master has {connected} attached")]
+    NotEnoughReplicas {
+        /// Replicas asked for.
+        wanted: u32,
+        /// Replicas the master reports as connected.
+        connected: u32,
+    },
+    /// [`Replicated`](crate::Replicated) with a connection on which `WAIT` cannot be tied
+    /// to the socket of the writes (a `ConnectionManager` of yours reconnects underneath;
+    /// a cluster routes each command by key).
+    #[error("Replicated (WAIT for replicas) is not supported with {connection}: use connect, connect_lazy, connect_sentinel or pool")]
+    ReplicationUnsupported {
+        /// The connection kind refused.
+        connection: &'static str,
+    },
     /// A constructor that spawns background tasks was called outside a Tokio runtime.
     #[error("coatcheck-redis needs a Tokio runtime: build the store inside one")]
     NoRuntime,

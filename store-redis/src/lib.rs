@@ -17,9 +17,11 @@ mod builder;
 mod cas;
 mod conn;
 mod ctx;
+mod dial;
 mod error;
 mod layout;
 mod notices;
+mod replication;
 mod scripts;
 mod store;
 mod value;
@@ -27,6 +29,7 @@ mod value;
 pub use builder::{RedisStoreBuilder, DEFAULT_OPERATION_TIMEOUT, DEFAULT_PREFIX};
 pub use error::{BuildError, OperationTimedOut};
 pub use notices::{NoticeError, Notifications, NOTICE_QUEUE};
+pub use replication::{NotReplicated, Replicated};
 pub use store::RedisStore;
 
 /// The redis-rs crate this store is built on, to build a `ConnectionManager`,

@@ -235,6 +235,29 @@ impl RedisStore {
     pub fn user_index_key(&self, user_id: &str) -> Vec<u8> {
         self.ctx.index_key(user_id.as_bytes())
     }
+
+    /// `save`, acknowledged by replicas as a revocation (`delete_version`) or as a write.
+    async fn save_acknowledged(&self, record: &Record, revokes: bool) -> Result<u64, StoreError> {
+        let cx = &self.ctx;
+        match &self.format {
+            Format::Native(f) if cx.topology() == Topology::Cluster && record.user_id.is_some() => {
+                let (cx, f, record) = (Arc::clone(cx), f.clone(), record.clone());
+                self.ctx
+                    .bounded(to_completion(async move {
+                        cx.acknowledged(revokes, f.save(&cx, &record)).await
+                    }))
+                    .await
+            }
+            Format::Native(f) => {
+                cx.bounded(cx.acknowledged(revokes, f.save(cx, record)))
+                    .await
+            }
+            Format::Express(f) => {
+                cx.bounded(cx.acknowledged(revokes, f.save(cx, record)))
+                    .await
+            }
+        }
+    }
 }
 
 const NO_INDEX: &str =
@@ -291,7 +314,9 @@ impl SessionStore for RedisStore {
             Format::Native(f) if cx.topology() == Topology::Cluster && record.user_id.is_some() => {
                 let (cx, f, record) = (Arc::clone(cx), f.clone(), record.clone());
                 self.ctx
-                    .bounded(to_completion(async move { f.create(&cx, &record).await }))
+                    .bounded(to_completion(async move {
+                        cx.acknowledged(false, f.create(&cx, &record)).await
+                    }))
                     .await
             }
             Format::Native(f) => cx.bounded(f.create(cx, record)).await,
@@ -310,17 +335,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn save(&self, record: &Record) -> Result<u64, StoreError> {
-        let cx = &self.ctx;
-        let r = match &self.format {
-            Format::Native(f) if cx.topology() == Topology::Cluster && record.user_id.is_some() => {
-                let (cx, f, record) = (Arc::clone(cx), f.clone(), record.clone());
-                self.ctx
-                    .bounded(to_completion(async move { f.save(&cx, &record).await }))
-                    .await
-            }
-            Format::Native(f) => cx.bounded(f.save(cx, record)).await,
-            Format::Express(f) => cx.bounded(f.save(cx, record)).await,
-        };
+        let r = self.save_acknowledged(record, false).await;
         logged("save", Some(&record.id), r)
     }
 
@@ -331,13 +346,19 @@ impl SessionStore for RedisStore {
                 // The user is only known inside the script: any touch may need the index.
                 let (cx, f, id) = (Arc::clone(cx), f.clone(), id.clone());
                 self.ctx
-                    .bounded(to_completion(
-                        async move { f.touch(&cx, &id, expires_at).await },
-                    ))
+                    .bounded(to_completion(async move {
+                        cx.acknowledged(false, f.touch(&cx, &id, expires_at)).await
+                    }))
                     .await
             }
-            Format::Native(f) => cx.bounded(f.touch(cx, id, expires_at)).await,
-            Format::Express(f) => cx.bounded(f.touch(cx, id, expires_at)).await,
+            Format::Native(f) => {
+                cx.bounded(cx.acknowledged(false, f.touch(cx, id, expires_at)))
+                    .await
+            }
+            Format::Express(f) => {
+                cx.bounded(cx.acknowledged(false, f.touch(cx, id, expires_at)))
+                    .await
+            }
         };
         logged("touch", Some(id), r)
     }
@@ -345,8 +366,8 @@ impl SessionStore for RedisStore {
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
         let cx = &self.ctx;
         let r = match &self.format {
-            Format::Native(f) => cx.bounded(f.delete(cx, id)).await,
-            Format::Express(f) => cx.bounded(f.delete(cx, id)).await,
+            Format::Native(f) => cx.bounded(cx.acknowledged(true, f.delete(cx, id))).await,
+            Format::Express(f) => cx.bounded(cx.acknowledged(true, f.delete(cx, id))).await,
         };
         logged("delete", Some(id), r)
     }
@@ -358,7 +379,8 @@ impl SessionStore for RedisStore {
         let epoch = Timestamp::from_millis(0);
         let mut tombstone = Record::new(id.clone(), epoch, Timestamp::from_millis(1));
         tombstone.version = version;
-        self.save(&tombstone).await.map(drop)
+        let r = self.save_acknowledged(&tombstone, true).await.map(drop);
+        logged("delete_version", Some(id), r)
     }
 
     async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>, StoreError> {
@@ -377,7 +399,10 @@ impl SessionStore for RedisStore {
     ) -> Result<u64, StoreError> {
         let cx = &self.ctx;
         let r = match &self.format {
-            Format::Native(f) => cx.bounded(f.delete_for_user(cx, user_id, except)).await,
+            Format::Native(f) => {
+                cx.bounded(cx.acknowledged(true, f.delete_for_user(cx, user_id, except)))
+                    .await
+            }
             Format::Express(_) => Err(StoreError::Unsupported(NO_INDEX)),
         };
         logged("delete_for_user", None, r)
@@ -391,7 +416,10 @@ impl SessionStore for RedisStore {
     async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
         let cx = &self.ctx;
         let r = match &self.format {
-            Format::Native(f) => cx.bounded(f.delete_device(cx, user_id, handle)).await,
+            Format::Native(f) => {
+                cx.bounded(cx.acknowledged(true, f.delete_device(cx, user_id, handle)))
+                    .await
+            }
             Format::Express(_) => Err(StoreError::Unsupported(NO_DEVICES)),
         };
         logged("delete_device", None, r)
@@ -410,11 +438,15 @@ impl SessionStore for RedisStore {
                 let (cx, f, record) = (Arc::clone(cx), f.clone(), record.clone());
                 self.ctx
                     .bounded(to_completion(async move {
-                        f.create_limited(&cx, &record, limit).await
+                        cx.acknowledged(true, f.create_limited(&cx, &record, limit))
+                            .await
                     }))
                     .await
             }
-            Format::Native(f) => cx.bounded(f.create_limited(cx, record, limit)).await,
+            Format::Native(f) => {
+                cx.bounded(cx.acknowledged(true, f.create_limited(cx, record, limit)))
+                    .await
+            }
             Format::Express(_) => Err(StoreError::Unsupported(NO_DEVICES)),
         };
         logged("create_limited", Some(&record.id), r)

@@ -354,9 +354,20 @@ pub fn report(
     // Cargo gives a test binary its package's name when it runs it: the replay command
     // names the crate whose `tests/history.rs` ran (ours, or a store author's).
     let package = std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "<your crate>".into());
+    // The test target: the running binary is `target/…/deps/<target>-<hash>`.
+    let target = std::env::args()
+        .next()
+        .and_then(|bin| {
+            let stem = std::path::Path::new(&bin).file_stem()?.to_str()?.to_owned();
+            Some(
+                stem.rsplit_once('-')
+                    .map_or(stem.clone(), |(t, _)| t.to_owned()),
+            )
+        })
+        .unwrap_or_else(|| "history".into());
     let _ = writeln!(
         s,
-        "history checker: {} anomal{} on {label}, seed {seed} (replay: COATCHECK_HISTORY_SEED={seed} cargo test -p {package} --test history {})",
+        "history checker: {} anomal{} on {label}, seed {seed} (replay: COATCHECK_HISTORY_SEED={seed} cargo test -p {package} --test {target} {})",
         anomalies.len(),
         if anomalies.len() == 1 { "y" } else { "ies" },
         label

@@ -50,7 +50,7 @@
 //! - `COATCHECK_HISTORY_INSTANCES`: app instances per history (default 3).
 //! - `COATCHECK_HISTORY_SURVEY=1`: run every seed, then tally anomalies by kind;
 //!   `COATCHECK_HISTORY_TALLY=1`: print requests by operation and outcome.
-//! - `COATCHECK_NEMESIS` (`kill,pause,restart`) and `COATCHECK_NEMESIS_GAP_MS` narrow the
+//! - `COATCHECK_NEMESIS` (`kill,pause,restart,failover`) and `COATCHECK_NEMESIS_GAP_MS` narrow the
 //!   faults of a history with a [`FaultTarget`].
 
 mod app;
@@ -233,6 +233,56 @@ where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Deployment>,
 {
+    // COATCHECK_HISTORY_SURVEY=1: run every seed, then tally the anomalies by kind.
+    let survey = std::env::var("COATCHECK_HISTORY_SURVEY").is_ok_and(|v| v == "1");
+    let found = histories(config, make, survey).await;
+    assert!(found.anomalies.is_empty(), "anomalies found (survey mode)");
+}
+
+/// What [`survey`] found: the anomalies of every history, by kind.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Survey {
+    /// Histories run.
+    pub histories: usize,
+    /// Faults injected in all.
+    pub faults: usize,
+    /// Anomalies by kind (`revoked`, `lost`, `counter`, … as the module `check` names
+    /// them).
+    pub anomalies: std::collections::BTreeMap<&'static str, usize>,
+    /// The report of the first history with an anomaly (empty if none had one).
+    pub first_report: String,
+}
+
+impl Survey {
+    /// Anomalies of `kind`.
+    pub fn count(&self, kind: &str) -> usize {
+        self.anomalies.get(kind).copied().unwrap_or(0)
+    }
+
+    /// Anomalies of every kind.
+    pub fn total(&self) -> usize {
+        self.anomalies.values().sum()
+    }
+}
+
+/// Runs the histories as [`check`] does but never panics on an anomaly: counts them by
+/// kind. For a configuration known to be unsafe — to measure how often it goes wrong, and
+/// to show that a fault really reaches what the checker checks (a fault test that passes
+/// whatever the store does proves nothing).
+pub async fn survey<F, Fut>(config: Config, make: F) -> Survey
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Deployment>,
+{
+    histories(config, make, true).await
+}
+
+async fn histories<F, Fut>(config: Config, make: F, survey: bool) -> Survey
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Deployment>,
+{
     let Config {
         label,
         seeds: default_seeds,
@@ -249,8 +299,6 @@ where
     let mut requests = 0;
     let mut injected = 0;
     let mut tally: std::collections::BTreeMap<String, usize> = Default::default();
-    // COATCHECK_HISTORY_SURVEY=1: run every seed, then tally the anomalies by kind.
-    let survey = std::env::var("COATCHECK_HISTORY_SURVEY").is_ok_and(|v| v == "1");
     let mut found: std::collections::BTreeMap<&'static str, (u64, f64, usize)> = Default::default();
     let mut first_report = String::new();
     for &seed in &list {
@@ -391,15 +439,22 @@ where
                 list.len()
             );
         }
-        assert!(found.is_empty(), "anomalies found (survey mode)");
     }
+    let total: usize = found.values().map(|f| f.2).sum();
     eprintln!(
-        "history checker: {label}: {} histories × {n} instances, {requests} requests, {injected} faults, no anomaly ({:.1} s)",
+        "history checker: {label}: {} histories × {n} instances, {requests} requests, {injected} faults, {} ({:.1} s)",
         list.len(),
+        if total == 0 { "no anomaly".to_owned() } else { format!("{total} anomalies") },
         started.elapsed().as_secs_f64()
     );
     if std::env::var("COATCHECK_HISTORY_TALLY").is_ok_and(|v| v == "1") {
         eprintln!("history checker: {label}: requests by operation and outcome: {tally:?}");
+    }
+    Survey {
+        histories: list.len(),
+        faults: injected,
+        anomalies: found.iter().map(|(k, f)| (*k, f.2)).collect(),
+        first_report,
     }
 }
 

@@ -2,7 +2,8 @@
 //! runs, drawn from the history's seed — killed client connections (`CLIENT KILL`,
 //! `pg_terminate_backend`, `ss -K` for the Mongo-wire server), the server paused past the layer's `store_timeout` (SIGSTOP,
 //! then SIGCONT) and a restart that keeps the data (a Redis or Valkey append-only file
-//! fsynced at every write; PostgreSQL's `pg_ctl stop -m immediate`, then start). Each fault
+//! fsynced at every write; PostgreSQL's `pg_ctl stop -m immediate`, then start) and a
+//! failover under Redis Sentinel with the replicas behind. Each fault
 //! is recorded with when it began and ended, for the report.
 //!
 //! A request caught by a fault answers `503` (or fails its store call otherwise): it is
@@ -22,7 +23,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::servers::{PostgresServer, Server};
+use crate::servers::{PostgresServer, ReplicatedRedis, Server};
 
 /// A server the history checker can hurt while a history runs: give one to
 /// [`Config::faults`](super::Config::faults). [`Target`] covers the private servers of
@@ -52,7 +53,14 @@ pub enum Target {
     Mongo(Server),
 }
 
-/// The kinds `COATCHECK_NEMESIS` (a comma-separated list of `kill`, `pause`, `restart`)
+/// How far the replicas fall behind before a [`FaultKind::Failover`] kills the primary:
+/// longer than the `WAIT` of a store that waits for replicas in the histories (200 ms)
+/// and long enough for the history to acknowledge a fair share of its requests in it,
+/// shorter than the sentinels' `down-after-milliseconds` (1 s).
+const FAILOVER_LAG: Duration = Duration::from_millis(700);
+
+/// The kinds `COATCHECK_NEMESIS` (a comma-separated list of `kill`, `pause`, `restart`,
+/// `failover`)
 /// lets through.
 fn wanted(kinds: Vec<FaultKind>) -> Vec<FaultKind> {
     let only = std::env::var("COATCHECK_NEMESIS").unwrap_or_default();
@@ -61,6 +69,7 @@ fn wanted(kinds: Vec<FaultKind>) -> Vec<FaultKind> {
             FaultKind::KillConnections => "kill",
             FaultKind::Pause => "pause",
             FaultKind::Restart => "restart",
+            FaultKind::Failover => "failover",
         };
         only.trim().is_empty() || only.split(',').any(|w| w.trim() == name)
     };
@@ -114,6 +123,33 @@ impl FaultTarget for Target {
     }
 }
 
+/// A primary with two replicas under three sentinels, failed over
+/// ([`ReplicatedRedis::fail_over`]) with the replicas 700 ms behind when the primary dies.
+#[async_trait]
+impl FaultTarget for ReplicatedRedis {
+    fn kinds(&self) -> Vec<FaultKind> {
+        vec![FaultKind::Failover]
+    }
+
+    async fn inject(&self, kind: FaultKind, _pause: Duration) {
+        if kind == FaultKind::Failover {
+            tokio::task::block_in_place(|| self.fail_over(FAILOVER_LAG));
+        }
+    }
+}
+
+/// A target shared with the test (which needs its addresses while the history runs).
+#[async_trait]
+impl<T: FaultTarget> FaultTarget for Arc<T> {
+    fn kinds(&self) -> Vec<FaultKind> {
+        (**self).kinds()
+    }
+
+    async fn inject(&self, kind: FaultKind, pause: Duration) {
+        (**self).inject(kind, pause).await;
+    }
+}
+
 /// `CLIENT KILL TYPE normal SKIPME yes`: every client connection but this one is closed.
 fn redis_kill_clients(port: u16) -> std::io::Result<()> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
@@ -148,6 +184,9 @@ pub enum FaultKind {
     Pause,
     /// The server stops at once and starts again, keeping what it made durable.
     Restart,
+    /// The replicas fall behind, the primary dies, the sentinels promote a replica: what
+    /// the primary acknowledged but did not replicate is gone.
+    Failover,
 }
 
 /// One injected fault: what, and when (µs since the history began).
