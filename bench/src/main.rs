@@ -1,7 +1,7 @@
 //! coatcheck-bench: coatcheck against the raw drivers and tower-sessions, in one run.
 //!
 //! ```text
-//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,metrics]
+//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,metrics]
 //! ```
 //!
 //! Backends come from `REDIS_URL`, `VALKEY_URL`, `DATABASE_URL`, `MONGODB_URL`, `MYSQL_URL`
@@ -16,6 +16,7 @@ mod count;
 mod cpu;
 mod http_level;
 mod metrics_cost;
+mod replicas;
 mod report;
 mod sql_stores;
 mod store_level;
@@ -73,7 +74,8 @@ pub struct Settings {
     pub reps: usize,
     pub sessions: usize,
     pub backends: Vec<String>,
-    /// `codec`, `store`, `http`, `rt` (round trips), `metrics`: the parts to run (default all).
+    /// `codec`, `store`, `http`, `rt` (round trips), `replicas`, `metrics`: the parts to run
+    /// (default all).
     pub parts: Vec<String>,
     pub redis_url: Option<String>,
     pub valkey_url: Option<String>,
@@ -99,6 +101,7 @@ impl Settings {
             "store".into(),
             "http".into(),
             "rt".into(),
+            "replicas".into(),
             "metrics".into(),
         ];
         let mut args = std::env::args().skip(1);
@@ -115,7 +118,7 @@ impl Settings {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,metrics]"
+                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,metrics]"
                     );
                     std::process::exit(0);
                 }
@@ -291,6 +294,9 @@ async fn main() -> Result<(), BoxErr> {
     }
     if part("rt") {
         count::round_trips(&s).await?;
+    }
+    if part("replicas") {
+        replicas::run(&s).await?;
     }
     // Last: it installs a global recorder for the rest of the process.
     if part("metrics") {

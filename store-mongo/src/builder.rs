@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use coatcheck_core::{Clock, Codec, ExpressFormat, StoreOptions};
 use mongodb::bson::Document;
+use mongodb::options::{CollectionOptions, WriteConcern};
 use mongodb::Client;
 
 use crate::error::BuildError;
@@ -39,6 +40,7 @@ pub struct MongoStoreBuilder {
     pub(crate) database: String,
     pub(crate) collection: String,
     pub(crate) options: StoreOptions,
+    pub(crate) revocation_write_concern: Option<WriteConcern>,
 }
 
 impl MongoStoreBuilder {
@@ -92,18 +94,56 @@ impl MongoStoreBuilder {
         self
     }
 
+    /// The write concern of every operation that ends sessions (`delete`, so also
+    /// `delete_version`; `delete_for_user`, `delete_device`, a limited create's eviction);
+    /// other operations keep the client's. On a replica set, `WriteConcern::majority()`
+    /// makes a logout wait until a majority of members hold it, so an election cannot roll
+    /// it back and bring the session back; a write concern that cannot be met in its
+    /// `w_timeout` fails the revocation (a `Backend` error, the request a 503) instead of
+    /// reporting a logout that may be undone. Default: none (the client's, usually
+    /// `w: 1`). **Not tested against a replica set here** (the test server has none); the
+    /// option is passed to the driver as is.
+    ///
+    /// ```
+    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
+    /// use std::time::Duration;
+    /// use mongodb::options::WriteConcern;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
+    /// let majority = WriteConcern::builder()
+    ///     .w(mongodb::options::Acknowledgment::Majority)
+    ///     .w_timeout(Duration::from_millis(500))
+    ///     .build();
+    /// let store = coatcheck::mongo::MongoStore::builder(&client, "myapp")
+    ///     .revocation_write_concern(majority)
+    ///     .build()?;
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    pub fn revocation_write_concern(mut self, concern: WriteConcern) -> Self {
+        self.revocation_write_concern = Some(concern);
+        self
+    }
+
     /// Builds the store. No I/O: call [`MongoStore::ensure_indexes`] once at startup (or use
     /// [`build_with_indexes`](Self::build_with_indexes)).
     pub fn build(self) -> Result<MongoStore, BuildError> {
         check_database_name(&self.database)?;
         check_collection_name(&self.collection)?;
         self.options.validate().map_err(BuildError::from)?;
-        let collection = self
-            .client
-            .database(&self.database)
-            .collection::<Document>(&self.collection);
+        let database = self.client.database(&self.database);
+        let collection = database.collection::<Document>(&self.collection);
+        let revocations = match self.revocation_write_concern {
+            Some(concern) => database.collection_with_options::<Document>(
+                &self.collection,
+                CollectionOptions::builder().write_concern(concern).build(),
+            ),
+            None => collection.clone(),
+        };
         Ok(MongoStore {
             collection,
+            revocations,
             layout: match self.options.express {
                 Some(format) => Arc::new(ExpressLayout {
                     format,

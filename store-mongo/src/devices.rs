@@ -53,7 +53,7 @@ impl MongoStore {
         self.native_only("devices in connect-mongo's layout")?;
         let now = self.now();
         let result = self
-            .collection
+            .revocations
             .delete_many(self.live(doc! { F_USER: user, F_HANDLE: handle }, now))
             .await
             .map_err(backend)?;
@@ -179,7 +179,7 @@ impl MongoStore {
                 .map(|(_, id)| Bson::String(id.clone()))
                 .collect();
             evicted = self
-                .collection
+                .revocations
                 .delete_many(doc! { F_ID: { "$in": victims }, F_USER: user })
                 .await
                 .map_err(backend)?

@@ -46,6 +46,9 @@ use crate::{
 #[derive(Clone)]
 pub struct MongoStore {
     pub(crate) collection: Collection<Document>,
+    /// The same collection, with the write concern of revocations
+    /// ([`MongoStoreBuilder::revocation_write_concern`]) when one is set.
+    pub(crate) revocations: Collection<Document>,
     pub(crate) layout: Arc<dyn Layout>,
     pub(crate) codec: Arc<dyn Codec>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -189,6 +192,7 @@ impl MongoStore {
             database: database.to_owned(),
             collection: DEFAULT_COLLECTION.to_owned(),
             options: coatcheck_core::StoreOptions::new(),
+            revocation_write_concern: None,
         }
     }
 
@@ -481,7 +485,7 @@ impl SessionStore for MongoStore {
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
         let now = self.now();
         let result = self
-            .collection
+            .revocations
             .delete_one(self.live(doc! { F_ID: id.as_str() }, now))
             .await
             .map_err(backend)?;
@@ -524,7 +528,7 @@ impl SessionStore for MongoStore {
         let mut removed = 0;
         loop {
             let result = self
-                .collection
+                .revocations
                 .delete_many(filter.clone())
                 .await
                 .map_err(backend)?;

@@ -319,8 +319,14 @@ impl SessionStore for RedisStore {
                     }))
                     .await
             }
-            Format::Native(f) => cx.bounded(f.create(cx, record)).await,
-            Format::Express(f) => cx.bounded(f.create(cx, record)).await,
+            Format::Native(f) => {
+                cx.bounded(cx.acknowledged(false, f.create(cx, record)))
+                    .await
+            }
+            Format::Express(f) => {
+                cx.bounded(cx.acknowledged(false, f.create(cx, record)))
+                    .await
+            }
         };
         logged("create", Some(&record.id), r)
     }

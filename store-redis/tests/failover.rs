@@ -9,6 +9,13 @@
 //! fault proves nothing), with revocations acknowledged (expected: no resurrection; saves
 //! may still be lost) and with every write acknowledged (expected: no anomaly at all).
 //! SECURITY.md quotes their figures.
+//!
+//! The histories wait for **both** replicas. With one of two, a write can be acknowledged
+//! by the replica that is not promoted — and Sentinel does promote unexpectedly: here, on
+//! two loaded cores, a sentinel sometimes started a second failover right after the planned
+//! one, promoting the other replica while the new master was taking writes. That is the
+//! limit `Replicated` documents, seen here as a lost write in the Valkey history (seed
+//! 70005 of a 20-seed run, `Replicated::revocations(1, ..)`).
 
 use std::time::Duration;
 
@@ -142,22 +149,49 @@ async fn a_revocation_that_replicas_do_not_acknowledge_fails_closed() {
     assert_eq!(store.list_for_user("bob").await.expect("list"), vec![]);
 }
 
+/// With `every_write`, create, save and touch each wait too — on Redis 7 (the scripts) and
+/// on Valkey 8.1 (`SET … NX` / `SET … IFEQ`, the paths that bypass the scripts).
+async fn every_write_waits(group: ReplicatedRedis) {
+    let prefix = format!("{}:", harness::unique_name("cc-sentinel"));
+    let every = Replicated::revocations(2, WITHIN).every_write();
+    let store = sentinel_store(&group, &prefix, Some(every)).await;
+    let mut r = record(None);
+    store.create(&r).await.expect("create");
+    let loaded = store.load(&r.id).await.expect("load").expect("there");
+    r.version = loaded.version;
+
+    group.freeze_replicas(true);
+    let created = store.create(&record(None)).await;
+    let created_user = store.create(&record(Some("carol"))).await;
+    r.data.insert("k".into(), 1.into());
+    let saved = store.save(&r).await;
+    let touched = store.touch(&r.id, r.expires_at + HOUR).await;
+    group.freeze_replicas(false);
+    for (what, outcome) in [
+        ("create", created.map(drop)),
+        ("create with a user", created_user.map(drop)),
+        ("save", saved.map(drop)),
+        ("touch", touched.map(drop)),
+    ] {
+        let e = outcome.expect_err(what);
+        assert!(not_replicated(&e).is_some(), "{what}: {e}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_waits_when_asked() {
     let Some(group) = ReplicatedRedis::redis() else {
         return;
     };
-    let prefix = format!("{}:", harness::unique_name("cc-sentinel"));
-    let every = Replicated::revocations(1, WITHIN).every_write();
-    let store = sentinel_store(&group, &prefix, Some(every)).await;
-    let mut r = record(None);
-    store.create(&r).await.expect("create");
-    group.freeze_replicas(true);
-    r.data.insert("k".into(), 1.into());
-    let saved = store.save(&r).await;
-    group.freeze_replicas(false);
-    let e = saved.expect_err("a save no replica acknowledged fails");
-    assert!(not_replicated(&e).is_some(), "{e}");
+    every_write_waits(group).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_waits_when_asked_valkey() {
+    let Some(group) = ReplicatedRedis::valkey() else {
+        return;
+    };
+    every_write_waits(group).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,6 +323,8 @@ async fn deployment(
     n: usize,
 ) -> Deployment {
     let prefix = format!("{}:", harness::unique_name("cc-failover"));
+    // The previous history's failover may still be settling (a replica resyncing).
+    tokio::task::block_in_place(|| group.settle());
     let mut stores = Vec::new();
     for _ in 0..n {
         stores.push(sentinel_store(group, &prefix, replicated).await);
@@ -339,7 +375,7 @@ async fn failover_revocations() {
     let Some((config, group)) = failover_config("failover_revocations", 6) else {
         return;
     };
-    let r = Replicated::revocations(1, WITHIN);
+    let r = Replicated::revocations(2, WITHIN);
     let found = history::survey(config, |n| deployment(&group, Some(r), n)).await;
     eprintln!(
         "failover with Replicated::revocations: {} histories, {} failovers, anomalies {:?}",
@@ -361,7 +397,7 @@ async fn failover_every_write() {
     let Some((config, group)) = failover_config("failover_every_write", 6) else {
         return;
     };
-    let r = Replicated::revocations(1, WITHIN).every_write();
+    let r = Replicated::revocations(2, WITHIN).every_write();
     history::check(config, |n| deployment(&group, Some(r), n)).await;
 }
 
@@ -376,6 +412,6 @@ async fn failover_valkey_every_write() {
     else {
         return;
     };
-    let r = Replicated::revocations(1, WITHIN).every_write();
+    let r = Replicated::revocations(2, WITHIN).every_write();
     history::check(config, |n| deployment(&group, Some(r), n)).await;
 }

@@ -56,7 +56,7 @@ pub enum Target {
 /// How far the replicas fall behind before a [`FaultKind::Failover`] kills the primary:
 /// longer than the `WAIT` of a store that waits for replicas in the histories (200 ms)
 /// and long enough for the history to acknowledge a fair share of its requests in it,
-/// shorter than the sentinels' `down-after-milliseconds` (1 s).
+/// shorter than the sentinels' `down-after-milliseconds` (2 s).
 const FAILOVER_LAG: Duration = Duration::from_millis(700);
 
 /// The kinds `COATCHECK_NEMESIS` (a comma-separated list of `kill`, `pause`, `restart`,

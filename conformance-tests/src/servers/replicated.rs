@@ -13,7 +13,9 @@ use crate::harness::Backend;
 /// The master name the sentinels monitor.
 pub const MASTER_NAME: &str = "coatcheck";
 
-/// A primary, two replicas and three sentinels (quorum 2, `down-after-milliseconds` 1000),
+/// A primary, two replicas and three sentinels (quorum 2, `down-after-milliseconds` 2000:
+/// at 1000 or less, a sentinel that had just switched to a new master sometimes declared it
+/// down one ping period later and failed over again, unasked),
 /// all processes of the test's own, killed and their files removed on drop.
 ///
 /// ```no_run
@@ -103,6 +105,13 @@ impl ReplicatedRedis {
         ]
         .map(str::to_owned)
         .to_vec();
+        // A directory of its own: a replica writes the RDB it syncs from (`dump.rdb`), and a
+        // server started in a directory holding another version's RDB refuses to start.
+        let dir = self.dir.join(format!("node-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        #[allow(clippy::expect_used)] // a test fixture: failing loudly is the point
+        std::fs::create_dir_all(&dir).expect("create a data node's directory");
+        args.extend(["--dir".to_owned(), dir.display().to_string()]);
         if let Some(master) = replica_of {
             args.extend(["--replicaof", "127.0.0.1", &master.to_string()].map(str::to_owned));
         }
@@ -139,7 +148,7 @@ impl ReplicatedRedis {
             let text = format!(
                 "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\nlogfile {dir}/sentinel-{i}.log\n\
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} 2\n\
-                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} 2000\n\
                  sentinel failover-timeout {MASTER_NAME} 4000\n\
                  sentinel parallel-syncs {MASTER_NAME} 2\n",
                 dir = group.dir.display()
@@ -165,8 +174,12 @@ impl ReplicatedRedis {
     }
 
     /// Waits until every sentinel knows the master, both replicas and the other sentinels,
-    /// and both replicas are in sync.
-    fn settle(&self) {
+    /// and both replicas are in sync (done after start-up and after each failover; call it
+    /// before building clients that count the master's replicas).
+    ///
+    /// # Panics
+    /// If that takes longer than 20 s.
+    pub fn settle(&self) {
         let master = self.master_port();
         for r in self.replica_ports() {
             wait_for("a replica in sync", Duration::from_secs(20), || {
@@ -174,6 +187,11 @@ impl ReplicatedRedis {
                     && info_field(r, "master_port").as_deref() == Some(&master.to_string())
             });
         }
+        wait_for(
+            "the master seeing both replicas",
+            Duration::from_secs(20),
+            || info_field(master, "connected_slaves").as_deref() == Some("2"),
+        );
         for s in &self.sentinels {
             wait_for(
                 "every sentinel knowing both replicas and the other sentinels",
