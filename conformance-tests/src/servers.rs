@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 
 use crate::harness::Backend;
 
+mod cluster;
 mod replicated;
+pub use cluster::ClusterWithReplicas;
 pub use replicated::{ReplicatedRedis, MASTER_NAME};
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).

@@ -24,6 +24,10 @@ use crate::store::RedisStore;
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "sess:";
 
+/// The fewest retries a cluster connection the store opens itself is given (redirects
+/// included), whatever [`RedisStoreBuilder::reconnect_retries`] says.
+const CLUSTER_MIN_RETRIES: u32 = 16;
+
 /// The default bound on one store operation, see
 /// [`RedisStoreBuilder::operation_timeout`].
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -188,7 +192,8 @@ impl RedisStoreBuilder {
 
     /// How often a [`ConnectionManager`] the store opens itself retries a failed reconnect
     /// (with a short exponential backoff) before failing the waiting operations; default 2.
-    /// Kept low so that a dead server turns into errors quickly.
+    /// Kept low so that a dead server turns into errors quickly. A cluster connection the
+    /// store opens gets at least 16, redis-rs's default (its redirects after a failover count as retries).
     ///
     /// ```
     /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
@@ -378,7 +383,17 @@ impl RedisStoreBuilder {
         ClusterClient::builder(urls)
             .connection_timeout(self.connection_timeout)
             .response_timeout(self.response_timeout)
-            .retries(self.reconnect_retries.try_into().unwrap_or(u32::MAX))
+            // A cluster connection counts a `MOVED`/`ASK` redirect as a retry too: after a
+            // failover the first command to a moved slot may be redirected, then meet a
+            // node being reconnected, then be redirected again. With the reconnect budget
+            // alone (2) such a command failed once the cluster was already settled
+            // (tests/failover.rs, `cluster_with_replicas_through_failovers`); the
+            // operation timeout still bounds the whole operation.
+            .retries(
+                u32::try_from(self.reconnect_retries)
+                    .unwrap_or(u32::MAX)
+                    .max(CLUSTER_MIN_RETRIES),
+            )
             .min_retry_wait(50)
             .max_retry_wait(500)
             .build()

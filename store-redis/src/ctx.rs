@@ -39,6 +39,9 @@ pub(crate) struct Ctx {
     pub(crate) replicated: Option<Replicated>,
 }
 
+/// How often [`Ctx::reroute`] sends a command again on a cluster.
+const CLUSTER_REROUTES: u32 = 4;
+
 tokio::task_local! {
     /// The connection every command of an acknowledged operation goes on, so that its
     /// `WAIT` counts the replicas holding exactly those writes (see [`Ctx::acknowledged`]).
@@ -168,13 +171,36 @@ impl Ctx {
             .await
     }
 
+    /// On a cluster, whether to send again a command the cluster answered with an error
+    /// that says it did not run (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`) after redis-rs's
+    /// own retries: right after a failover its redirects can run out before its slot map is
+    /// rebuilt (tests/failover.rs, `cluster_with_replicas_through_failovers`). At most
+    /// [`CLUSTER_REROUTES`] times, after a pause that grows; the operation timeout bounds
+    /// it all.
+    async fn reroute(&self, e: &RedisError, tries: &mut u32) -> bool {
+        let not_run = matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN"));
+        if self.source.topology() != Topology::Cluster || !not_run || *tries >= CLUSTER_REROUTES {
+            return false;
+        }
+        *tries += 1;
+        tracing::debug!(error = %e, tries = *tries, "coatcheck-redis: the cluster is moving a slot; sending again");
+        tokio::time::sleep(Duration::from_millis(50 * u64::from(*tries))).await;
+        true
+    }
+
     pub(crate) async fn invoke(&self, inv: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
-        let (mut conn, lease) = self.conn().await?;
-        match inv.invoke_async::<Value>(&mut conn).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                self.source.failed(lease, &e).await;
-                Err(map_redis_error(e))
+        let mut tries = 0;
+        loop {
+            let (mut conn, lease) = self.conn().await?;
+            match inv.invoke_async::<Value>(&mut conn).await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    if self.reroute(&e, &mut tries).await {
+                        continue;
+                    }
+                    self.source.failed(lease, &e).await;
+                    return Err(map_redis_error(e));
+                }
             }
         }
     }
@@ -185,21 +211,45 @@ impl Ctx {
 
     /// The server's reply or error; the outer error: no connection to send it on.
     async fn raw_query(&self, cmd: &Cmd) -> Result<Result<Value, RedisError>, StoreError> {
-        let (mut conn, lease) = self.conn().await?;
-        let r = cmd.query_async::<Value>(&mut conn).await;
-        if let Err(e) = &r {
-            self.source.failed(lease, e).await;
+        let mut tries = 0;
+        loop {
+            let (mut conn, lease) = self.conn().await?;
+            let r = cmd.query_async::<Value>(&mut conn).await;
+            if let Err(e) = &r {
+                if self.reroute(e, &mut tries).await {
+                    continue;
+                }
+                self.source.failed(lease, e).await;
+            }
+            return Ok(r);
         }
-        Ok(r)
     }
 
     async fn raw_pipe(&self, pipe: &Pipeline) -> Result<Result<Value, RedisError>, StoreError> {
-        let (mut conn, lease) = self.conn().await?;
-        let r = pipe.query_async::<Value>(&mut conn).await;
-        if let Err(e) = &r {
-            self.source.failed(lease, e).await;
+        let mut tries = 0;
+        loop {
+            let (mut conn, lease) = self.conn().await?;
+            let r = pipe.query_async::<Value>(&mut conn).await;
+            if let Err(e) = &r {
+                if self.reroute(e, &mut tries).await {
+                    continue;
+                }
+                self.source.failed(lease, e).await;
+            }
+            // A pipeline's commands share one slot: one answered "not run" means none ran.
+            if let Ok(Value::Array(replies)) = &r {
+                let moved = replies.iter().find_map(|v| match v {
+                    Value::ServerError(e) => Some(RedisError::from(e.clone())),
+                    _ => None,
+                });
+                if let Some(e) = moved {
+                    if self.reroute(&e, &mut tries).await {
+                        continue;
+                    }
+                }
+            }
+            return Ok(r);
         }
-        Ok(r)
     }
 
     /// A pipeline (not a transaction): the replies of its commands not marked `ignore`.

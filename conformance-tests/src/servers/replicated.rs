@@ -37,7 +37,7 @@ pub struct ReplicatedRedis {
     dir: PathBuf,
 }
 
-fn cli(port: u16, args: &[&str]) -> Option<String> {
+pub(super) fn cli(port: u16, args: &[&str]) -> Option<String> {
     let out = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
