@@ -384,11 +384,10 @@ impl RedisStoreBuilder {
             .connection_timeout(self.connection_timeout)
             .response_timeout(self.response_timeout)
             // A cluster connection counts a `MOVED`/`ASK` redirect as a retry too: after a
-            // failover the first command to a moved slot may be redirected, then meet a
-            // node being reconnected, then be redirected again. With the reconnect budget
-            // alone (2) such a command failed once the cluster was already settled
-            // (tests/failover.rs, `cluster_with_replicas_through_failovers`); the
-            // operation timeout still bounds the whole operation.
+            // failover a command to a moved slot may be redirected, meet a node being
+            // reconnected, and be redirected again; with the reconnect budget alone (2),
+            // commands failed with `MOVED` after the cluster had settled
+            // (tests/failover.rs). The operation timeout still bounds the whole operation.
             .retries(
                 u32::try_from(self.reconnect_retries)
                     .unwrap_or(u32::MAX)
