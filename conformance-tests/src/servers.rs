@@ -221,6 +221,24 @@ fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     panic!("{what} did not come up within {limit:?}");
 }
 
+/// What every private Redis or Valkey server is started with: loopback only on `port`, no
+/// snapshots, no protected mode.
+fn redis_args(port: u16) -> Vec<String> {
+    let port = port.to_string();
+    [
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// Whether a Redis server answers `PING` on `port`.
 fn redis_ping(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
@@ -305,20 +323,8 @@ impl Server {
 
     fn redis_like(name: &'static str, program: PathBuf, durable: bool) -> Server {
         let port = free_port();
-        let mut args = [
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--protected-mode",
-            "no",
-            "--enable-debug-command",
-            "yes",
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let mut args = redis_args(port);
+        args.extend(["--enable-debug-command", "yes"].map(str::to_owned));
         let mut files = None;
         if durable {
             let dir = std::env::temp_dir().join(crate::harness::unique_name("coatcheck-aof"));

@@ -4,10 +4,10 @@
 //! `CLUSTER FAILOVER`, and a master killed so that its replica is promoted.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::replicated::cli;
-use super::{free_port, missing, redis_ping, runs, Server};
+use super::replicated::{cli, wait_for};
+use super::{free_port, missing, redis_args, redis_ping, runs, Server};
 use crate::harness::Backend;
 
 /// Three masters, each with one replica, killed and their files removed on drop.
@@ -25,14 +25,6 @@ use crate::harness::Backend;
 pub struct ClusterWithReplicas {
     nodes: Vec<Server>,
     dir: PathBuf,
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `(port, role)` of every node as `port` sees the cluster (`myself` included), from
@@ -76,28 +68,22 @@ impl ClusterWithReplicas {
             let own = dir.join(format!("node-{port}"));
             #[allow(clippy::expect_used)] // a test fixture: failing loudly is the point
             std::fs::create_dir_all(&own).expect("create a node's directory");
-            let args: Vec<String> = [
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-node-timeout",
-                "3000",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--dir",
-                &own.display().to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-            ]
-            .map(str::to_owned)
-            .to_vec();
+            let mut args = redis_args(port);
+            args.extend(
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "3000",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--dir",
+                    &own.display().to_string(),
+                    "--appendonly",
+                    "no",
+                ]
+                .map(str::to_owned),
+            );
             nodes.push(Server::start(
                 "redis cluster node",
                 format!("redis://127.0.0.1:{port}"),

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{free_port, missing, redis_ping, runs, Server};
+use super::{free_port, missing, redis_args, redis_ping, runs, Server};
 use crate::harness::Backend;
 
 /// The master name the sentinels monitor.
@@ -57,7 +57,8 @@ fn info_field(port: u16, field: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+/// Polls `done` every 20 ms; panics with `what` after `limit`.
+pub(super) fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < deadline, "{what} within {limit:?}");
@@ -87,24 +88,18 @@ impl ReplicatedRedis {
     }
 
     fn node(&self, port: u16, replica_of: Option<u16>) -> Server {
-        let mut args: Vec<String> = [
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--repl-diskless-sync",
-            "yes",
-            "--repl-diskless-sync-delay",
-            "0",
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let mut args = redis_args(port);
+        args.extend(
+            [
+                "--appendonly",
+                "no",
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                "0",
+            ]
+            .map(str::to_owned),
+        );
         // A directory of its own: a replica writes the RDB it syncs from (`dump.rdb`), and a
         // server started in a directory holding another version's RDB refuses to start.
         let dir = self.dir.join(format!("node-{port}"));
