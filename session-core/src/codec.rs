@@ -39,7 +39,6 @@ pub struct EncodeError(pub String);
 /// the data or a [`DecodeError`].
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::{Codec, Data, JsonCodec, NativeCodec};
 ///
 /// let mut data = Data::new();

@@ -21,7 +21,6 @@ pub const MAX_USER_AGENT_LEN: usize = 256;
 /// does not), so a "your devices" page can name a session across rotations.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::DeviceHandle;
 ///
 /// let h = DeviceHandle::generate();
@@ -79,7 +78,6 @@ impl fmt::Display for DeviceHandle {
 /// login, kept across rotations, removed with the session.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::Device;
 ///
 /// let d = Device::new()
@@ -155,7 +153,6 @@ pub enum LimitPolicy {
 /// [`SessionStore::create_limited`](crate::SessionStore::create_limited).
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::{LimitPolicy, SessionLimit};
 ///
 /// let limit = SessionLimit::new(3, LimitPolicy::Refuse);

@@ -54,7 +54,6 @@ struct DataKey {
 /// instance can then read what any other writes), then first.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::DataKeys;
 ///
 /// let keys = DataKeys::new([[7u8; 32], [9u8; 32]]).unwrap();
@@ -136,7 +135,6 @@ impl DataKeys {
 /// to the encrypted form at its next write).
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::{Codec, Data, DataKeys, EncryptedCodec, SessionId};
 ///
 /// let codec = EncryptedCodec::new(DataKeys::new([[7u8; 32]]).unwrap());

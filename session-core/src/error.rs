@@ -41,7 +41,6 @@ impl DecodeError {
 /// What a [`SessionStore`](crate::SessionStore) method can fail with.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::StoreError;
 ///
 /// let err = StoreError::backend(std::io::Error::other("connection refused"));

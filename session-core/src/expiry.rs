@@ -12,7 +12,6 @@ use crate::Timestamp;
 /// would move `expires_at` by at least `touch_after`.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::{ExpiryPolicy, Timestamp};
 /// use std::time::Duration;
 ///
@@ -113,7 +112,6 @@ impl ExpiryPolicy {
     /// session by itself); in both cases capped at the absolute deadline.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
     /// use coatcheck::core::{ExpiryPolicy, Timestamp};
     /// use std::time::Duration;
     ///

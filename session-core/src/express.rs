@@ -53,7 +53,6 @@ pub const EXPRESS_RESERVED_KEYS: [&str; 9] = [
 /// Whether express-session would drop or own this key ([`EXPRESS_RESERVED_KEYS`]).
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// assert!(coatcheck::core::is_express_reserved("regenerate"));
 /// assert!(!coatcheck::core::is_express_reserved("userId"));
 /// ```
@@ -79,7 +78,6 @@ pub enum ExpressMaxAge {
 /// The express-session format: how a [`Record`] becomes express-session's JSON and back.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::{ExpressFormat, Record, SessionId, Timestamp};
 /// use std::time::Duration;
 ///
@@ -354,7 +352,6 @@ impl serde::Serialize for Wire<'_> {
 /// numeric ids) in decimal; anything else names none.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use serde_json::json;
 /// assert_eq!(coatcheck::core::express_principal(&json!(42)).as_deref(), Some("42"));
 /// assert_eq!(coatcheck::core::express_principal(&json!("ann")).as_deref(), Some("ann"));
@@ -397,7 +394,6 @@ fn parse_iso(s: &str) -> Option<Timestamp> {
 /// derive versions in Rust rather than on the server.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::content_version;
 /// assert_eq!(content_version(b"a"), content_version(b"a"));
 /// assert_ne!(content_version(b"a"), content_version(b"b"));

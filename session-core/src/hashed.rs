@@ -64,7 +64,6 @@ pub fn hashed_key(id: &SessionId) -> SessionId {
 /// sessions up by the raw id.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// # #[derive(Debug)] struct S;
 /// # #[async_trait::async_trait] impl coatcheck::core::SessionStore for S {
 /// # async fn create(&self, _: &coatcheck::core::Record) -> Result<(), coatcheck::core::StoreError> { Ok(()) }

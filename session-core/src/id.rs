@@ -25,7 +25,6 @@ const MAX_LEN: usize = 128;
 /// by accident; use [`SessionId::as_str`] where the raw value is really needed (a store key).
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::SessionId;
 ///
 /// let id = SessionId::generate();
@@ -85,7 +84,6 @@ impl SessionId {
     /// A short, non-reversible tag for logs: the first 12 hex digits of SHA-256(id).
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
     /// let id = coatcheck::core::SessionId::generate();
     /// assert_eq!(id.short_hash().len(), 12);
     /// assert!(!id.as_str().contains(&id.short_hash()));

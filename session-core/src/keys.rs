@@ -10,7 +10,6 @@
 //! by convention (`coatcheck::ROLES_KEY`), written by the application at login.
 //!
 //! ```
-//! # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 //! use coatcheck::core::keys;
 //!
 //! assert!(keys::is_reserved(keys::CSRF_KEY));

@@ -7,7 +7,6 @@
 //! [`JsonCodec`], [`EncryptedCodec`] for data encrypted at rest) and the [`SessionStore`] trait every store implements.
 //!
 //! ```
-//! # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 //! use coatcheck::core::{KeyRing, SessionId};
 //!
 //! let ring = KeyRing::new(["a secret of at least thirty-two bytes!!"]).unwrap();

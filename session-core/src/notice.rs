@@ -15,7 +15,6 @@ use crate::SessionId;
 /// [`NotFoundOnRead`]: https://docs.rs/coatcheck/latest/coatcheck/enum.SessionEvent.html
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::ExpiryNotice;
 ///
 /// fn audit(notice: &ExpiryNotice) -> String {

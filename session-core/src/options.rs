@@ -17,7 +17,6 @@ use crate::{Clock, Codec, ExpressFormat, NativeCodec, SystemClock};
 /// whatever the store.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::{JsonCodec, StoreOptions, SystemClock};
 ///
 /// let options = StoreOptions::new().codec(JsonCodec).clock(SystemClock);
@@ -85,7 +84,6 @@ impl StoreOptions {
     /// reads the stored JSON as it is). Every store builder calls it before building.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
     /// use coatcheck::core::{DataKeys, EncryptedCodec, ExpressFormat, OptionsConflict, StoreOptions};
     ///
     /// let keys = DataKeys::new([[7u8; 32]]).unwrap();

@@ -8,7 +8,6 @@ pub type Data = serde_json::Map<String, serde_json::Value>;
 /// One session as a store keeps it.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::{Record, SessionId, Timestamp};
 /// use std::time::Duration;
 ///

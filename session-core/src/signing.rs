@@ -29,7 +29,6 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// the error (`Error: …`) says what to do rather than `TooShort { index: 0, len: 5 }`.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// let err = coatcheck::core::KeyRing::new(["short"]).unwrap_err();
 /// assert!(format!("{err:?}").contains("at least 32 are required"));
 /// ```
@@ -86,7 +85,6 @@ impl Verified {
 /// old ones until their cookies have expired".
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::{KeyRing, SessionId};
 ///
 /// let old = KeyRing::new(["old secret, thirty-two bytes long!!"]).unwrap();

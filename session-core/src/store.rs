@@ -8,7 +8,6 @@ use crate::{Record, SessionId, SessionInfo, SessionLimit, StoreError, Timestamp}
 /// middleware know what to expect.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// let caps = coatcheck::core::Capabilities::new().with_user_index(true);
 /// assert!(caps.user_index);
 /// assert!(!caps.native_expiry);
@@ -125,7 +124,6 @@ impl Capabilities {
 /// honours the whole contract:
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
 /// use coatcheck::core::*;

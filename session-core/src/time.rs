@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// An instant in UTC with millisecond precision: milliseconds since the Unix epoch.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::Timestamp;
 /// use std::time::Duration;
 ///
@@ -86,7 +85,6 @@ impl fmt::Debug for Timestamp {
 /// so that one application never mixes two clocks. Tests use [`ManualClock`].
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } }
 /// use coatcheck::core::{Clock, ManualClock, Timestamp};
 /// use std::time::Duration;
 ///

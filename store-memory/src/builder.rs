@@ -10,7 +10,6 @@ use crate::{DEFAULT_CAPACITY, DEFAULT_SHARDS};
 /// Builder for a [`MemoryStore`].
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod memory { pub use coatcheck_memory::*; } }
 /// use coatcheck::core::ManualClock;
 /// use coatcheck::memory::MemoryStore;
 ///

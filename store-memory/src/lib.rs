@@ -16,7 +16,6 @@
 //!   with dead sessions.
 //!
 //! ```
-//! # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod memory { pub use coatcheck_memory::*; } }
 //! use coatcheck::core::{Record, SessionId, SessionStore, Timestamp};
 //! use coatcheck::memory::MemoryStore;
 //! use std::time::Duration;

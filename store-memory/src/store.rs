@@ -105,7 +105,6 @@ impl MemoryStore {
     /// its clones) is dropped. Needs a Tokio runtime.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod memory { pub use coatcheck_memory::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck::memory::MemoryStore::new();
     /// let sweeper = store.spawn_sweeper(std::time::Duration::from_secs(60));

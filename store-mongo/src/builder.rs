@@ -19,7 +19,6 @@ use coatcheck_core::{NativeCodec, StoreError, SystemClock};
 /// Builds a [`MongoStore`] on a client you already have. See [`MongoStore::builder`].
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
 /// use coatcheck::core::JsonCodec;
 /// use coatcheck::mongo::MongoStore;
 ///
@@ -60,7 +59,6 @@ impl MongoStoreBuilder {
     /// (two round trips), a Node write is last-write-wins. The codec setting is ignored.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// use coatcheck::core::{ExpressFormat, SessionStore};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -105,7 +103,6 @@ impl MongoStoreBuilder {
     /// option is passed to the driver as is.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// use std::time::Duration;
     /// use mongodb::options::WriteConcern;
     /// # #[tokio::main(flavor = "current_thread")]

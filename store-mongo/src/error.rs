@@ -11,7 +11,6 @@ use coatcheck_core::StoreError;
 /// constructors and [`MongoStore::ensure_indexes`].
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
 /// use coatcheck::mongo::{MongoStore, BuildError};
 ///
 /// # #[tokio::main(flavor = "current_thread")]

@@ -20,7 +20,6 @@
 //! writers never lose an update.
 //!
 //! ```no_run
-//! # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
 //! use coatcheck::mongo::MongoStore;
 //!
 //! # #[tokio::main(flavor = "current_thread")]

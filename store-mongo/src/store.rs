@@ -26,7 +26,6 @@ use crate::{
 /// (not per request) with [`MongoStore::connect`] or [`MongoStore::builder`].
 ///
 /// ```no_run
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
 /// use coatcheck::core::{Record, SessionId, SessionStore, Timestamp};
 /// use coatcheck::mongo::MongoStore;
 /// use std::time::Duration;
@@ -97,7 +96,6 @@ impl MongoStore {
     /// [`StoreError::Backend`] within seconds instead of hanging requests.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), coatcheck::mongo::BuildError> {
     /// let store = coatcheck::mongo::MongoStore::connect(
@@ -120,7 +118,6 @@ impl MongoStore {
     /// defaults above. Ensures the indexes.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// use mongodb::options::ClientOptions;
     /// use std::time::Duration;
     ///
@@ -145,7 +142,6 @@ impl MongoStore {
     /// [`DEFAULT_CONNECT_TIMEOUT`] filled in where unset. No I/O.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// use mongodb::options::ClientOptions;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
@@ -172,7 +168,6 @@ impl MongoStore {
     /// it with [`client_with_defaults`](Self::client_with_defaults)).
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// use coatcheck::core::ManualClock;
     /// use coatcheck::core::Timestamp;
     ///
@@ -200,7 +195,6 @@ impl MongoStore {
     /// clock. No I/O; call [`ensure_indexes`](Self::ensure_indexes) once at startup.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
@@ -224,7 +218,6 @@ impl MongoStore {
     /// on the same key exists with other options.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
@@ -245,7 +238,6 @@ impl MongoStore {
     /// The collection the sessions live in, for inspection, backups or tests.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
@@ -260,7 +252,6 @@ impl MongoStore {
     /// The collection's name.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;
@@ -275,7 +266,6 @@ impl MongoStore {
     /// The database the collection is in.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod mongo { pub use coatcheck_mongo::*; } }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017").await?;

@@ -22,7 +22,6 @@ use crate::{
 /// Builder for a [`PostgresStore`]; from [`PostgresStore::builder`].
 ///
 /// ```no_run
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
 /// use coatcheck::core::{JsonCodec, ManualClock, Timestamp};
 /// use coatcheck::postgres::PostgresStore;
 /// use std::time::Duration;
@@ -75,7 +74,6 @@ impl PostgresStoreBuilder {
     /// including the evictions of `create_limited`, stay durable).
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
     /// use coatcheck::postgres::{Durability, PostgresStore};
     /// let b = PostgresStore::builder().durability(Durability::RelaxedCommit);
     /// ```
@@ -122,7 +120,6 @@ impl PostgresStoreBuilder {
     /// (Rust saves stay compare-and-set; a Node write is last-write-wins).
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
     /// use coatcheck::core::{ExpressFormat, SessionStore};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), coatcheck::postgres::BuildError> {
     /// let store = coatcheck::postgres::PostgresStore::builder()
@@ -141,7 +138,6 @@ impl PostgresStoreBuilder {
     /// except that an encrypting one is refused there ([`BuildError::EncryptedExpress`]).
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
     /// let b = coatcheck::postgres::PostgresStore::builder().codec(coatcheck::core::JsonCodec);
     /// ```
     pub fn codec(mut self, codec: impl Codec) -> Self {
@@ -195,7 +191,6 @@ impl PostgresStoreBuilder {
     /// [`connect_lazy`](Self::connect_lazy) turn it off.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
     /// use coatcheck::postgres::PostgresStore;
     /// use sqlx::postgres::PgPoolOptions;
     ///
@@ -258,7 +253,6 @@ impl PostgresStoreBuilder {
     /// (see [`build`](Self::build) for how terminated connections are handled).
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
     /// # #[tokio::main] async fn main() -> Result<(), coatcheck::postgres::BuildError> {
     /// let store = coatcheck::postgres::PostgresStore::builder()
     ///     .connect_lazy("postgres://app@localhost/app")?;

@@ -7,7 +7,6 @@ use crate::{PostgresStore, PostgresStoreBuilder};
 /// Building a [`PostgresStore`] failed. Nothing was sent to the server.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
 /// use coatcheck::postgres::{BuildError, PostgresStore};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -58,7 +57,6 @@ pub enum BuildError {
 /// [`PostgresStore::migrate`] failed; the source is the database's error.
 ///
 /// ```no_run
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
 /// # async fn f(store: coatcheck::postgres::PostgresStore) {
 /// if let Err(e) = store.migrate().await {
 ///     eprintln!("{e}: {:?}", std::error::Error::source(&e));

@@ -21,7 +21,6 @@
 //!   connection, so the same store recovers by itself (see [`PostgresStoreBuilder::build`]).
 //!
 //! ```no_run
-//! # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
 //! use coatcheck::core::{Record, SessionId, SessionStore, Timestamp};
 //! use coatcheck::postgres::PostgresStore;
 //! use std::time::Duration;
@@ -78,7 +77,6 @@ pub use crate::store::{PostgresStore, REPORT_QUEUE};
 /// `log_timezone` to different zones, set `TimeZone` yourself to Node's.
 ///
 /// ```no_run
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
 /// use sqlx::Executor as _;
 /// # async fn f() -> Result<(), sqlx::Error> {
 /// let pool = sqlx::postgres::PgPoolOptions::new()
@@ -115,7 +113,6 @@ pub const DEFAULT_CLEANUP_BATCH: u32 = 1_000;
 /// How session writes reach the disk; [`PostgresStoreBuilder::durability`].
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
 /// use coatcheck::postgres::{Durability, PostgresStore};
 /// let b = PostgresStore::builder().durability(Durability::RelaxedCommit);
 /// ```

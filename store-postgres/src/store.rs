@@ -32,7 +32,6 @@ use coatcheck_core::{NativeCodec, SystemClock};
 /// each operation.
 ///
 /// ```no_run
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
 /// use coatcheck::core::SessionStore;
 /// use coatcheck::postgres::PostgresStore;
 ///
@@ -126,7 +125,6 @@ impl PostgresStore {
     /// [`NativeCodec`], [`SystemClock`].
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
     /// # #[tokio::main] async fn main() -> Result<(), coatcheck::postgres::BuildError> {
     /// let store = coatcheck::postgres::PostgresStore::builder()
     ///     .connect_lazy("postgres://app@localhost/app")?;
@@ -139,7 +137,6 @@ impl PostgresStore {
     /// The pool the store runs on.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
     /// # async fn f(store: coatcheck::postgres::PostgresStore) -> Result<(), sqlx::Error> {
     /// let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(store.pool()).await?;
     /// # Ok(()) }
@@ -151,7 +148,6 @@ impl PostgresStore {
     /// `schema.table`, unquoted.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
     /// # async fn f(store: coatcheck::postgres::PostgresStore) {
     /// assert_eq!(store.qualified_table_name(), "public.coatcheck_sessions");
     /// # }
@@ -171,7 +167,6 @@ impl PostgresStore {
     /// tool instead.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
     /// # async fn f(store: coatcheck::postgres::PostgresStore) -> Result<(), coatcheck::postgres::MigrateError> {
     /// store.migrate().await?;
     /// store.migrate().await?; // a no-op the second time

@@ -35,7 +35,6 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Configures a [`RedisStore`]; finish with one of the connection methods.
 ///
 /// ```no_run
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
 /// use std::time::Duration;
 /// use coatcheck::redis::RedisStore;
 ///
@@ -88,7 +87,6 @@ impl RedisStoreBuilder {
     /// own.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// let b = coatcheck::redis::RedisStore::builder().prefix("tenant-7:sess:");
     /// ```
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -112,7 +110,6 @@ impl RedisStoreBuilder {
     /// The codec setting is ignored in this mode.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// use coatcheck::core::{ExpressFormat, SessionStore};
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck::redis::RedisStore::builder()
@@ -132,7 +129,6 @@ impl RedisStoreBuilder {
     /// express mode by every terminal of the builder: [`BuildError::EncryptedExpress`]).
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// let b = coatcheck::redis::RedisStore::builder().codec(coatcheck::core::JsonCodec);
     /// ```
     pub fn codec(mut self, codec: impl Codec) -> Self {
@@ -143,7 +139,6 @@ impl RedisStoreBuilder {
     /// The clock that decides what is live (`expires_at > now`); default [`SystemClock`].
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// use coatcheck::core::{ManualClock, Timestamp};
     /// let b = coatcheck::redis::RedisStore::builder().clock(ManualClock::new(Timestamp::now()));
     /// ```
@@ -157,7 +152,6 @@ impl RedisStoreBuilder {
     /// [`OperationTimedOut`](crate::OperationTimedOut). Default 5 s; `None` disables it.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// use std::time::Duration;
     /// let b = coatcheck::redis::RedisStore::builder().operation_timeout(Some(Duration::from_secs(2)));
     /// ```
@@ -170,7 +164,6 @@ impl RedisStoreBuilder {
     /// default 1 s.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// let b = coatcheck::redis::RedisStore::builder().connection_timeout(std::time::Duration::from_millis(500));
     /// ```
     pub fn connection_timeout(mut self, d: Duration) -> Self {
@@ -182,7 +175,6 @@ impl RedisStoreBuilder {
     /// default 2 s.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// let b = coatcheck::redis::RedisStore::builder().response_timeout(std::time::Duration::from_secs(1));
     /// ```
     pub fn response_timeout(mut self, d: Duration) -> Self {
@@ -196,7 +188,6 @@ impl RedisStoreBuilder {
     /// store opens gets at least 16, redis-rs's default (its redirects after a failover count as retries).
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// let b = coatcheck::redis::RedisStore::builder().reconnect_retries(3);
     /// ```
     pub fn reconnect_retries(mut self, n: usize) -> Self {
@@ -208,7 +199,6 @@ impl RedisStoreBuilder {
     /// Each is multiplexed; more than one only helps when a single socket saturates.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// let b = coatcheck::redis::RedisStore::builder().pool_connections(2);
     /// ```
     pub fn pool_connections(mut self, n: usize) -> Self {
@@ -224,7 +214,6 @@ impl RedisStoreBuilder {
     /// script by its first key. Default off.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck::redis::RedisStore::builder()
     ///     .single_key_scripts(true)
@@ -244,7 +233,6 @@ impl RedisStoreBuilder {
     /// Lua script (see the crate docs). Off: always the scripts, as on Redis 7.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// let b = coatcheck::redis::RedisStore::builder().use_set_ifeq(false);
     /// ```
     pub fn use_set_ifeq(mut self, yes: bool) -> Self {
@@ -263,7 +251,6 @@ impl RedisStoreBuilder {
     /// [`NotReplicated`](crate::NotReplicated). Keep `within` below the response timeout.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// use std::time::Duration;
     /// use coatcheck::redis::{RedisStore, Replicated};
     /// let b = RedisStore::builder().replicated(Replicated::revocations(1, Duration::from_millis(250)));
@@ -277,7 +264,6 @@ impl RedisStoreBuilder {
     /// reconnect backoff of 50 ms doubling up to 500 ms, `reconnect_retries` times.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// let config = coatcheck::redis::RedisStore::builder().connection_manager_config();
     /// ```
     pub fn connection_manager_config(&self) -> ConnectionManagerConfig {
@@ -292,7 +278,6 @@ impl RedisStoreBuilder {
     /// Connects now through a [`ConnectionManager`]; fails if the server does not answer.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), coatcheck::redis::BuildError> {
     /// let store = coatcheck::redis::RedisStore::builder().connect("redis://127.0.0.1").await?;
     /// # Ok(()) }
@@ -315,7 +300,6 @@ impl RedisStoreBuilder {
     /// outside one it returns [`BuildError::NoRuntime`].
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck::redis::RedisStore::builder().connect_lazy("redis://127.0.0.1").unwrap();
     /// # }
@@ -338,7 +322,6 @@ impl RedisStoreBuilder {
     /// ([`BuildError::EncryptedExpress`]).
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let manager = redis::Client::open("redis://127.0.0.1")?.get_connection_manager().await?;
     /// let store = coatcheck::redis::RedisStore::builder().prefix("a:").connection_manager(manager)?;
@@ -354,7 +337,6 @@ impl RedisStoreBuilder {
     /// connections once and multiplexes over them (see the crate docs, "Pool").
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1")
     ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
@@ -408,7 +390,6 @@ impl RedisStoreBuilder {
     /// Connects to a Redis Cluster now, given some of its nodes.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), coatcheck::redis::BuildError> {
     /// let store = coatcheck::redis::RedisStore::builder()
     ///     .connect_cluster(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002"])
@@ -436,7 +417,6 @@ impl RedisStoreBuilder {
     /// [`BuildError::NoRuntime`].
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck::redis::RedisStore::builder()
     ///     .connect_cluster_lazy(["redis://127.0.0.1:7001"])
@@ -460,7 +440,6 @@ impl RedisStoreBuilder {
     /// Uses an existing cluster connection (its own timeouts apply).
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let conn = redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:7001"])?
     ///     .get_async_connection()
@@ -477,7 +456,6 @@ impl RedisStoreBuilder {
     /// Uses a deadpool-redis cluster pool, leased like [`pool`](Self::pool).
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let pool = deadpool_redis::cluster::Config::from_urls(vec!["redis://127.0.0.1:7001".to_string()])
     ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
@@ -504,7 +482,6 @@ impl RedisStoreBuilder {
     /// master's password, if any, goes in with [`connect_sentinel_with`](Self::connect_sentinel_with).
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), coatcheck::redis::BuildError> {
     /// let store = coatcheck::redis::RedisStore::builder()
     ///     .connect_sentinel(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"], "mymaster")
@@ -528,7 +505,6 @@ impl RedisStoreBuilder {
     /// [`SentinelNodeConnectionInfo`](redis::sentinel::SentinelNodeConnectionInfo).
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// use coatcheck::redis::redis::sentinel::SentinelNodeConnectionInfo;
     /// # async fn run() -> Result<(), coatcheck::redis::BuildError> {
     /// let store = coatcheck::redis::RedisStore::builder()

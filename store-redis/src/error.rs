@@ -5,7 +5,6 @@ use std::time::Duration;
 /// Building a [`RedisStore`](crate::RedisStore) failed.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
 /// use coatcheck::redis::{BuildError, RedisStore};
 ///
 /// // Outside a Tokio runtime the lazy constructors refuse instead of panicking.
@@ -83,7 +82,6 @@ pub enum BuildError {
 /// [`operation_timeout`](crate::RedisStoreBuilder::operation_timeout).
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
 /// use coatcheck::redis::OperationTimedOut;
 /// use std::time::Duration;
 ///

@@ -58,7 +58,6 @@ impl RedisStore {
     /// ends the subscription.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// use coatcheck::core::ExpiryNotice;
     /// use coatcheck::redis::{Notifications, RedisStore};
     ///

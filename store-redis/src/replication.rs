@@ -29,7 +29,6 @@ use std::time::Duration;
 /// (Redis expires keys itself). See SECURITY.md for the figures measured with and without.
 ///
 /// ```no_run
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
 /// use std::time::Duration;
 /// use coatcheck::redis::{RedisStore, Replicated};
 ///
@@ -52,7 +51,6 @@ impl Replicated {
     /// `within` (then fail). `replicas` of 0 is taken as 1.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// use std::time::Duration;
     /// let r = coatcheck::redis::Replicated::revocations(2, Duration::from_millis(100));
     /// assert_eq!(r.replicas(), 2);
@@ -71,7 +69,6 @@ impl Replicated {
     /// write.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// use std::time::Duration;
     /// let r = coatcheck::redis::Replicated::revocations(1, Duration::from_millis(100)).every_write();
     /// assert!(r.covers_every_write());
@@ -109,7 +106,6 @@ impl Replicated {
 /// reached the primary and may or may not survive a failover: it is reported as failed.
 ///
 /// ```
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
 /// use coatcheck::redis::NotReplicated;
 /// use std::time::Duration;
 ///

@@ -21,7 +21,6 @@ use crate::error::BuildError;
 /// key layout, the commands each method sends and how to choose a connection.
 ///
 /// ```no_run
-/// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
 /// use coatcheck::core::SessionStore;
 /// use coatcheck::redis::RedisStore;
 ///
@@ -60,7 +59,6 @@ impl RedisStore {
     /// A builder, for a prefix, codec, clock or timeouts other than the defaults.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let builder = coatcheck::redis::RedisStore::builder().prefix("app1:");
     /// let store = builder.connect_lazy("redis://127.0.0.1:6379").unwrap();
@@ -76,7 +74,6 @@ impl RedisStore {
     /// not answer now; [`RedisStore::connect_lazy`] connects on first use instead.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), coatcheck::redis::BuildError> {
     /// let store = coatcheck::redis::RedisStore::connect("redis://127.0.0.1:6379/0").await?;
     /// # Ok(()) }
@@ -89,7 +86,6 @@ impl RedisStore {
     /// while Redis is still down (its session operations fail with `Backend` until it is up).
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck::redis::RedisStore::connect_lazy("redis://127.0.0.1:6379").unwrap();
     /// # }
@@ -102,7 +98,6 @@ impl RedisStore {
     /// you like: it is multiplexed).
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
     /// let manager = redis::aio::ConnectionManager::new(client).await?;
@@ -118,7 +113,6 @@ impl RedisStore {
     /// operations are still one round trip and pipeline under concurrency.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:6379")
     ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
@@ -134,7 +128,6 @@ impl RedisStore {
     /// Connects to a Redis Cluster given some of its nodes' URLs.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), coatcheck::redis::BuildError> {
     /// let store = coatcheck::redis::RedisStore::connect_cluster([
     ///     "redis://10.0.0.1:6379",
@@ -154,7 +147,6 @@ impl RedisStore {
     /// Uses an existing cluster connection.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:7001"])?;
     /// let conn = client.get_async_connection().await?;
@@ -168,7 +160,6 @@ impl RedisStore {
     /// Uses a deadpool-redis cluster pool, leased like [`RedisStore::from_pool`].
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let pool = deadpool_redis::cluster::Config::from_urls(vec!["redis://127.0.0.1:7001".to_string()])
     ///     .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
@@ -184,7 +175,6 @@ impl RedisStore {
     /// The key prefix.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck::redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
     /// assert_eq!(store.prefix(), "sess:");
@@ -199,7 +189,6 @@ impl RedisStore {
     /// indexes with separate commands (see the crate docs).
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck::redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
     /// assert!(!store.is_cluster());
@@ -212,7 +201,6 @@ impl RedisStore {
     /// The key under which the session `id` is stored: `{prefix}{id}`.
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck::redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
     /// let id = coatcheck::core::SessionId::parse("AAAAAAAAAAAAAAAAAAAA").unwrap();
@@ -226,7 +214,6 @@ impl RedisStore {
     /// The key of `user_id`'s index set: `{prefix}user:{user_id}` (the user id verbatim).
     ///
     /// ```
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod redis { pub use coatcheck_redis::*; } }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let store = coatcheck::redis::RedisStore::connect_lazy("redis://127.0.0.1").unwrap();
     /// assert_eq!(store.user_index_key("alice"), b"sess:user:alice".to_vec());

@@ -27,7 +27,6 @@ impl PostgresStore {
     /// When called outside a Tokio runtime.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
     /// # async fn f(store: coatcheck::postgres::PostgresStore) {
     /// let cleanup = store.spawn_cleanup(std::time::Duration::from_secs(600));
     /// // ... on shutdown:
@@ -50,7 +49,6 @@ impl PostgresStore {
     /// When called outside a Tokio runtime.
     ///
     /// ```no_run
-    /// # mod coatcheck { pub mod core { pub use coatcheck_core::*; } pub mod postgres { pub use coatcheck_postgres::*; } }
     /// use coatcheck::core::ExpiryNotice;
     ///
     /// # async fn f(store: coatcheck::postgres::PostgresStore) {
