@@ -1,7 +1,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // The README is the crate's documentation; its examples are written against the `coatcheck`
 // facade (what an application depends on) and run as doc tests of the facade
-// (`coatcheck/src/lib.rs`, `store_readmes`), so not here, where `coatcheck::` is not a path.
+// (`coatcheck/src/lib.rs`, `store_readmes`): they run once, there, not again here.
 #![cfg_attr(not(doctest), doc = include_str!("../README.md"))]
 #![cfg_attr(
     doctest,
