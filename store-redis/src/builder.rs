@@ -260,6 +260,18 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// `WAIT` blocks its connection on the server: `within` must stay below the response
+    /// timeout, or a slow acknowledgement would look like a dead server.
+    fn check_replicated(&self) -> Result<(), BuildError> {
+        match self.replicated {
+            Some(r) if r.within() >= self.response_timeout => Err(BuildError::ReplicationTooSlow {
+                within: r.within(),
+                response_timeout: self.response_timeout,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The [`ConnectionManagerConfig`] the `connect*` methods use: the timeouts above and a
     /// reconnect backoff of 50 ms doubling up to 500 ms, `reconnect_retries` times.
     ///
@@ -592,12 +604,13 @@ impl RedisStoreBuilder {
     /// Express mode stores Node's JSON: an encrypting codec cannot apply there.
     fn refuse_encrypted_express(&self) -> Result<(), BuildError> {
         self.options.validate().map_err(BuildError::from)?;
-        Ok(())
+        self.check_replicated()
     }
 
     /// The store over `source`; every terminal has refused conflicting options first.
     pub(crate) fn finish(self, source: Source) -> RedisStore {
         let index_prefix = format!("{}user:", self.prefix);
+        let fence_key = format!("{}replication:fence", self.prefix);
         let topology = if self.single_key_scripts {
             Topology::Cluster
         } else {
@@ -614,6 +627,7 @@ impl RedisStoreBuilder {
                 support: Support::new(self.set_ifeq),
                 seen: Seen::default(),
                 replicated: self.replicated,
+                fence_key,
             }),
             format: match self.options.express {
                 Some(format) => Format::Express(Express { format }),

@@ -124,16 +124,16 @@ impl Source {
     /// its pool (whose recycle check then drops it) and replaced on the next operation.
     pub(crate) async fn failed(&self, lease: Option<LeaseRef>, err: &RedisError) {
         let Some(lease) = lease else { return };
-        // `READONLY`: a write reached a master that has since become a replica (a
-        // failover); a timeout: the server may be gone without a reset (a partition). Both
-        // mean "dial again", through the sentinels where there are some.
-        let demoted = err.code() == Some("READONLY");
-        if !(err.is_unrecoverable_error()
-            || err.is_io_error()
-            || err.is_connection_dropped()
-            || err.is_timeout()
-            || demoted)
-        {
+        let broken =
+            err.is_unrecoverable_error() || err.is_io_error() || err.is_connection_dropped();
+        // A connection the store dialed itself is also given up after `READONLY` (a write
+        // reached a master that has since become a replica: a failover) or a timeout (the
+        // server may be gone without a reset): the next operation dials again, through the
+        // sentinels where there are some. Not a pooled one: it is still alive, and given
+        // back to a pool it could be handed to somebody else while we still use it.
+        let dial_again = matches!(self, Source::Dialed(_))
+            && (err.code() == Some("READONLY") || err.is_timeout());
+        if !(broken || dial_again) {
             return;
         }
         match self {

@@ -37,6 +37,8 @@ pub(crate) struct Ctx {
     pub(crate) seen: Seen,
     /// Operations acknowledged by replicas before they answer ([`Ctx::acknowledged`]).
     pub(crate) replicated: Option<Replicated>,
+    /// `{prefix}replication:fence`, written before each `WAIT` ([`Ctx::acknowledged`]).
+    pub(crate) fence_key: String,
 }
 
 /// How often [`Ctx::reroute`] sends a command again on a cluster.
@@ -150,12 +152,25 @@ impl Ctx {
                 let Some((mut conn, lease)) = PINNED.with(|p| p.borrow().clone()) else {
                     return Ok(value); // no command was sent
                 };
-                let wait = redis::cmd("WAIT")
+                // The fence: `WAIT` counts the replicas that hold this connection's last
+                // *propagated* write. An operation that found its session already gone
+                // (another instance's `DEL`, maybe not replicated yet) wrote nothing, and its
+                // `WAIT` would answer at once. One write of its own, after what it read,
+                // makes the `WAIT` cover everything it saw (the replication stream is in
+                // order). Same round trip as the `WAIT`.
+                let mut fence = redis::pipe();
+                fence
+                    .cmd("SET")
+                    .arg(&self.fence_key)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(60_000)
+                    .ignore()
+                    .cmd("WAIT")
                     .arg(rep.replicas())
-                    .arg(rep.wait_ms())
-                    .clone();
-                let acked = match wait.query_async::<i64>(&mut conn).await {
-                    Ok(n) => u32::try_from(n).unwrap_or(0),
+                    .arg(rep.wait_ms());
+                let acked = match fence.query_async::<(i64,)>(&mut conn).await {
+                    Ok((n,)) => u32::try_from(n).unwrap_or(0),
                     Err(e) => {
                         self.source.failed(lease, &e).await;
                         return Err(map_redis_error(e));
@@ -237,7 +252,9 @@ impl Ctx {
                 }
                 self.source.failed(lease, e).await;
             }
-            // A pipeline's commands share one slot: one answered "not run" means none ran.
+            // On a cluster the store's pipelines hold commands on one key that may run
+            // twice (`SADD`, `PEXPIREAT … NX|GT`; `GETDEL` alone; reads): sending one again
+            // after a "not run" answer to one of them is safe even if others ran.
             if let Ok(Value::Array(replies)) = &r {
                 let moved = replies.iter().find_map(|v| match v {
                     Value::ServerError(e) => Some(RedisError::from(e.clone())),

@@ -7,7 +7,7 @@
 //! the server it was dialed to or fails; after a failure the lease is given back
 //! ([`Leases`](crate::conn::Leases)) and the next operation dials again — through the
 //! sentinels, so after a failover it reaches the new master. That property is what
-//! [`Replication`](crate::Replication) needs: `WAIT` counts the replicas that hold *this
+//! [`Replicated`](crate::Replicated) needs: `WAIT` counts the replicas that hold *this
 //! connection's* writes, so it must travel on the socket the writes went on.
 
 use async_trait::async_trait;

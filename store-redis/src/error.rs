@@ -72,6 +72,16 @@ pub enum BuildError {
         /// The connection kind refused.
         connection: &'static str,
     },
+    /// [`Replicated`](crate::Replicated)'s `within` is not below the response timeout:
+    /// `WAIT` holds its connection for up to `within`, so a slow acknowledgement would end
+    /// as a response timeout instead of [`NotReplicated`](crate::NotReplicated).
+    #[error("Replicated waits up to {within:?}, not less than the response timeout ({response_timeout:?}): lower it or raise response_timeout")]
+    ReplicationTooSlow {
+        /// What `Replicated` waits at most.
+        within: std::time::Duration,
+        /// The builder's response timeout.
+        response_timeout: std::time::Duration,
+    },
     /// A constructor that spawns background tasks was called outside a Tokio runtime.
     #[error("coatcheck-redis needs a Tokio runtime: build the store inside one")]
     NoRuntime,
