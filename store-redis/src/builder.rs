@@ -357,8 +357,11 @@ impl RedisStoreBuilder {
     /// ```
     pub fn pool(self, pool: deadpool_redis::Pool) -> Result<RedisStore, BuildError> {
         self.refuse_encrypted_express()?;
-        let n = self.pool_connections;
-        Ok(self.finish(Source::Pool(Leases::new(pool, n))))
+        let mut leases = Leases::new(pool, self.pool_connections);
+        if self.replicated.is_some() {
+            leases = leases.with_a_lease_for_waits();
+        }
+        Ok(self.finish(Source::Pool(leases)))
     }
 
     fn cluster_client<I, S>(&self, urls: I) -> Result<ClusterClient, BuildError>
@@ -587,10 +590,11 @@ impl RedisStoreBuilder {
             .set_connection_timeout(Some(self.connection_timeout))
             .set_response_timeout(Some(self.response_timeout));
         let n = self.pool_connections;
-        self.finish(Source::Dialed(Box::new(Leases::new(
-            Dialer { target, config },
-            n,
-        ))))
+        let mut leases = Leases::new(Dialer { target, config }, n);
+        if self.replicated.is_some() {
+            leases = leases.with_a_lease_for_waits();
+        }
+        self.finish(Source::Dialed(Box::new(leases)))
     }
 
     /// [`Replicated`] needs a handle that stays on one socket.

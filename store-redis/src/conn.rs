@@ -109,14 +109,15 @@ impl Source {
         }
     }
 
-    /// A connection handle for one operation.
-    pub(crate) async fn conn(&self) -> Result<(Conn, Option<LeaseRef>), StoreError> {
+    /// A connection handle for one operation; `waits`: one that will end in `WAIT` (on a
+    /// lease of its own where the source keeps one, see [`Leases::with_a_lease_for_waits`]).
+    pub(crate) async fn conn(&self, waits: bool) -> Result<(Conn, Option<LeaseRef>), StoreError> {
         match self {
             Source::Manager(m) => Ok((Conn::Manager(m.clone()), None)),
             Source::Cluster(c) => Ok((Conn::Cluster(c.clone()), None)),
-            Source::Pool(l) => l.get().await.map(|(c, r)| (c, Some(r))),
-            Source::ClusterPool(l) => l.get().await.map(|(c, r)| (c, Some(r))),
-            Source::Dialed(l) => l.get().await.map(|(c, r)| (c, Some(r))),
+            Source::Pool(l) => l.get(waits).await.map(|(c, r)| (c, Some(r))),
+            Source::ClusterPool(l) => l.get(waits).await.map(|(c, r)| (c, Some(r))),
+            Source::Dialed(l) => l.get(waits).await.map(|(c, r)| (c, Some(r))),
         }
     }
 
@@ -139,7 +140,7 @@ impl Source {
         match self {
             Source::Pool(l) => l.invalidate(lease).await,
             Source::ClusterPool(l) => l.invalidate(lease).await,
-            Source::Dialed(l) => l.invalidate(lease).await,
+            Source::Dialed(l) => l.invalidate_all().await,
             Source::Manager(_) | Source::Cluster(_) => {}
         }
     }
@@ -189,6 +190,10 @@ pub(crate) struct Leases<P: Leasable> {
     slots: Vec<tokio::sync::Mutex<Option<Leased<P::Object>>>>,
     next: AtomicUsize,
     generation: AtomicU64,
+    /// The first slot, kept for operations that end in `WAIT` (with
+    /// [`Replicated`](crate::Replicated)): `WAIT` holds its connection on the server, and
+    /// the other operations must not queue behind it.
+    waits_apart: bool,
 }
 
 impl<P: Leasable> Leases<P> {
@@ -200,11 +205,23 @@ impl<P: Leasable> Leases<P> {
                 .collect(),
             next: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
+            waits_apart: false,
         }
     }
 
-    async fn get(&self) -> Result<(Conn, LeaseRef), StoreError> {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+    /// One more lease, used only by operations that end in `WAIT`.
+    pub(crate) fn with_a_lease_for_waits(mut self) -> Self {
+        self.slots.insert(0, tokio::sync::Mutex::new(None));
+        self.waits_apart = true;
+        self
+    }
+
+    async fn get(&self, waits: bool) -> Result<(Conn, LeaseRef), StoreError> {
+        let slot = match (self.waits_apart, waits) {
+            (true, true) => 0,
+            (true, false) => 1 + self.next.fetch_add(1, Ordering::Relaxed) % (self.slots.len() - 1),
+            (false, _) => self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len(),
+        };
         // Held across a checkout, so that concurrent operations wait for one new lease
         // instead of each checking out their own.
         let mut guard = self.slots[slot].lock().await;
@@ -241,6 +258,19 @@ impl<P: Leasable> Leases<P> {
                 slot = lease.slot,
                 "coatcheck-redis: gave back a broken pooled connection"
             );
+        }
+    }
+
+    /// Every lease: after a failover all of them reach the old master, and an idle one
+    /// (the lease kept for waits, say) would otherwise fail the next operation that uses
+    /// it. A failure reported late by a handle of an old lease may drop fresh ones too: they
+    /// are dialed again, nothing worse.
+    async fn invalidate_all(&self) {
+        for (i, slot) in self.slots.iter().enumerate() {
+            let mut guard = slot.lock().await;
+            if guard.take().is_some() {
+                tracing::debug!(slot = i, "coatcheck-redis: dropped a dialed connection");
+            }
         }
     }
 }

@@ -118,10 +118,12 @@ impl Ctx {
     /// A connection for one command: the source's, or inside [`Ctx::acknowledged`] the one
     /// the operation's first command went on.
     async fn conn(&self) -> Result<(Conn, Option<LeaseRef>), StoreError> {
-        if let Ok(Some(pinned)) = PINNED.try_with(|p| p.borrow().clone()) {
+        let pinned = PINNED.try_with(|p| p.borrow().clone());
+        if let Ok(Some(pinned)) = pinned {
             return Ok(pinned);
         }
-        let got = self.source.conn().await?;
+        // Inside `acknowledged` (the task-local is set): a lease kept for waits.
+        let got = self.source.conn(pinned.is_ok()).await?;
         let _ = PINNED.try_with(|p| {
             p.borrow_mut().get_or_insert_with(|| got.clone());
         });

@@ -28,10 +28,12 @@ use std::time::Duration;
 /// A failed (503) revocation may still take effect. Before its `WAIT` the store writes a
 /// small fence key (`{prefix}replication:fence`), so that a revocation that found its
 /// session already gone — another instance's `DEL`, maybe not replicated yet — also waits
-/// for that. `WAIT` holds its connection on the server: commands multiplexed on the same
-/// socket queue behind it (the benchmark's "every write" figures show it), and when the
-/// replicas do not answer each waits up to `within`; `within` must stay below the response
-/// timeout ([`BuildError::ReplicationTooSlow`](crate::BuildError::ReplicationTooSlow)).
+/// for that. `WAIT` holds its connection on the server, so the store keeps one connection
+/// apart for the operations that wait (one more than
+/// [`pool_connections`](crate::RedisStoreBuilder::pool_connections)): reads and the writes
+/// that do not wait never queue behind a `WAIT`; those that wait queue behind each other,
+/// each up to `within` when the replicas do not answer. `within` must stay below the
+/// response timeout ([`BuildError::ReplicationTooSlow`](crate::BuildError::ReplicationTooSlow)).
 /// Expired-session cleanup is exempt
 /// (Redis expires keys itself). See SECURITY.md for the figures measured with and without.
 ///
