@@ -41,6 +41,13 @@ pub(crate) struct Ctx {
     pub(crate) fence_key: String,
 }
 
+/// What [`Ctx::raw_send`] sends.
+#[derive(Clone, Copy)]
+enum Sent<'a> {
+    Cmd(&'a Cmd),
+    Pipe(&'a Pipeline),
+}
+
 /// How often [`Ctx::reroute`] sends a command again on a cluster.
 const CLUSTER_REROUTES: u32 = 4;
 
@@ -229,44 +236,42 @@ impl Ctx {
 
     /// The server's reply or error; the outer error: no connection to send it on.
     async fn raw_query(&self, cmd: &Cmd) -> Result<Result<Value, RedisError>, StoreError> {
-        let mut tries = 0;
-        loop {
-            let (mut conn, lease) = self.conn().await?;
-            let r = cmd.query_async::<Value>(&mut conn).await;
-            if let Err(e) = &r {
-                if self.reroute(e, &mut tries).await {
-                    continue;
-                }
-                self.source.failed(lease, e).await;
-            }
-            return Ok(r);
-        }
+        self.raw_send(Sent::Cmd(cmd)).await
     }
 
     async fn raw_pipe(&self, pipe: &Pipeline) -> Result<Result<Value, RedisError>, StoreError> {
+        self.raw_send(Sent::Pipe(pipe)).await
+    }
+
+    /// Sends a command or a pipeline: on a connection of [`Ctx::conn`], sent again where
+    /// [`Ctx::reroute`] says so, the connection reported when it failed.
+    async fn raw_send(&self, sent: Sent<'_>) -> Result<Result<Value, RedisError>, StoreError> {
         let mut tries = 0;
         loop {
             let (mut conn, lease) = self.conn().await?;
-            let r = pipe.query_async::<Value>(&mut conn).await;
-            if let Err(e) = &r {
-                if self.reroute(e, &mut tries).await {
-                    continue;
-                }
-                self.source.failed(lease, e).await;
-            }
-            // On a cluster the store's pipelines hold commands on one key that may run
-            // twice (`SADD`, `PEXPIREAT … NX|GT`; `GETDEL` alone; reads): sending one again
-            // after a "not run" answer to one of them is safe even if others ran.
-            if let Ok(Value::Array(replies)) = &r {
-                let moved = replies.iter().find_map(|v| match v {
+            let r = match sent {
+                Sent::Cmd(cmd) => cmd.query_async::<Value>(&mut conn).await,
+                Sent::Pipe(pipe) => pipe.query_async::<Value>(&mut conn).await,
+            };
+            // A pipeline's replies may hold a "not run" error of one of its commands. On a
+            // cluster the store's pipelines hold commands on one key that may run twice
+            // (`SADD`, `PEXPIREAT … NX|GT`; `GETDEL` alone; reads): sending one again is
+            // safe even if others ran.
+            let not_run = match &r {
+                Err(e) => Some(e.clone()),
+                Ok(Value::Array(replies)) => replies.iter().find_map(|v| match v {
                     Value::ServerError(e) => Some(RedisError::from(e.clone())),
                     _ => None,
-                });
-                if let Some(e) = moved {
-                    if self.reroute(&e, &mut tries).await {
-                        continue;
-                    }
+                }),
+                Ok(_) => None,
+            };
+            if let Some(e) = not_run {
+                if self.reroute(&e, &mut tries).await {
+                    continue;
                 }
+            }
+            if let Err(e) = &r {
+                self.source.failed(lease, e).await;
             }
             return Ok(r);
         }
@@ -423,6 +428,16 @@ impl Ctx {
     /// The bound on one whole store operation ([`RedisStoreBuilder::operation_timeout`]).
     pub(crate) fn operation_timeout(&self) -> Option<Duration> {
         self.operation_timeout
+    }
+
+    /// A write: [`Ctx::acknowledged`] by replicas where [`Replicated`] covers it, the whole
+    /// within [`Ctx::bounded`].
+    pub(crate) async fn write<T>(
+        &self,
+        revokes: bool,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.bounded(self.acknowledged(revokes, op)).await
     }
 
     pub(crate) async fn bounded<T>(

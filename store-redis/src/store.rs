@@ -235,14 +235,8 @@ impl RedisStore {
                     }))
                     .await
             }
-            Format::Native(f) => {
-                cx.bounded(cx.acknowledged(revokes, f.save(cx, record)))
-                    .await
-            }
-            Format::Express(f) => {
-                cx.bounded(cx.acknowledged(revokes, f.save(cx, record)))
-                    .await
-            }
+            Format::Native(f) => cx.write(revokes, f.save(cx, record)).await,
+            Format::Express(f) => cx.write(revokes, f.save(cx, record)).await,
         }
     }
 }
@@ -306,14 +300,8 @@ impl SessionStore for RedisStore {
                     }))
                     .await
             }
-            Format::Native(f) => {
-                cx.bounded(cx.acknowledged(false, f.create(cx, record)))
-                    .await
-            }
-            Format::Express(f) => {
-                cx.bounded(cx.acknowledged(false, f.create(cx, record)))
-                    .await
-            }
+            Format::Native(f) => cx.write(false, f.create(cx, record)).await,
+            Format::Express(f) => cx.write(false, f.create(cx, record)).await,
         };
         logged("create", Some(&record.id), r)
     }
@@ -344,14 +332,8 @@ impl SessionStore for RedisStore {
                     }))
                     .await
             }
-            Format::Native(f) => {
-                cx.bounded(cx.acknowledged(false, f.touch(cx, id, expires_at)))
-                    .await
-            }
-            Format::Express(f) => {
-                cx.bounded(cx.acknowledged(false, f.touch(cx, id, expires_at)))
-                    .await
-            }
+            Format::Native(f) => cx.write(false, f.touch(cx, id, expires_at)).await,
+            Format::Express(f) => cx.write(false, f.touch(cx, id, expires_at)).await,
         };
         logged("touch", Some(id), r)
     }
@@ -359,8 +341,8 @@ impl SessionStore for RedisStore {
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
         let cx = &self.ctx;
         let r = match &self.format {
-            Format::Native(f) => cx.bounded(cx.acknowledged(true, f.delete(cx, id))).await,
-            Format::Express(f) => cx.bounded(cx.acknowledged(true, f.delete(cx, id))).await,
+            Format::Native(f) => cx.write(true, f.delete(cx, id)).await,
+            Format::Express(f) => cx.write(true, f.delete(cx, id)).await,
         };
         logged("delete", Some(id), r)
     }
@@ -392,10 +374,7 @@ impl SessionStore for RedisStore {
     ) -> Result<u64, StoreError> {
         let cx = &self.ctx;
         let r = match &self.format {
-            Format::Native(f) => {
-                cx.bounded(cx.acknowledged(true, f.delete_for_user(cx, user_id, except)))
-                    .await
-            }
+            Format::Native(f) => cx.write(true, f.delete_for_user(cx, user_id, except)).await,
             Format::Express(_) => Err(StoreError::Unsupported(NO_INDEX)),
         };
         logged("delete_for_user", None, r)
@@ -409,10 +388,7 @@ impl SessionStore for RedisStore {
     async fn delete_device(&self, user_id: &str, handle: &str) -> Result<bool, StoreError> {
         let cx = &self.ctx;
         let r = match &self.format {
-            Format::Native(f) => {
-                cx.bounded(cx.acknowledged(true, f.delete_device(cx, user_id, handle)))
-                    .await
-            }
+            Format::Native(f) => cx.write(true, f.delete_device(cx, user_id, handle)).await,
             Format::Express(_) => Err(StoreError::Unsupported(NO_DEVICES)),
         };
         logged("delete_device", None, r)
@@ -436,10 +412,7 @@ impl SessionStore for RedisStore {
                     }))
                     .await
             }
-            Format::Native(f) => {
-                cx.bounded(cx.acknowledged(true, f.create_limited(cx, record, limit)))
-                    .await
-            }
+            Format::Native(f) => cx.write(true, f.create_limited(cx, record, limit)).await,
             Format::Express(_) => Err(StoreError::Unsupported(NO_DEVICES)),
         };
         logged("create_limited", Some(&record.id), r)

@@ -359,7 +359,7 @@ const CHILDREN: i64 = 4;
 /// Not a test of its own: the body of each child process of
 /// `several_processes_write_one_file_without_a_failure`, which runs it with `--ignored`.
 #[tokio::test]
-#[ignore = "run by several_processes_write_one_file_without_a_failure in its child processes"]
+#[ignore = "not a test of its own: the body of the 4 child processes that several_processes_write_one_file_without_a_failure starts with --ignored on every run (CI included)"]
 async fn child_process_writer() {
     let url = std::env::var(CHILD_ENV).expect("started by the parent test with the file's URL");
     let store = SqliteStore::builder().connect_lazy(&url).expect("config");
