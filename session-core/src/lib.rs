@@ -17,6 +17,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "cleanup")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cleanup")))]
+pub mod cleanup;
 mod codec;
 mod device;
 mod encrypted;

@@ -1,17 +1,16 @@
 //! Removing expired rows in bounded batches, the periodic cleanup task, and its opt-in
 //! stream of how many expired rows each run removed.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
+use coatcheck_core::cleanup::{self, Sweep};
 use coatcheck_core::{ExpiryNotice, StoreError};
 use tokio::sync::mpsc;
 
 use super::{run, Inner, SqliteStore};
 
-/// How many reports wait for the receiver of
-/// [`SqliteStore::spawn_cleanup_reporting`] before new ones are dropped (and logged).
-pub const REPORT_QUEUE: usize = 64;
+pub use coatcheck_core::cleanup::REPORT_QUEUE;
 
 impl Inner {
     /// Batches of `DELETE … WHERE id IN (SELECT id … WHERE expires_at <= ? ORDER BY
@@ -60,7 +59,7 @@ impl SqliteStore {
     /// # }
     /// ```
     pub fn spawn_cleanup(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        spawn(Arc::downgrade(&self.inner), every, None)
+        cleanup::spawn(Arc::downgrade(&self.inner), every)
     }
 
     /// [`spawn_cleanup`](SqliteStore::spawn_cleanup), and a stream of what it did: an
@@ -86,47 +85,17 @@ impl SqliteStore {
         &self,
         every: Duration,
     ) -> (tokio::task::JoinHandle<()>, mpsc::Receiver<ExpiryNotice>) {
-        let (tx, rx) = mpsc::channel(REPORT_QUEUE);
-        (spawn(Arc::downgrade(&self.inner), every, Some(tx)), rx)
+        cleanup::spawn_reporting(Arc::downgrade(&self.inner), every)
     }
 }
 
-fn spawn(
-    weak: Weak<Inner>,
-    every: Duration,
-    reports: Option<mpsc::Sender<ExpiryNotice>>,
-) -> tokio::task::JoinHandle<()> {
-    let every = every.max(Duration::from_millis(1));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut dropped = 0u64;
-        loop {
-            tick.tick().await;
-            let Some(inner) = weak.upgrade() else {
-                break;
-            };
-            match inner.delete_expired().await {
-                Ok(0) => {}
-                Ok(count) => {
-                    tracing::debug!(table = %inner.table, removed = count, "expired sessions removed");
-                    if let Some(tx) = &reports {
-                        if tx.try_send(ExpiryNotice::Removed { count }).is_err() && !tx.is_closed()
-                        {
-                            dropped += 1;
-                            tracing::warn!(
-                                table = %inner.table, dropped,
-                                "cleanup report dropped: the receiver is behind"
-                            );
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(
-                    table = %inner.table, error = %e,
-                    "session cleanup failed; retrying at the next interval"
-                ),
-            }
-        }
-        tracing::debug!("session cleanup task ends: the store was dropped");
-    })
+/// The task of [`coatcheck_core::cleanup`] runs [`SessionStore::delete_expired`](coatcheck_core::SessionStore::delete_expired).
+impl Sweep for Inner {
+    fn label(&self) -> &str {
+        &self.table
+    }
+
+    async fn sweep(&self) -> Result<u64, StoreError> {
+        self.delete_expired().await
+    }
 }
