@@ -3,6 +3,8 @@
 //!
 //! SECURITY.md points at these by name.
 
+mod common;
+
 use std::time::Duration;
 
 use axum::body::Body;
@@ -10,11 +12,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use coatcheck::memory::MemoryStore;
 use coatcheck::{session_id_from_headers, KeyRing, Session, SessionError, SessionId, SessionLayer};
-use http::header::{COOKIE, SET_COOKIE};
+use coatcheck_conformance::kit::TestClient;
+use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
-use http_body_util::BodyExt;
 use proptest::prelude::*;
-use tower::ServiceExt;
 
 const SECRET: &str = "abuse test secret, long enough: 0123456789";
 const OLD_SECRET: &str = "the previous secret, also long enough: 0123";
@@ -177,14 +178,15 @@ proptest! {
         let store = MemoryStore::new();
         let app = router(SessionLayer::builder(store.clone(), keys()).build().expect("valid config"));
         let rt = runtime();
-        let res = rt.block_on(app.clone().oneshot(Request::post("/login").body(Body::empty()).expect("request"))).expect("infallible");
-        let set = res.headers().get(SET_COOKIE).and_then(|v| v.to_str().ok()).expect("a cookie").to_owned();
+        let mut browser = TestClient::new(app);
+        let res = rt.block_on(browser.post("/login"));
+        let set = res.set_cookie().expect("a cookie");
         let ours = set.split(';').next().expect("a pair").to_owned();
         let Some(value) = with_ours(&before, &ours, &after) else { return Ok(()) };
-        let res = rt.block_on(app.oneshot(Request::get("/whoami").header(COOKIE, value).body(Body::empty()).expect("request"))).expect("infallible");
-        prop_assert_eq!(res.status(), StatusCode::OK);
-        let body = rt.block_on(http_body_util::BodyExt::collect(res.into_body())).expect("body").to_bytes();
-        prop_assert_eq!(&body[..], b"alice");
+        // The neighbours' bytes and ours in one Cookie header, instead of the jar's.
+        let res = rt.block_on(browser.send(Request::get("/whoami").header(COOKIE, value), Body::empty()));
+        prop_assert_eq!(res.status, StatusCode::OK);
+        prop_assert_eq!(&res.body[..], b"alice");
         prop_assert_eq!(store.len(), 1);
     }
 }
@@ -202,41 +204,11 @@ proptest! {
         for v in values {
             req = req.header(COOKIE, v);
         }
-        let res = runtime().block_on(app.oneshot(req.body(Body::empty()).expect("request"))).expect("infallible");
-        prop_assert_eq!(res.status(), StatusCode::OK);
-        prop_assert!(res.headers().get(SET_COOKIE).is_none());
+        let res = runtime().block_on(TestClient::new(app).send(req, Body::empty()));
+        prop_assert_eq!(res.status, StatusCode::OK);
+        prop_assert!(res.set_cookie().is_none());
         prop_assert!(store.is_empty());
     }
-}
-
-async fn call(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    cookie: Option<&str>,
-) -> (StatusCode, Option<String>, String) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(c) = cookie {
-        req = req.header(COOKIE, c);
-    }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
-    let status = res.status();
-    let set_cookie = res
-        .headers()
-        .get(SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_owned);
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    (
-        status,
-        set_cookie,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
 }
 
 /// A million new anonymous sessions (`save_uninitialized` on, every one stored) against a
@@ -256,18 +228,19 @@ async fn a_flood_of_anonymous_sessions_stays_within_capacity_and_spares_signed_i
         .expect("valid config");
     let app = router(layer);
 
-    let (_, alice, _) = call(&app, "POST", "/login", None).await;
-    let alice = alice.expect("a login cookie");
+    let alice = common::send(&app, "POST", "/login", None).await;
+    let alice = common::set_pair(&alice).expect("a login cookie").to_owned();
 
     let mut flood = Vec::new();
     for _ in 0..WORKERS {
         let app = app.clone();
         flood.push(tokio::spawn(async move {
             for _ in 0..FLOOD / WORKERS {
-                let (status, cookie, _) = call(&app, "GET", "/read", None).await;
-                assert_eq!(status, StatusCode::OK);
+                // A new browser each time: no cookie.
+                let r = common::send(&app, "GET", "/read", None).await;
+                assert_eq!(r.status, StatusCode::OK);
                 assert!(
-                    cookie.is_some(),
+                    r.set_cookie().is_some(),
                     "save_uninitialized stores every new session"
                 );
             }
@@ -276,10 +249,14 @@ async fn a_flood_of_anonymous_sessions_stays_within_capacity_and_spares_signed_i
     // Alice keeps working while the flood runs, and the store stays within its capacity.
     let mut count = 0u64;
     while !flood.iter().all(|t| t.is_finished()) {
-        let (status, _, body) = call(&app, "POST", "/count", Some(&alice)).await;
-        assert_eq!(status, StatusCode::OK);
+        let r = common::send(&app, "POST", "/count", Some(&alice)).await;
+        assert_eq!(r.status, StatusCode::OK);
         count += 1;
-        assert_eq!(body, count.to_string(), "alice's counter during the flood");
+        assert_eq!(
+            r.text(),
+            count.to_string(),
+            "alice's counter during the flood"
+        );
         assert!(store.len() <= CAPACITY, "{} records", store.len());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -290,8 +267,8 @@ async fn a_flood_of_anonymous_sessions_stays_within_capacity_and_spares_signed_i
     assert!(store.len() <= CAPACITY);
     // Every session ever created (the flood and alice's) is either held or was evicted.
     assert_eq!(store.len() as u64 + store.evictions(), FLOOD as u64 + 1);
-    let (_, _, who) = call(&app, "GET", "/whoami", Some(&alice)).await;
-    assert_eq!(who, "alice");
-    let (_, _, n) = call(&app, "GET", "/read", Some(&alice)).await;
-    assert_eq!(n, format!("Some({count})"));
+    let who = common::send(&app, "GET", "/whoami", Some(&alice)).await;
+    assert_eq!(who.text(), "alice");
+    let n = common::send(&app, "GET", "/read", Some(&alice)).await;
+    assert_eq!(n.text(), format!("Some({count})"));
 }

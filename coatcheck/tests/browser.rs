@@ -24,10 +24,8 @@ use axum::body::Body;
 use axum::Router;
 use coatcheck::memory::MemoryStore;
 use coatcheck::{LimitPolicy, SessionStore, Timestamp};
-use http::{header, HeaderMap, Method, Request, StatusCode};
-use http_body_util::BodyExt as _;
-use serde_json::Value;
-use tower::ServiceExt as _;
+use coatcheck_conformance::kit::{Reply, TestClient};
+use http::{header, Method, Request, StatusCode};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -178,35 +176,17 @@ async fn devices_page_in_chromium() {
     );
 }
 
-/// One device talking to the router directly: its cookie, kept across requests.
+/// One device talking to the router directly: its cookies, kept across requests (the
+/// kit's jar).
 struct Device {
-    app: Router,
-    cookie: Option<String>,
+    client: TestClient,
     user_agent: &'static str,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).expect("a JSON body")
-    }
-    fn location(&self) -> Option<&str> {
-        self.headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-    }
 }
 
 impl Device {
     fn new(app: &Router, user_agent: &'static str) -> Device {
         Device {
-            app: app.clone(),
-            cookie: None,
+            client: TestClient::new(app.clone()),
             user_agent,
         }
     }
@@ -249,35 +229,15 @@ impl Device {
             .uri(uri)
             .header(header::HOST, "example.test")
             .header(header::USER_AGENT, self.user_agent);
-        if let Some(c) = &self.cookie {
-            req = req.header(header::COOKIE, c);
-        }
         for (name, value) in extra {
             req = req.header(*name, *value);
         }
-        let req = match body {
-            Some((content_type, body)) => req
-                .header(header::CONTENT_TYPE, content_type)
-                .body(Body::from(body)),
-            None => req.body(Body::empty()),
-        }
-        .expect("a request");
-        let res = self.app.clone().oneshot(req).await.expect("infallible");
-        let (parts, body) = res.into_parts();
-        if let Some(set) = parts.headers.get(header::SET_COOKIE) {
-            let pair = set
-                .to_str()
-                .expect("ascii")
-                .split(';')
-                .next()
-                .expect("pair");
-            self.cookie = Some(pair.to_owned());
-        }
-        let body = body.collect().await.expect("body").to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
+        match body {
+            Some((content_type, body)) => {
+                let req = req.header(header::CONTENT_TYPE, content_type);
+                self.client.send(req, Body::from(body)).await
+            }
+            None => self.client.send(req, Body::empty()).await,
         }
     }
 
@@ -307,11 +267,11 @@ async fn the_json_routes_and_the_form_share_the_login() {
     assert_eq!(r.status, 401);
     let r = api.json_login("alice", "nope").await;
     assert_eq!(
-        (r.status, r.body.as_str()),
+        (r.status, r.text().as_str()),
         (StatusCode::UNAUTHORIZED, "invalid credentials")
     );
     let r = api.json_login("alice", "wonderland").await;
-    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "logged in"));
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "logged in"));
 
     let mut browser = Device::new(
         &app,
@@ -320,19 +280,23 @@ async fn the_json_routes_and_the_form_share_the_login() {
     let r = browser.send(Method::GET, "/", None).await;
     assert_eq!(r.status, 200);
     assert!(r
-        .body
+        .text()
         .contains(r#"<form id="login-form" method="post" action="/login">"#));
     let r = browser.form_login("alice", "nope").await;
     assert_eq!(r.status, 401);
-    assert!(r.body.contains("Wrong username or password."), "{}", r.body);
+    assert!(
+        r.text().contains("Wrong username or password."),
+        "{}",
+        r.text()
+    );
     let r = browser.form_login("alice", "wonderland").await;
     assert_eq!(
-        (r.status, r.location()),
+        (r.status, r.header("location")),
         (StatusCode::SEE_OTHER, Some("/devices"))
     );
     let r = browser.send(Method::GET, "/", None).await;
     assert_eq!(
-        (r.status, r.location()),
+        (r.status, r.header("location")),
         (StatusCode::SEE_OTHER, Some("/devices"))
     );
 
@@ -374,7 +338,7 @@ async fn the_json_routes_and_the_form_share_the_login() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = api.raw(Method::POST, &uri, None, &[]).await;
     assert_eq!(
-        (r.status, r.body.as_str()),
+        (r.status, r.text().as_str()),
         (StatusCode::FORBIDDEN, "CSRF token missing")
     );
     let r = api
@@ -387,7 +351,10 @@ async fn the_json_routes_and_the_form_share_the_login() {
         .await;
     assert_eq!(r.json(), serde_json::json!({ "revoked": true }));
     let r = browser.send(Method::GET, "/devices", None).await;
-    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, Some("/")));
+    assert_eq!(
+        (r.status, r.header("location")),
+        (StatusCode::SEE_OTHER, Some("/"))
+    );
 
     // logout-others as JSON; logout as a form post goes back to the form.
     assert_eq!(browser.form_login("alice", "wonderland").await.status, 303);
@@ -395,7 +362,10 @@ async fn the_json_routes_and_the_form_share_the_login() {
     assert_eq!(r.json(), serde_json::json!({ "signed_out": 1 }));
     let form = Some(("application/x-www-form-urlencoded", String::new()));
     let r = api.send(Method::POST, "/logout", form).await;
-    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, Some("/")));
+    assert_eq!(
+        (r.status, r.header("location")),
+        (StatusCode::SEE_OTHER, Some("/"))
+    );
     assert_eq!(api.send(Method::GET, "/me", None).await.status, 401);
 }
 
@@ -404,7 +374,7 @@ async fn the_devices_page_escapes_what_the_client_sent() {
     let app = router(None);
     let mut d = Device::new(&app, "<script>alert(1)</script>");
     assert_eq!(d.form_login("bob", "builder").await.status, 303);
-    let page = d.send(Method::GET, "/devices", None).await.body;
+    let page = d.send(Method::GET, "/devices", None).await.text();
     assert!(!page.contains("<script>alert"), "{page}");
     assert!(
         page.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"),
@@ -422,7 +392,7 @@ async fn a_refused_login_leaves_the_session_as_it_was() {
     assert_eq!(phone.json_login("bob", "builder").await.status, 200);
     let r = phone.form_login("alice", "wonderland").await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    assert!(r.body.contains(app::TOO_MANY_DEVICES), "{}", r.body);
+    assert!(r.text().contains(app::TOO_MANY_DEVICES), "{}", r.text());
     let r = phone.json_login("alice", "wonderland").await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     // Still bob, with bob's roles only: alice's did not stay behind.

@@ -15,6 +15,7 @@ use coatcheck::{
     CsrfLayer, CsrfReason, KeyRing, Secure, Session, SessionError, SessionEvent, SessionLayer,
     SessionStore, Transport,
 };
+use coatcheck_conformance::kit::TestClient;
 use common::Jar;
 use http::{Request, StatusCode};
 use serde::Deserialize;
@@ -316,17 +317,14 @@ async fn two_tabs_never_invalidate_each_others_token() {
 
 /// An API client's first call: its session token, from the response header.
 async fn api_token(app: &Router, uri: &str, method: &str) -> String {
-    use tower::ServiceExt;
     let req = Request::builder()
         .method(method)
         .uri(uri)
-        .header("authorization", "Bearer ")
-        .body(Body::empty())
-        .expect("request");
-    let res = app.clone().oneshot(req).await.expect("infallible");
-    res.headers()
-        .get(coatcheck::BEARER_RESPONSE_HEADER)
-        .and_then(|v| v.to_str().ok())
+        .header("authorization", "Bearer ");
+    TestClient::new(app.clone())
+        .send(req, Body::empty())
+        .await
+        .header(coatcheck::BEARER_RESPONSE_HEADER)
         .expect("a session token")
         .to_owned()
 }

@@ -15,10 +15,9 @@ use coatcheck::{
     Clock, ConfigError, IpCapture, KeyRing, LimitPolicy, ManualClock, Secure, Session,
     SessionError, SessionLayer, SessionLayerBuilder, Timestamp, UserSession, ROLES_KEY,
 };
-use http::header::{COOKIE, SET_COOKIE, USER_AGENT};
+use coatcheck_conformance::kit::{Reply, TestClient};
+use http::header::USER_AGENT;
 use http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
 
 const SECRET: &str = "devices test secret, long enough: 0123456789";
 
@@ -76,71 +75,40 @@ fn app_with(f: impl FnOnce(SessionLayerBuilder) -> SessionLayerBuilder) -> App {
     App { router, clock }
 }
 
-struct Reply {
-    status: StatusCode,
-    cookie: Option<String>,
-    body: String,
-}
-
-/// A browser: its cookie, its user agent and address.
+/// A browser: its cookies (the kit's jar), its user agent and address.
 struct Device {
-    cookie: Option<String>,
+    client: TestClient,
     agent: &'static str,
     ip: &'static str,
 }
 
 impl Device {
-    fn new(agent: &'static str, ip: &'static str) -> Self {
+    fn new(app: &App, agent: &'static str, ip: &'static str) -> Self {
         Device {
-            cookie: None,
+            client: TestClient::new(app.router.clone()),
             agent,
             ip,
         }
     }
 
-    async fn send(&mut self, app: &App, method: &str, uri: &str) -> Reply {
-        let mut req = Request::builder()
+    /// `name=value` of the session cookie the browser holds.
+    fn cookie(&self) -> Option<String> {
+        self.client.jar.header()
+    }
+
+    async fn send(&mut self, method: &str, uri: &str) -> Reply {
+        let req = Request::builder()
             .method(method)
             .uri(uri)
             .header(USER_AGENT, self.agent)
             .header("x-forwarded-for", self.ip);
-        if let Some(c) = &self.cookie {
-            req = req.header(COOKIE, c);
-        }
-        let res = app
-            .router
-            .clone()
-            .oneshot(req.body(Body::empty()).expect("request"))
-            .await
-            .expect("infallible");
-        let status = res.status();
-        let cookie = res.headers().get(SET_COOKIE).map(|v| {
-            v.to_str()
-                .expect("ascii")
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        });
-        if let Some(c) = &cookie {
-            self.cookie = if c.ends_with('=') {
-                None
-            } else {
-                Some(c.clone())
-            };
-        }
-        let body = res.into_body().collect().await.expect("body").to_bytes();
-        Reply {
-            status,
-            cookie,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+        self.client.send(req, Body::empty()).await
     }
 
-    async fn devices(&mut self, app: &App) -> Vec<serde_json::Value> {
-        let r = self.send(app, "GET", "/devices").await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-        serde_json::from_str(&r.body).expect("json")
+    async fn devices(&mut self) -> Vec<serde_json::Value> {
+        let r = self.send("GET", "/devices").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        serde_json::from_slice(&r.body).expect("json")
     }
 }
 
@@ -156,13 +124,14 @@ fn handle(list: &[serde_json::Value], current: bool) -> String {
 async fn a_login_records_the_device_and_the_list_marks_this_one() {
     let app = app_with(|b| b);
     let mut firefox = Device::new(
+        &app,
         "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
         "198.51.100.7",
     );
-    let mut phone = Device::new("Mozilla/5.0 (iPhone) Safari/604.1", "203.0.113.9");
-    firefox.send(&app, "POST", "/login/ada").await;
-    phone.send(&app, "POST", "/login/ada").await;
-    let list = firefox.devices(&app).await;
+    let mut phone = Device::new(&app, "Mozilla/5.0 (iPhone) Safari/604.1", "203.0.113.9");
+    firefox.send("POST", "/login/ada").await;
+    phone.send("POST", "/login/ada").await;
+    let list = firefox.devices().await;
     assert_eq!(list.len(), 2);
     assert_eq!(list[0]["current"], true, "this device first");
     assert_eq!(list[0]["user_agent"], firefox.agent);
@@ -171,8 +140,8 @@ async fn a_login_records_the_device_and_the_list_marks_this_one() {
     // The JSON names devices by handle, never by session id.
     let body = serde_json::to_string(&list).expect("json");
     for d in [&firefox, &phone] {
-        let id_part = d
-            .cookie
+        let cookie = d.cookie();
+        let id_part = cookie
             .as_deref()
             .and_then(|c| c.split('=').nth(1))
             .expect("cookie");
@@ -189,67 +158,61 @@ async fn a_login_records_the_device_and_the_list_marks_this_one() {
 #[tokio::test]
 async fn the_handle_survives_regenerate_and_a_login_as_the_same_user_but_not_another() {
     let app = app_with(|b| b);
-    let mut d = Device::new("curl/8", "192.0.2.1");
-    d.send(&app, "POST", "/login/ada").await;
-    let h = handle(&d.devices(&app).await, true);
-    let before = d.cookie.clone();
-    d.send(&app, "POST", "/regenerate").await;
-    assert_ne!(d.cookie, before, "regenerate rotates the id");
-    assert_eq!(handle(&d.devices(&app).await, true), h);
-    d.send(&app, "POST", "/login/ada").await;
-    assert_eq!(handle(&d.devices(&app).await, true), h);
-    d.send(&app, "POST", "/login/bob").await;
-    assert_ne!(handle(&d.devices(&app).await, true), h);
+    let mut d = Device::new(&app, "curl/8", "192.0.2.1");
+    d.send("POST", "/login/ada").await;
+    let h = handle(&d.devices().await, true);
+    let before = d.cookie();
+    d.send("POST", "/regenerate").await;
+    assert_ne!(d.cookie(), before, "regenerate rotates the id");
+    assert_eq!(handle(&d.devices().await, true), h);
+    d.send("POST", "/login/ada").await;
+    assert_eq!(handle(&d.devices().await, true), h);
+    d.send("POST", "/login/bob").await;
+    assert_ne!(handle(&d.devices().await, true), h);
 }
 
 #[tokio::test]
 async fn revoking_a_device_signs_it_out_and_another_users_handle_does_nothing() {
     let app = app_with(|b| b);
-    let mut laptop = Device::new("laptop", "192.0.2.1");
-    let mut phone = Device::new("phone", "192.0.2.2");
-    let mut mallory = Device::new("mallory", "192.0.2.66");
-    laptop.send(&app, "POST", "/login/ada").await;
-    phone.send(&app, "POST", "/login/ada").await;
-    mallory.send(&app, "POST", "/login/mallory").await;
-    let phone_handle = handle(&laptop.devices(&app).await, false);
+    let mut laptop = Device::new(&app, "laptop", "192.0.2.1");
+    let mut phone = Device::new(&app, "phone", "192.0.2.2");
+    let mut mallory = Device::new(&app, "mallory", "192.0.2.66");
+    laptop.send("POST", "/login/ada").await;
+    phone.send("POST", "/login/ada").await;
+    mallory.send("POST", "/login/mallory").await;
+    let phone_handle = handle(&laptop.devices().await, false);
 
     // Another user cannot revoke ada's device by its handle.
     let r = mallory
-        .send(&app, "POST", &format!("/revoke/{phone_handle}"))
+        .send("POST", &format!("/revoke/{phone_handle}"))
         .await;
-    assert_eq!(r.body, "false");
-    assert_eq!(
-        phone.send(&app, "GET", "/whoami").await.body,
-        "ada:ada-role"
-    );
+    assert_eq!(r.text(), "false");
+    assert_eq!(phone.send("GET", "/whoami").await.text(), "ada:ada-role");
     // Anonymous: nothing.
-    let mut anon = Device::new("anon", "192.0.2.3");
+    let mut anon = Device::new(&app, "anon", "192.0.2.3");
     assert_eq!(
-        anon.send(&app, "POST", &format!("/revoke/{phone_handle}"))
+        anon.send("POST", &format!("/revoke/{phone_handle}"))
             .await
-            .body,
+            .text(),
         "false"
     );
 
     let r = laptop
-        .send(&app, "POST", &format!("/revoke/{phone_handle}"))
+        .send("POST", &format!("/revoke/{phone_handle}"))
         .await;
-    assert_eq!(r.body, "true");
-    let r = phone.send(&app, "GET", "/whoami").await;
-    assert_eq!(r.body, ":", "the revoked device is signed out");
-    assert_eq!(laptop.devices(&app).await.len(), 1);
+    assert_eq!(r.text(), "true");
+    let r = phone.send("GET", "/whoami").await;
+    assert_eq!(r.text(), ":", "the revoked device is signed out");
+    assert_eq!(laptop.devices().await.len(), 1);
     assert_eq!(
         laptop
-            .send(&app, "POST", &format!("/revoke/{phone_handle}"))
+            .send("POST", &format!("/revoke/{phone_handle}"))
             .await
-            .body,
+            .text(),
         "false"
     );
     assert_eq!(
-        laptop
-            .send(&app, "POST", "/revoke/not%20a%20handle")
-            .await
-            .body,
+        laptop.send("POST", "/revoke/not%20a%20handle").await.text(),
         "false"
     );
 }
@@ -257,20 +220,20 @@ async fn revoking_a_device_signs_it_out_and_another_users_handle_does_nothing() 
 #[tokio::test]
 async fn last_seen_moves_with_the_touch_at_most_once_per_touch_after() {
     let app = app_with(|b| b);
-    let mut d = Device::new("curl/8", "192.0.2.1");
-    d.send(&app, "POST", "/login/ada").await;
+    let mut d = Device::new(&app, "curl/8", "192.0.2.1");
+    d.send("POST", "/login/ada").await;
     let seen = |l: &[serde_json::Value]| l[0]["last_seen"].as_i64().expect("ms");
-    let first = seen(&d.devices(&app).await);
+    let first = seen(&d.devices().await);
     app.clock.advance(Duration::from_secs(30));
-    d.send(&app, "GET", "/whoami").await;
+    d.send("GET", "/whoami").await;
     assert_eq!(
-        seen(&d.devices(&app).await),
+        seen(&d.devices().await),
         first,
         "no write before touch_after"
     );
     app.clock.advance(Duration::from_secs(61));
-    d.send(&app, "GET", "/whoami").await;
-    assert_eq!(seen(&d.devices(&app).await), app.clock.now().as_millis());
+    d.send("GET", "/whoami").await;
+    assert_eq!(seen(&d.devices().await), app.clock.now().as_millis());
 }
 
 #[tokio::test]
@@ -284,9 +247,9 @@ async fn addresses_can_be_truncated_or_not_kept_and_user_agents_not_kept() {
         (IpCapture::Off, false, serde_json::Value::Null),
     ] {
         let app = app_with(|b| b.capture_ip(mode).capture_user_agent(ua));
-        let mut d = Device::new("curl/8", "198.51.100.7");
-        d.send(&app, "POST", "/login/ada").await;
-        let list = d.devices(&app).await;
+        let mut d = Device::new(&app, "curl/8", "198.51.100.7");
+        d.send("POST", "/login/ada").await;
+        let list = d.devices().await;
         assert_eq!(list[0]["ip"], expected_ip);
         assert_eq!(list[0]["user_agent"].is_null(), !ua);
     }
@@ -295,52 +258,43 @@ async fn addresses_can_be_truncated_or_not_kept_and_user_agents_not_kept() {
 #[tokio::test]
 async fn the_limit_refuses_a_login_and_the_refused_login_changes_nothing() {
     let app = app_with(|b| b.max_sessions_per_user(2, LimitPolicy::Refuse));
-    let mut a = Device::new("a", "192.0.2.1");
-    let mut b = Device::new("b", "192.0.2.2");
-    a.send(&app, "POST", "/login/ada").await;
-    b.send(&app, "POST", "/login/ada").await;
+    let mut a = Device::new(&app, "a", "192.0.2.1");
+    let mut b = Device::new(&app, "b", "192.0.2.2");
+    a.send("POST", "/login/ada").await;
+    b.send("POST", "/login/ada").await;
     // c is signed in as bob, then tries ada's login: refused, still bob, bob's roles only.
-    let mut c = Device::new("c", "192.0.2.3");
-    c.send(&app, "POST", "/login/bob").await;
-    let bob = c.cookie.clone();
-    let r = c.send(&app, "POST", "/login/ada").await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
-    assert_eq!(c.cookie, bob, "the cookie is not touched");
-    assert_eq!(c.send(&app, "GET", "/whoami").await.body, "bob:bob-role");
+    let mut c = Device::new(&app, "c", "192.0.2.3");
+    c.send("POST", "/login/bob").await;
+    let bob = c.cookie();
+    let r = c.send("POST", "/login/ada").await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert_eq!(c.cookie(), bob, "the cookie is not touched");
+    assert_eq!(c.send("GET", "/whoami").await.text(), "bob:bob-role");
     // A first request's login (no session yet) is refused the same way.
-    let mut fresh = Device::new("d", "192.0.2.4");
-    let r = fresh.send(&app, "POST", "/login/ada").await;
+    let mut fresh = Device::new(&app, "d", "192.0.2.4");
+    let r = fresh.send("POST", "/login/ada").await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    assert!(r.cookie.is_none(), "nothing stored, no cookie");
+    assert!(r.set_cookie().is_none(), "nothing stored, no cookie");
     // Rotating a session of a user at the limit is not a new device.
-    assert_eq!(
-        a.send(&app, "POST", "/regenerate").await.status,
-        StatusCode::OK
-    );
-    assert_eq!(a.devices(&app).await.len(), 2);
+    assert_eq!(a.send("POST", "/regenerate").await.status, StatusCode::OK);
+    assert_eq!(a.devices().await.len(), 2);
 }
 
 #[tokio::test]
 async fn the_limit_evicts_the_least_recently_seen_device() {
     let app = app_with(|b| b.max_sessions_per_user(2, LimitPolicy::EvictLeastRecentlySeen));
-    let mut old = Device::new("old", "192.0.2.1");
-    let mut recent = Device::new("recent", "192.0.2.2");
-    old.send(&app, "POST", "/login/ada").await;
+    let mut old = Device::new(&app, "old", "192.0.2.1");
+    let mut recent = Device::new(&app, "recent", "192.0.2.2");
+    old.send("POST", "/login/ada").await;
     app.clock.advance(Duration::from_secs(120));
-    recent.send(&app, "POST", "/login/ada").await;
+    recent.send("POST", "/login/ada").await;
     app.clock.advance(Duration::from_secs(120));
-    let mut new = Device::new("new", "192.0.2.3");
-    assert_eq!(
-        new.send(&app, "POST", "/login/ada").await.status,
-        StatusCode::OK
-    );
-    assert_eq!(old.send(&app, "GET", "/whoami").await.body, ":");
-    assert_eq!(
-        recent.send(&app, "GET", "/whoami").await.body,
-        "ada:ada-role"
-    );
+    let mut new = Device::new(&app, "new", "192.0.2.3");
+    assert_eq!(new.send("POST", "/login/ada").await.status, StatusCode::OK);
+    assert_eq!(old.send("GET", "/whoami").await.text(), ":");
+    assert_eq!(recent.send("GET", "/whoami").await.text(), "ada:ada-role");
     let agents: Vec<_> = new
-        .devices(&app)
+        .devices()
         .await
         .iter()
         .map(|d| d["user_agent"].as_str().unwrap_or("").to_owned())
@@ -357,8 +311,8 @@ async fn concurrent_logins_never_pass_the_limit() {
         .map(|_| {
             let app = app.clone();
             tokio::spawn(async move {
-                let mut d = Device::new("x", "192.0.2.1");
-                d.send(&app, "POST", "/login/ada").await.status
+                let mut d = Device::new(&app, "x", "192.0.2.1");
+                d.send("POST", "/login/ada").await.status
             })
         })
         .collect();

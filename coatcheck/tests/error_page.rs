@@ -12,10 +12,9 @@ use coatcheck::store::{
     Capabilities, Record, SessionId, SessionInfo, SessionStore, StoreError, Timestamp,
 };
 use coatcheck::{CsrfLayer, KeyRing, Session, SessionError, SessionFailure, SessionLayer};
+use coatcheck_conformance::kit::TestClient;
 use http::header::COOKIE;
 use http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
 
 const SECRET: &str = "error page test secret, long enough: 012345";
 
@@ -96,40 +95,27 @@ async fn the_application_renders_session_failures_its_own_way() {
                 .expect("valid config"),
         )
         .layer(map_response(my_error_page));
+    // Every request presents the cookie of a session in the store that is down.
+    let mut browser = TestClient::new(app);
     for uri in ["/propagates", "/swallows", "/checked"] {
         let method = if uri == "/checked" { "POST" } else { "GET" };
-        let res = app
-            .clone()
-            .oneshot(
+        let res = browser
+            .send(
                 Request::builder()
                     .method(method)
                     .uri(uri)
                     .header(COOKIE, &cookie)
-                    .header("x-csrf-token", "a token")
-                    .body(Body::empty())
-                    .expect("request"),
+                    .header("x-csrf-token", "a token"),
+                Body::empty(),
             )
-            .await
-            .expect("infallible");
-        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR, "{uri}");
-        let body = res.into_body().collect().await.expect("body").to_bytes();
+            .await;
+        assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR, "{uri}");
         assert_eq!(
-            &body[..],
+            &res.body[..],
             b"<h1>Sorry</h1><p>session store unavailable</p>",
             "{uri}"
         );
     }
-    let res = app
-        .oneshot(
-            Request::get("/nowhere")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("infallible");
-    assert_eq!(
-        res.status(),
-        StatusCode::NOT_FOUND,
-        "other answers untouched"
-    );
+    let res = browser.other().get("/nowhere").await;
+    assert_eq!(res.status, StatusCode::NOT_FOUND, "other answers untouched");
 }

@@ -4,7 +4,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::Path;
 use axum::routing::post;
 use axum::Router;
@@ -13,10 +12,8 @@ use coatcheck::{
     KeyRing, RevokeScope, Secure, Session, SessionError, SessionEvent, SessionLayer,
     SessionLayerBuilder,
 };
-use http::header::{COOKIE, SET_COOKIE};
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use coatcheck_conformance::kit::TestClient;
+use http::StatusCode;
 
 const SECRET: &str = "events test secret, long enough: 0123456789";
 
@@ -70,31 +67,6 @@ fn app(f: impl FnOnce(SessionLayerBuilder) -> SessionLayerBuilder) -> (Router, S
     (router, layer)
 }
 
-/// A browser: its cookie.
-#[derive(Default)]
-struct Jar(Option<String>);
-
-impl Jar {
-    async fn send(&mut self, app: &Router, uri: &str) -> (StatusCode, String) {
-        let mut req = Request::builder().method("POST").uri(uri);
-        if let Some(c) = &self.0 {
-            req = req.header(COOKIE, c);
-        }
-        let res = app
-            .clone()
-            .oneshot(req.body(Body::empty()).expect("request"))
-            .await
-            .expect("infallible");
-        if let Some(c) = res.headers().get(SET_COOKIE) {
-            let pair = c.to_str().expect("ascii").split(';').next().unwrap_or("");
-            self.0 = (!pair.ends_with('=')).then(|| pair.to_owned());
-        }
-        let status = res.status();
-        let body = res.into_body().collect().await.expect("body").to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
-    }
-}
-
 type Log = Arc<Mutex<Vec<SessionEvent>>>;
 
 fn recorder() -> (Log, impl Fn(SessionEvent) + Send + Sync + 'static) {
@@ -125,11 +97,11 @@ async fn drain(log: &Log, n: usize) -> Vec<SessionEvent> {
 async fn each_event_fires_when_it_should() {
     let (log, sink) = recorder();
     let (app, _) = app(|b| b.on_event(sink));
-    let mut a = Jar::default();
-    a.send(&app, "/put").await;
+    let mut a = TestClient::new(app);
+    a.post("/put").await;
     assert_eq!(drain(&log, 1).await, [SessionEvent::Created]);
 
-    a.send(&app, "/login/ada").await;
+    a.post("/login/ada").await;
     let got = drain(&log, 1).await;
     let SessionEvent::LoggedIn {
         user,
@@ -143,8 +115,8 @@ async fn each_event_fires_when_it_should() {
     let a_handle = new_handle.clone().expect("a handle");
 
     // A first-request login: created, then logged in.
-    let mut b = Jar::default();
-    b.send(&app, "/login/ada").await;
+    let mut b = a.other();
+    b.post("/login/ada").await;
     let got = drain(&log, 2).await;
     assert!(got.contains(&SessionEvent::Created), "{got:?}");
     assert!(
@@ -153,7 +125,7 @@ async fn each_event_fires_when_it_should() {
         "{got:?}"
     );
 
-    assert_eq!(b.send(&app, "/revoke").await.1, "true");
+    assert_eq!(b.post("/revoke").await.text(), "true");
     assert_eq!(
         drain(&log, 1).await,
         [SessionEvent::Revoked {
@@ -163,13 +135,13 @@ async fn each_event_fires_when_it_should() {
         }]
     );
     // a's cookie now names a revoked session.
-    a.send(&app, "/read").await;
+    a.post("/read").await;
     assert_eq!(drain(&log, 1).await, [SessionEvent::NotFoundOnRead]);
 
-    let mut c = Jar::default();
-    c.send(&app, "/login/ada").await;
+    let mut c = a.other();
+    c.post("/login/ada").await;
     drain(&log, 2).await;
-    assert_eq!(b.send(&app, "/others").await.1, "1");
+    assert_eq!(b.post("/others").await.text(), "1");
     let got = drain(&log, 1).await;
     assert!(
         matches!(
@@ -182,7 +154,7 @@ async fn each_event_fires_when_it_should() {
         ),
         "{got:?}"
     );
-    assert_eq!(b.send(&app, "/everywhere").await.1, "1");
+    assert_eq!(b.post("/everywhere").await.text(), "1");
     let got = drain(&log, 1).await;
     assert!(
         matches!(
@@ -196,10 +168,10 @@ async fn each_event_fires_when_it_should() {
         "{got:?}"
     );
 
-    let mut d = Jar::default();
-    d.send(&app, "/put").await;
+    let mut d = a.other();
+    d.post("/put").await;
     drain(&log, 1).await;
-    d.send(&app, "/destroy").await;
+    d.post("/destroy").await;
     assert_eq!(
         drain(&log, 1).await,
         [SessionEvent::Destroyed {
@@ -219,7 +191,7 @@ async fn a_blocking_or_panicking_subscriber_changes_nothing_for_the_request() {
     for app in [&app_blocking, &app_panic] {
         for _ in 0..6 {
             let started = Instant::now();
-            let (status, _) = Jar::default().send(app, "/put").await;
+            let status = TestClient::new(app.clone()).post("/put").await.status;
             assert_eq!(status, StatusCode::OK);
             assert!(
                 started.elapsed() < Duration::from_millis(500),
@@ -240,7 +212,10 @@ async fn a_full_queue_drops_and_counts_never_blocks() {
         .expect("valid config");
     let app = Router::new().route("/put", post(put)).layer(layer.clone());
     for _ in 0..10 {
-        assert_eq!(Jar::default().send(&app, "/put").await.0, StatusCode::OK);
+        assert_eq!(
+            TestClient::new(app.clone()).post("/put").await.status,
+            StatusCode::OK
+        );
     }
     assert_eq!(
         layer.events_dropped(),
@@ -279,10 +254,10 @@ async fn conflicts_exhausted_fires_when_the_retries_run_out() {
         .route("/put", post(put))
         .route("/race", post(race))
         .layer(layer);
-    let mut jar = Jar::default();
-    jar.send(&app, "/put").await;
+    let mut browser = TestClient::new(app);
+    browser.post("/put").await;
     assert_eq!(drain(&log, 1).await, [SessionEvent::Created]);
-    let (status, _) = jar.send(&app, "/race").await;
+    let status = browser.post("/race").await.status;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         drain(&log, 1).await,
@@ -318,7 +293,10 @@ fn a_blocked_subscriber_leaves_the_blocking_pool_to_the_application() {
             .expect("valid config");
         let app = Router::new().route("/put", post(put)).layer(layer.clone());
         for _ in 0..40 {
-            assert_eq!(Jar::default().send(&app, "/put").await.0, StatusCode::OK);
+            assert_eq!(
+                TestClient::new(app.clone()).post("/put").await.status,
+                StatusCode::OK
+            );
         }
         let answered =
             tokio::time::timeout(Duration::from_secs(2), tokio::task::spawn_blocking(|| 42)).await;
@@ -347,12 +325,15 @@ async fn a_subscriber_may_spawn_tasks_and_a_panic_is_counted() {
             }
         })
     });
-    assert_eq!(Jar::default().send(&app, "/put").await.0, StatusCode::OK);
+    assert_eq!(
+        TestClient::new(app.clone()).post("/put").await.status,
+        StatusCode::OK
+    );
     let spawned = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
     assert!(matches!(spawned, Ok(Some(()))), "the subscriber's task ran");
-    let mut jar = Jar::default();
-    assert_eq!(jar.send(&app, "/put").await.0, StatusCode::OK);
-    assert_eq!(jar.send(&app, "/destroy").await.0, StatusCode::OK);
+    let mut browser = TestClient::new(app);
+    assert_eq!(browser.post("/put").await.status, StatusCode::OK);
+    assert_eq!(browser.post("/destroy").await.status, StatusCode::OK);
     for _ in 0..100 {
         if layer.events_dropped() > 0 {
             break;

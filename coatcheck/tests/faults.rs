@@ -16,23 +16,22 @@
 //!
 //! SECURITY.md points at these by name.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::routing::{get, post};
 use axum::Router;
 use coatcheck::mongo::{mongodb, MongoStore};
 use coatcheck::postgres::PostgresStore;
 use coatcheck::redis::RedisStore;
 use coatcheck::{KeyRing, Session, SessionError, SessionLayer, SessionStore};
+use coatcheck_conformance::kit::Reply;
 use coatcheck_conformance::servers::{PostgresServer, Server};
-use http::header::{COOKIE, SET_COOKIE};
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use http::StatusCode;
 use sqlx::Connection as _;
-use tower::ServiceExt;
 
 const SECRET: &str = "fault test secret, long enough: 0123456789";
 /// The middleware's bound on one store call in these tests.
@@ -109,36 +108,15 @@ fn app(store: impl SessionStore) -> Router {
         .layer(layer)
 }
 
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    set_cookie: Option<String>,
-    body: String,
-    took: Duration,
-}
-
-async fn call(app: &Router, method: &str, uri: &str, cookie: Option<&str>) -> Reply {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(c) = cookie {
-        req = req.header(COOKIE, c);
-    }
+/// `method uri` with exactly `cookie` (none when `None`), bounded by `3 × BOUND`; the
+/// reply and how long it took. Remembers the cookie value and id of any `Set-Cookie`, for
+/// [`assert_no_id_logged`].
+async fn call(app: &Router, method: &str, uri: &str, cookie: Option<&str>) -> (Reply, Duration) {
     let start = Instant::now();
-    let res = tokio::time::timeout(
-        BOUND * 3,
-        app.clone()
-            .oneshot(req.body(Body::empty()).expect("request")),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{method} {uri} hung for {:?}", BOUND * 3))
-    .expect("infallible");
-    let status = res.status();
-    let set_cookie = res
-        .headers()
-        .get(SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_owned);
-    if let Some((_, value)) = set_cookie.as_deref().and_then(|c| c.split_once('=')) {
+    let r = tokio::time::timeout(BOUND * 3, common::send(app, method, uri, cookie))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {uri} hung for {:?}", BOUND * 3));
+    if let Some((_, value)) = common::set_pair(&r).and_then(|c| c.split_once('=')) {
         let keys = KeyRing::new([SECRET]).expect("long secret");
         let mut secrets = SECRETS.lock().expect("lock");
         secrets.push(value.to_owned());
@@ -146,30 +124,26 @@ async fn call(app: &Router, method: &str, uri: &str, cookie: Option<&str>) -> Re
             secrets.push(v.id.as_str().to_owned());
         }
     }
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        set_cookie,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        took: start.elapsed(),
-    }
+    (r, start.elapsed())
 }
 
 /// A fresh session with its counter at 1; its cookie.
 async fn new_session(app: &Router) -> String {
-    let r = call(app, "POST", "/count", None).await;
+    let (r, _) = call(app, "POST", "/count", None).await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
-    r.set_cookie.expect("a new session's cookie")
+    common::set_pair(&r)
+        .expect("a new session's cookie")
+        .to_owned()
 }
 
 /// A failure as the browser must see it: 5xx, in time, no cookie change.
-fn assert_failed_cleanly(r: &Reply, what: &str) {
+fn assert_failed_cleanly(r: &Reply, took: Duration, what: &str) {
     assert!(r.status.is_server_error(), "{what}: {r:?}");
     assert!(
-        r.set_cookie.is_none(),
+        r.set_cookie().is_none(),
         "{what}: Set-Cookie on a failure: {r:?}"
     );
-    assert!(r.took <= BOUND, "{what}: took {:?}", r.took);
+    assert!(took <= BOUND, "{what}: took {took:?}");
 }
 
 /// The requests that need the store, with and without a session.
@@ -179,11 +153,15 @@ async fn every_kind_fails_cleanly(app: &Router, cookie: &str) {
         ("GET", "/read", Some(cookie)),
         ("POST", "/count", None),
     ] {
-        let r = call(app, method, uri, cookie).await;
-        assert_failed_cleanly(&r, &format!("{method} {uri} cookie={}", cookie.is_some()));
+        let (r, took) = call(app, method, uri, cookie).await;
+        assert_failed_cleanly(
+            &r,
+            took,
+            &format!("{method} {uri} cookie={}", cookie.is_some()),
+        );
     }
     // A request that never touches the session needs no store.
-    let r = call(app, "GET", "/static", Some(cookie)).await;
+    let (r, _) = call(app, "GET", "/static", Some(cookie)).await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -209,12 +187,12 @@ fn traffic(
                 let (mut ok, mut failed) = (0, 0);
                 while !stop.load(Ordering::SeqCst) {
                     let c = (i % 2 == 0).then_some(cookie.as_str());
-                    let r = call(&app, "POST", "/count", c).await;
+                    let (r, took) = call(&app, "POST", "/count", c).await;
                     if r.status == StatusCode::OK {
                         ok += 1;
                         successes.fetch_add(1, Ordering::SeqCst);
                     } else {
-                        assert_failed_cleanly(&r, "traffic");
+                        assert_failed_cleanly(&r, took, "traffic");
                         failed += 1;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -244,11 +222,13 @@ async fn finish(
 async fn serves_again(app: &Router) -> String {
     let deadline = Instant::now() + RECOVERY;
     loop {
-        let r = call(app, "POST", "/count", None).await;
+        let (r, took) = call(app, "POST", "/count", None).await;
         if r.status == StatusCode::OK {
-            return r.set_cookie.expect("a new session's cookie");
+            return common::set_pair(&r)
+                .expect("a new session's cookie")
+                .to_owned();
         }
-        assert_failed_cleanly(&r, "while recovering");
+        assert_failed_cleanly(&r, took, "while recovering");
         assert!(
             Instant::now() < deadline,
             "the app did not recover within {RECOVERY:?}"
@@ -281,8 +261,8 @@ async fn stop_during_traffic_then_restart(
     );
     restart();
     let fresh = serves_again(app).await;
-    let r = call(app, "POST", "/count", Some(&fresh)).await;
-    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "2"));
+    let (r, _) = call(app, "POST", "/count", Some(&fresh)).await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "2"));
 }
 
 /// The session's counter, read through the app (waiting, within [`RECOVERY`], for the
@@ -290,11 +270,11 @@ async fn stop_during_traffic_then_restart(
 async fn count_of(app: &Router, cookie: &str) -> u64 {
     let deadline = Instant::now() + RECOVERY;
     loop {
-        let r = call(app, "GET", "/read", Some(cookie)).await;
+        let (r, took) = call(app, "GET", "/read", Some(cookie)).await;
         if r.status == StatusCode::OK {
-            return r.body.parse().expect("a count");
+            return r.text().parse().expect("a count");
         }
-        assert_failed_cleanly(&r, "reading the count");
+        assert_failed_cleanly(&r, took, "reading the count");
         assert!(Instant::now() < deadline, "no recovery: {r:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -304,16 +284,16 @@ async fn count_of(app: &Router, cookie: &str) -> u64 {
 /// 503 after the store timeout; once `fast` undoes it, the session is intact.
 async fn slow_server_times_out(app: &Router, cookie: &str, before: u64, fast: impl FnOnce()) {
     for (method, uri) in [("GET", "/read"), ("POST", "/count")] {
-        let r = call(app, method, uri, Some(cookie)).await;
+        let (r, took) = call(app, method, uri, Some(cookie)).await;
         assert_eq!(
             r.status,
             StatusCode::SERVICE_UNAVAILABLE,
             "{method} {uri}: {r:?}"
         );
-        assert_failed_cleanly(&r, uri);
+        assert_failed_cleanly(&r, took, uri);
         assert!(
-            r.took >= STORE_TIMEOUT,
-            "{uri} failed before the timeout: {r:?}"
+            took >= STORE_TIMEOUT,
+            "{uri} failed before the timeout ({took:?}): {r:?}"
         );
     }
     fast();
@@ -410,8 +390,8 @@ async fn redis_exhausted_pool_is_a_bounded_wait_and_a_clear_error() {
     let held = pool.get().await.expect("the one connection");
     let store = RedisStore::from_pool(pool);
     let app = app(store.clone());
-    let r = call(&app, "POST", "/count", None).await;
-    assert_failed_cleanly(&r, "exhausted pool");
+    let (r, took) = call(&app, "POST", "/count", None).await;
+    assert_failed_cleanly(&r, took, "exhausted pool");
     let err = store
         .load(&coatcheck::SessionId::generate())
         .await
@@ -506,8 +486,12 @@ async fn postgres_exhausted_pool_is_a_bounded_wait_and_a_clear_error() {
     assert!(err.is_backend(), "{text}");
     assert!(text.contains("pool timed out"), "{text}");
     drop(held);
-    let r = call(&app, "POST", "/count", Some(&cookie)).await;
-    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "2"), "{r:?}");
+    let (r, _) = call(&app, "POST", "/count", Some(&cookie)).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::OK, "2"),
+        "{r:?}"
+    );
     assert_no_id_logged();
 }
 
@@ -532,11 +516,11 @@ async fn postgres_acknowledged_saves_survive_an_immediate_shutdown() {
                 (app.clone(), cookie.clone(), acked.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
-                    let r = call(&app, "POST", "/count", Some(&cookie)).await;
+                    let (r, took) = call(&app, "POST", "/count", Some(&cookie)).await;
                     if r.status == StatusCode::OK {
-                        acked.store(r.body.parse().expect("a count"), Ordering::SeqCst);
+                        acked.store(r.text().parse().expect("a count"), Ordering::SeqCst);
                     } else {
-                        assert_failed_cleanly(&r, "during the crash");
+                        assert_failed_cleanly(&r, took, "during the crash");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
@@ -559,9 +543,9 @@ async fn postgres_acknowledged_saves_survive_an_immediate_shutdown() {
         );
         let deadline = Instant::now() + RECOVERY;
         let stored: u64 = loop {
-            let r = call(&app, "GET", "/read", Some(cookie)).await;
+            let (r, _) = call(&app, "GET", "/read", Some(cookie)).await;
             if r.status == StatusCode::OK {
-                break r.body.parse().expect("a count");
+                break r.text().parse().expect("a count");
             }
             assert!(Instant::now() < deadline, "no recovery: {r:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -614,9 +598,9 @@ async fn mongo_paused_server_and_exhausted_pool_time_out_with_503() {
         async move { call(&app, "POST", "/count", Some(&cookie)).await }
     }))
     .await;
-    for r in &replies {
+    for (r, took) in &replies {
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
-        assert_failed_cleanly(r, "paused, one connection");
+        assert_failed_cleanly(r, *took, "paused, one connection");
     }
     server.freeze(false);
     let before = count_of(&app, &cookie).await;

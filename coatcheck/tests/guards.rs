@@ -1,7 +1,6 @@
 //! The tutorials' `requireAuth` / `requireRole` as library guards: `Authenticated` (401),
 //! `RequireRole` (401 / 403), and `Session::login_with` storing the roles with the login.
 
-use axum::body::Body;
 use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::Router;
@@ -9,10 +8,8 @@ use coatcheck::memory::MemoryStore;
 use coatcheck::{
     Authenticated, KeyRing, RequireRole, Session, SessionError, SessionLayer, ROLES_KEY,
 };
-use http::header::{COOKIE, SET_COOKIE};
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use coatcheck_conformance::kit::TestClient;
+use http::StatusCode;
 
 const SECRET: &str = "guards test secret, long enough: 0123456789ab";
 
@@ -44,71 +41,50 @@ fn app() -> Router {
         .layer(layer)
 }
 
-async fn send(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    cookie: Option<&str>,
-) -> (StatusCode, String, Option<String>) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(c) = cookie {
-        req = req.header(COOKIE, c);
-    }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
-    let status = res.status();
-    let set = res
-        .headers()
-        .get(SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_owned);
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned(), set)
-}
-
 #[tokio::test]
 async fn authenticated_is_401_for_anonymous_and_the_user_otherwise() {
-    let app = app();
-    let (status, body, set) = send(&app, "GET", "/me", None).await;
+    let mut browser = TestClient::new(app());
+    let r = browser.get("/me").await;
     assert_eq!(
-        (status, body.as_str()),
+        (r.status, r.text().as_str()),
         (StatusCode::UNAUTHORIZED, "log in first")
     );
-    assert!(set.is_none(), "a rejected request creates no session");
-    let c = send(&app, "POST", "/login/bob", None)
+    assert!(
+        r.set_cookie().is_none(),
+        "a rejected request creates no session"
+    );
+    browser
+        .post("/login/bob")
         .await
-        .2
+        .set_cookie()
         .expect("cookie");
-    let (status, body, _) = send(&app, "GET", "/me", Some(&c)).await;
-    assert_eq!(status, StatusCode::OK);
+    let r = browser.get("/me").await;
+    assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
-        body, "bob [\"staff\"]",
+        r.text(),
+        "bob [\"staff\"]",
         "the roles were stored with the login"
     );
 }
 
 #[tokio::test]
 async fn require_role_is_401_403_or_the_route() {
-    let app = app();
+    let mut anonymous = TestClient::new(app());
     assert_eq!(
-        send(&app, "GET", "/admin", None).await.0,
+        anonymous.get("/admin").await.status,
         StatusCode::UNAUTHORIZED
     );
-    let bob = send(&app, "POST", "/login/bob", None)
-        .await
-        .2
-        .expect("cookie");
-    let (status, body, _) = send(&app, "GET", "/admin", Some(&bob)).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    let mut bob = anonymous.other();
+    bob.post("/login/bob").await.set_cookie().expect("cookie");
+    let r = bob.get("/admin").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let body = r.text();
     assert!(body.contains("admin"), "{body}");
-    let ada = send(&app, "POST", "/login/ada", None)
-        .await
-        .2
-        .expect("cookie");
-    let (status, body, _) = send(&app, "GET", "/admin", Some(&ada)).await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "the admin page"));
+    let mut ada = anonymous.other();
+    ada.post("/login/ada").await.set_cookie().expect("cookie");
+    let r = ada.get("/admin").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::OK, "the admin page")
+    );
 }

@@ -3,6 +3,8 @@
 //! session and writing it (a `Barrier` the test holds), another request runs in between.
 //! Each test fails on the code before its fix.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +17,11 @@ use coatcheck::{
     Clock, ConfigError, KeyRing, ManualClock, Secure, Session, SessionError, SessionLayer,
     SessionStore, Timestamp,
 };
-use http::header::{COOKIE, SET_COOKIE};
+use coatcheck_conformance::kit::{Reply, TestClient};
+use common::send;
+use http::header::COOKIE;
 use http::{HeaderValue, Request, StatusCode};
-use http_body_util::BodyExt;
 use tokio::sync::Barrier;
-use tower::ServiceExt;
 
 const SECRET: &str = "lifecycle test secret, long enough: 0123456789";
 
@@ -142,66 +144,21 @@ fn app() -> (App, Arc<Barrier>) {
     app_with(|b| b)
 }
 
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    set_cookie: Option<String>,
-    body: String,
+/// `sid=value` the reply set, for the next request.
+fn cookie_of(r: &Reply) -> String {
+    common::set_pair(r).expect("a Set-Cookie").to_owned()
 }
 
-impl Reply {
-    /// `sid=value` for the next request.
-    fn cookie(&self) -> String {
-        let c = self.set_cookie.as_deref().expect("a Set-Cookie");
-        c.split(';').next().expect("a pair").to_owned()
-    }
-
-    fn cleared(&self) -> bool {
-        self.set_cookie
-            .as_deref()
-            .is_some_and(|c| c.starts_with("sid=;") && c.contains("Max-Age=0"))
-    }
-
-    /// The `Expires` the browser keeps, as a timestamp.
-    fn expires(&self) -> Timestamp {
-        let c = cookie::Cookie::parse(self.set_cookie.clone().expect("a Set-Cookie"))
-            .expect("a cookie");
-        let t = c.expires_datetime().expect("a persistent cookie");
-        Timestamp::from_millis((t.unix_timestamp_nanos() / 1_000_000) as i64)
-    }
+fn cleared(r: &Reply) -> bool {
+    r.set_cookie()
+        .is_some_and(|c| c.starts_with("sid=;") && c.contains("Max-Age=0"))
 }
 
-async fn send_raw(router: &Router, method: &str, uri: &str, cookie: Option<HeaderValue>) -> Reply {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(c) = cookie {
-        req = req.header(COOKIE, c);
-    }
-    let res = router
-        .clone()
-        .oneshot(req.body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
-    let status = res.status();
-    let set_cookie = res
-        .headers()
-        .get(SET_COOKIE)
-        .map(|v| v.to_str().expect("ascii").to_owned());
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        set_cookie,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-async fn send(router: &Router, method: &str, uri: &str, cookie: Option<&str>) -> Reply {
-    send_raw(
-        router,
-        method,
-        uri,
-        cookie.map(|c| HeaderValue::from_str(c).expect("header")),
-    )
-    .await
+/// The `Expires` the browser keeps, as a timestamp.
+fn expires(r: &Reply) -> Timestamp {
+    let c = cookie::Cookie::parse(r.set_cookie().expect("a Set-Cookie")).expect("a cookie");
+    let t = c.expires_datetime().expect("a persistent cookie");
+    Timestamp::from_millis((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 /// Starts `uri` with `cookie` in the background and returns once its handler has loaded
@@ -223,23 +180,19 @@ async fn start_paused(
 #[tokio::test]
 async fn login_racing_logout_everywhere_fails_closed() {
     let (app, gate) = app();
-    let a = send(&app.router, "POST", "/login/alice", None)
-        .await
-        .cookie();
-    let b = send(&app.router, "POST", "/login/alice", None)
-        .await
-        .cookie();
+    let a = cookie_of(&send(&app.router, "POST", "/login/alice", None).await);
+    let b = cookie_of(&send(&app.router, "POST", "/login/alice", None).await);
     let paused = start_paused(&app.router, &gate, "/paused-login/alice", &a).await;
     assert_eq!(
         send(&app.router, "POST", "/logout-all", Some(&b))
             .await
-            .body,
+            .text(),
         "2"
     );
     gate.wait().await;
     let r = paused.await.expect("no panic");
     assert_eq!(r.status, StatusCode::CONFLICT, "{r:?}");
-    assert!(r.cleared(), "the cookie is cleared: {r:?}");
+    assert!(cleared(&r), "the cookie is cleared: {r:?}");
     assert!(app
         .store
         .list_for_user("alice")
@@ -248,7 +201,7 @@ async fn login_racing_logout_everywhere_fails_closed() {
         .is_empty());
     assert_eq!(app.store.len(), 0, "no session was created");
     assert_eq!(
-        send(&app.router, "GET", "/whoami", Some(&a)).await.body,
+        send(&app.router, "GET", "/whoami", Some(&a)).await.text(),
         "anonymous"
     );
 }
@@ -257,17 +210,23 @@ async fn login_racing_logout_everywhere_fails_closed() {
 #[tokio::test]
 async fn regenerate_keeps_a_write_acknowledged_meanwhile() {
     let (app, gate) = app();
-    let c = send(&app.router, "POST", "/incr", None).await.cookie();
+    let c = cookie_of(&send(&app.router, "POST", "/incr", None).await);
     let paused = start_paused(&app.router, &gate, "/paused-regenerate", &c).await;
-    assert_eq!(send(&app.router, "POST", "/incr", Some(&c)).await.body, "2");
+    assert_eq!(
+        send(&app.router, "POST", "/incr", Some(&c)).await.text(),
+        "2"
+    );
     gate.wait().await;
     let r = paused.await.expect("no panic");
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
-    let fresh = r.cookie();
+    let fresh = cookie_of(&r);
     assert_ne!(fresh, c);
-    assert_eq!(send(&app.router, "GET", "/n", Some(&fresh)).await.body, "2");
     assert_eq!(
-        send(&app.router, "GET", "/n", Some(&c)).await.body,
+        send(&app.router, "GET", "/n", Some(&fresh)).await.text(),
+        "2"
+    );
+    assert_eq!(
+        send(&app.router, "GET", "/n", Some(&c)).await.text(),
         "0",
         "the old id is dead"
     );
@@ -278,11 +237,9 @@ async fn regenerate_keeps_a_write_acknowledged_meanwhile() {
 #[tokio::test]
 async fn two_racing_logins_leave_one_session() {
     let (app, gate) = app();
-    let c = send(&app.router, "POST", "/login/bob", None).await.cookie();
+    let c = cookie_of(&send(&app.router, "POST", "/login/bob", None).await);
     let paused = start_paused(&app.router, &gate, "/paused-login/bob", &c).await;
-    let winner = send(&app.router, "POST", "/login/bob", Some(&c))
-        .await
-        .cookie();
+    let winner = cookie_of(&send(&app.router, "POST", "/login/bob", Some(&c)).await);
     gate.wait().await;
     let r = paused.await.expect("no panic");
     assert_eq!(r.status, StatusCode::CONFLICT, "{r:?}");
@@ -291,7 +248,7 @@ async fn two_racing_logins_leave_one_session() {
     assert_eq!(
         send(&app.router, "GET", "/whoami", Some(&winner))
             .await
-            .body,
+            .text(),
         "bob"
     );
 }
@@ -301,20 +258,27 @@ async fn two_racing_logins_leave_one_session() {
 #[tokio::test]
 async fn update_answers_the_committed_value() {
     let (app, gate) = app();
-    let c = send(&app.router, "POST", "/put", None).await.cookie();
+    let c = cookie_of(&send(&app.router, "POST", "/put", None).await);
     let paused = start_paused(&app.router, &gate, "/paused-incr", &c).await;
-    assert_eq!(send(&app.router, "POST", "/incr", Some(&c)).await.body, "1");
+    assert_eq!(
+        send(&app.router, "POST", "/incr", Some(&c)).await.text(),
+        "1"
+    );
     gate.wait().await;
     let r = paused.await.expect("no panic");
-    assert_eq!(r.body, "2", "the value stored, not the one computed first");
-    assert_eq!(send(&app.router, "GET", "/n", Some(&c)).await.body, "2");
+    assert_eq!(
+        r.text(),
+        "2",
+        "the value stored, not the one computed first"
+    );
+    assert_eq!(send(&app.router, "GET", "/n", Some(&c)).await.text(), "2");
 }
 
 /// Many concurrent increments answer distinct values, 1..=n.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_increments_answer_distinct_committed_values() {
     let (app, _) = app();
-    let c = send(&app.router, "POST", "/put", None).await.cookie();
+    let c = cookie_of(&send(&app.router, "POST", "/put", None).await);
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let (router, c) = (app.router.clone(), c.clone());
@@ -325,7 +289,7 @@ async fn concurrent_increments_answer_distinct_committed_values() {
     for t in tasks {
         let r = t.await.expect("no panic");
         assert_eq!(r.status, StatusCode::OK, "{r:?}");
-        seen.push(r.body.parse::<u64>().expect("a number"));
+        seen.push(r.text().parse::<u64>().expect("a number"));
     }
     seen.sort_unstable();
     assert_eq!(seen, (1..=50).collect::<Vec<u64>>());
@@ -335,11 +299,11 @@ async fn concurrent_increments_answer_distinct_committed_values() {
 #[tokio::test]
 async fn set_expiry_reaches_the_browser() {
     let (app, _) = app();
-    let c = send(&app.router, "POST", "/incr", None).await.cookie();
+    let c = cookie_of(&send(&app.router, "POST", "/incr", None).await);
     let r = send(&app.router, "POST", "/set-expiry/2592000", Some(&c)).await;
-    assert_eq!(r.cookie(), c);
+    assert_eq!(cookie_of(&r), c);
     let in_30_days = app.clock.now() + Duration::from_secs(2_592_000);
-    assert!(r.expires().as_millis().abs_diff(in_30_days.as_millis()) < 2_000);
+    assert!(expires(&r).as_millis().abs_diff(in_30_days.as_millis()) < 2_000);
 }
 
 /// Defect 3: a user writing more often than `touch_after` never got a fresh `Expires`; the
@@ -348,8 +312,8 @@ async fn set_expiry_reaches_the_browser() {
 async fn a_frequent_writer_keeps_a_live_cookie() {
     let (app, _) = app_with(|b| b.idle_timeout(Duration::from_secs(600)));
     let first = send(&app.router, "POST", "/put", None).await;
-    let c = first.cookie();
-    let mut browser_expires = first.expires();
+    let c = cookie_of(&first);
+    let mut browser_expires = expires(&first);
     for step in 0..24 {
         app.clock.advance(Duration::from_secs(30));
         assert!(
@@ -359,8 +323,8 @@ async fn a_frequent_writer_keeps_a_live_cookie() {
         );
         let r = send(&app.router, "POST", "/put", Some(&c)).await;
         assert_eq!(r.status, StatusCode::OK);
-        if r.set_cookie.is_some() {
-            browser_expires = r.expires();
+        if r.set_cookie().is_some() {
+            browser_expires = expires(&r);
         }
     }
 }
@@ -369,17 +333,18 @@ async fn a_frequent_writer_keeps_a_live_cookie() {
 #[tokio::test]
 async fn a_non_ascii_neighbour_cookie_does_not_hide_the_session() {
     let (app, _) = app();
-    let c = send(&app.router, "POST", "/login/carol", None)
-        .await
-        .cookie();
+    let c = cookie_of(&send(&app.router, "POST", "/login/carol", None).await);
     for header in [
         format!("pref=caf\u{e9}; {c}"),
         format!("{c}; pref=caf\u{e9}"),
         format!("a=1; pref=\u{1F36A}; {c}; b=2"),
     ] {
         let value = HeaderValue::from_bytes(header.as_bytes()).expect("opaque bytes");
-        let r = send_raw(&app.router, "GET", "/whoami", Some(value)).await;
-        assert_eq!(r.body, "carol", "{header:?}");
+        let req = Request::get("/whoami").header(COOKIE, value);
+        let r = TestClient::new(app.router.clone())
+            .send(req, Body::empty())
+            .await;
+        assert_eq!(r.text(), "carol", "{header:?}");
     }
 }
 
@@ -458,44 +423,38 @@ async fn express_mode_principal_is_the_user_id_key_both_ways() {
         .route("/login/{user}", post(login))
         .route("/whoami", get(whoami))
         .layer(layer);
-    let cookie_of = |r: &Reply| {
-        r.set_cookie
-            .as_deref()
-            .expect("a Set-Cookie")
-            .split(';')
-            .next()
-            .expect("pair")
-            .to_owned()
-    };
     // insert("userId") without login: logged in, indexed.
     let r = send(&router, "POST", "/insert-user/42", None).await;
-    assert_eq!(r.body, "42");
+    assert_eq!(r.text(), "42");
     let c = cookie_of(&r);
-    assert_eq!(send(&router, "GET", "/whoami", Some(&c)).await.body, "42");
+    assert_eq!(send(&router, "GET", "/whoami", Some(&c)).await.text(), "42");
     assert_eq!(store.list_for_user("42").await.expect("list").len(), 1);
     assert_eq!(
-        send(&router, "GET", "/user-key", Some(&c)).await.body,
+        send(&router, "GET", "/user-key", Some(&c)).await.text(),
         "42",
         "an integer"
     );
     // changed from Rust: the new value, as written.
     send(&router, "POST", "/insert-user/7", Some(&c)).await;
-    assert_eq!(send(&router, "GET", "/whoami", Some(&c)).await.body, "7");
-    assert_eq!(send(&router, "GET", "/user-key", Some(&c)).await.body, "7");
+    assert_eq!(send(&router, "GET", "/whoami", Some(&c)).await.text(), "7");
+    assert_eq!(
+        send(&router, "GET", "/user-key", Some(&c)).await.text(),
+        "7"
+    );
     assert!(store.list_for_user("42").await.expect("list").is_empty());
     // login writes the key.
     let c = cookie_of(&send(&router, "POST", "/login/ann", Some(&c)).await);
     assert_eq!(
-        send(&router, "GET", "/user-key", Some(&c)).await.body,
+        send(&router, "GET", "/user-key", Some(&c)).await.text(),
         "\"ann\""
     );
     // remove("userId") is a logout.
     assert_eq!(
-        send(&router, "POST", "/remove-user", Some(&c)).await.body,
+        send(&router, "POST", "/remove-user", Some(&c)).await.text(),
         "anonymous"
     );
     assert_eq!(
-        send(&router, "GET", "/whoami", Some(&c)).await.body,
+        send(&router, "GET", "/whoami", Some(&c)).await.text(),
         "anonymous"
     );
     assert!(store.list_for_user("ann").await.expect("list").is_empty());
@@ -505,26 +464,25 @@ async fn express_mode_principal_is_the_user_id_key_both_ways() {
 #[tokio::test]
 async fn exhausted_conflicts_answer_503_with_retry_after() {
     let (app, gate) = app_with(|b| b.max_save_retries(0));
-    let c = send(&app.router, "POST", "/put", None).await.cookie();
+    let c = cookie_of(&send(&app.router, "POST", "/put", None).await);
     let (router, cookie) = (app.router.clone(), c.clone());
     let paused = tokio::spawn(async move {
-        let req = Request::post("/paused-incr")
-            .header(COOKIE, cookie)
-            .body(Body::empty())
-            .expect("request");
-        router.oneshot(req).await.expect("infallible")
+        let req = Request::post("/paused-incr").header(COOKIE, cookie);
+        TestClient::new(router).send(req, Body::empty()).await
     });
     gate.wait().await;
-    assert_eq!(send(&app.router, "POST", "/incr", Some(&c)).await.body, "1");
+    assert_eq!(
+        send(&app.router, "POST", "/incr", Some(&c)).await.text(),
+        "1"
+    );
     gate.wait().await;
     let res = paused.await.expect("no panic");
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
-        res.headers()
+        res.headers
             .get(http::header::RETRY_AFTER)
             .map(|v| v.as_bytes()),
         Some(&b"1"[..])
     );
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    assert_eq!(&body[..], b"session store busy, retry");
+    assert_eq!(&res.body[..], b"session store busy, retry");
 }

@@ -20,12 +20,11 @@ use axum::routing::post;
 use axum::Router;
 use coatcheck::postgres::PostgresStore;
 use coatcheck::{KeyRing, Session, SessionError, SessionLayer, SessionStore};
+use coatcheck_conformance::kit::TestClient;
 use coatcheck_conformance::{harness, Backend};
-use http::header::{COOKIE, SET_COOKIE};
-use http::Request;
-use http_body_util::BodyExt;
+use http::header::COOKIE;
+use http::{Request, StatusCode};
 use sqlx::Connection as _;
-use tower::ServiceExt;
 
 const SECRET: &str = "terminate test secret, long enough: 0123456789";
 
@@ -34,27 +33,6 @@ async fn incr(session: Session) -> Result<String, SessionError> {
         .update("n", |n: Option<u64>| n.unwrap_or(0) + 1)
         .await?;
     Ok(n.to_string())
-}
-
-async fn call(app: &Router, cookie: Option<&str>) -> (u16, String, Option<String>) {
-    let mut req = Request::post("/incr");
-    if let Some(c) = cookie {
-        req = req.header(COOKIE, c);
-    }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
-    let status = res.status().as_u16();
-    let set = res
-        .headers()
-        .get(SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_owned);
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned(), set)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,9 +56,10 @@ async fn terminated_connections_never_count_an_increment_twice() {
         .build()
         .expect("valid config");
     let app = Router::new().route("/incr", post(incr)).layer(layer);
-    let (status, _, cookie) = call(&app, None).await;
+    let mut browser = TestClient::new(app);
+    let status = browser.post("/incr").await.status;
     assert_eq!(status, 200);
-    let cookie = cookie.expect("a session cookie");
+    let cookie = browser.jar.header().expect("a session cookie");
 
     let stop = Arc::new(AtomicBool::new(false));
     let killer = {
@@ -105,11 +84,13 @@ async fn terminated_connections_never_count_an_increment_twice() {
     };
     let clients: Vec<_> = (0..4)
         .map(|_| {
-            let (app, cookie) = (app.clone(), cookie.clone());
+            // Every increment presents the first cookie, whatever an answer sets.
+            let (mut client, cookie) = (browser.other(), cookie.clone());
             tokio::spawn(async move {
                 let mut out = Vec::new();
                 for _ in 0..40 {
-                    out.push(call(&app, Some(&cookie)).await);
+                    let req = Request::post("/incr").header(COOKIE, &cookie);
+                    out.push(client.send(req, Body::empty()).await);
                 }
                 out
             })
@@ -124,10 +105,10 @@ async fn terminated_connections_never_count_an_increment_twice() {
 
     let acked: Vec<u64> = answers
         .iter()
-        .filter(|(s, _, _)| *s == 200)
-        .map(|(_, b, _)| b.parse().expect("a number"))
+        .filter(|r| r.status == StatusCode::OK)
+        .map(|r| r.text().parse().expect("a number"))
         .collect();
-    let unknown = answers.iter().filter(|(s, _, _)| *s >= 500).count() as u64;
+    let unknown = answers.iter().filter(|r| r.status.as_u16() >= 500).count() as u64;
     let mut distinct = acked.clone();
     distinct.sort_unstable();
     distinct.dedup();

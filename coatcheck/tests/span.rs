@@ -4,15 +4,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
 use axum::extract::Path;
 use axum::routing::post;
 use axum::Router;
 use coatcheck::memory::MemoryStore;
 use coatcheck::{KeyRing, Session, SessionError, SessionLayer};
-use http::header::{COOKIE, SET_COOKIE};
-use http::Request;
-use tower::ServiceExt;
+use coatcheck_conformance::kit::TestClient;
 
 const SECRET: &str = "span test secret, long enough: 0123456789ab";
 
@@ -34,23 +31,6 @@ async fn login(session: Session, Path(user): Path<String>) -> Result<&'static st
     Ok("ok")
 }
 
-async fn post_login(router: &Router, cookie: Option<&str>) -> Option<String> {
-    let mut req = Request::post("/login/dora");
-    if let Some(c) = cookie {
-        req = req.header(COOKIE, c);
-    }
-    let res = router
-        .clone()
-        .oneshot(req.body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
-    res.headers()
-        .get(SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_owned)
-}
-
 #[tokio::test]
 async fn each_request_has_a_span_naming_the_session_by_a_short_hash() {
     let buf = Buf::default();
@@ -68,8 +48,19 @@ async fn each_request_has_a_span_naming_the_session_by_a_short_hash() {
             .build()
             .expect("valid config"),
     );
-    let c = post_login(&router, None).await.expect("a cookie");
-    post_login(&router, Some(&c)).await.expect("a new cookie");
+    // One browser: the second login presents the first one's cookie.
+    let mut browser = TestClient::new(router);
+    browser
+        .post("/login/dora")
+        .await
+        .set_cookie()
+        .expect("a cookie");
+    let c = browser.jar.header().expect("the session cookie");
+    browser
+        .post("/login/dora")
+        .await
+        .set_cookie()
+        .expect("a new cookie");
     let log = String::from_utf8_lossy(&buf.0.lock().expect("lock")).into_owned();
     let id = KeyRing::new([SECRET])
         .expect("secret")

@@ -8,10 +8,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use coatcheck::memory::MemoryStore;
 use coatcheck::{KeyRing, Secure, Session, SessionError, SessionId, SessionLayer, Transport};
-use http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
+use coatcheck_conformance::kit::{Reply, TestClient};
+use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderName, Request, StatusCode};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
 
 const SECRET: &str = "transport test secret, long enough: 0123456789";
 const TOKEN: &str = "x-auth-token";
@@ -69,43 +68,14 @@ fn app(transport: Transport) -> Router {
         .layer(layer)
 }
 
-struct Reply {
-    status: StatusCode,
-    token: Option<String>,
-    bearer_back: Option<String>,
-    set_cookie: Option<String>,
-    body: String,
-}
-
+/// `method uri` with exactly `headers`, from a client with no cookie of its own (a cookie,
+/// when there is one, is among `headers`).
 async fn send(app: &Router, method: &str, uri: &str, headers: &[(HeaderName, String)]) -> Reply {
     let mut req = Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         req = req.header(k, v);
     }
-    let res = app
-        .clone()
-        .oneshot(req.body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
-    let get = |name: &str| {
-        res.headers()
-            .get(name)
-            .map(|v| v.to_str().expect("ascii").to_owned())
-    };
-    let (token, bearer_back, set_cookie) = (
-        get(TOKEN),
-        get(coatcheck::BEARER_RESPONSE_HEADER),
-        get(SET_COOKIE.as_str()),
-    );
-    let status = res.status();
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        token,
-        bearer_back,
-        set_cookie,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    TestClient::new(app.clone()).send(req, Body::empty()).await
 }
 
 fn h(token: &str) -> Vec<(HeaderName, String)> {
@@ -117,38 +87,44 @@ async fn a_header_token_is_issued_rotated_used_and_cleared_without_any_cookie() 
     let app = app(Transport::header(HeaderName::from_static(TOKEN)));
     let r = send(&app, "POST", "/login", &[]).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(r.set_cookie.is_none(), "header mode writes no cookie");
-    let first = r.token.expect("the new session's token");
+    assert!(r.set_cookie().is_none(), "header mode writes no cookie");
+    let first = r.header(TOKEN).expect("the new session's token").to_owned();
     assert!(
         first.starts_with("s%3A"),
         "the signed value, never a raw id: {first}"
     );
 
     let r = send(&app, "GET", "/me", &h(&first)).await;
-    assert_eq!(r.body, "ada");
-    assert!(r.token.is_none(), "an unchanged token is not sent again");
+    assert_eq!(r.text(), "ada");
+    assert!(
+        r.header(TOKEN).is_none(),
+        "an unchanged token is not sent again"
+    );
 
     let r = send(&app, "POST", "/regenerate", &h(&first)).await;
-    let second = r.token.expect("a rotation answers the new token");
+    let second = r
+        .header(TOKEN)
+        .expect("a rotation answers the new token")
+        .to_owned();
     assert_ne!(second, first);
     assert_eq!(
-        send(&app, "GET", "/me", &h(&first)).await.body,
+        send(&app, "GET", "/me", &h(&first)).await.text(),
         "",
         "the old token is dead"
     );
-    assert_eq!(send(&app, "GET", "/me", &h(&second)).await.body, "ada");
+    assert_eq!(send(&app, "GET", "/me", &h(&second)).await.text(), "ada");
 
     let r = send(&app, "POST", "/logout", &h(&second)).await;
     assert_eq!(
-        r.token.as_deref(),
+        r.header(TOKEN),
         Some(""),
         "destroy answers an explicit empty token"
     );
-    assert_eq!(send(&app, "GET", "/me", &h(&second)).await.body, "");
+    assert_eq!(send(&app, "GET", "/me", &h(&second)).await.text(), "");
 
     // A cookie is not a transport in header mode.
     let cookie = vec![(COOKIE, format!("sid={first}"))];
-    assert_eq!(send(&app, "GET", "/me", &cookie).await.body, "");
+    assert_eq!(send(&app, "GET", "/me", &cookie).await.text(), "");
 }
 
 #[tokio::test]
@@ -165,7 +141,10 @@ async fn forged_unknown_and_raw_tokens_are_never_adopted() {
     ] {
         let r = send(&app, "POST", "/put", &h(&bad)).await;
         assert_eq!(r.status, StatusCode::OK);
-        let issued = r.token.expect("a write creates a session");
+        let issued = r
+            .header(TOKEN)
+            .expect("a write creates a session")
+            .to_owned();
         assert_ne!(issued, bad, "a fresh id, not the one offered");
     }
 }
@@ -174,12 +153,15 @@ async fn forged_unknown_and_raw_tokens_are_never_adopted() {
 async fn bearer_tokens_come_back_in_x_session_token() {
     let app = app(Transport::bearer());
     let r = send(&app, "POST", "/login", &[]).await;
-    let token = r.bearer_back.expect("token");
+    let token = r
+        .header(coatcheck::BEARER_RESPONSE_HEADER)
+        .expect("token")
+        .to_owned();
     let auth = vec![(AUTHORIZATION, format!("Bearer {token}"))];
-    assert_eq!(send(&app, "GET", "/me", &auth).await.body, "ada");
+    assert_eq!(send(&app, "GET", "/me", &auth).await.text(), "ada");
     let basic = vec![(AUTHORIZATION, format!("Basic {token}"))];
     assert_eq!(
-        send(&app, "GET", "/me", &basic).await.body,
+        send(&app, "GET", "/me", &basic).await.text(),
         "",
         "only the Bearer scheme"
     );
@@ -190,33 +172,40 @@ async fn with_both_a_header_request_gets_a_header_and_a_browser_gets_the_cookie(
     let app = app(Transport::header(HeaderName::from_static(TOKEN)).and_cookie());
     let browser = send(&app, "POST", "/login", &[]).await;
     let cookie = browser
-        .set_cookie
+        .set_cookie()
         .expect("a cookie for a request without the header");
-    assert!(browser.token.is_none());
+    assert!(browser.header(TOKEN).is_none());
     let pair = cookie.split(';').next().expect("pair").to_owned();
     assert_eq!(
-        send(&app, "GET", "/me", &[(COOKIE, pair)]).await.body,
+        send(&app, "GET", "/me", &[(COOKIE, pair)]).await.text(),
         "ada"
     );
 
     // An app's request: it sends the header (empty on its first call) and gets the header.
     let app_call = send(&app, "POST", "/login", &h("")).await;
-    assert!(app_call.set_cookie.is_none());
-    let token = app_call.token.expect("a header token");
-    assert_eq!(send(&app, "GET", "/me", &h(&token)).await.body, "ada");
+    assert!(app_call.set_cookie().is_none());
+    let token = app_call.header(TOKEN).expect("a header token").to_owned();
+    assert_eq!(send(&app, "GET", "/me", &h(&token)).await.text(), "ada");
 }
 
 #[tokio::test]
 async fn take_removes_a_typed_value_and_the_times_are_readable() {
     let app = app(Transport::header(HeaderName::from_static(TOKEN)));
-    let token = send(&app, "POST", "/put", &[]).await.token.expect("token");
-    assert_eq!(send(&app, "GET", "/flash", &h(&token)).await.body, "saved");
+    let token = send(&app, "POST", "/put", &[])
+        .await
+        .header(TOKEN)
+        .expect("token")
+        .to_owned();
     assert_eq!(
-        send(&app, "GET", "/flash", &h(&token)).await.body,
+        send(&app, "GET", "/flash", &h(&token)).await.text(),
+        "saved"
+    );
+    assert_eq!(
+        send(&app, "GET", "/flash", &h(&token)).await.text(),
         "",
         "taken once"
     );
-    let times = send(&app, "GET", "/times", &h(&token)).await.body;
+    let times = send(&app, "GET", "/times", &h(&token)).await.text();
     let parts: Vec<i64> = times
         .split(' ')
         .map(|p| {
@@ -228,7 +217,7 @@ async fn take_removes_a_typed_value_and_the_times_are_readable() {
         .collect();
     assert_eq!(parts.len(), 2);
     assert!(parts[1] - parts[0] >= 599_000, "{times}");
-    assert_eq!(send(&app, "GET", "/times", &[]).await.body, "None None");
+    assert_eq!(send(&app, "GET", "/times", &[]).await.text(), "None None");
 }
 
 /// `Transport::bearer().and_cookie()` behind an HTTP Basic proxy: the browser sends
@@ -241,14 +230,14 @@ async fn another_authorization_scheme_does_not_hide_the_cookie() {
     let basic = (AUTHORIZATION, "Basic dXNlcjpwYXNz".to_owned());
     let r = send(&app, "POST", "/login", std::slice::from_ref(&basic)).await;
     assert!(
-        r.bearer_back.is_none(),
+        r.header(coatcheck::BEARER_RESPONSE_HEADER).is_none(),
         "a Basic request is a browser's: no header token"
     );
-    let cookie = r.set_cookie.expect("the new session goes to the cookie");
+    let cookie = r.set_cookie().expect("the new session goes to the cookie");
     let pair = cookie.split(';').next().expect("pair").to_owned();
     let both = vec![basic, (COOKIE, pair)];
-    assert_eq!(send(&app, "GET", "/me", &both).await.body, "ada");
+    assert_eq!(send(&app, "GET", "/me", &both).await.text(), "ada");
     // A bare scheme without a token is not a bearer token either.
     let bare = vec![(AUTHORIZATION, "Negotiate".to_owned()), both[1].clone()];
-    assert_eq!(send(&app, "GET", "/me", &bare).await.body, "ada");
+    assert_eq!(send(&app, "GET", "/me", &bare).await.text(), "ada");
 }

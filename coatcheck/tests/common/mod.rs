@@ -1,9 +1,13 @@
 //! What several HTTP tests share: a browser driving a router in-process, on the published
-//! test kit (`coatcheck_conformance::kit::TestClient`) with the router given per call.
+//! test kit (`coatcheck_conformance::kit::TestClient`) with the router given per call, and
+//! single requests that present exactly the cookie a test chose.
+
+// Every test binary that declares `mod common` uses a part of it.
+#![allow(dead_code)]
 
 use axum::body::Body;
 use axum::Router;
-use coatcheck_conformance::kit::{Jar as Cookies, TestClient};
+use coatcheck_conformance::kit::{Jar as Cookies, Reply, TestClient};
 use http::header::COOKIE;
 use http::{Request, StatusCode};
 
@@ -26,7 +30,6 @@ impl Jar {
     }
 
     /// `GET uri` with the jar's cookie.
-    #[allow(dead_code)]
     pub async fn get(&mut self, app: &Router, uri: &str) -> (StatusCode, String) {
         self.call(app, Request::get(uri), Body::empty()).await
     }
@@ -53,4 +56,21 @@ impl Jar {
         }
         (reply.status, reply.text())
     }
+}
+
+/// `method uri` presenting exactly `cookie` as its `Cookie` header (none when `None`), from
+/// a browser with an empty jar: for tests that choose the cookie of every request (a
+/// stale, forged or planted one, another device's, one shared by concurrent requests).
+pub async fn send(app: &Router, method: &str, uri: &str, cookie: Option<&str>) -> Reply {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(c) = cookie {
+        req = req.header(COOKIE, c);
+    }
+    TestClient::new(app.clone()).send(req, Body::empty()).await
+}
+
+/// The `name=value` of the reply's first `Set-Cookie` (what a browser sends back; `name=`
+/// for a cleared cookie), `None` without one.
+pub fn set_pair(reply: &Reply) -> Option<&str> {
+    reply.set_cookie().and_then(|c| c.split(';').next())
 }
