@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use coatcheck_core::{Clock, KeyRing, SessionStore, StoreError, Timestamp, Verified};
+use coatcheck_core::{Clock, KeyRing, SessionId, SessionStore, StoreError, Timestamp, Verified};
 use http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use tower_layer::Layer;
@@ -219,6 +219,15 @@ pub fn session_id_from_headers(
     name: &str,
     keys: &KeyRing,
 ) -> Option<Verified> {
+    signed_cookie(headers, name, keys).map(|(verified, _)| verified)
+}
+
+/// [`session_id_from_headers`], and the cookie's value as the browser sent it (unquoted).
+fn signed_cookie<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+    keys: &KeyRing,
+) -> Option<(Verified, &'h str)> {
     // Pair by pair, as browsers and Express do: a neighbour cookie with bytes that are not
     // visible ASCII (a UTF-8 value set by another app) must not hide the session, so the
     // header is split on `;` as bytes and only each pair has to be UTF-8.
@@ -235,8 +244,29 @@ pub fn session_id_from_headers(
                 .strip_prefix('"')
                 .and_then(|v| v.strip_suffix('"'))
                 .unwrap_or(v);
-            keys.verify_cookie_value(v)
+            keys.verify_cookie_value(v).map(|verified| (verified, v))
         })
+}
+
+/// Whether a cookie value that verified is spelled exactly as
+/// [`KeyRing::sign_cookie_value`] spells it (`s%3A` prefix; the signature's `+` and `/` as
+/// `%2B` and `%2F`, nothing else escaped): then, signed with the current secret, it is
+/// what signing its id again would give, and a `Set-Cookie` for the same id can send it
+/// back as it came instead of computing the HMAC again. (Verification also takes `s:`,
+/// lower-case escapes and escaped letters; those are signed afresh.)
+fn is_canonical(value: &str) -> bool {
+    let Some((_, sig)) = value.strip_prefix("s%3A").and_then(|v| v.rsplit_once('.')) else {
+        return false;
+    };
+    let mut rest = sig.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        rest = match first {
+            b'%' if tail.starts_with(b"2B") || tail.starts_with(b"2F") => &tail[2..],
+            c if c.is_ascii_alphanumeric() => tail,
+            _ => return false,
+        };
+    }
+    true
 }
 
 fn is_secure<B>(config: &SessionConfig, req: &Request<B>) -> bool {
@@ -263,12 +293,23 @@ fn to_cookie_time(t: Timestamp) -> Option<cookie::time::OffsetDateTime> {
         .ok()
 }
 
-fn set_cookie_header(shared: &Shared, action: &CookieAction, secure: bool) -> Option<HeaderValue> {
+/// `Set-Cookie` for `action`; `signed` is the request's own cookie value when it can be
+/// sent back as it came (its id, signed with the current secret, canonically spelled).
+fn set_cookie_header(
+    shared: &Shared,
+    action: &CookieAction,
+    secure: bool,
+    signed: Option<&(SessionId, String)>,
+) -> Option<HeaderValue> {
     let c = &shared.config;
     let mut builder = match action {
         CookieAction::None => return None,
         CookieAction::Set { id, expires } => {
-            let b = cookie::Cookie::build((c.name.clone(), shared.keys.sign_cookie_value(id)));
+            let value = match signed {
+                Some((same, value)) if same == id => value.clone(),
+                _ => shared.keys.sign_cookie_value(id),
+            };
+            let b = cookie::Cookie::build((c.name.clone(), value));
             match expires.and_then(to_cookie_time) {
                 Some(t) => b.expires(t),
                 None => b,
@@ -339,10 +380,18 @@ where
         // with the cookie (when the cookie is on).
         let header_token = transport.read(req.headers(), &shared.keys);
         let via_header = header_token.is_some() || !transport.uses_cookie();
+        // The cookie's value, when a Set-Cookie for the same id may send it back unsigned
+        // again (signed with the current secret, spelled canonically).
+        let mut reusable = None;
         let verified = match header_token {
             Some(token) => token,
             None if transport.uses_cookie() => {
-                session_id_from_headers(req.headers(), &shared.config.name, &shared.keys)
+                signed_cookie(req.headers(), &shared.config.name, &shared.keys).map(|(v, raw)| {
+                    if !v.needs_resign() && is_canonical(raw) {
+                        reusable = Some((v.id.clone(), raw.to_owned()));
+                    }
+                    v
+                })
             }
             None => None,
         };
@@ -412,7 +461,9 @@ where
                     Ok(res)
                 }
                 Ok(action) => {
-                    if let Some(value) = set_cookie_header(&shared, &action, secure) {
+                    if let Some(value) =
+                        set_cookie_header(&shared, &action, secure, reusable.as_ref())
+                    {
                         let headers = res.headers_mut();
                         headers.append(SET_COOKIE, value);
                         if !headers.contains_key(CACHE_CONTROL) {
@@ -434,7 +485,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coatcheck_core::SessionId;
 
     #[test]
     fn read_cookie_takes_first_valid_and_ignores_junk() {
@@ -457,5 +507,40 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(COOKIE, HeaderValue::from_bytes(b"sid=\xff\xfe").unwrap());
         assert!(session_id_from_headers(&h, "sid", &keys).is_none());
+    }
+
+    /// A value judged canonical is exactly what signing its id again gives (so sending it
+    /// back unsigned again changes nothing on the wire); every other spelling that verifies
+    /// is judged not canonical (and is signed afresh).
+    #[test]
+    fn a_canonical_value_is_what_signing_gives() {
+        let keys = KeyRing::new(["k".repeat(32)]).unwrap();
+        let mut other_spellings = 0;
+        for _ in 0..2000 {
+            let id = SessionId::generate();
+            let signed = keys.sign_cookie_value(&id);
+            assert!(is_canonical(&signed), "{signed}");
+            let raw = keys.sign(&id); // `s:id.sig`, unescaped
+            let variants = [
+                raw.clone(),
+                signed.replacen("s%3A", "s%3a", 1),
+                signed.replace("%2B", "%2b").replace("%2F", "%2f"),
+                // A letter of the signature escaped.
+                match signed.rsplit_once('.') {
+                    Some((head, sig)) => format!("{head}.{}", sig.replacen('A', "%41", 1)),
+                    None => signed.clone(),
+                },
+            ];
+            for v in variants.iter().filter(|v| **v != signed) {
+                let verified = keys
+                    .verify_cookie_value(v)
+                    .expect("every spelling verifies");
+                assert_eq!(verified.id, id);
+                assert!(!is_canonical(v), "{v} is not how {id:?} is signed");
+                other_spellings += 1;
+            }
+        }
+        // Most ids give a signature with `+` or `/` in it, so every variant was tried.
+        assert!(other_spellings > 6000, "{other_spellings}");
     }
 }
