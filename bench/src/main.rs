@@ -16,6 +16,7 @@ mod count;
 mod cpu;
 mod http_level;
 mod metrics_cost;
+mod profile;
 mod replicas;
 mod report;
 mod sql_stores;
@@ -256,6 +257,10 @@ pub async fn section(
 #[tokio::main]
 async fn main() -> Result<(), BoxErr> {
     count::install();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("profile") {
+        return profile::run(&args[1..]).await;
+    }
     let s = Settings::from_args()?;
     println!("# coatcheck-bench\n");
     println!(
