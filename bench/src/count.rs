@@ -79,17 +79,22 @@ impl StoreWrapper for Calls {
 }
 
 /// How a backend's round trips are read.
-enum Wire {
+pub(crate) enum Wire {
     None,
     /// Top-level commands seen by `MONITOR` (commands a Lua script runs inside the server
-    /// are shown as `[0 lua]` and are not round trips).
-    Redis(Arc<AtomicU64>),
-    Postgres,
+    /// are shown as `[0 lua]` and are not round trips): the server's URL, and the
+    /// `MONITOR` connection while counting.
+    Redis(
+        String,
+        Option<(Arc<AtomicU64>, tokio::task::JoinHandle<()>)>,
+    ),
+    /// sqlx's per-statement events (Postgres, MySQL, SQLite).
+    Sqlx,
     Mongo,
 }
 
 /// Starts a MONITOR connection counting client commands (not those run inside scripts).
-async fn redis_monitor(url: &str) -> Result<Arc<AtomicU64>, BoxErr> {
+async fn redis_monitor(url: &str) -> Result<(Arc<AtomicU64>, tokio::task::JoinHandle<()>), BoxErr> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let addr = url
         .trim_start_matches("redis://")
@@ -106,27 +111,62 @@ async fn redis_monitor(url: &str) -> Result<Arc<AtomicU64>, BoxErr> {
     }
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             if COUNTING.load(Ordering::SeqCst) && !line.contains(" lua] ") {
                 c.fetch_add(1, Ordering::SeqCst);
             }
         }
     });
-    Ok(count)
+    Ok((count, task))
+}
+
+/// A MongoDB client whose command-started events are counted while counting is on.
+pub(crate) async fn counted_mongo_client(url: &str) -> Result<mongodb::Client, BoxErr> {
+    use mongodb::event::command::CommandEvent;
+    use mongodb::event::EventHandler;
+    let mut opts = mongodb::options::ClientOptions::parse(url).await?;
+    opts.command_event_handler = Some(EventHandler::callback(|ev: CommandEvent| {
+        if matches!(ev, CommandEvent::Started(_)) && COUNTING.load(Ordering::Relaxed) {
+            MONGO_COMMANDS.fetch_add(1, Ordering::Relaxed);
+        }
+    }));
+    Ok(mongodb::Client::with_options(opts)?)
 }
 
 impl Wire {
-    async fn read(&mut self) -> Result<u64, BoxErr> {
+    /// Counting on (for Redis: a `MONITOR` connection opens, which slows the server down:
+    /// never while a time is taken).
+    pub(crate) async fn start(&mut self) -> Result<(), BoxErr> {
+        if let Wire::Redis(url, monitor @ None) = self {
+            *monitor = Some(redis_monitor(url).await?);
+        }
+        COUNTING.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Counting off (the `MONITOR` connection closed).
+    pub(crate) fn stop(&mut self) {
+        COUNTING.store(false, Ordering::SeqCst);
+        if let Wire::Redis(_, monitor) = self {
+            if let Some((_, task)) = monitor.take() {
+                task.abort();
+            }
+        }
+    }
+
+    /// The round trips counted so far; `None` in process (no wire).
+    pub(crate) async fn read(&mut self) -> Result<Option<u64>, BoxErr> {
         Ok(match self {
-            Wire::None => 0,
-            Wire::Redis(c) => {
+            Wire::None => None,
+            Wire::Redis(_, monitor) => {
+                let (count, _) = monitor.as_ref().ok_or("counting was not started")?;
                 // MONITOR lines arrive asynchronously; let them drain.
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                c.load(Ordering::SeqCst)
+                Some(count.load(Ordering::SeqCst))
             }
-            Wire::Postgres => PG_STATEMENTS.load(Ordering::SeqCst),
-            Wire::Mongo => MONGO_COMMANDS.load(Ordering::SeqCst),
+            Wire::Sqlx => Some(PG_STATEMENTS.load(Ordering::SeqCst)),
+            Wire::Mongo => Some(MONGO_COMMANDS.load(Ordering::SeqCst)),
         })
     }
 }
@@ -152,7 +192,7 @@ async fn measure(
         ("first write, new session", "POST", "/incr", false),
     ];
     for (what, method, uri, with_cookie) in cases {
-        COUNTING.store(true, Ordering::SeqCst);
+        wire.start().await?;
         let c0 = calls.n.load(Ordering::SeqCst);
         let w0 = wire.read().await?;
         for _ in 0..K {
@@ -161,15 +201,16 @@ async fn measure(
         let w1 = wire.read().await?;
         let c1 = calls.n.load(Ordering::SeqCst);
         COUNTING.store(false, Ordering::SeqCst);
-        let wire_per = match wire {
-            Wire::None => "— (in process)".to_owned(),
-            _ => format!("{:.2}", (w1 - w0) as f64 / K as f64),
+        let wire_per = match (w0, w1) {
+            (Some(w0), Some(w1)) => format!("{:.2}", (w1 - w0) as f64 / K as f64),
+            _ => "— (in process)".to_owned(),
         };
         println!(
             "| {backend} | {what} | {:.2} | {wire_per} |",
             (c1 - c0) as f64 / K as f64
         );
     }
+    wire.stop();
     Ok(())
 }
 
@@ -189,8 +230,7 @@ pub async fn round_trips(s: &Settings) -> Result<(), BoxErr> {
             .prefix(format!("{}:", unique("benchrt")))
             .connect(url)
             .await?;
-        let monitor = redis_monitor(url).await?;
-        measure("redis", Arc::new(store), Wire::Redis(monitor)).await?;
+        measure("redis", Arc::new(store), Wire::Redis(url.clone(), None)).await?;
     }
     if let (true, Some(url)) = (s.wants("postgres"), &s.database_url) {
         let table = unique("benchrt");
@@ -198,21 +238,13 @@ pub async fn round_trips(s: &Settings) -> Result<(), BoxErr> {
             .table(table.clone())
             .build(lean_pg_pool(url, 4).await?)?;
         store.migrate().await?;
-        measure("postgres", Arc::new(store.clone()), Wire::Postgres).await?;
+        measure("postgres", Arc::new(store.clone()), Wire::Sqlx).await?;
         sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
             .execute(store.pool())
             .await?;
     }
     if let (true, Some(url)) = (s.wants("mongo"), &s.mongodb_url) {
-        use mongodb::event::command::CommandEvent;
-        use mongodb::event::EventHandler;
-        let mut opts = mongodb::options::ClientOptions::parse(url).await?;
-        opts.command_event_handler = Some(EventHandler::callback(|ev: CommandEvent| {
-            if matches!(ev, CommandEvent::Started(_)) && COUNTING.load(Ordering::Relaxed) {
-                MONGO_COMMANDS.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-        let client = mongodb::Client::with_options(opts)?;
+        let client = counted_mongo_client(url).await?;
         let store = coatcheck_mongo::MongoStore::builder(&client, "coatcheck_bench")
             .collection(unique("benchrt"))
             .build_with_indexes()

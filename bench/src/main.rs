@@ -1,7 +1,7 @@
 //! coatcheck-bench: coatcheck against the raw drivers and tower-sessions, in one run.
 //!
 //! ```text
-//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,metrics]
+//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,scale,metrics] [--charts DIR]
 //! ```
 //!
 //! Backends come from `REDIS_URL`, `VALKEY_URL`, `DATABASE_URL`, `MONGODB_URL`, `MYSQL_URL`
@@ -11,6 +11,7 @@
 //! interleaved A B C A B C over the repetitions, and the table reports medians, min–max,
 //! p50/p99 latency and paired ratios (the median of the per-repetition ratios).
 
+mod charts;
 mod codec_cost;
 mod count;
 mod cpu;
@@ -19,6 +20,7 @@ mod metrics_cost;
 mod profile;
 mod replicas;
 mod report;
+mod scale;
 mod sql_stores;
 mod store_level;
 
@@ -78,6 +80,8 @@ pub struct Settings {
     /// `codec`, `store`, `http`, `rt` (round trips), `replicas`, `metrics`: the parts to run
     /// (default all).
     pub parts: Vec<String>,
+    /// Where to write the SVG charts (`--charts DIR`); none: no charts.
+    pub charts: Option<std::path::PathBuf>,
     pub redis_url: Option<String>,
     pub valkey_url: Option<String>,
     pub database_url: Option<String>,
@@ -103,8 +107,10 @@ impl Settings {
             "http".into(),
             "rt".into(),
             "replicas".into(),
+            "scale".into(),
             "metrics".into(),
         ];
+        let mut charts = None;
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -113,13 +119,16 @@ impl Settings {
                     let v = args.next().ok_or("--backend needs a value")?;
                     backends = v.split(',').map(|s| s.trim().to_owned()).collect();
                 }
+                "--charts" => {
+                    charts = Some(args.next().ok_or("--charts needs a directory")?.into());
+                }
                 "--part" => {
                     let v = args.next().ok_or("--part needs a value")?;
                     parts = v.split(',').map(|s| s.trim().to_owned()).collect();
                 }
                 "-h" | "--help" => {
                     println!(
-                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,metrics]"
+                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,scale,metrics] [--charts DIR]"
                     );
                     std::process::exit(0);
                 }
@@ -138,6 +147,7 @@ impl Settings {
             sessions: if quick { 500 } else { 10_000 },
             backends,
             parts,
+            charts,
             redis_url: env("REDIS_URL"),
             valkey_url: env("VALKEY_URL"),
             database_url: env("DATABASE_URL"),
@@ -302,6 +312,13 @@ async fn main() -> Result<(), BoxErr> {
     }
     if part("replicas") {
         replicas::run(&s).await?;
+    }
+    if part("scale") {
+        scale::run(&s).await?;
+    }
+    if let Some(dir) = &s.charts {
+        let written = charts::write(dir)?;
+        println!("Charts written: {}.\n", written.len());
     }
     // Last: it installs a global recorder for the rest of the process.
     if part("metrics") {

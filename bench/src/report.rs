@@ -62,15 +62,18 @@ pub fn table(title: &str, contenders: &[Contender], runs: &[Vec<Run>], concurren
             .flat_map(|r| r.latencies_us.iter().copied())
             .collect();
         lat.sort_unstable();
+        let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
         let mut line = format!(
-            "| {} | {} | {}–{} | {} | {} |",
+            "| {} | {} | {}–{} | {p50} | {p99} |",
             c.name,
             fmt_rate(median(rates.clone())),
             fmt_rate(min),
             fmt_rate(max),
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99)
         );
+        if title.starts_with("Middleware") {
+            let table = format!("{title}, concurrency {concurrency}");
+            crate::charts::latency(&table, &c.name, p50, p99);
+        }
         let own: Vec<f64> = runs[i].iter().filter_map(|r| r.client_us_per_op).collect();
         if own.is_empty() {
             line.push_str(" — |");
@@ -85,6 +88,11 @@ pub fn table(title: &str, contenders: &[Contender], runs: &[Vec<Run>], concurren
                 line.push_str(&format!(" {:.1} |", median(per_op)));
             }
         }
+        let charted = c
+            .name
+            .starts_with("coatcheck")
+            .then(|| tower_sessions_of(&c.name, &refs))
+            .flatten();
         for (j, _) in &refs {
             // Paired: the ratio within each repetition, then the median of those.
             let ratios: Vec<f64> = runs[i]
@@ -92,9 +100,30 @@ pub fn table(title: &str, contenders: &[Contender], runs: &[Vec<Run>], concurren
                 .zip(&runs[*j])
                 .map(|(a, b)| a.ops_per_sec / b.ops_per_sec)
                 .collect();
-            line.push_str(&format!(" {:.2} |", median(ratios)));
+            let ratio = median(ratios);
+            line.push_str(&format!(" {ratio:.2} |"));
+            if charted == Some(*j) {
+                crate::charts::ratio(format!("{title}, c{concurrency}: {}", c.name), ratio);
+            }
         }
         println!("{line}");
     }
     println!();
+}
+
+/// The tower-sessions contender a coatcheck row is charted against: the only one, or the
+/// one whose label's last word (its store) the row's name has.
+fn tower_sessions_of(name: &str, refs: &[(usize, &'static str)]) -> Option<usize> {
+    let ours: Vec<(usize, &str)> = refs
+        .iter()
+        .filter(|(_, r)| r.starts_with("tower-sessions"))
+        .copied()
+        .collect();
+    if let [(only, _)] = ours.as_slice() {
+        return Some(*only);
+    }
+    let name = name.to_lowercase();
+    ours.iter()
+        .find(|(_, r)| r.rsplit(' ').next().is_some_and(|w| name.contains(w)))
+        .map(|(j, _)| *j)
 }

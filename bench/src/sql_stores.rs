@@ -53,7 +53,7 @@ macro_rules! raw_work {
 raw_work!(sqlx::MySql);
 raw_work!(sqlx::Sqlite);
 
-fn mysql_pool(url: &str) -> Result<sqlx::MySqlPool, BoxErr> {
+pub(crate) fn mysql_pool(url: &str) -> Result<sqlx::MySqlPool, BoxErr> {
     Ok(sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(16)
         .test_before_acquire(false)
@@ -64,14 +64,14 @@ fn mysql_pool(url: &str) -> Result<sqlx::MySqlPool, BoxErr> {
 pub struct SqliteFile(std::path::PathBuf);
 
 impl SqliteFile {
-    fn new(base: &str) -> Self {
+    pub(crate) fn new(base: &str) -> Self {
         SqliteFile(std::env::temp_dir().join(format!("{}.db", unique(base))))
     }
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("sqlite://{}?mode=rwc", self.0.display())
     }
     /// The pool raw sqlx and tower-sessions get: WAL, busy timeout, 4 connections.
-    fn pool(&self) -> Result<sqlx::SqlitePool, BoxErr> {
+    pub(crate) fn pool(&self) -> Result<sqlx::SqlitePool, BoxErr> {
         let options = SqliteConnectOptions::from_str(&self.url())?
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(5));
@@ -79,7 +79,7 @@ impl SqliteFile {
             .max_connections(4)
             .connect_lazy_with(options))
     }
-    fn coatcheck(&self) -> Result<coatcheck_sqlite::SqliteStore, BoxErr> {
+    pub(crate) fn coatcheck(&self) -> Result<coatcheck_sqlite::SqliteStore, BoxErr> {
         Ok(coatcheck_sqlite::SqliteStore::builder().connect_lazy(&self.url())?)
     }
 }
