@@ -288,9 +288,14 @@ fn is_secure<B>(config: &SessionConfig, req: &Request<B>) -> bool {
     }
 }
 
-fn to_cookie_time(t: Timestamp) -> Option<cookie::time::OffsetDateTime> {
-    cookie::time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_millis()) * 1_000_000)
-        .ok()
+/// The cookie's `Expires` date (IMF-fixdate, whole seconds). httpdate writes it directly;
+/// the cookie crate's own rendering goes through `time`'s general formatter, about half a
+/// microsecond per write request (BENCHMARKS.md, the write path accounted). Both spell the
+/// same bytes (test `expires_is_spelled_as_the_cookie_crate_spells_it`).
+fn http_date(t: Timestamp) -> String {
+    let at = std::time::UNIX_EPOCH
+        + std::time::Duration::from_millis(u64::try_from(t.as_millis()).unwrap_or(0));
+    httpdate::fmt_http_date(at)
 }
 
 /// `Set-Cookie` for `action`; `signed` is the request's own cookie value when it can be
@@ -302,6 +307,7 @@ fn set_cookie_header(
     signed: Option<&(SessionId, String)>,
 ) -> Option<HeaderValue> {
     let c = &shared.config;
+    let mut expires_at = None;
     let mut builder = match action {
         CookieAction::None => return None,
         CookieAction::Set { id, expires } => {
@@ -309,11 +315,8 @@ fn set_cookie_header(
                 Some((same, value)) if same == id => value.clone(),
                 _ => shared.keys.sign_cookie_value(id),
             };
-            let b = cookie::Cookie::build((c.name.clone(), value));
-            match expires.and_then(to_cookie_time) {
-                Some(t) => b.expires(t),
-                None => b,
-            }
+            expires_at = *expires;
+            cookie::Cookie::build((c.name.clone(), value))
         }
         CookieAction::Clear => cookie::Cookie::build((c.name.clone(), ""))
             .max_age(cookie::time::Duration::ZERO)
@@ -334,7 +337,14 @@ fn set_cookie_header(
     if let Some(d) = &c.domain {
         builder = builder.domain(d.clone());
     }
-    HeaderValue::from_str(&builder.build().to_string()).ok()
+    let mut header = builder.build().to_string();
+    // `Expires` is the last attribute the cookie crate writes: appended here, the header
+    // is byte for byte what it would have written.
+    if let Some(t) = expires_at {
+        header.push_str("; Expires=");
+        header.push_str(&http_date(t));
+    }
+    HeaderValue::from_str(&header).ok()
 }
 
 /// The answer when the session could not be read or written: the status, `no-store`, for a
@@ -542,5 +552,25 @@ mod tests {
         }
         // Most ids give a signature with `+` or `/` in it, so every variant was tried.
         assert!(other_spellings > 6000, "{other_spellings}");
+    }
+
+    /// The `Expires` written with httpdate is what the cookie crate writes through `time`:
+    /// seconds from 1970 to 9999, every weekday and month, sub-second parts dropped.
+    #[test]
+    fn expires_is_spelled_as_the_cookie_crate_spells_it() {
+        let mut secs: i64 = 0;
+        while secs < 253_402_300_799 {
+            for extra_ms in [0, 1, 999] {
+                let t = Timestamp::from_millis(secs * 1000 + extra_ms);
+                let at = cookie::time::OffsetDateTime::from_unix_timestamp(secs).unwrap();
+                let theirs = cookie::Cookie::build(("sid", "v")).expires(at).build();
+                assert_eq!(
+                    format!("sid=v; Expires={}", http_date(t)),
+                    theirs.to_string(),
+                    "{secs}"
+                );
+            }
+            secs += 86_400 * 17 + 3_723; // every weekday, every month, hours and minutes
+        }
     }
 }
