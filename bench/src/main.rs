@@ -1,7 +1,7 @@
 //! coatcheck-bench: coatcheck against the raw drivers and tower-sessions, in one run.
 //!
 //! ```text
-//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,scale,metrics] [--charts DIR]
+//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,scale,live,metrics] [--charts DIR]
 //! ```
 //!
 //! Backends come from `REDIS_URL`, `VALKEY_URL`, `DATABASE_URL`, `MONGODB_URL`, `MYSQL_URL`
@@ -21,6 +21,7 @@ mod profile;
 mod replicas;
 mod report;
 mod scale;
+mod scale_live;
 mod sql_stores;
 mod store_level;
 
@@ -77,8 +78,9 @@ pub struct Settings {
     pub reps: usize,
     pub sessions: usize,
     pub backends: Vec<String>,
-    /// `codec`, `store`, `http`, `rt` (round trips), `replicas`, `metrics`: the parts to run
-    /// (default all).
+    /// `codec`, `store`, `http`, `rt` (round trips), `replicas`, `scale` (how cost grows
+    /// with the work), `live` (load + save as the store fills up), `metrics`: the parts to
+    /// run (default all).
     pub parts: Vec<String>,
     /// Where to write the SVG charts (`--charts DIR`); none: no charts.
     pub charts: Option<std::path::PathBuf>,
@@ -108,6 +110,7 @@ impl Settings {
             "rt".into(),
             "replicas".into(),
             "scale".into(),
+            "live".into(),
             "metrics".into(),
         ];
         let mut charts = None;
@@ -128,7 +131,7 @@ impl Settings {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,scale,metrics] [--charts DIR]"
+                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,scale,live,metrics] [--charts DIR]"
                     );
                     std::process::exit(0);
                 }
@@ -315,6 +318,9 @@ async fn main() -> Result<(), BoxErr> {
     }
     if part("scale") {
         scale::run(&s).await?;
+    }
+    if part("live") {
+        scale::live(&s).await?;
     }
     if let Some(dir) = &s.charts {
         let written = charts::write(dir)?;

@@ -1,6 +1,7 @@
 //! How cost grows with the work (`--part scale`): one user's sessions (list, log out
 //! everywhere) at 1 to 1,000 sessions, `delete_expired` over 10^4 to 10^6 expired rows with
-//! live traffic beside it, and bytes per session next to tower-sessions' for the same data.
+//! live traffic beside it, bytes per session next to tower-sessions' for the same data, and
+//! load + save as the store fills up to 10^6 live sessions (`scale_live`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,50 +10,66 @@ use std::time::{Duration, Instant};
 use coatcheck_core::{Record, SessionId, SessionStore, Timestamp};
 
 use crate::count::{self, Wire};
+use crate::scale_live::{copy_rows, Fill};
 use crate::sql_stores::{mysql_pool, SqliteFile};
 use crate::store_level::{fred_pool, lean_pg_pool, sample_data, unique, Coatcheck, Tower};
 use crate::{BoxErr, Rng, Settings, Work};
 
 /// One store under test, and what its fixture holds (a file, a table to drop).
-struct Subject {
-    name: &'static str,
-    store: Arc<dyn SessionStore>,
+pub(crate) struct Subject {
+    pub(crate) name: &'static str,
+    pub(crate) store: Arc<dyn SessionStore>,
     wire: Wire,
+    /// How the fixture adds many sessions at once.
+    pub(crate) fill: Fill,
     /// The SQLite file, removed when dropped.
     _file: Option<SqliteFile>,
 }
 
 async fn subjects(s: &Settings) -> Result<Vec<Subject>, BoxErr> {
     let mut out = Vec::new();
-    let subject = |name, store: Arc<dyn SessionStore>, wire| Subject {
+    let subject = |name, store: Arc<dyn SessionStore>, wire, fill| Subject {
         name,
         store,
         wire,
+        fill,
         _file: None,
     };
     if s.wants("memory") {
         let store = coatcheck_memory::MemoryStore::new();
-        out.push(subject("memory", Arc::new(store), Wire::None));
+        out.push(subject("memory", Arc::new(store), Wire::None, Fill::Create));
     }
     for (name, url) in [("redis", &s.redis_url), ("valkey", &s.valkey_url)] {
         if let (true, Some(url)) = (s.wants(name), url) {
+            let prefix = format!("{}:", unique("benchscale"));
             let store = coatcheck_redis::RedisStore::builder()
-                .prefix(format!("{}:", unique("benchscale")))
+                .prefix(prefix.clone())
                 .connect(url)
                 .await?;
+            let fill = Fill::Redis {
+                url: url.clone(),
+                prefix,
+            };
             out.push(subject(
                 name,
                 Arc::new(store),
                 Wire::Redis(url.clone(), None),
+                fill,
             ));
         }
     }
     if let (true, Some(url)) = (s.wants("postgres"), &s.database_url) {
+        let table = unique("benchscale");
         let store = coatcheck_postgres::PostgresStore::builder()
-            .table(unique("benchscale"))
+            .table(table.clone())
             .build(lean_pg_pool(url, 16).await?)?;
         store.migrate().await?;
-        out.push(subject("postgres", Arc::new(store), Wire::Sqlx));
+        let fill = Fill::Sql {
+            sql: Sql::Postgres(store.pool().clone()),
+            kind: "postgres",
+            table,
+        };
+        out.push(subject("postgres", Arc::new(store), Wire::Sqlx, fill));
     }
     if let (true, Some(url)) = (s.wants("mongo"), &s.mongodb_url) {
         let client = count::counted_mongo_client(url).await?;
@@ -60,23 +77,37 @@ async fn subjects(s: &Settings) -> Result<Vec<Subject>, BoxErr> {
             .collection(unique("benchscale"))
             .build_with_indexes()
             .await?;
-        out.push(subject("mongo", Arc::new(store), Wire::Mongo));
+        out.push(subject("mongo", Arc::new(store), Wire::Mongo, Fill::Create));
     }
     if let (true, Some(url)) = (s.wants("mysql"), &s.mysql_url) {
+        let table = unique("benchscale");
         let store = coatcheck_mysql::MySqlStore::builder()
-            .table(unique("benchscale"))
+            .table(table.clone())
             .build(mysql_pool(url)?)?;
         store.migrate().await?;
-        out.push(subject("mysql", Arc::new(store), Wire::Sqlx));
+        let fill = Fill::Sql {
+            sql: Sql::Mysql(store.pool().clone()),
+            kind: "mysql",
+            table,
+        };
+        out.push(subject("mysql", Arc::new(store), Wire::Sqlx, fill));
     }
     if s.wants("sqlite") {
-        let file = SqliteFile::new("benchscale");
-        let store = file.coatcheck()?;
+        let (file, table) = (SqliteFile::new("benchscale"), unique("benchscale"));
+        let store = coatcheck_sqlite::SqliteStore::builder()
+            .table(table.clone())
+            .connect_lazy(&file.url())?;
         store.migrate().await?;
+        let fill = Fill::Sql {
+            sql: Sql::Sqlite(store.pool().clone()),
+            kind: "sqlite",
+            table,
+        };
         out.push(Subject {
             name: "sqlite",
             store: Arc::new(store),
             wire: Wire::Sqlx,
+            fill,
             _file: Some(file),
         });
     }
@@ -91,7 +122,12 @@ pub async fn run(s: &Settings) -> Result<(), BoxErr> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// Load + save as the store fills up (`--part live`), on fresh subjects.
+pub async fn live(s: &Settings) -> Result<(), BoxErr> {
+    crate::scale_live::live_growth(s, subjects(s).await?).await
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -207,25 +243,7 @@ async fn user_sessions(s: &Settings) -> Result<(), BoxErr> {
 /// existing row expired, then copies of them under new ids.
 fn expired_fill(kind: &str, table: &str, copies: usize) -> [String; 2] {
     let expire = format!("UPDATE {table} SET expires_at = created_at");
-    let cols = "version, data, created_at, expires_at";
-    let copy = match kind {
-        "postgres" => format!(
-            "INSERT INTO {table} (id, {cols}) SELECT t.id || '-' || n.i, t.version, t.data, \
-             t.created_at, t.expires_at FROM {table} t CROSS JOIN generate_series(1, {copies}) \
-             AS n(i)"
-        ),
-        "mysql" => format!(
-            "INSERT INTO {table} (id, {cols}) WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL \
-             SELECT i + 1 FROM n WHERE i < {copies}) SELECT CONCAT(t.id, '-', n.i), t.version, \
-             t.data, t.created_at, t.expires_at FROM {table} t CROSS JOIN n"
-        ),
-        _ => format!(
-            "INSERT INTO {table} (id, {cols}) WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL \
-             SELECT i + 1 FROM n WHERE i < {copies}) SELECT t.id || '-' || n.i, t.version, \
-             t.data, t.created_at, t.expires_at FROM {table} t CROSS JOIN n"
-        ),
-    };
-    [expire, copy]
+    [expire, copy_rows(kind, table, 1, copies)]
 }
 
 /// Live traffic (one load + one save on 1,000 live sessions, concurrency 16) until `stop`
@@ -254,14 +272,14 @@ async fn live_until(work: Arc<Coatcheck>, stop: Arc<AtomicBool>) -> Result<Vec<u
 }
 
 /// A pool to run the fixture's own SQL on.
-enum Sql {
+pub(crate) enum Sql {
     Postgres(sqlx::PgPool),
     Mysql(sqlx::MySqlPool),
     Sqlite(sqlx::SqlitePool),
 }
 
 impl Sql {
-    async fn run(&self, statement: &str) -> Result<(), sqlx::Error> {
+    pub(crate) async fn run(&self, statement: &str) -> Result<(), sqlx::Error> {
         match self {
             Sql::Postgres(p) => sqlx::raw_sql(statement).execute(p).await.map(drop),
             Sql::Mysql(p) => sqlx::raw_sql(statement).execute(p).await.map(drop),
@@ -270,9 +288,10 @@ impl Sql {
     }
 }
 
-fn p99(sorted: &[u32]) -> u32 {
+/// The `q` quantile (0 to 1) of sorted latencies.
+pub(crate) fn percentile(sorted: &[u32], q: f64) -> u32 {
     sorted
-        .get((sorted.len().saturating_sub(1) as f64 * 0.99) as usize)
+        .get((sorted.len().saturating_sub(1) as f64 * q) as usize)
         .copied()
         .unwrap_or(0)
 }
@@ -368,7 +387,7 @@ async fn cleanup(s: &Settings) -> Result<(), BoxErr> {
             if removed != n as u64 {
                 return Err(format!("{kind}: delete_expired removed {removed} of {n}").into());
             }
-            let (a, d) = (p99(&alone), p99(&during));
+            let (a, d) = (percentile(&alone, 0.99), percentile(&during, 0.99));
             crate::charts::point("growth-cleanup", CLEANUP, kind, n as f64, took);
             println!(
                 "| {kind} | {n} | {took:.2} | {:.0} | {a} | {d} | {:.2} | {} |",
