@@ -73,4 +73,11 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// one connection of their own).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4;
 /// Rows removed per `DELETE` statement by [`SessionStore::delete_expired`].
-pub const DEFAULT_CLEANUP_BATCH: u32 = 1_000;
+///
+/// SQLite has one writer: a live save waits for the batch in progress, and each batch is
+/// a commit (an `fsync`). Measured by the benchmark (`--part scale`, 10^4 to 10^6 expired
+/// rows beside live traffic at concurrency 16): batches of 1,000 removed about 170k rows/s
+/// and let the live traffic's p99 reach 2× its p99 without cleanup; batches of 250 remove
+/// about 50k rows/s (10^6 rows in about 20 s) and keep it within 1.2–1.5×; 100 gain
+/// little p99 more for less than half the speed.
+pub const DEFAULT_CLEANUP_BATCH: u32 = 250;
