@@ -237,7 +237,10 @@ mod tests {
     fn statements_quote_names() {
         let s = Statements::new(Layout::Native, "app", "Sess", Durability::Full);
         assert!(s.load.contains("FROM \"app\".\"Sess\" WHERE"));
-        assert!(s.migrate.contains("\"Sess_expires_at_idx\""));
+        assert!(s.migrate.contains("\"Sess_expires_bucket_idx\""));
+        assert!(s
+            .migrate
+            .contains("DROP INDEX IF EXISTS \"app\".\"Sess_expires_at_idx\""));
         assert!(s.migrate.contains("nspname = 'app'"));
         assert!(!s.save.contains("synchronous_commit"));
     }
