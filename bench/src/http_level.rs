@@ -201,7 +201,7 @@ pub(crate) async fn mixed_pair(
 
 pub async fn run(s: &Settings) -> Result<(), BoxErr> {
     println!("## Middleware level: POST /incr (a session counter), in-process\n");
-    let clients = if s.quick { 100 } else { 1000 };
+    let clients = s.clients;
     let bare = Router::new().route("/incr", post(|| async { "1" }));
     let mut contenders = vec![Contender::new(
         "bare handler (no sessions)",

@@ -1,7 +1,7 @@
 //! coatcheck-bench: coatcheck against the raw drivers and tower-sessions, in one run.
 //!
 //! ```text
-//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,scale,live,metrics] [--charts DIR]
+//! cargo run -p coatcheck-bench --release -- [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,scale,live,metrics] [--charts DIR] [--clients N]
 //! ```
 //!
 //! Backends come from `REDIS_URL`, `VALKEY_URL`, `DATABASE_URL`, `MONGODB_URL`, `MYSQL_URL`
@@ -84,6 +84,9 @@ pub struct Settings {
     pub parts: Vec<String>,
     /// Where to write the SVG charts (`--charts DIR`); none: no charts.
     pub charts: Option<std::path::PathBuf>,
+    /// The middleware sections' clients, each with its own session (`--clients N`; default
+    /// 1,000, 100 with `--quick`). Fewer clients, more requests racing on one session.
+    pub clients: usize,
     pub redis_url: Option<String>,
     pub valkey_url: Option<String>,
     pub database_url: Option<String>,
@@ -114,6 +117,7 @@ impl Settings {
             "metrics".into(),
         ];
         let mut charts = None;
+        let mut clients = None;
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -121,6 +125,13 @@ impl Settings {
                 "--backend" => {
                     let v = args.next().ok_or("--backend needs a value")?;
                     backends = v.split(',').map(|s| s.trim().to_owned()).collect();
+                }
+                "--clients" => {
+                    let v = args.next().ok_or("--clients needs a number")?;
+                    clients = Some(
+                        v.parse()
+                            .map_err(|_| format!("--clients {v}: not a number"))?,
+                    );
                 }
                 "--charts" => {
                     charts = Some(args.next().ok_or("--charts needs a directory")?.into());
@@ -131,7 +142,7 @@ impl Settings {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,scale,live,metrics] [--charts DIR]"
+                        "coatcheck-bench [--quick] [--backend memory,redis,valkey,postgres,mongo,mysql,sqlite] [--part codec,store,http,rt,replicas,scale,live,metrics] [--charts DIR] [--clients N]"
                     );
                     std::process::exit(0);
                 }
@@ -151,6 +162,7 @@ impl Settings {
             backends,
             parts,
             charts,
+            clients: clients.unwrap_or(if quick { 100 } else { 1000 }),
             redis_url: env("REDIS_URL"),
             valkey_url: env("VALKEY_URL"),
             database_url: env("DATABASE_URL"),
