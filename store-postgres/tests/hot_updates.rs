@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use coatcheck_conformance::{harness, Backend};
 use coatcheck_core::{Record, SessionId, SessionStore, Timestamp};
 use coatcheck_postgres::PostgresStore;
-use common::{scoped_with, url, SchemaGuard};
+use common::{empty_data_hex, scoped_with, unmigrated_store};
 use sqlx::Executor as _;
 
 macro_rules! require_pg {
@@ -83,24 +83,10 @@ async fn rolling_saves_are_hot_updates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_moves_an_indexed_expiry_table_to_the_bucket() {
     require_pg!();
-    let url = url().await;
-    let schema = harness::unique_name("bucketmig");
-    let _guard = SchemaGuard {
-        url: url.clone(),
-        schema: schema.clone(),
-    };
-    let store = PostgresStore::builder()
-        .schema(&schema)
-        .table("sessions")
-        .connect_lazy(&url)
-        .expect("config");
-    let now = Timestamp::now();
-    let data = coatcheck_core::Codec::encode(&coatcheck_core::NativeCodec, &Default::default())
-        .expect("encode")
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
-    let s = now.as_millis() / 1000;
+    let (store, guard) = unmigrated_store("bucketmig").await;
+    let schema = &guard.schema;
+    let data = empty_data_hex();
+    let s = Timestamp::now().as_millis() / 1000;
     sqlx::raw_sql(&format!(
         "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".sessions (id text COLLATE \"C\" \
          PRIMARY KEY, version bigint NOT NULL, data bytea NOT NULL, user_id text COLLATE \"C\", \
@@ -120,7 +106,7 @@ async fn migrate_moves_an_indexed_expiry_table_to_the_bucket() {
     store.migrate().await.expect("migrate again");
     let indexes: Vec<String> =
         sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE schemaname = $1")
-            .bind(&schema)
+            .bind(schema)
             .fetch_all(store.pool())
             .await
             .expect("indexes");

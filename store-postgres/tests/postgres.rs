@@ -10,7 +10,7 @@ use std::time::Duration;
 use coatcheck_conformance::{harness, Backend};
 use coatcheck_core::{ManualClock, Record, SessionId, SessionStore, StoreError, Timestamp};
 use coatcheck_postgres::{BuildError, PostgresStore};
-use common::{scoped_store, scoped_with, url, SchemaGuard};
+use common::{empty_data_hex, scoped_store, scoped_with, unmigrated_store, url, SchemaGuard};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::Executor as _;
@@ -633,17 +633,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_adds_device_columns_to_a_table_of_the_earlier_layout() {
     require_pg!();
-    let url = url().await;
-    let schema = harness::unique_name("devmig");
-    let _guard = SchemaGuard {
-        url: url.clone(),
-        schema: schema.clone(),
-    };
-    let store = PostgresStore::builder()
-        .schema(&schema)
-        .table("sessions")
-        .connect_lazy(&url)
-        .expect("config");
+    let (store, guard) = unmigrated_store("devmig").await;
+    let schema = &guard.schema;
     let now = Timestamp::now();
     sqlx::raw_sql(&format!(
         "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".sessions (id text COLLATE \"C\" \
@@ -652,11 +643,7 @@ async fn migrate_adds_device_columns_to_a_table_of_the_earlier_layout() {
          INSERT INTO \"{schema}\".sessions VALUES ('{id}', 1, '\\x{data}', 'ada', \
          to_timestamp({c}), to_timestamp({e}))",
         id = "old-layout-session-id-0123456789",
-        data = coatcheck_core::Codec::encode(&coatcheck_core::NativeCodec, &Default::default())
-            .expect("encode")
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>(),
+        data = empty_data_hex(),
         c = now.as_millis() / 1000,
         e = now.as_millis() / 1000 + 3600,
     ))

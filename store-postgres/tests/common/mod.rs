@@ -49,6 +49,28 @@ pub async fn unreachable_store() -> PostgresStore {
         .expect("valid config")
 }
 
+/// A store on a schema of its own (table `sessions`) that `migrate` has not run on, for a
+/// test that first builds a table of an earlier layout there; the guard drops the schema.
+pub async fn unmigrated_store(prefix: &str) -> (PostgresStore, SchemaGuard) {
+    let url = url().await;
+    let schema = harness::unique_name(prefix);
+    let store = PostgresStore::builder()
+        .schema(&schema)
+        .table("sessions")
+        .connect_lazy(&url)
+        .expect("config");
+    (store, SchemaGuard { url, schema })
+}
+
+/// An empty session's `data` as the native codec writes it, in hex (for `'\x…'` literals).
+pub fn empty_data_hex() -> String {
+    coatcheck_core::Codec::encode(&coatcheck_core::NativeCodec, &Default::default())
+        .expect("encode")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Drops its schema (CASCADE) when dropped, even while a failing test unwinds.
 #[derive(Debug)]
 pub struct SchemaGuard {
