@@ -291,11 +291,14 @@ fn is_secure<B>(config: &SessionConfig, req: &Request<B>) -> bool {
 /// The cookie's `Expires` date (IMF-fixdate, whole seconds). httpdate writes it directly;
 /// the cookie crate's own rendering goes through `time`'s general formatter, about half a
 /// microsecond per write request (BENCHMARKS.md, the write path accounted). Both spell the
-/// same bytes (test `expires_is_spelled_as_the_cookie_crate_spells_it`).
+/// same bytes (test `expires_is_spelled_as_the_cookie_crate_spells_it`). httpdate panics
+/// past the year 9999, so a later expiry (an application's `set_expiry` far ahead, a huge
+/// timeout) is written as the last second of 9999, and one before 1970 as the epoch.
 fn http_date(t: Timestamp) -> String {
-    let at = std::time::UNIX_EPOCH
-        + std::time::Duration::from_millis(u64::try_from(t.as_millis()).unwrap_or(0));
-    httpdate::fmt_http_date(at)
+    /// 9999-12-31T23:59:59Z, the last second httpdate writes.
+    const LAST: u64 = 253_402_300_799;
+    let secs = u64::try_from(t.as_millis() / 1000).unwrap_or(0).min(LAST);
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 /// `Set-Cookie` for `action`; `signed` is the request's own cookie value when it can be
@@ -571,6 +574,24 @@ mod tests {
                 );
             }
             secs += 86_400 * 17 + 3_723; // every weekday, every month, hours and minutes
+        }
+    }
+
+    /// An expiry past what httpdate can write (it panics after 9999) or before 1970 is
+    /// clamped, never a panic in the middleware.
+    #[test]
+    fn expires_out_of_range_is_clamped() {
+        for ms in [253_402_300_800_000, i64::MAX] {
+            assert_eq!(
+                http_date(Timestamp::from_millis(ms)),
+                "Fri, 31 Dec 9999 23:59:59 GMT"
+            );
+        }
+        for ms in [-1, i64::MIN] {
+            assert_eq!(
+                http_date(Timestamp::from_millis(ms)),
+                "Thu, 01 Jan 1970 00:00:00 GMT"
+            );
         }
     }
 }
