@@ -249,8 +249,24 @@ async fn cross_site_requests_are_refused_before_the_token() {
         }
         req
     };
-    let cases: [(&[(&str, &str)], StatusCode); 8] = [
+    let cases: [(&[(&str, &str)], StatusCode); 10] = [
         (&[("sec-fetch-site", "cross-site")], StatusCode::FORBIDDEN),
+        // A trusted origin as every current browser sends it (with Fetch Metadata): served.
+        // Refused before (403 CrossSite: the trusted list came after Fetch Metadata).
+        (
+            &[
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "https://app.example.com"),
+            ],
+            StatusCode::OK,
+        ),
+        (
+            &[
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "https://evil.example"),
+            ],
+            StatusCode::FORBIDDEN,
+        ),
         (&[("sec-fetch-site", "same-origin")], StatusCode::OK),
         (&[("sec-fetch-site", "same-site")], StatusCode::OK),
         (&[("origin", "https://evil.example")], StatusCode::FORBIDDEN),

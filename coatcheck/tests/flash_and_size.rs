@@ -82,6 +82,26 @@ async fn put_login(
     Ok("ok")
 }
 
+async fn regenerate(session: Session) -> Result<&'static str, SessionError> {
+    session.regenerate().await?;
+    Ok("ok")
+}
+
+async fn new_password(session: Session) -> Result<&'static str, SessionError> {
+    // The lookup answers "v1" for everyone: the re-stamp is that, under a new id.
+    session.credentials_changed("v1").await?;
+    Ok("ok")
+}
+
+async fn token(session: Session) -> Result<String, SessionError> {
+    session.csrf_token().await
+}
+
+async fn logout(session: Session) -> Result<&'static str, SessionError> {
+    session.destroy().await?;
+    Ok("bye")
+}
+
 async fn reg_len(session: Session) -> Result<String, SessionError> {
     Ok(session
         .get::<String>("reg")
@@ -110,6 +130,9 @@ fn strict_app(store: Arc<dyn SessionStore>, limit: Option<usize>) -> Router {
         .remember_me(Duration::from_secs(86_400), None)
         .touch_after(Duration::ZERO)
         .max_sessions_per_user(2, LimitPolicy::EvictLeastRecentlySeen)
+        .credential_check(|_user: String| async {
+            Ok::<_, std::convert::Infallible>(Some(b"v1".to_vec()))
+        })
         .build()
         .expect("config");
     routes(layer)
@@ -125,10 +148,25 @@ fn routes(layer: SessionLayer) -> Router {
         .route("/grow/{len}", post(grow))
         .route("/put_login/{len}/{user}", post(put_login))
         .route("/reg", get(reg_len))
+        .route("/regenerate", post(regenerate))
+        .route("/password", post(new_password))
+        .route("/token", get(token))
+        .route("/logout", post(logout))
+        .merge(
+            Router::new()
+                .route("/form", post(put_form))
+                .route_layer(coatcheck::CsrfLayer::new()),
+        )
         .with_state(St {
             barrier: Arc::new(Barrier::new(2)),
         })
         .layer(layer)
+}
+
+/// Behind `CsrfLayer`: shrinks the register to one byte.
+async fn put_form(session: Session) -> Result<&'static str, SessionError> {
+    session.insert("reg", "s").await?;
+    Ok("ok")
 }
 
 fn memory_app(limit: Option<usize>) -> Router {
@@ -263,4 +301,50 @@ async fn an_oversized_login_that_may_evict_deletes_nothing() {
         "100",
         "the session is still there"
     );
+}
+
+/// A session already over the limit (stored before the limit existed) signs in, rotates,
+/// re-stamps its credentials, gets a CSRF token whose form is served, and signs out: none
+/// of these grows the application's data, and the session's own keys (the CSRF secret, the
+/// credential stamp) do not count. Before: the login, `regenerate` and
+/// `credentials_changed` answered 500 "session data too large", and so did `csrf_token` —
+/// every form, sign-out included, then 403 until the session expired.
+#[tokio::test]
+async fn a_session_over_the_limit_signs_in_rotates_gets_a_token_and_signs_out() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let open = strict_app(store.clone(), None);
+    let limited = strict_app(store, Some(1000));
+    let mut jar = Jar::default();
+    assert_eq!(jar.send(&open, "/put/5000").await.0, StatusCode::OK);
+    let (status, token) = jar.get(&limited, "/token").await;
+    assert_eq!(status, StatusCode::OK, "a CSRF token: {token}");
+    for step in ["/login/ada", "/regenerate", "/password"] {
+        let before = jar.cookie.clone();
+        let (status, body) = jar.send(&limited, step).await;
+        assert_eq!(status, StatusCode::OK, "{step}: {body}");
+        assert_ne!(jar.cookie, before, "{step} rotates the id");
+        assert_eq!(
+            jar.get(&limited, "/reg").await.1,
+            "5000",
+            "{step} keeps the data"
+        );
+    }
+    // The token of the new id, in a form: served, and the session shrinks.
+    let (status, token) = jar.get(&limited, "/token").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = jar
+        .call(
+            &limited,
+            http::Request::post("/form").header(coatcheck::csrf::CSRF_HEADER, token),
+            axum::body::Body::empty(),
+        )
+        .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(jar.get(&limited, "/reg").await.1, "1");
+    assert_eq!(
+        jar.send(&limited, "/put/5000").await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(jar.send(&limited, "/logout").await.0, StatusCode::OK);
+    assert!(jar.cookie.is_none(), "signed out");
 }

@@ -177,7 +177,7 @@ impl Session {
         {
             Ok(removed) => {
                 if own {
-                    self.forget_local();
+                    self.end_here();
                 }
                 if let (true, Some(h)) = (removed, DeviceHandle::parse(handle)) {
                     self.emit(SessionEvent::Revoked {

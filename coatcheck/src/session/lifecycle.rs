@@ -202,6 +202,9 @@ impl Session {
 
     async fn rotate(&self, user: Option<String>) -> Result<(), SessionError> {
         self.ensure_loaded().await?;
+        // A stale tab's or a second submit's login of a session that already moved on must
+        // not sign the browser in afresh over the cookie it holds (or is receiving).
+        self.refuse_if_moved_on()?;
         if let (Some(key), Some(u)) = (self.principal_key(), &user) {
             // Express mode: logging in writes the principal's key (Node's own integer id
             // is kept when it names the same user).
@@ -302,12 +305,13 @@ impl Session {
             } else {
                 self.create_new(next, limited).await?
             };
+            // The old id is retired by a compare-and-set that replaces it with a
+            // rotation's mark (see `coatcheck_core::keys::ROTATED_KEY`): a request still
+            // carrying it then knows the session moved on, not that it was revoked.
             let outcome = shared
-                .bounded(
-                    "delete_version",
-                    shared.store.delete_version(&old_id, view.version),
-                )
-                .await;
+                .bounded("save", shared.store.save(&self.rotation_mark(&view, now)))
+                .await
+                .map(drop);
             let outcome = match (outcome, evict_first) {
                 (Ok(()), true) => Ok(self.create_new(next, true).await?),
                 (Ok(()), false) => Ok(next),
@@ -345,13 +349,20 @@ impl Session {
                     }
                     backoff(attempt).await;
                     match shared.bounded("load", shared.store.load(&old_id)).await {
+                        // Rotated by another request first (a double-submitted sign-in
+                        // form): that one's cookie is the browser's.
+                        Ok(Some(fresh)) if coatcheck_core::keys::is_rotation_mark(&fresh.data) => {
+                            return self.ended(true)
+                        }
                         Ok(Some(mut fresh)) => {
+                            // What is stored now is the size the rotation may keep.
+                            self.state().baseline_size = self.app_size(&fresh.data);
                             if let Err(e) = self.replay(&ops, user_change.as_ref(), &mut fresh) {
                                 return self.fail(e);
                             }
                             view = fresh;
                         }
-                        Ok(None) => return self.ended(),
+                        Ok(None) => return self.ended(false),
                         Err(e) => return self.fail(e),
                     }
                 }
@@ -359,7 +370,7 @@ impl Session {
                     self.emit(SessionEvent::ConflictsExhausted { attempts: max + 1 });
                     return self.fail(SessionError::TooManyConflicts(max + 1));
                 }
-                StoreError::NotFound => return self.ended(),
+                StoreError::NotFound => return self.ended(false),
                 e => return self.fail(e),
             }
         }
@@ -408,12 +419,44 @@ impl Session {
         st.id_changed = true;
     }
 
-    /// Another request ended the session while this one ran: it stays ended, nothing of
-    /// this request is written, the cookie is cleared.
-    pub(super) fn ended<T>(&self) -> Result<T, SessionError> {
-        tracing::debug!("session was ended by another request");
+    /// Another request rotated (`rotated`) or revoked the session while this one ran: it
+    /// stays so, nothing of this request is written, and no cookie goes out (the browser
+    /// may already hold a newer one). [`SessionError::Ended`], also if the handler
+    /// swallows it.
+    pub(super) fn ended<T>(&self, rotated: bool) -> Result<T, SessionError> {
+        self.ended_meanwhile(rotated);
+        self.fail(SessionError::Ended)
+    }
+
+    /// Records that another request ended the session while this one ran.
+    pub(super) fn ended_meanwhile(&self, rotated: bool) {
+        tracing::debug!(rotated, "session was ended by another request");
         self.forget_local();
-        Err(SessionError::Ended)
+        self.state().ended_in_flight = Some(rotated);
+    }
+
+    /// What a rotation leaves under the id it retires: `view`'s id and version (the
+    /// compare-and-set), the mark's key holding the instant, no user, no device, nothing
+    /// of the session's data, and a short life.
+    fn rotation_mark(&self, view: &Record, now: coatcheck_core::Timestamp) -> Record {
+        let mut mark = Record::new(
+            view.id.clone(),
+            view.created_at,
+            now + super::ROTATION_MARK_TTL,
+        );
+        mark.version = view.version;
+        mark.last_seen = now;
+        mark.data.insert(
+            coatcheck_core::keys::ROTATED_KEY.to_owned(),
+            Value::from(now.as_millis()),
+        );
+        mark
+    }
+
+    /// This request ends its session: forgotten here, the cookie cleared.
+    pub(super) fn end_here(&self) {
+        self.forget_local();
+        self.state().destroyed = true;
     }
 
     /// Deletes the session now and clears the cookie. Writing afterwards starts a new one.
@@ -423,33 +466,72 @@ impl Session {
 
     /// [`Session::destroy`], telling whether a stored session was removed.
     async fn destroy_counted(&self) -> Result<bool, SessionError> {
-        let (id, user, handle) = {
+        self.ensure_loaded().await?;
+        // The cookie names a rotated id: signing out of it would clear the browser's new
+        // cookie and leave the session it names signed in. The user sees a 409 and signs
+        // out from the page they have now.
+        self.refuse_if_moved_on()?;
+        let stored = {
             let st = self.state();
-            let r = st.record.as_ref();
-            (
-                r.map(|r| r.id.clone()).or(st.cookie_id.clone()),
-                r.and_then(|r| r.user_id.clone()),
-                r.and_then(|r| r.device.as_ref().map(|d| d.handle.clone())),
-            )
+            st.record.clone().filter(|_| st.persisted)
         };
-        let mut removed = false;
-        if let Some(id) = id {
-            removed = match self
-                .inner
-                .shared
-                .bounded("delete", self.inner.shared.store.delete(&id))
-                .await
-            {
-                Ok(removed) => removed,
+        let Some(mut record) = stored else {
+            // Nothing stored under the cookie (gone when the request began, or created by
+            // this request and not written yet): nothing to delete, the cookie is cleared.
+            self.end_here();
+            return Ok(false);
+        };
+        let shared = &self.inner.shared;
+        // Compare-and-delete at the version this request saw: a `regenerate` or a login
+        // on another tab may have rotated the session meanwhile, and deleting its mark
+        // would announce a destroyed device that is live and clear the browser's new
+        // cookie (found by the history checker). A plain write meanwhile does not save the
+        // session from its logout: the delete is retried at the newer version.
+        let max = shared.config.max_save_retries;
+        let mut attempt = 0u32;
+        loop {
+            let outcome = shared
+                .bounded(
+                    "delete_version",
+                    shared.store.delete_version(&record.id, record.version),
+                )
+                .await;
+            match outcome {
+                Ok(()) => break,
+                Err(StoreError::NotFound) => {
+                    // Ended by another request meanwhile: nothing of it to remove, and
+                    // its cookie is left to the request that ended it.
+                    self.ended_meanwhile(false);
+                    return Ok(false);
+                }
+                Err(StoreError::Conflict) if attempt < max => {
+                    attempt += 1;
+                    match shared.bounded("load", shared.store.load(&record.id)).await {
+                        Ok(Some(fresh)) if coatcheck_core::keys::is_rotation_mark(&fresh.data) => {
+                            return self.ended(true)
+                        }
+                        Ok(Some(fresh)) => record = fresh,
+                        Ok(None) => {
+                            self.ended_meanwhile(false);
+                            return Ok(false);
+                        }
+                        Err(e) => return self.fail(e),
+                    }
+                }
+                Err(StoreError::Conflict) => {
+                    self.emit(SessionEvent::ConflictsExhausted { attempts: max + 1 });
+                    return self.fail(SessionError::TooManyConflicts(max + 1));
+                }
                 Err(e) => return self.fail(e),
-            };
-            tracing::debug!(session = %id.short_hash(), "session destroyed");
-            if removed {
-                self.emit(SessionEvent::Destroyed { user, handle });
             }
         }
-        self.forget_local();
-        Ok(removed)
+        tracing::debug!(session = %record.id.short_hash(), "session destroyed");
+        self.emit(SessionEvent::Destroyed {
+            user: record.user_id,
+            handle: record.device.map(|d| d.handle),
+        });
+        self.end_here();
+        Ok(true)
     }
 
     pub(super) fn forget_local(&self) {
@@ -461,7 +543,6 @@ impl Session {
         st.ops.clear();
         st.user_change = None;
         st.expiry_at = None;
-        st.destroyed = true;
         st.pending_login = None;
     }
 
@@ -480,7 +561,7 @@ impl Session {
                 .await
             {
                 Ok(n) => {
-                    self.forget_local();
+                    self.end_here();
                     self.emit(SessionEvent::Revoked {
                         user,
                         scope: RevokeScope::Everywhere,

@@ -34,6 +34,12 @@ pub(crate) fn is_remembered(data: &Data) -> bool {
     data.get(REMEMBER_ME_KEY) == Some(&Value::Bool(true))
 }
 
+/// How long a rotation's mark (`coatcheck_core::keys::ROTATED_KEY`) says "rotated, not
+/// revoked" under the id it retired: long enough for the requests a browser had in flight
+/// with the old cookie when it received the new one, short enough that a browser which
+/// never received it (the response was lost) soon gets a fresh session.
+pub(crate) const ROTATION_MARK_TTL: Duration = Duration::from_secs(60);
+
 /// The furthest [`Session::set_expiry`] goes: 100 years.
 const MAX_EXPIRY: Duration = Duration::from_secs(100 * 365 * 86_400);
 
@@ -106,8 +112,24 @@ struct State {
     /// "Remember me" changed in this request: the cookie must be sent (with or without
     /// `Expires`).
     remember_changed: bool,
-    /// The session was destroyed: clear the cookie unless a new one is written.
+    /// This request ended the session (destroy, logout everywhere, its own device revoked,
+    /// a stale credential found at load), or found the cookie's id gone when it began:
+    /// clear the cookie unless a new one is written.
     destroyed: bool,
+    /// The cookie named an id that a rotation retired (`coatcheck_core::keys::ROTATED_KEY`)
+    /// before this request loaded it: the browser holds, or is about to receive, the new
+    /// cookie. Read as no session; never cleared, never replaced.
+    moved_on: bool,
+    /// Another request ended this request's session while it ran: it was rotated away
+    /// (`Some(true)`) or revoked (`Some(false)`). Nothing more is written and no cookie
+    /// goes out: the browser may already hold a newer one.
+    ended_in_flight: Option<bool>,
+    /// The size of the application's data as loaded: a session already over
+    /// `max_data_bytes` may be written as long as it does not grow past this.
+    baseline_size: usize,
+    /// The stored expiry as loaded (an early commit re-sends the cookie at the touch
+    /// cadence only).
+    loaded_expires: Option<Timestamp>,
     /// A store operation failed: write nothing, set no cookie.
     failed: bool,
     /// The first failure.
@@ -288,7 +310,27 @@ impl Session {
                         .absolute_deadline(r.created_at)
                         .is_none_or(|deadline| deadline > now)
                 });
-                if record.is_none() && id.is_some() {
+                // A rotation's mark: the session moved on to an id this request does not
+                // have. No session here, and the cookie is left alone.
+                // A mark older than its time (a blind touch in flight stretched the
+                // record) reads as a session gone, like any other id no longer live.
+                let (record, mark) = match record {
+                    Some(r) if coatcheck_core::keys::is_rotation_mark(&r.data) => (None, Some(r)),
+                    other => (other, None),
+                };
+                let moved_on = mark.as_ref().is_some_and(|m| {
+                    coatcheck_core::keys::rotated_at(&m.data)
+                        .is_some_and(|at| at + crate::session::ROTATION_MARK_TTL > now)
+                });
+                if let Some(mark) = mark.filter(|_| moved_on) {
+                    self.rewrite_mark(mark).await;
+                }
+                if moved_on {
+                    self.state().moved_on = true;
+                    tracing::debug!(
+                        "the cookie names a rotated session; the browser has the new one"
+                    );
+                } else if record.is_none() && id.is_some() {
                     self.emit(SessionEvent::NotFoundOnRead);
                 }
                 let mut record = match record {
@@ -305,6 +347,8 @@ impl Session {
                 let mut st = self.state();
                 st.rewrite = rewrite;
                 st.persisted = record.is_some();
+                st.baseline_size = record.as_ref().map_or(0, |r| self.app_size(&r.data));
+                st.loaded_expires = record.as_ref().map(|r| r.expires_at);
                 st.record = record;
                 Ok::<(), SessionError>(())
             })
@@ -312,6 +356,24 @@ impl Session {
         match res {
             Ok(()) => Ok(()),
             Err(e) => self.fail(e),
+        }
+    }
+
+    /// A live rotation's mark read under an older data key is written again under the
+    /// current one (as a session in use is), so that retiring the old key never turns a
+    /// cookie the browser may still send into a decode error. Best effort: the mark only
+    /// says "rotated"; a failure leaves it as it was.
+    async fn rewrite_mark(&self, mut mark: Record) {
+        if mark
+            .data
+            .shift_remove(coatcheck_core::REWRITE_KEY)
+            .is_none()
+        {
+            return;
+        }
+        let shared = &self.inner.shared;
+        if let Err(e) = shared.bounded("save", shared.store.save(&mark)).await {
+            tracing::debug!(error = %e, "a rotation's mark was not rewritten");
         }
     }
 
@@ -328,11 +390,43 @@ impl Session {
                 return Ok(Some(record));
             }
         }
-        let removed = shared
-            .bounded("delete", shared.store.delete(&record.id))
-            .await?;
+        // Compare-and-delete: a login or `regenerate` on another tab may have rotated the
+        // session since this request loaded it, and deleting its mark would clear the
+        // browser's new cookie. Another write that moved the version meanwhile does not
+        // save the stale session: it goes anyway.
+        let removed = match shared
+            .bounded(
+                "delete_version",
+                shared.store.delete_version(&record.id, record.version),
+            )
+            .await
+        {
+            Ok(()) => true,
+            Err(coatcheck_core::StoreError::NotFound) => false,
+            Err(coatcheck_core::StoreError::Conflict) => {
+                let now = shared
+                    .bounded("load", shared.store.load(&record.id))
+                    .await?;
+                if now
+                    .as_ref()
+                    .is_some_and(|r| coatcheck_core::keys::is_rotation_mark(&r.data))
+                {
+                    self.state().moved_on = true;
+                    return Ok(None);
+                }
+                shared
+                    .bounded("delete", shared.store.delete(&record.id))
+                    .await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         tracing::debug!(session = %record.id.short_hash(), "credentials changed: session ended");
-        self.state().destroyed = true;
+        // The cookie is cleared by the request that ended the session, not by one that
+        // found it already gone: the browser may hold a new cookie by now (a login after
+        // the password change, on another tab).
+        if removed {
+            self.state().destroyed = true;
+        }
         // Once per session: only the request whose delete removed it tells (two requests
         // that found the same stale stamp used to send two events).
         if removed {
@@ -372,6 +466,7 @@ impl Session {
     /// settings.
     async fn change_unchecked(&self, op: Op) -> Result<(), SessionError> {
         self.ensure_loaded().await?;
+        self.refuse_if_moved_on()?;
         let mut st = self.state();
         let record = match st.record.as_mut() {
             Some(r) => r,
@@ -390,6 +485,21 @@ impl Session {
             }
         }
         st.ops.push(op);
+        Ok(())
+    }
+
+    /// A request whose cookie names a rotated session, or whose session another request
+    /// ended while it ran, writes nothing: a new session created here would replace the
+    /// browser's newer cookie. [`SessionError::Ended`] (`409`, no `Set-Cookie`), also when
+    /// the handler swallows it.
+    fn refuse_if_moved_on(&self) -> Result<(), SessionError> {
+        let refused = {
+            let st = self.state();
+            st.moved_on || st.ended_in_flight.is_some()
+        };
+        if refused {
+            return self.fail(SessionError::Ended);
+        }
         Ok(())
     }
 
@@ -568,6 +678,7 @@ impl Session {
     /// [`Session::destroy`].
     pub async fn set_expiry(&self, expires_at: Timestamp) -> Result<(), SessionError> {
         self.ensure_loaded().await?;
+        self.refuse_if_moved_on()?;
         let mut st = self.state();
         let r = match st.record.as_mut() {
             Some(r) => r,
@@ -654,6 +765,7 @@ mod csrf;
 mod devices;
 mod flash;
 mod lifecycle;
+mod outcome;
 mod write;
 
 pub use flash::{Flash, FlashLevel, MAX_PENDING_FLASHES};

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use coatcheck_core::{Record, StoreError};
 
+use super::outcome::{End, Outcome};
 use super::{CookieAction, Session};
 use crate::events::{RevokeScope, SessionEvent};
 use crate::SessionError;
@@ -24,6 +25,7 @@ impl Session {
             // request writes nothing, so nothing can be committed either.
             return Err(StoreError::backend(EarlierFailure).into());
         }
+        self.refuse_if_moved_on()?;
         let Some(record) = record else {
             return Ok(());
         };
@@ -43,61 +45,80 @@ impl Session {
                 st.expiry_at = None;
                 Ok(())
             }
-            None => Err(SessionError::Ended),
+            // Another request rotated or revoked it meanwhile: the change is not kept.
+            None => self.fail(SessionError::Ended),
         }
     }
 
-    /// Writes what changed, once the handler has returned. Called by the layer.
+    /// Writes what changed, once the handler has returned, and says what the response
+    /// does with the cookie. Called by the layer (any framework's: nothing here knows one).
     pub(crate) async fn finish(&self) -> Result<CookieAction, SessionError> {
+        self.settle().await?.respond()
+    }
+
+    /// The end of the request as an [`Outcome`]: every write it still owes, done.
+    async fn settle(&self) -> Result<Outcome, SessionError> {
         let shared = &self.inner.shared;
         let now = self.now();
-        let (record, persisted, dirty, explicit, id_changed, resign, destroyed, failed, due) = {
+        let end = {
             let mut st = self.state();
-            (
+            End {
                 // The request is over: take the record rather than copy it.
-                st.record.take(),
-                st.persisted,
-                !st.ops.is_empty()
+                record: st.record.take(),
+                persisted: st.persisted,
+                dirty: !st.ops.is_empty()
                     || st.user_change.is_some()
                     || st.expiry_at.is_some()
                     || st.rewrite,
-                st.expiry_at,
+                explicit: st.expiry_at,
                 // A new id, or a cookie that changes between persistent and not.
-                st.id_changed || st.remember_changed,
-                st.resign,
-                st.destroyed,
-                st.failed,
-                st.cookie_due,
-            )
+                id_changed: st.id_changed || st.remember_changed,
+                resign: st.resign,
+                destroyed: st.destroyed,
+                failed: st.failed,
+                due: st.cookie_due,
+                moved_on: st.moved_on,
+                in_flight: st.ended_in_flight,
+                loaded_expires: st.loaded_expires,
+            }
         };
-        if failed {
-            return Ok(CookieAction::None);
+        if end.failed {
+            return Ok(Outcome::Failed);
         }
-        // The cookie of a session follows its own policy ("remember me" or not).
-        let set = |r: &Record| CookieAction::Set {
-            id: r.id.clone(),
-            expires: shared
-                .config
-                .policy_for(&r.data)
-                .cookie_expires(r.expires_at),
-        };
+        if let Some(rotated) = end.in_flight {
+            // What ended it was already answered to the handler (`Ended`).
+            return Ok(Outcome::Superseded {
+                rotated,
+                lost: false,
+            });
+        }
         let loaded = self.inner.loaded.initialized();
-        let Some(record) = record else {
-            if destroyed {
-                return Ok(CookieAction::Clear);
+        let Some(record) = end.record else {
+            if end.destroyed {
+                return Ok(Outcome::EndedHere);
+            }
+            if end.moved_on {
+                return Ok(Outcome::Superseded {
+                    rotated: true,
+                    lost: false,
+                });
             }
             if loaded && shared.config.save_uninitialized {
                 let record = self.new_record();
                 let created = self.create_new(record, false).await?;
                 self.emit(SessionEvent::Created);
-                return Ok(set(&created));
+                return Ok(Outcome::Created(self.cookie_of(&created)));
             }
-            return Ok(CookieAction::None);
+            return Ok(Outcome::Untouched);
         };
-        if !persisted {
-            let created = self.create_first(record, explicit, false).await?;
+        if !end.persisted {
+            let created = self.create_first(record, end.explicit, false).await?;
             self.announce_login(&created);
-            return Ok(set(&created));
+            return Ok(if end.id_changed {
+                Outcome::RotatedTo(self.cookie_of(&created))
+            } else {
+                Outcome::Created(self.cookie_of(&created))
+            });
         }
         // A persistent cookie's `Expires` follows the session's expiry whenever a write
         // moves it, so the browser never drops a cookie whose session is live and in use
@@ -105,45 +126,42 @@ impl Session {
         // until the browser dropped it), and `set_expiry` reaches the browser.
         let policy = shared.config.policy_for(&record.data);
         let resend = Resend {
-            id_changed,
-            resign,
+            id_changed: end.id_changed,
+            resign: end.resign,
             persistent_cookie: !policy.browser_session,
         };
-        if dirty {
+        if end.dirty {
             let before = record.expires_at;
             return Ok(match self.save_with_retries(record).await? {
-                None => CookieAction::Clear,
+                None => self.superseded(true),
                 Some(saved) => {
-                    let moved = saved.expires_at != before || explicit.is_some() || due;
-                    if resend.when(moved) {
-                        set(&saved)
-                    } else {
-                        CookieAction::None
-                    }
+                    let moved = saved.expires_at != before || end.explicit.is_some() || end.due;
+                    self.written(saved, resend.when(moved))
                 }
             });
         }
         if let Some(next) = policy.touch_due(record.created_at, record.expires_at, now) {
-            if shared.config.remember_me.is_some() {
-                // Two expiry policies: this request's view of "remember me" may be stale (a
-                // tab unticked it meanwhile), and a touch writes blindly: it put the long
-                // expiry back (a review found it). A compare-and-set save decides it on the
-                // stored state instead; a conflict reloads it.
+            // A touch whose answer re-sends the cookie must know the id is still this
+            // session's and not a rotation's mark (a blind touch finds the mark live, and
+            // the old id's cookie would replace the browser's new one): a compare-and-set
+            // save decides it. So does a touch with two expiry policies: this request's
+            // view of "remember me" may be stale (a tab unticked it meanwhile), and a touch
+            // writes blindly: it put the long expiry back (a review found it).
+            if resend.when(true) || shared.config.remember_me.is_some() {
                 return Ok(match self.save_with_retries(record).await? {
-                    None => CookieAction::Clear,
+                    None => self.superseded(false),
                     Some(saved) => {
                         // The saved record's policy counts too: "remember me" may have
                         // changed under this request.
                         let persistent = !shared.config.policy_for(&saved.data).browser_session;
-                        if (Resend {
+                        let send = Resend {
                             persistent_cookie: resend.persistent_cookie || persistent,
                             ..resend
-                        })
-                        .when(true)
-                        {
-                            set(&saved)
-                        } else {
-                            CookieAction::None
+                        }
+                        .when(true);
+                        Outcome::Read {
+                            cookie: self.cookie_of(&saved),
+                            resend: send,
                         }
                     }
                 });
@@ -152,24 +170,74 @@ impl Session {
                 .bounded("touch", shared.store.touch(&record.id, next))
                 .await
             {
-                Ok(true) => Ok(if resend.when(true) {
-                    CookieAction::Set {
-                        id: record.id,
-                        expires: policy.cookie_expires(next),
-                    }
-                } else {
-                    CookieAction::None
+                // No cookie goes out (see above): the touch only moves the expiry.
+                Ok(true) => Ok(Outcome::Read {
+                    cookie: self.cookie_of(&record),
+                    resend: false,
                 }),
-                // Revoked or expired in the meantime: it stays gone.
-                Ok(false) => Ok(CookieAction::Clear),
+                // Revoked, expired or rotated in the meantime: it stays gone, and the
+                // cookie is left to the request that ended it.
+                Ok(false) => Ok(self.superseded(false)),
                 Err(e) => self.fail(e),
             };
         }
-        Ok(if resend.when(due) {
-            set(&record)
-        } else {
-            CookieAction::None
+        // Nothing to write now. An early commit (`update`, a first CSRF token, a taken
+        // flash) moved the expiry before the handler went on: the cookie follows it, at
+        // the touch cadence, and only for an id still live now (a login on another tab may
+        // have rotated it since: its cookie must not be replaced by the dead one's).
+        let cadence = end
+            .loaded_expires
+            .is_some_and(|at| policy.touch_due(record.created_at, at, now).is_some());
+        if end.id_changed {
+            // This request's own rotation, stored: the browser gets the new id.
+            return Ok(Outcome::RotatedTo(self.cookie_of(&record)));
+        }
+        if resend.when(end.due && cadence) {
+            return match shared.bounded("load", shared.store.load(&record.id)).await {
+                Ok(Some(live)) if !coatcheck_core::keys::is_rotation_mark(&live.data) => {
+                    Ok(Outcome::Read {
+                        cookie: self.cookie_of(&live),
+                        resend: true,
+                    })
+                }
+                Ok(_) => Ok(self.superseded(false)),
+                Err(e) => self.fail(e),
+            };
+        }
+        Ok(Outcome::Read {
+            cookie: self.cookie_of(&record),
+            resend: false,
         })
+    }
+
+    /// The cookie `record`'s session gets: its id, and `Expires` as its own policy says
+    /// ("remember me" or not).
+    fn cookie_of(&self, record: &Record) -> CookieAction {
+        CookieAction::Set {
+            id: record.id.clone(),
+            expires: self
+                .inner
+                .shared
+                .config
+                .policy_for(&record.data)
+                .cookie_expires(record.expires_at),
+        }
+    }
+
+    /// Written at the end of the request under the cookie's own id (or a new one this
+    /// request rotated to).
+    fn written(&self, saved: Record, send: bool) -> Outcome {
+        Outcome::Written {
+            cookie: self.cookie_of(&saved),
+            resend: send,
+        }
+    }
+
+    /// Another request rotated or revoked the session while this one ran (`lost`: this
+    /// request had changes that are not kept).
+    fn superseded(&self, lost: bool) -> Outcome {
+        let rotated = self.state().ended_in_flight.unwrap_or(false);
+        Outcome::Superseded { rotated, lost }
     }
 
     /// Stores a session this request created: its expiry set by the policy (or the explicit
@@ -280,19 +348,7 @@ impl Session {
             record.last_seen = now;
             // Checked on every attempt: a replay onto a fresher copy may grow the data.
             if let Err(e) = self.check_size(&record) {
-                // Over the limit: refused only if it is larger than what is stored now. A
-                // session that was already over it (the limit was lowered, or it predates
-                // the limit) keeps working, and may shrink, instead of failing every
-                // request (a review found plain reads failing on such sessions: their
-                // touch is a save too). One more load, on this rare path only.
-                let stored = match shared.bounded("load", shared.store.load(&record.id)).await {
-                    Ok(stored) => stored.map_or(0, |r| json_size(&r.data)),
-                    Err(load) => return self.fail(load),
-                };
-                match e {
-                    SessionError::DataTooLarge { size, .. } if size <= stored => {}
-                    e => return self.fail(e),
-                }
+                return self.fail(e);
             }
             match shared.bounded("save", shared.store.save(&record)).await {
                 Ok(version) => {
@@ -304,7 +360,7 @@ impl Session {
                 }
                 Err(StoreError::NotFound) => {
                     tracing::debug!(session = %record.id.short_hash(), "session was revoked; not saved");
-                    self.forget_local();
+                    self.ended_meanwhile(false);
                     return Ok(None);
                 }
                 Err(StoreError::Conflict) if attempt < max => {
@@ -314,13 +370,20 @@ impl Session {
                     }
                     backoff(attempt).await;
                     let fresh = match shared.bounded("load", shared.store.load(&record.id)).await {
+                        Ok(Some(fresh)) if coatcheck_core::keys::is_rotation_mark(&fresh.data) => {
+                            tracing::debug!(session = %record.id.short_hash(), "session was rotated by another request; not saved");
+                            self.ended_meanwhile(true);
+                            return Ok(None);
+                        }
                         Ok(Some(fresh)) => fresh,
                         Ok(None) => {
-                            self.forget_local();
+                            self.ended_meanwhile(false);
                             return Ok(None);
                         }
                         Err(e) => return self.fail(e),
                     };
+                    // What is stored now is the size a replay may keep.
+                    self.state().baseline_size = self.app_size(&fresh.data);
                     let mut next = fresh;
                     if let Err(e) = self.replay(&ops, user_change.as_ref(), &mut next) {
                         return self.fail(e);
@@ -339,20 +402,26 @@ impl Session {
 }
 
 impl Session {
-    /// Refuses a record whose data is over [`max_data_bytes`](crate::SessionConfig::max_data_bytes)
-    /// (and reports the size to the metrics).
+    /// Refuses a record whose application data is over
+    /// [`max_data_bytes`](crate::SessionConfig::max_data_bytes) and larger than it was
+    /// (and reports the size to the metrics). The session's own keys (CSRF secret, flash
+    /// queue, credential stamp, remember-me) do not count, and a session already over the
+    /// limit (the limit was lowered, or it predates the limit) keeps working — read,
+    /// shrunk, rotated, signed out, given a CSRF token — as long as it does not grow
+    /// (a review found such sessions refused a login, and locked out of every form).
     pub(super) fn check_size(&self, record: &Record) -> Result<(), SessionError> {
         let limit = self.inner.shared.config.max_data_bytes;
         let metrics = self.inner.shared.metrics;
         if limit.is_none() && !metrics {
             return Ok(());
         }
-        let size = json_size(&record.data);
+        let size = self.app_size(&record.data);
         if metrics {
             crate::metrics::data_size(size);
         }
+        let baseline = self.state().baseline_size;
         match limit {
-            Some(limit) if size > limit => {
+            Some(limit) if size > limit && size > baseline => {
                 tracing::warn!(size, limit, "session data over the limit; nothing written");
                 Err(SessionError::DataTooLarge { size, limit })
             }
@@ -361,8 +430,25 @@ impl Session {
     }
 }
 
-/// The length of `data`'s JSON encoding, counted without building it.
-fn json_size(data: &coatcheck_core::Data) -> usize {
+impl Session {
+    /// The size of the application's part of `data` (see [`app_data_size`]).
+    pub(super) fn app_size(&self, data: &coatcheck_core::Data) -> usize {
+        app_data_size(data, self.principal_key())
+    }
+}
+
+/// The length of the JSON encoding of `data`'s application keys, counted without building
+/// it: the session's own keys (`coatcheck_core::keys::RESERVED_KEYS`) and the principal's
+/// key of express-compatible mode (which `login` writes) are left out.
+pub(crate) fn app_data_size(data: &coatcheck_core::Data, principal: Option<&str>) -> usize {
+    struct AppData<'a>(&'a coatcheck_core::Data, Option<&'a str>);
+    impl serde::Serialize for AppData<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().filter(|(k, _)| {
+                !coatcheck_core::keys::is_reserved(k) && Some(k.as_str()) != self.1
+            }))
+        }
+    }
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -375,7 +461,7 @@ fn json_size(data: &coatcheck_core::Data) -> usize {
     }
     let mut count = Count(0);
     // A JSON value always serializes; a failure would only undercount.
-    let _ = serde_json::to_writer(&mut count, data);
+    let _ = serde_json::to_writer(&mut count, &AppData(data, principal));
     count.0
 }
 

@@ -74,3 +74,13 @@ pub async fn send(app: &Router, method: &str, uri: &str, cookie: Option<&str>) -
 pub fn set_pair(reply: &Reply) -> Option<&str> {
     reply.set_cookie().and_then(|c| c.split(';').next())
 }
+
+/// The session id a `sid=value` cookie names, verified with `secret`.
+pub fn id_of(cookie: &str, secret: &str) -> coatcheck::SessionId {
+    let value = cookie.split_once('=').map_or("", |(_, v)| v);
+    coatcheck::KeyRing::new([secret])
+        .expect("long secret")
+        .verify_cookie_value(value)
+        .expect("a cookie signed with the secret")
+        .id
+}

@@ -177,6 +177,9 @@ async fn incr(State(st): State<AppState>, session: Session) -> Answer {
     let n = session
         .update("n", |n: Option<u64>| n.unwrap_or(0) + 1)
         .await?;
+    // The handler goes on after its commit (rendering a page): a login on another tab
+    // may rotate the session before this answer leaves.
+    st.pause().await;
     Ok(Json(Seen {
         lineage: Some(lineage),
         n: Some(n),
@@ -356,6 +359,19 @@ async fn big(State(st): State<AppState>, Query(arg): Query<Arg>, session: Sessio
     }))
 }
 
+/// Behind a layer without a size limit: stores a session over it, as one stored before
+/// the limit existed (the application's data alone is 66,000 bytes, past the 64 KiB
+/// default). Every later request goes through the limited layer.
+async fn legacy(State(st): State<AppState>, session: Session) -> Answer {
+    let lineage = ensure_lineage(&st, &session).await?;
+    st.pause().await;
+    session.insert("legacy", "l".repeat(66_000)).await?;
+    Ok(Json(Seen {
+        lineage: Some(lineage),
+        ..Seen::default()
+    }))
+}
+
 async fn expiry(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
@@ -378,30 +394,37 @@ pub fn app(
     idle: Duration,
     features: &Features,
 ) -> Router {
-    let keys = KeyRing::new([SECRET]).expect("long secret");
     let limited = store.capabilities().session_limit;
-    let (lookup_users, log) = (features.users.clone(), features.events.clone());
-    let mut builder = SessionLayer::builder_shared(store, keys)
-        .idle_timeout(idle)
-        // Every read that moves the expiry touches: the touch path races everything else.
-        .touch_after(Duration::ZERO)
-        .store_timeout(Some(features.store_timeout))
-        .transport(Transport::bearer().and_cookie())
-        .on_event(move |e| log.lock().unwrap_or_else(|p| p.into_inner()).push(e))
-        .credential_check(move |user: String| {
-            let fp = fingerprint(&lookup_users, &user);
-            async move { Ok::<_, std::convert::Infallible>(Some(fp.into_bytes())) }
-        });
-    if features.remember_policy {
-        builder = builder.remember_me(REMEMBER_IDLE, None);
-    }
-    if let (Some((max, policy)), true) = (features.limit, limited) {
-        builder = builder.max_sessions_per_user(max, policy);
-    }
-    if express {
-        builder = builder.express_compatible();
-    }
-    let layer = builder.build().expect("valid config");
+    let layer = |max_data_bytes| {
+        let keys = KeyRing::new([SECRET]).expect("long secret");
+        let (lookup_users, log) = (features.users.clone(), features.events.clone());
+        let mut builder = SessionLayer::builder_shared(store.clone(), keys)
+            .idle_timeout(idle)
+            // Every read that moves the expiry touches: the touch path races everything else.
+            .touch_after(Duration::ZERO)
+            .store_timeout(Some(features.store_timeout))
+            .transport(Transport::bearer().and_cookie())
+            .on_event(move |e| log.lock().unwrap_or_else(|p| p.into_inner()).push(e))
+            .credential_check(move |user: String| {
+                let fp = fingerprint(&lookup_users, &user);
+                async move { Ok::<_, std::convert::Infallible>(Some(fp.into_bytes())) }
+            });
+        if features.remember_policy {
+            builder = builder.remember_me(REMEMBER_IDLE, None);
+        }
+        if let (Some((max, policy)), true) = (features.limit, limited) {
+            builder = builder.max_sessions_per_user(max, policy);
+        }
+        if express {
+            builder = builder.express_compatible();
+        }
+        builder
+            .max_data_bytes(max_data_bytes)
+            .build()
+            .expect("valid config")
+    };
+    let unlimited = layer(None);
+    let layer = layer(Some(coatcheck::DEFAULT_MAX_DATA_BYTES));
     let state = AppState {
         next_lineage: features.next_lineage.clone(),
         rng: Arc::new(Mutex::new(rng)),
@@ -431,6 +454,8 @@ pub fn app(
         .route("/take_flash", post(take_flash))
         .route("/csrf", get(csrf))
         .route("/big", post(big))
+        // Its own layer inside the application's: the outer one's session stays unused.
+        .route("/legacy", post(legacy).layer(unlimited))
         .merge(forms)
         .with_state(state)
         .layer(layer)

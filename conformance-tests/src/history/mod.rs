@@ -421,14 +421,17 @@ where
                     .or_insert((seed, started.elapsed().as_secs_f64(), 0))
                     .2 += 1;
             }
-            if !anomalies.is_empty() && first_report.is_empty() {
-                first_report = check::report(label, seed, &events, &fault_log, &anomalies);
+            if !anomalies.is_empty() {
+                let report = check::report(label, seed, &events, &fault_log, &anomalies);
+                keep_report(label, seed, &report);
+                if first_report.is_empty() {
+                    first_report = report;
+                }
             }
         } else if !anomalies.is_empty() {
-            panic!(
-                "{}",
-                check::report(label, seed, &events, &fault_log, &anomalies)
-            );
+            let report = check::report(label, seed, &events, &fault_log, &anomalies);
+            let path = keep_report(label, seed, &report);
+            panic!("{report}\n(this report is also in {path})");
         }
     }
     if survey {
@@ -456,6 +459,32 @@ where
         anomalies: found.iter().map(|(k, f)| (*k, f.2)).collect(),
         first_report,
     }
+}
+
+/// Writes an anomaly report to `<target dir>/history-reports/<label>-<seed>.txt` and
+/// prints its path, so no output filter can lose it; returns the path (or why not).
+fn keep_report(label: &str, seed: u64, report: &str) -> String {
+    // The test binary runs from `<target>/<profile>/deps/`.
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.parent()?.to_path_buf())
+        })
+        .unwrap_or_else(std::env::temp_dir)
+        .join("history-reports");
+    let name: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let path = dir.join(format!("{name}-{seed}.txt"));
+    let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, report));
+    let shown = match written {
+        Ok(()) => path.display().to_string(),
+        Err(e) => format!("(not written: {e})"),
+    };
+    eprintln!("history checker: {label}: seed {seed}: anomaly report in {shown}");
+    shown
 }
 
 /// One test that runs the history checker against a store: the store author's one line.

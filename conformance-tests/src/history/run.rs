@@ -75,6 +75,9 @@ pub enum Op {
     Form,
     /// Writes the register and a value past the session size limit: must store nothing.
     Big,
+    /// Writes a value past the size limit through a layer without one: a session stored
+    /// before the limit existed, which must go on working (and may only shrink).
+    Legacy,
 }
 
 impl Op {
@@ -98,6 +101,7 @@ impl Op {
             Op::Csrf => "/csrf",
             Op::Form => "/form",
             Op::Big => "/big",
+            Op::Legacy => "/legacy",
         }
     }
 
@@ -121,6 +125,7 @@ impl Op {
             (Op::Csrf, 4),
             (Op::Form, 7),
             (Op::Big, 1),
+            (Op::Legacy, 1),
         ];
         let total: u32 = table.iter().map(|(_, w)| w).sum();
         let mut x = rng.gen_range(0..total);
@@ -321,6 +326,42 @@ pub async fn run(
                     // A form is posted from a page: a tab without a token loads one first.
                     let page = op == Op::Form && !arg.ends_with(" none");
                     let load_page = page && csrf.is_none() && client(device) != Client::Api;
+                    // A double click on "Sign in": the same form submitted twice at once,
+                    // with the same cookie, each answer applied to the jar as it arrives.
+                    let double = op == Op::Login && rng.gen_bool(0.3);
+                    if double {
+                        let second = rng.gen_range(0..apps.len());
+                        let mut no_token = None;
+                        let (a, b) = tokio::join!(
+                            request(
+                                &apps[instance],
+                                &keys,
+                                &jar,
+                                &mut csrf,
+                                start,
+                                (device, tab),
+                                op,
+                                arg.clone(),
+                            ),
+                            request(
+                                &apps[second],
+                                &keys,
+                                &jar,
+                                &mut no_token,
+                                start,
+                                (device, tab),
+                                op,
+                                arg,
+                            )
+                        );
+                        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                        log.push(Event { instance, ..a });
+                        log.push(Event {
+                            instance: second,
+                            ..b
+                        });
+                        continue;
+                    }
                     let steps = load_page
                         .then(|| (Op::Csrf, String::new()))
                         .into_iter()
