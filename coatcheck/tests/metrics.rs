@@ -268,7 +268,7 @@ async fn metrics_count_what_happens_name_no_one_and_never_hold_up_a_request() {
         1
     );
     assert_eq!(counter(&seen, "coatcheck.save.conflicts", &[]), 1);
-    for op in ["load", "create", "save", "delete"] {
+    for op in ["load", "create", "save", "delete_version"] {
         let key = (
             "db.client.operation.duration".to_owned(),
             vec![
