@@ -544,6 +544,9 @@ impl Session {
         st.user_change = None;
         st.expiry_at = None;
         st.pending_login = None;
+        // A session this request creates afterwards starts from nothing: the old one's
+        // size allows it nothing.
+        st.baseline_size = 0;
     }
 
     /// Revokes every session of this session's user, on every device, this one included.

@@ -34,7 +34,9 @@
 //!   credential change is announced twice;
 //! - **lost**: a session nobody ever signed in to (only its own `destroy` or
 //!   `logout_everywhere` can end it), that acknowledged a request and was never the
-//!   subject of an indeterminate one, is live at the end (a server that forgot it lost
+//!   subject of an indeterminate one, nor of a login answered `409` "ended by another
+//!   request" (its rotation may have signed it in before a revocation of the user ended
+//!   the new session), is live at the end (a server that forgot it lost
 //!   acknowledged writes);
 //! - **transport**: a browser (cookie, with or without an `Authorization: Basic` header)
 //!   is answered in the cookie, an API client (Bearer) in `x-session-token`, never the
@@ -307,7 +309,22 @@ pub fn check(events: &[Event], fin: &Final, setup: &Setup<'_>) -> Vec<Anomaly> {
         remember(l, evs, maybe, rec, fin.at, setup.idle, &mut out);
     }
     revoked(events, &by_lineage, &live, &mut out);
-    lost(&by_lineage, &unknown, &live, &mut out);
+    // A login answered `409` "ended by another request" may have signed its session in
+    // first: its rotation took effect, then a revocation of the user (logout everywhere on
+    // another device) ended the new session before the request's own last write.
+    let maybe_signed_in: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| {
+            e.op == Op::Login && e.status == 409 && e.body == "session ended by another request"
+        })
+        .filter_map(|e| {
+            e.sent
+                .as_ref()
+                .and_then(|id| lineage_of_id.get(id))
+                .copied()
+        })
+        .collect();
+    lost(&by_lineage, &unknown, &maybe_signed_in, &live, &mut out);
     credential(events, &by_lineage, &mut out);
     if let Some((max, _)) = setup.limit {
         cap(&live, max, &mut out);

@@ -12,10 +12,14 @@ use crate::history::run::{CookieOut, Event, Op};
 pub(super) fn lost(
     by_lineage: &BTreeMap<&str, Vec<&Event>>,
     unknown: &BTreeMap<&str, Vec<&Event>>,
+    maybe_signed_in: &BTreeSet<&str>,
     live: &HashMap<String, Vec<&Record>>,
     out: &mut Vec<Anomaly>,
 ) {
     for (l, evs) in by_lineage {
+        if maybe_signed_in.contains(l) {
+            continue;
+        }
         let anonymous = evs
             .iter()
             .all(|e| e.op != Op::Login && e.seen.as_ref().is_none_or(|s| s.user.is_none()));
