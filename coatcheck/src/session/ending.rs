@@ -87,12 +87,7 @@ impl Session {
                 .await;
             match outcome {
                 Ok(()) => break,
-                Err(StoreError::NotFound) => {
-                    // Ended by another request meanwhile: nothing of it to remove, and
-                    // its cookie is left to the request that ended it.
-                    self.ended_meanwhile(false);
-                    return Ok(false);
-                }
+                Err(StoreError::NotFound) => return self.destroy_gone(&record).await,
                 Err(StoreError::Conflict) if attempt < max => {
                     attempt += 1;
                     match shared.bounded("load", shared.store.load(&record.id)).await {
@@ -100,10 +95,7 @@ impl Session {
                             return self.ended(true)
                         }
                         Ok(Some(fresh)) => record = fresh,
-                        Ok(None) => {
-                            self.ended_meanwhile(false);
-                            return Ok(false);
-                        }
+                        Ok(None) => return self.destroy_gone(&record).await,
                         Err(e) => return self.fail(e),
                     }
                 }
@@ -121,6 +113,35 @@ impl Session {
         });
         self.end_here();
         Ok(true)
+    }
+
+    /// `destroy` found the session it loaded gone. A logout is never answered on a read
+    /// alone: a plain delete (a revocation, acknowledged by replicas where the store
+    /// waits for them) makes sure. Found by the history checker during a Redis failover
+    /// (`failover_every_write`, base 91000): the compare-and-delete's reload read the
+    /// session as absent, the logout answered 200, and the session was live at the end.
+    async fn destroy_gone(&self, record: &Record) -> Result<bool, SessionError> {
+        let shared = &self.inner.shared;
+        match shared
+            .bounded("delete", shared.store.delete(&record.id))
+            .await
+        {
+            Ok(true) => {
+                tracing::debug!(session = %record.id.short_hash(), "session destroyed");
+                self.emit(SessionEvent::Destroyed {
+                    user: record.user_id.clone(),
+                    handle: record.device.as_ref().map(|d| d.handle.clone()),
+                });
+                self.end_here();
+                Ok(true)
+            }
+            // Ended by another request meanwhile: its cookie is left to that request.
+            Ok(false) => {
+                self.ended_meanwhile(false);
+                Ok(false)
+            }
+            Err(e) => self.fail(e),
+        }
     }
 
     pub(super) fn forget_local(&self) {
