@@ -121,7 +121,9 @@ impl SqliteStoreBuilder {
     }
 
     /// How long an operation waits for a pool connection before it fails with
-    /// [`StoreError::Backend`] ([`DEFAULT_ACQUIRE_TIMEOUT`]). Only for
+    /// [`StoreError::Backend`] ([`DEFAULT_ACQUIRE_TIMEOUT`]); a write waits up to this plus
+    /// the [busy timeout](Self::busy_timeout), since the write queued ahead of it may spend
+    /// that waiting for another process's lock. Only for
     /// [`connect_lazy`](Self::connect_lazy); a pool given to [`build`](Self::build) keeps
     /// its own.
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
@@ -266,9 +268,14 @@ impl SqliteStoreBuilder {
         // One writing connection: the store's writes take turns in the pool's queue (no
         // polling for SQLite's lock); other stores and processes on the file meet it at
         // the busy timeout.
+        // A write queued behind another one may wait for that one's whole busy wait (the
+        // file locked by another process) before its own turn: its acquire timeout covers
+        // that, so it meets the documented busy timeout, not the pool's (a review found
+        // the second of two writes failing with `PoolTimedOut` after 3 s, behind a 4 s
+        // lock, before the 5 s busy timeout).
         let mut writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(self.acquire_timeout);
+            .acquire_timeout(self.acquire_timeout.saturating_add(self.busy_timeout));
         if in_memory {
             // The database lives as long as a connection to it: keep the one open.
             writer = writer.idle_timeout(None).max_lifetime(None);

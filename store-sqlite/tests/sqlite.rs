@@ -352,6 +352,43 @@ async fn a_write_lock_held_past_the_busy_timeout_is_an_error_then_passes() {
         .expect("writes pass again");
 }
 
+/// Two writes queued behind another process's lock held for less than the busy timeout
+/// both succeed: the second waits its turn behind the first's busy wait. Failed before:
+/// the second gave up at the pool's acquire timeout (`PoolTimedOut`), shorter than the
+/// busy timeout the documentation promises.
+#[tokio::test]
+async fn a_write_queued_behind_a_lock_waits_the_busy_timeout_not_the_pool() {
+    let file = fresh_file("queued");
+    let url = url_of(&file);
+    let store = SqliteStore::builder()
+        .acquire_timeout(Duration::from_millis(300))
+        .busy_timeout(Duration::from_millis(1500))
+        .connect_lazy(&url)
+        .expect("config");
+    store.migrate().await.expect("migrate");
+    let mut other = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .expect("lock");
+    let (a, b) = (
+        record_at(Timestamp::now(), HOUR),
+        record_at(Timestamp::now(), HOUR),
+    );
+    let unlock = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut other)
+            .await
+            .expect("unlock");
+    };
+    let (first, second, ()) = tokio::join!(store.create(&a), store.create(&b), unlock);
+    first.expect("the first write, after the lock");
+    second.expect("the second write, queued behind the first");
+}
+
 const CHILD_ENV: &str = "COATCHECK_SQLITE_CHILD_DB";
 const CHILD_CYCLES: i64 = 150;
 const CHILDREN: i64 = 4;

@@ -331,7 +331,7 @@ pub fn check(events: &[Event], fin: &Final, setup: &Setup<'_>) -> Vec<Anomaly> {
     }
     ending_events(setup.delivered, &live, setup.faulted, &mut out);
     let live_ids: BTreeSet<&SessionId> = live.values().flatten().map(|r| &r.id).collect();
-    forms::csrf(events, &live_ids, &mut out);
+    forms::csrf(events, &live_ids, setup.faulted, &mut out);
     forms::flash(events, &live, &mut out);
     forms::unwritten(events, &fin.records, &mut out);
     if user_index {
