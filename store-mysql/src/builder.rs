@@ -17,6 +17,10 @@ use crate::{
     DEFAULT_TABLE, EXPRESS_TABLE,
 };
 
+/// A pooled connection idle this long is pinged before a statement is sent on it (MariaDB's
+/// shortest `wait_timeout` is one second).
+const IDLE_PING: Duration = Duration::from_secs(1);
+
 /// Builder for a [`MySqlStore`]; from [`MySqlStore::builder`].
 ///
 /// ```no_run
@@ -153,6 +157,12 @@ impl MySqlStoreBuilder {
 
     /// A store on an existing pool. No I/O.
     ///
+    /// The pool's settings are yours: keep sqlx's default `test_before_acquire(true)`, or
+    /// test idle connections as [`connect_lazy`](Self::connect_lazy) does, if the server's
+    /// `wait_timeout` may close a pooled connection: a write on a connection the server
+    /// closed fails with an I/O error, which the store does not retry (it cannot tell
+    /// whether the statement ran).
+    ///
     /// The store retries a statement that the server rolled back for a deadlock (1213) or a
     /// lock wait timeout (1205), or whose connection the server had killed (the statement
     /// did not run), and, for read-only statements, one lost to an I/O error: up to
@@ -263,7 +273,20 @@ impl MySqlStoreBuilder {
         let pool = MySqlPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout)
+            // A ping before every statement would double the round trips; a connection
+            // idle for a second or more may have been closed by the server (its
+            // `wait_timeout`; MariaDB sends no error packet then, so a write on it fails
+            // with an I/O error the store cannot safely retry): those are pinged first,
+            // and a dead one is replaced before the statement is sent.
             .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for < IDLE_PING {
+                        return Ok(true);
+                    }
+                    Ok(sqlx::Connection::ping(conn).await.is_ok())
+                })
+            })
             .connect_lazy_with(options);
         self.build(pool)
     }

@@ -14,6 +14,7 @@ use sqlx::Row as _;
 
 mod cleanup;
 mod express;
+mod express_migrate;
 mod limit;
 mod row;
 pub use cleanup::REPORT_QUEUE;
@@ -217,58 +218,6 @@ impl Inner {
             })
             .ok()
     }
-    /// A table express-mysql-session created first lacks coatcheck's additions: each is
-    /// added if missing (another instance adding it meanwhile is fine); a principal column
-    /// reading another key than the configured one is refused, not silently kept.
-    async fn express_additions(&self, x: &ExpressStatements) -> Result<(), MigrateError> {
-        let (db, table) = (self.database.as_deref(), self.table.as_str());
-        if !x.user_path.is_empty() {
-            let expr: Option<Option<String>> = sqlx::query_scalar(&x.user_column)
-                .bind(db)
-                .bind(table)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(MigrateError::Database)?;
-            match expr.flatten() {
-                None => self.add_ignoring_races(&x.add_user).await?,
-                Some(expr) if expr.contains(&x.user_path) => {}
-                Some(expr) => {
-                    return Err(MigrateError::WrongShape {
-                        table: self.qualified_name.clone(),
-                        source: sqlx::Error::Configuration(
-                            format!(
-                                "its coatcheck_user column is `{expr}`, not a read of {}: the \
-                                 principal key changed; drop the column (ALTER TABLE … DROP \
-                                 COLUMN coatcheck_user) and migrate again",
-                                x.user_path
-                            )
-                            .into(),
-                        ),
-                    });
-                }
-            }
-        }
-        let found: i64 = sqlx::query_scalar(&x.expires_index)
-            .bind(db)
-            .bind(table)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(MigrateError::Database)?;
-        if found == 0 {
-            self.add_ignoring_races(&x.add_expires).await?;
-        }
-        Ok(())
-    }
-
-    /// An `ALTER TABLE … ADD`; another instance having added the same meanwhile
-    /// (duplicate column or key name) is success.
-    async fn add_ignoring_races(&self, sql: &str) -> Result<(), MigrateError> {
-        match sqlx::raw_sql(sql).execute(&self.pool).await {
-            Err(e) if matches!(error_number(&e), Some(1060 | 1061)) => Ok(()),
-            other => other.map(drop).map_err(MigrateError::Database),
-        }
-    }
-
     pub(crate) fn now(&self) -> i64 {
         self.clock.now().as_millis()
     }

@@ -416,114 +416,39 @@ async fn cleanup_racing_live_traffic_fails_nothing() {
     }
 }
 
-/// A table express-mysql-session created first (its `schema.sql`, with a session Node
-/// wrote): `migrate()` adds the expiry index and the principal column, concurrent
-/// migrations included, and the existing session is read, listed and revoked by user.
+/// Defect: the first write after the server closed an idle pooled connection failed
+/// (`Backend(Io(…))`: a `wait_timeout` shorter than the pool's idle timeout, no error packet
+/// from MariaDB), because a write lost to an I/O error is not retried (it may have run). A
+/// connection idle for a second or more is now pinged before use and replaced if dead, so the
+/// write is sent on a live one.
 #[tokio::test]
-async fn express_migrate_upgrades_a_table_express_created() {
+async fn the_first_write_after_the_server_closed_an_idle_connection_succeeds() {
     require_mysql!();
     let url = common::url().await;
-    let table = harness::unique_name("cc_ems");
+    let relay = common::Relay::start(&url).await;
+    let table = harness::unique_name("cc_idle");
     let _guard = common::TableGuard {
         url: url.clone(),
         table: table.clone(),
     };
-    let expires = Timestamp::now().as_millis() / 1000 + 3600;
-    common::admin(
-        &url,
-        format!(
-            "CREATE TABLE IF NOT EXISTS `{table}` (\
-               `session_id` varchar(128) COLLATE utf8mb4_bin NOT NULL,\
-               `expires` int(11) unsigned NOT NULL,\
-               `data` mediumtext COLLATE utf8mb4_bin,\
-               PRIMARY KEY (`session_id`)\
-             ) ENGINE=InnoDB;\
-             INSERT INTO `{table}` VALUES ('nodeSid0nodeSid0nodeSid0nodeSid', {expires}, \
-               '{{\"cookie\":{{\"originalMaxAge\":3600000,\"expires\":\"2030-01-01T00:00:00.000Z\",\
-\"httpOnly\":true,\"path\":\"/\"}},\"userId\":\"ada\",\"counter\":3}}')"
-        ),
-    )
-    .expect("express-mysql-session's table");
-    let stores: Vec<MySqlStore> = (0..4)
-        .map(|_| {
-            MySqlStore::builder()
-                .table(&table)
-                .express(ExpressFormat::new())
-                .connect_lazy(&url)
-                .expect("config")
-        })
-        .collect();
-    let migrations = stores.iter().map(|s| s.migrate());
-    for result in futures_util::future::join_all(migrations).await {
-        result.expect("migrate");
-    }
-    let store = &stores[0];
-    let listed = store.list_for_user("ada").await.expect("list");
-    assert_eq!(listed.len(), 1);
-    let id = listed[0].id.clone();
-    let loaded = store.load(&id).await.expect("load").expect("live");
-    assert_eq!(loaded.user_id.as_deref(), Some("ada"));
-    assert_eq!(loaded.data.get("counter"), Some(&json!(3)));
-    assert_eq!(store.delete_for_user("ada", None).await.expect("revoke"), 1);
-    assert!(store.load(&id).await.expect("load").is_none());
-}
-
-/// Express mode's principal column: bytes compared byte for byte (`alice` and `alice ` are
-/// two users, as in the native layout, although a `_bin` text collation would pad them
-/// equal), only a string or an integer is a principal, and a table whose principal column
-/// reads another key than the configured one is refused at `migrate()`.
-#[tokio::test]
-async fn express_principals_match_byte_for_byte_and_a_changed_key_is_refused() {
-    require_mysql!();
-    let scoped = scoped_with(MySqlStore::builder().express(ExpressFormat::new())).await;
-    let store = &scoped.0.store;
-    let table = scoped.0.guard.table.clone();
-    for user in ["alice", "alice ", "42"] {
-        let mut r = record_at(Timestamp::now(), HOUR);
-        r.user_id = Some(user.into());
-        store.create(&r).await.expect("create");
-    }
-    for user in ["alice", "alice ", "42"] {
-        assert_eq!(
-            store.list_for_user(user).await.expect("list").len(),
-            1,
-            "{user:?}"
-        );
-    }
-    assert_eq!(
-        store.delete_for_user("alice", None).await.expect("revoke"),
-        1
-    );
-    assert_eq!(store.list_for_user("alice ").await.expect("list").len(), 1);
-    // A principal that is neither a string nor an integer is none.
-    let expires = Timestamp::now().as_millis() / 1000 + 3600;
-    common::admin(
-        &common::url().await,
-        format!(
-            "INSERT INTO `{table}` (session_id, expires, data) VALUES \
-             ('boolSid0boolSid0boolSid0boolSid', {expires}, '{{\"cookie\":{{}},\"userId\":true}}'), \
-             ('nullSid0nullSid0nullSid0nullSid', {expires}, '{{\"cookie\":{{}},\"userId\":null}}')"
-        ),
-    )
-    .expect("rows written by hand");
-    for user in ["true", "1", "null"] {
-        assert!(
-            store.list_for_user(user).await.expect("list").is_empty(),
-            "{user:?}"
-        );
-    }
-    // The same table under another principal key: refused, not silently revoking nothing.
-    let other = MySqlStore::builder()
+    let store = MySqlStore::builder()
         .table(&table)
-        .express(ExpressFormat::new().user_key(Some("accountId")))
-        .connect_lazy(&common::url().await)
+        .max_connections(2)
+        .connect_lazy(&relay.url(&url))
         .expect("config");
-    match other.migrate().await {
-        Err(e @ coatcheck_mysql::MigrateError::WrongShape { .. }) => {
-            assert!(e.to_string().contains(&table), "{e}");
-        }
-        other => panic!("expected WrongShape, got {other:?}"),
-    }
+    store.migrate().await.expect("migrate");
+    let mut record = record_at(Timestamp::now(), HOUR);
+    store.create(&record).await.expect("create");
+    record = store.load(&record.id).await.expect("load").expect("live");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    relay.cut();
+    record.data.insert("views".into(), json!(2));
+    store
+        .save(&record)
+        .await
+        .expect("the first write after the close");
+    let loaded = store.load(&record.id).await.expect("load").expect("live");
+    assert_eq!(loaded.data.get("views"), Some(&json!(2)));
 }
 
 /// A table of the session table's name made by something else is refused at `migrate()`.

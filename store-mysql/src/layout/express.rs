@@ -23,11 +23,13 @@ const HASH: &str = "CAST(CONV(LEFT(SHA2(data, 256), 16), 16, 10) AS UNSIGNED)";
 /// what coatcheck needs, one addition at a time.
 #[derive(Debug, Clone)]
 pub(crate) struct ExpressStatements {
-    /// `database or NULL, table` → the principal column's generation expression, if the
-    /// column is there.
+    /// `database or NULL, table` → the principal column's generation expression and its
+    /// column type (`varbinary(3040)`), if the column is there.
     pub user_column: String,
     /// `ALTER TABLE … ADD` of the principal column and its index (empty: none mapped).
     pub add_user: String,
+    /// `ALTER TABLE …` replacing an earlier build's principal column and its index.
+    pub rebuild_user: String,
     /// The JSON path the principal column must read (`$.userId`); empty: none mapped.
     pub user_path: String,
     /// `database or NULL, table` → how many index columns named `coatcheck_expires_idx`.
@@ -50,13 +52,7 @@ impl Statements {
         // `ExpressFormat`), so `true` or `null` never match a user "true" or "null".
         let user_column = user_key.map(|k| {
             (
-                format!(
-                    "{col} VARBINARY({MAX_EXPRESS_USER_LEN}) AS (CASE \
-                     WHEN JSON_TYPE(JSON_EXTRACT(data, '$.{k}')) \
-                     IN ('STRING', 'INTEGER', 'UNSIGNED INTEGER') \
-                     THEN CAST(JSON_UNQUOTE(JSON_EXTRACT(data, '$.{k}')) AS BINARY) END) VIRTUAL",
-                    col = quote(USER_COLUMN)
-                ),
+                format!("{} {}", quote(USER_COLUMN), user_generation(k)),
                 format!("KEY {user_idx} ({}, expires)", quote(USER_COLUMN)),
             )
         });
@@ -66,6 +62,15 @@ impl Statements {
         };
         let add_user = match &user_column {
             Some((c, i)) => format!("ALTER TABLE {t} ADD COLUMN {c}, ADD {i}"),
+            None => String::new(),
+        };
+        // An earlier build's column (a `VARCHAR`, or an expression that fails on JSON the
+        // server cannot parse) replaced by this one, index and all, in one statement.
+        let rebuild_user = match &user_column {
+            Some((c, i)) => format!(
+                "ALTER TABLE {t} DROP KEY {user_idx}, DROP COLUMN {}, ADD COLUMN {c}, ADD {i}",
+                quote(USER_COLUMN)
+            ),
             None => String::new(),
         };
         let add_expires = format!("ALTER TABLE {t} ADD KEY {expires_idx} (expires)");
@@ -86,9 +91,15 @@ impl Statements {
             // `id, expires (s), data`.
             create: format!("INSERT INTO {t} (session_id, expires, data) VALUES (?, ?, ?)"),
             clear_expired_id: format!("DELETE FROM {t} WHERE session_id = ? AND expires <= ?"),
-            // `id, now (s)` → `data, expires (s)`.
+            // `id, now (s)` → `data, expires (s), principal column (NULL without one)`.
             load: format!(
-                "SELECT data, CAST(expires AS SIGNED) FROM {t} WHERE session_id = ? AND expires > ?"
+                "SELECT data, CAST(expires AS SIGNED), {principal} FROM {t} \
+                 WHERE session_id = ? AND expires > ?",
+                principal = if user_key.is_some() {
+                    quote(USER_COLUMN)
+                } else {
+                    "NULL".to_owned()
+                }
             ),
             // `data, expires (s), id, expected version, now (s)`.
             save: format!(
@@ -122,11 +133,13 @@ impl Statements {
             delete_ids_prefix: String::new(),
         };
         let extras = ExpressStatements {
-            user_column: "SELECT GENERATION_EXPRESSION FROM information_schema.COLUMNS \
+            user_column:
+                "SELECT GENERATION_EXPRESSION, COLUMN_TYPE FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = coalesce(?, DATABASE()) AND TABLE_NAME = ? \
                  AND COLUMN_NAME = 'coatcheck_user'"
-                .to_owned(),
+                    .to_owned(),
             add_user,
+            rebuild_user,
             user_path: user_key.map(|k| format!("$.{k}")).unwrap_or_default(),
             expires_index: "SELECT count(*) FROM information_schema.STATISTICS \
                  WHERE TABLE_SCHEMA = coalesce(?, DATABASE()) AND TABLE_NAME = ? \
@@ -136,6 +149,74 @@ impl Statements {
         };
         (statements, extras)
     }
+}
+
+/// The deepest nesting the server's JSON functions read (MariaDB stops at 32 levels, the
+/// outermost object counted as the first: a document nesting 32 deep is not valid JSON to
+/// them; MySQL 8 stops at 100). A signed-in session nesting deeper could not be indexed.
+pub(crate) const MAX_INDEXED_DEPTH: usize = 31;
+
+/// The principal column's definition after its name: the principal under `key` when the
+/// server can read the document and the principal is a string or an integer that fits the
+/// column; `NULL` otherwise. It never fails: a document MariaDB cannot parse (nested past
+/// its limit, or holding a lone surrogate escape such as `"\ud800"`, which Node's
+/// `JSON.stringify` writes) and an over-long principal leave the column `NULL` instead of
+/// failing the write, so express-mysql-session's own writes never see the column.
+/// (`JSON_VALID` reports an unparsable document as a note, never an error, in strict mode
+/// too.) The store's `load` compares the column with the principal it decodes, so a
+/// session the column cannot name is never reported as its user's.
+fn user_generation(key: &str) -> String {
+    let value = format!("JSON_EXTRACT(data, '$.{key}')");
+    let bytes = format!("CAST(JSON_UNQUOTE({value}) AS BINARY)");
+    format!(
+        "VARBINARY({MAX_EXPRESS_USER_LEN}) AS (CASE WHEN JSON_VALID(data) THEN CASE \
+         WHEN JSON_TYPE({value}) IN ('STRING', 'INTEGER', 'UNSIGNED INTEGER') \
+         AND LENGTH({bytes}) <= {MAX_EXPRESS_USER_LEN} THEN {bytes} END END) VIRTUAL"
+    )
+}
+
+/// Whether a principal column found in a table is this build's: a `varbinary` whose
+/// expression guards with `JSON_VALID` and reads `key` (the server normalises the text, so
+/// the check looks for the parts, the key with its quotes: `'$.user'` is not `'$.userId'`).
+pub(crate) fn is_current_user_column(expr: &str, column_type: &str, key_path: &str) -> bool {
+    let lower = expr.to_ascii_lowercase();
+    reads_key(expr, key_path)
+        && lower.contains("json_valid")
+        && lower.contains(&format!("<= {MAX_EXPRESS_USER_LEN}"))
+        && column_type.eq_ignore_ascii_case(&format!("varbinary({MAX_EXPRESS_USER_LEN})"))
+}
+
+/// Whether a principal column's expression reads the key at `key_path` (`$.userId`) and
+/// no other.
+pub(crate) fn reads_key(expr: &str, key_path: &str) -> bool {
+    expr.contains(&format!("'{key_path}'"))
+}
+
+/// How deep `json` nests, the outermost object or array counted as 1 (brackets inside
+/// strings skipped), as the server's JSON parser counts.
+pub(crate) fn json_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Whole seconds of an expiry as express-mysql-session stores it: rounded up, so a session
@@ -168,11 +249,35 @@ mod tests {
     }
 
     #[test]
+    fn depth_counts_brackets_outside_strings() {
+        assert_eq!(json_depth("{}"), 1);
+        assert_eq!(json_depth(r#"{"a":[[1],{"b":2}]}"#), 3);
+        assert_eq!(json_depth(r#"{"a":"[[[{{\"[["}"#), 1);
+        assert_eq!(json_depth("12"), 0);
+    }
+
+    #[test]
+    fn an_earlier_builds_column_is_not_current() {
+        let path = "$.userId";
+        let now = user_generation("userId");
+        assert!(is_current_user_column(&now, "varbinary(3040)", path));
+        assert!(!is_current_user_column(&now, "varchar(3040)", path));
+        assert!(!is_current_user_column(
+            "CASE WHEN json_type(json_extract(`data`,'$.userId')) in ('STRING') END",
+            "varbinary(3040)",
+            path
+        ));
+        assert!(!reads_key(&now, "$.user"));
+        assert!(reads_key(&now, "$.userId"));
+    }
+
+    #[test]
     fn the_user_column_reads_the_key() {
         let (s, x) = Statements::express(None, "sessions", Some("userId"));
         assert!(s.migrate[0].contains("JSON_EXTRACT(data, '$.userId')"));
         assert!(x.add_user.starts_with("ALTER TABLE `sessions` ADD COLUMN"));
         assert_eq!(x.user_path, "$.userId");
+        assert!(x.rebuild_user.contains("DROP KEY `coatcheck_user_idx`"));
         let (s, x) = Statements::express(None, "sessions", None);
         assert!(!s.migrate[0].contains("coatcheck_user"));
         assert!(x.add_user.is_empty());

@@ -3,13 +3,13 @@
 //! versions). The others share the native code with [`Inner::now_param`] in seconds.
 
 use coatcheck_core::{
-    content_version, EncodeError, ExpressFormat, Record, SessionId, SessionInfo, StoreError,
-    Timestamp,
+    content_version, DecodeError, EncodeError, ExpressFormat, Record, SessionId, SessionInfo,
+    StoreError, Timestamp,
 };
 use sqlx::Row as _;
 
 use super::{is_duplicate, store_error, Inner, Retry};
-use crate::layout::express::{expires_secs, MAX_EXPRESS_USER_LEN};
+use crate::layout::express::{expires_secs, json_depth, MAX_EXPRESS_USER_LEN, MAX_INDEXED_DEPTH};
 
 impl Inner {
     /// The JSON express-session stores, and its expiry in whole seconds.
@@ -29,6 +29,17 @@ impl Inner {
             }
         }
         let json = format.encode(record, Timestamp::from_millis(now_ms))?;
+        if record.user_id.is_some() && json_depth(&json) > MAX_INDEXED_DEPTH {
+            // Written, the session would be its user's to every reader but not to the
+            // principal column the server computes (NULL past its JSON parser's depth):
+            // log out everywhere would miss it. An anonymous session of any depth is fine.
+            return Err(StoreError::Encode(EncodeError(format!(
+                "a signed-in session nesting {} levels deep: the server's JSON functions \
+                 read at most {MAX_INDEXED_DEPTH} (MariaDB), so log out everywhere could not \
+                 find it; keep signed-in sessions shallower or use the native layout",
+                json_depth(&json)
+            ))));
+        }
         Ok((json, expires_secs(record.expires_at.as_millis(), now_ms)))
     }
 
@@ -101,13 +112,35 @@ impl Inner {
         // `utf8mb4_bin` columns read as bytes (sqlx takes a binary collation for binary).
         let json: Option<Vec<u8>> = row.try_get(0).map_err(store_error)?;
         let expires: i64 = row.try_get(1).map_err(store_error)?;
+        let indexed: Option<Vec<u8>> = row.try_get(2).map_err(store_error)?;
         let json = json.unwrap_or_default();
         let version = content_version(&json);
-        Ok(Some(format.decode(&json)?.into_record(
+        let record = format.decode(&json)?.into_record(
             id.clone(),
             Timestamp::from_millis(expires.saturating_mul(1000)),
             version,
-        )))
+        );
+        // The session is its user's only if the principal column names that user too: log
+        // out everywhere finds sessions by the column. They differ when the server could not
+        // read the document (nested past its JSON parser's depth, a lone surrogate escape)
+        // or the principal does not fit the column: written by Node (Rust refuses to
+        // write such a session), or by any writer on a server that is not in strict mode.
+        if let Some(user) = &record.user_id {
+            if format.user_key.is_some() && indexed.as_deref() != Some(user.as_bytes()) {
+                return Err(StoreError::Decode(DecodeError::new(format!(
+                    "the session names a user in its JSON but its principal column {}: the \
+                     server cannot index it (too deeply nested, a lone surrogate, an \
+                     over-long principal); refused rather than served as a session log out \
+                     everywhere would miss",
+                    if indexed.is_none() {
+                        "is NULL"
+                    } else {
+                        "names another"
+                    }
+                ))));
+            }
+        }
+        Ok(Some(record))
     }
 
     /// One `UPDATE … WHERE session_id = ? AND <hash of data> = ?`; the new version is the

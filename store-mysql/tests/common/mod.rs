@@ -101,3 +101,59 @@ impl StoreWrapper for InTable {
 
 /// The scoped store as the suite sees it: every call forwarded.
 pub type Scoped = Wrapped<InTable>;
+
+/// A TCP relay in front of the server whose [`cut`](Relay::cut) closes every connection it
+/// carries without a word, as the server does to a connection idle past its
+/// `wait_timeout` (MariaDB sends no error packet then); new connections go through.
+pub struct Relay {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Relays `127.0.0.1:<port>` to the server of `url` (`mysql://user@host:port/db`).
+    pub async fn start(url: &str) -> Relay {
+        let after_at = url.split_once('@').map_or(url, |(_, rest)| rest);
+        let upstream = after_at.split('/').next().expect("host:port").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = open.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                tasks.lock().expect("relay tasks").push(task.abort_handle());
+            }
+        });
+        Relay { port, open, accept }
+    }
+
+    /// `url` with its `host:port` replaced by the relay's.
+    pub fn url(&self, url: &str) -> String {
+        let (scheme_user, rest) = url.split_once('@').expect("user@host");
+        let path = rest.split_once('/').map_or("", |(_, p)| p);
+        format!("{scheme_user}@127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// Closes every connection relayed so far (both of its sockets dropped).
+    pub fn cut(&self) {
+        for task in self.open.lock().expect("relay tasks").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}

@@ -22,15 +22,20 @@ impl Statements {
     pub(crate) fn express(table: &str, user_key: Option<&str>) -> Self {
         let t = quote(table);
         let expire_idx = quote(&format!("{table}_coatcheck_expire_idx"));
-        let user_idx = quote(&format!("{table}_coatcheck_user_idx"));
+        // An earlier build's index read an integer principal through `json_extract`, as a
+        // REAL past `i64::MAX`; this one has its own name, so `migrate()` drops the other.
+        let earlier_user_idx = quote(&format!("{table}_coatcheck_user_idx"));
+        let user_idx = quote(&format!("{table}_coatcheck_principal_idx"));
         // The principal as text (a Node integer `42` matches the user "42"); without a
         // principal key no row matches a user (and capabilities say there is no index).
         // Only a string or an integer is a principal (as in `ExpressFormat`), so `true`
-        // never matches a user "1".
+        // never matches a user "1". An integer is its JSON text (`->`), digit for digit:
+        // `json_extract` would turn one past `i64::MAX` into a REAL
+        // (`9.22337203685478e+18`), which names no user.
         let user = match user_key {
             Some(k) => format!(
-                "(CASE WHEN json_type(sess, '$.{k}') IN ('text', 'integer') \
-                 THEN CAST(json_extract(sess, '$.{k}') AS TEXT) END)"
+                "(CASE json_type(sess, '$.{k}') WHEN 'text' THEN json_extract(sess, '$.{k}') \
+                 WHEN 'integer' THEN sess -> '$.{k}' END)"
             ),
             None => "NULL".to_owned(),
         };
@@ -46,6 +51,7 @@ impl Statements {
             ),
             format!("CREATE INDEX IF NOT EXISTS {expire_idx} ON {t} (expire)"),
         ];
+        migrate.push(format!("DROP INDEX IF EXISTS {earlier_user_idx}"));
         if user_key.is_some() {
             migrate.push(format!(
                 "CREATE INDEX IF NOT EXISTS {user_idx} ON {t} ({user}, expire)"
