@@ -231,6 +231,16 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// `Conflict` if the stored version differs (nothing is changed); `NotFound` if the
     /// record is gone or expired — a save never resurrects a deleted or revoked session.
     /// Moving `user_id` moves the session between users' indexes.
+    ///
+    /// "Expired" is judged at the instant the call reads its clock, when it is issued: a
+    /// save that then waits for a lock (SQLite's busy wait behind another process, a row
+    /// lock in MySQL) is not refused because the session's expiry passed during the wait.
+    /// The request behind it loaded the session while it was live, and its handler ran for
+    /// longer than any lock wait; refusing at the end of the wait would sign the user out
+    /// for the store's slowness. A session deleted or revoked meanwhile is still refused
+    /// (the compare-and-set sees the row gone or changed), and the overshoot is at most one
+    /// lock wait (SQLite's busy timeout; a MySQL cleanup that takes the row first deletes it,
+    /// and the save then finds it gone).
     async fn save(&self, record: &Record) -> Result<u64, StoreError>;
 
     /// Moves `expires_at` of a live record; data and version are untouched. Returns whether

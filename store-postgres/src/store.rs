@@ -183,6 +183,34 @@ impl PostgresStore {
         tracing::debug!(table = %self.inner.qualified_name, "session table migrated");
         Ok(())
     }
+
+    /// Drops what earlier builds of this store needed and this one does not (the native
+    /// table's `expires_at` index, replaced by the expiry bucket's), without blocking
+    /// writes (`DROP INDEX CONCURRENTLY`). Run it once **after every instance runs this
+    /// build**: [`migrate`](Self::migrate) keeps the old index so that an earlier build
+    /// restarting mid-deploy finds it instead of rebuilding it under a lock that blocks
+    /// writes; until it is dropped, saves that move the expiry are not HOT updates.
+    /// Idempotent; a no-op in express mode.
+    ///
+    /// ```no_run
+    /// # async fn f(store: coatcheck::postgres::PostgresStore) -> Result<(), coatcheck::postgres::MigrateError> {
+    /// store.migrate().await?;
+    /// // … once the last instance of the earlier build is gone:
+    /// store.finish_upgrade().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn finish_upgrade(&self) -> Result<(), MigrateError> {
+        let sql = &self.inner.sql.retire;
+        if sql.is_empty() {
+            return Ok(());
+        }
+        sqlx::raw_sql(sql)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(MigrateError)?;
+        tracing::info!(table = %self.inner.qualified_name, "earlier build's indexes dropped");
+        Ok(())
+    }
 }
 
 impl Inner {

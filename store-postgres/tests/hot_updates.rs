@@ -78,8 +78,10 @@ async fn rolling_saves_are_hot_updates() {
 }
 
 /// A table of the layout before the bucket, with its `expires_at` index and a live and an
-/// expired row: `migrate` adds the bucket, drops the old index, and the cleanup removes the
-/// expired row through the new index and keeps the live one.
+/// expired row: `migrate` adds the bucket and keeps the old index (an earlier build
+/// restarting mid-deploy finds it instead of rebuilding it under a lock that blocks writes),
+/// `finish_upgrade` drops it, and the cleanup removes the expired row through the new index
+/// and keeps the live one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_moves_an_indexed_expiry_table_to_the_bucket() {
     require_pg!();
@@ -104,12 +106,24 @@ async fn migrate_moves_an_indexed_expiry_table_to_the_bucket() {
     .expect("old layout");
     store.migrate().await.expect("migrate");
     store.migrate().await.expect("migrate again");
-    let indexes: Vec<String> =
-        sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE schemaname = $1")
-            .bind(schema)
-            .fetch_all(store.pool())
-            .await
-            .expect("indexes");
+    let indexes = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1",
+        )
+        .bind(schema)
+        .fetch_all(store.pool())
+        .await
+        .expect("indexes")
+    };
+    let kept = indexes().await;
+    assert!(
+        kept.iter().any(|i| i == "sessions_expires_at_idx"),
+        "kept for an earlier build: {kept:?}"
+    );
+    store.finish_upgrade().await.expect("finish the upgrade");
+    store.finish_upgrade().await.expect("again: a no-op");
+    store.migrate().await.expect("migrate after it");
+    let indexes = indexes().await;
     assert!(
         indexes.iter().any(|i| i == "sessions_expires_bucket_idx"),
         "{indexes:?}"

@@ -389,6 +389,62 @@ async fn a_write_queued_behind_a_lock_waits_the_busy_timeout_not_the_pool() {
     second.expect("the second write, queued behind the first");
 }
 
+/// Decided: a save is judged live at the instant it is issued (the store contract's
+/// `save`): one that waits behind another process's lock while the session's expiry passes
+/// still saves it, and the session lives on with the saved expiry. A session deleted during
+/// the wait is still refused. (A request loads its session while it is live and its handler
+/// runs longer than any lock wait; refusing at the end of the wait would sign the user out
+/// for the store's slowness.)
+#[tokio::test]
+async fn a_save_is_judged_when_it_is_issued_not_after_its_lock_wait() {
+    let file = fresh_file("issued");
+    let url = url_of(&file);
+    let now = Timestamp::from_millis(1_000_000);
+    let clock = ManualClock::new(now);
+    let store = SqliteStore::builder()
+        .clock(clock.clone())
+        .busy_timeout(Duration::from_secs(3))
+        .connect_lazy(&url)
+        .expect("config");
+    store.migrate().await.expect("migrate");
+    let mut r = record_at(now, Duration::from_millis(500));
+    store.create(&r).await.expect("create");
+    let mut gone = record_at(now, HOUR);
+    store.create(&gone).await.expect("create");
+    let mut other = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .expect("lock");
+    r.data.insert("views".into(), json!(2));
+    r.expires_at = now + HOUR;
+    gone.data.insert("views".into(), json!(2));
+    let during = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        clock.advance(Duration::from_secs(1));
+        // Deleted by another process while the saves wait: it stays deleted.
+        sqlx::query(&format!(
+            "DELETE FROM \"{}\" WHERE id = ?",
+            store.table_name()
+        ))
+        .bind(gone.id.as_str())
+        .execute(&mut other)
+        .await
+        .expect("delete under the lock");
+        sqlx::raw_sql("COMMIT")
+            .execute(&mut other)
+            .await
+            .expect("unlock");
+    };
+    let (saved, refused, ()) = tokio::join!(store.save(&r), store.save(&gone), during);
+    r.version = saved.expect("issued while live: saved");
+    assert!(matches!(refused, Err(StoreError::NotFound)), "{refused:?}");
+    assert_eq!(store.load(&r.id).await.expect("load"), Some(r));
+    assert_eq!(store.load(&gone.id).await.expect("load"), None);
+}
+
 const CHILD_ENV: &str = "COATCHECK_SQLITE_CHILD_DB";
 const CHILD_CYCLES: i64 = 150;
 const CHILDREN: i64 = 4;

@@ -30,6 +30,7 @@ impl Statements {
             None => String::new(),
         };
         Statements {
+            retire: String::new(),
             migrate: format!(
                 "{prelude}\
                  \nCREATE TABLE IF NOT EXISTS {t} (\

@@ -108,6 +108,10 @@ pub(crate) struct Statements {
     /// What `migrate` sends: one simple-protocol query string, which Postgres runs as one
     /// implicit transaction (all or nothing) holding a transaction-scoped advisory lock.
     pub migrate: String,
+    /// What `finish_upgrade` sends: drops of what earlier builds needed and this one does
+    /// not, each without blocking writes (`CONCURRENTLY`: one statement, no transaction).
+    /// Empty: nothing to retire.
+    pub retire: String,
     /// `$1 id, $2 version, $3 data, $4 user_id, $5 created_at, $6 expires_at, $7 now,
     /// $8 device handle, $9 user agent, $10 ip, $11 last_seen`; affects one row when
     /// inserted (or an expired row replaced), none when the id is live. (The express layout
@@ -238,9 +242,11 @@ mod tests {
         let s = Statements::new(Layout::Native, "app", "Sess", Durability::Full);
         assert!(s.load.contains("FROM \"app\".\"Sess\" WHERE"));
         assert!(s.migrate.contains("\"Sess_expires_bucket_idx\""));
-        assert!(s
-            .migrate
-            .contains("DROP INDEX IF EXISTS \"app\".\"Sess_expires_at_idx\""));
+        assert!(!s.migrate.contains("Sess_expires_at_idx"));
+        assert_eq!(
+            s.retire,
+            "DROP INDEX CONCURRENTLY IF EXISTS \"app\".\"Sess_expires_at_idx\""
+        );
         assert!(s.migrate.contains("nspname = 'app'"));
         assert!(!s.save.contains("synchronous_commit"));
     }

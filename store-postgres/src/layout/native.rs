@@ -41,10 +41,13 @@ impl Statements {
                  \nALTER TABLE {t} ADD COLUMN IF NOT EXISTS expires_bucket timestamptz\
                  \n    GENERATED ALWAYS AS ({BUCKET}) STORED;\
                  \nCREATE INDEX IF NOT EXISTS {bucket_idx} ON {t} (expires_bucket);\
-                 \nDROP INDEX IF EXISTS {qschema}.{expires_idx};\
                  \nCREATE INDEX IF NOT EXISTS {user_idx} ON {t} (user_id) WHERE user_id IS NOT NULL;",
                 prelude = migrate_prelude(schema)
             ),
+            // An earlier build's `expires_at` index is kept by `migrate` (an earlier build
+            // restarting mid-deploy would otherwise rebuild it, blocking writes) and dropped
+            // here, without blocking writes, once every instance runs this build.
+            retire: format!("DROP INDEX CONCURRENTLY IF EXISTS {qschema}.{expires_idx}"),
             create: format!(
                 "INSERT INTO {t} AS s (id, version, data, user_id, created_at, expires_at, \
                  device_handle, user_agent, ip, last_seen) \
