@@ -1,6 +1,7 @@
 //! Configuration: express-session's vocabulary, secure defaults.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -234,8 +235,12 @@ pub(crate) type IdGenerator = Arc<dyn Fn() -> SessionId + Send + Sync>;
 ///     .unwrap();
 /// # let _ = layer;
 /// ```
+///
+/// The builder's product is the tower [`SessionLayer`] by default; a framework adapter
+/// names its own (`coatcheck-actix`'s middleware, or the framework-free
+/// [`Engine`](crate::engine::Engine)): every option means the same whatever the product.
 #[must_use]
-pub struct SessionLayerBuilder {
+pub struct SessionLayerBuilder<T = SessionLayer> {
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) keys: KeyRing,
     pub(crate) config: SessionConfig,
@@ -244,9 +249,10 @@ pub struct SessionLayerBuilder {
     pub(crate) subscriber: Option<Subscriber>,
     pub(crate) event_queue: usize,
     pub(crate) credential_check: Option<CredentialCheck>,
+    product: PhantomData<fn() -> T>,
 }
 
-impl fmt::Debug for SessionLayerBuilder {
+impl<T> fmt::Debug for SessionLayerBuilder<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionLayerBuilder")
             .field("store", &self.store)
@@ -255,8 +261,10 @@ impl fmt::Debug for SessionLayerBuilder {
     }
 }
 
-impl SessionLayerBuilder {
-    pub(crate) fn new(store: Arc<dyn SessionStore>, keys: KeyRing) -> Self {
+impl<T> SessionLayerBuilder<T> {
+    /// A builder over `store` whose [`build`](Self::build) makes a `T`; what
+    /// [`SessionLayer::builder_shared`] and the adapters' own `builder` functions call.
+    pub fn for_product(store: Arc<dyn SessionStore>, keys: KeyRing) -> Self {
         SessionLayerBuilder {
             store,
             keys,
@@ -266,6 +274,7 @@ impl SessionLayerBuilder {
             subscriber: None,
             event_queue: DEFAULT_EVENT_QUEUE,
             credential_check: None,
+            product: PhantomData,
         }
     }
 
@@ -586,8 +595,12 @@ impl SessionLayerBuilder {
         self
     }
 
-    /// Checks the configuration and builds the layer.
-    pub fn build(self) -> Result<SessionLayer, ConfigError> {
+    /// Checks the configuration and builds the product: the layer (or an adapter's
+    /// middleware, or the [`Engine`](crate::engine::Engine)).
+    pub fn build(self) -> Result<T, ConfigError>
+    where
+        T: From<crate::engine::Engine>,
+    {
         validate(&self.config)?;
         if self.config.session_limit.is_some() && !self.store.capabilities().session_limit {
             return Err(ConfigError::SessionLimitUnsupported);
@@ -601,7 +614,8 @@ impl SessionLayerBuilder {
         {
             return Err(ConfigError::AbsoluteTimeoutUnsupported);
         }
-        Ok(SessionLayer::from_builder(self))
+        let engine = crate::engine::Engine::from_builder(self);
+        Ok(T::from(engine))
     }
 }
 

@@ -11,9 +11,10 @@ use serde::Serialize;
 /// [`SessionLayerBuilder::capture_ip`](crate::SessionLayerBuilder::capture_ip)).
 ///
 /// The address comes from the leftmost `X-Forwarded-For` entry when
-/// [`trust_proxy`](crate::SessionLayerBuilder::trust_proxy) is on, else from axum's
-/// `ConnectInfo<SocketAddr>` (serve with `into_make_service_with_connect_info`); without
-/// either, none is kept.
+/// [`trust_proxy`](crate::SessionLayerBuilder::trust_proxy) is on, else from the
+/// connection (axum: `ConnectInfo<SocketAddr>`, serve with
+/// `into_make_service_with_connect_info`; actix-web: the peer address); without either,
+/// none is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum IpCapture {
@@ -36,18 +37,19 @@ pub(crate) struct RequestMeta {
 }
 
 impl RequestMeta {
-    pub(crate) fn capture<B>(
-        req: &http::Request<B>,
+    pub(crate) fn capture(
+        headers: &http::HeaderMap,
+        peer: Option<IpAddr>,
         user_agent: bool,
         ip: IpCapture,
         trust_proxy: bool,
     ) -> Self {
         let user_agent = user_agent
-            .then(|| req.headers().get(http::header::USER_AGENT).cloned())
+            .then(|| headers.get(http::header::USER_AGENT).cloned())
             .flatten();
         let ip = match ip {
             IpCapture::Off => None,
-            mode => client_ip(req, trust_proxy).map(|a| truncate(a, mode)),
+            mode => client_ip(headers, peer, trust_proxy).map(|a| truncate(a, mode)),
         };
         RequestMeta { user_agent, ip }
     }
@@ -64,10 +66,9 @@ impl RequestMeta {
     }
 }
 
-fn client_ip<B>(req: &http::Request<B>, trust_proxy: bool) -> Option<IpAddr> {
+fn client_ip(headers: &http::HeaderMap, peer: Option<IpAddr>, trust_proxy: bool) -> Option<IpAddr> {
     if trust_proxy {
-        let forwarded = req
-            .headers()
+        let forwarded = headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
@@ -76,14 +77,7 @@ fn client_ip<B>(req: &http::Request<B>, trust_proxy: bool) -> Option<IpAddr> {
             return forwarded;
         }
     }
-    #[cfg(feature = "axum")]
-    if let Some(info) = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-    {
-        return Some(info.0.ip());
-    }
-    None
+    peer
 }
 
 fn truncate(addr: IpAddr, mode: IpCapture) -> IpAddr {
@@ -185,11 +179,15 @@ mod tests {
             .header("user-agent", "curl/8")
             .body(())
             .unwrap();
-        let meta = RequestMeta::capture(&req, true, IpCapture::Full, true);
+        let h = req.headers();
+        let meta = RequestMeta::capture(h, None, true, IpCapture::Full, true);
         assert_eq!(meta.ip, Some("198.51.100.9".parse().unwrap()));
-        let meta = RequestMeta::capture(&req, true, IpCapture::Full, false);
+        let meta = RequestMeta::capture(h, None, true, IpCapture::Full, false);
         assert_eq!(meta.ip, None);
-        let meta = RequestMeta::capture(&req, false, IpCapture::Off, true);
+        let peer = Some("192.0.2.1".parse().unwrap());
+        let meta = RequestMeta::capture(h, peer, true, IpCapture::Full, false);
+        assert_eq!(meta.ip, peer);
+        let meta = RequestMeta::capture(h, None, false, IpCapture::Off, true);
         assert_eq!((meta.ip, meta.user_agent), (None, None));
     }
 }

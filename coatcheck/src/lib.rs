@@ -45,6 +45,7 @@ mod config;
 mod credentials;
 pub mod csrf;
 mod device;
+pub mod engine;
 mod error;
 mod events;
 #[cfg(feature = "axum")]
@@ -63,9 +64,10 @@ pub use config::{
 pub use credentials::{CredentialLookupError, CREDENTIAL_KEY};
 pub use csrf::{CsrfLayer, CsrfReason, CsrfService};
 pub use device::{IpCapture, UserSession};
+pub use engine::{session_id_from_headers, StoreTimedOut};
 pub use error::{SessionError, SessionFailure};
 pub use events::{RevokeScope, SessionEvent, DEFAULT_EVENT_QUEUE};
-pub use layer::{session_id_from_headers, SessionLayer, SessionService, StoreTimedOut};
+pub use layer::{SessionLayer, SessionService};
 pub use session::{Flash, FlashLevel, Session, MAX_PENDING_FLASHES, REMEMBER_ME_KEY};
 pub use transport::{Transport, BEARER_RESPONSE_HEADER};
 

@@ -117,6 +117,14 @@ impl Transport {
         )
     }
 
+    /// The request header the token is read from.
+    pub(crate) fn request_header(&self) -> Option<HeaderName> {
+        match self.header.as_ref()? {
+            TokenHeader::Named(name) => Some(name.clone()),
+            TokenHeader::Bearer => Some(AUTHORIZATION),
+        }
+    }
+
     /// The header a response carries the token in.
     pub(crate) fn response_header(&self) -> Option<HeaderName> {
         match self.header.as_ref()? {

@@ -11,8 +11,8 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::device::RequestMeta;
+use crate::engine::Shared;
 use crate::events::{RevokeScope, SessionEvent};
-use crate::layer::Shared;
 use crate::SessionError;
 
 /// The data key that marks a remembered session ([`Session::remember_me`]), stored as
