@@ -24,20 +24,16 @@
 //! default: a browser attaches no such header by itself, so a forged cross-site request
 //! cannot carry it — CSRF needs an ambient credential, and a header token is not one.
 
-use std::future::Future;
-use std::pin::Pin;
+mod tower;
+pub use tower::CsrfService;
+
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http::header::{CONTENT_TYPE, HOST, ORIGIN};
+use http::{HeaderMap, HeaderName, Method, StatusCode};
 use subtle::ConstantTimeEq;
-use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::{Session, SessionEvent};
 
@@ -131,7 +127,8 @@ impl CsrfReason {
         }
     }
 
-    fn message(self) -> &'static str {
+    /// What a person reads when the request is refused.
+    pub fn message(self) -> &'static str {
         match self {
             CsrfReason::CrossSite => "cross-site request refused",
             CsrfReason::Origin => "request from another origin refused",
@@ -146,7 +143,8 @@ impl CsrfReason {
         }
     }
 
-    fn status(self) -> StatusCode {
+    /// The status a refusal answers (`403`; `413` for a form too large to read).
+    pub fn status(self) -> StatusCode {
         match self {
             CsrfReason::FormTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::FORBIDDEN,
@@ -266,23 +264,6 @@ impl CsrfLayer {
     }
 }
 
-impl<S> Layer<S> for CsrfLayer {
-    type Service = CsrfService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        CsrfService {
-            inner,
-            config: self.config.clone(),
-        }
-    }
-}
-
-/// The service [`CsrfLayer`] wraps around yours.
-#[derive(Debug, Clone)]
-pub struct CsrfService<S> {
-    inner: S,
-    config: Arc<Config>,
-}
-
 fn is_safe(m: &Method) -> bool {
     matches!(
         *m,
@@ -291,8 +272,11 @@ fn is_safe(m: &Method) -> bool {
 }
 
 /// The Fetch Metadata and `Origin` checks.
-fn first_line<B>(config: &Config, req: &Request<B>) -> Result<(), CsrfReason> {
-    let headers = req.headers();
+fn first_line(
+    config: &Config,
+    headers: &HeaderMap,
+    authority: Option<&str>,
+) -> Result<(), CsrfReason> {
     // A trusted origin is consulted first: every current browser sends `Sec-Fetch-Site:
     // cross-site` from another site, so a trusted list checked after Fetch Metadata had no
     // effect (a review found it). The token is still required.
@@ -323,7 +307,7 @@ fn first_line<B>(config: &Config, req: &Request<B>) -> Result<(), CsrfReason> {
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .or_else(|| authority.map(str::to_owned))
         .map(|h| h.to_ascii_lowercase());
     let authority = origin
         .strip_prefix("https://")
@@ -342,8 +326,8 @@ fn under(path: &str, prefix: &str) -> bool {
     }
 }
 
-fn is_form<B>(req: &Request<B>) -> bool {
-    req.headers()
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
@@ -353,114 +337,122 @@ fn is_form<B>(req: &Request<B>) -> bool {
         })
 }
 
-fn refusal<ResBody: From<String>>(reason: CsrfReason) -> Response<ResBody> {
-    let mut res = Response::new(ResBody::from(reason.message().to_owned()));
-    *res.status_mut() = reason.status();
-    let headers = res.headers_mut();
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    res.extensions_mut().insert(reason);
-    res
+/// What [`CsrfLayer::screen`] decides before any token is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Screen {
+    /// Not checked: a safe method, an exempt path, or a request carrying its session in a
+    /// header token (unless [`CsrfLayer::check_header_tokens`]). Let it through.
+    Pass,
+    /// Refused before any token: cross-site, another origin, or no session layer. The
+    /// refusal is recorded (event, metrics) and the session writes nothing.
+    Refuse(CsrfReason),
+    /// The token decides: `header` is the header's, if any; when it is `None` and `form`
+    /// is true, read the body (at most [`CsrfLayer::form_limit`] bytes, else refuse with
+    /// [`CsrfReason::FormTooLarge`] through [`CsrfLayer::refuse`]) and take
+    /// [`CsrfLayer::form_token`] of it. Then [`CsrfLayer::judge`].
+    Token {
+        /// The token of the header.
+        header: Option<String>,
+        /// The body is a form that may hold it.
+        form: bool,
+    },
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// Why [`CsrfLayer::judge`] did not let a request through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Judgement {
+    /// The token is this session's: let the request through.
+    Pass,
+    /// Refused (`403`, recorded, nothing written).
+    Refuse(CsrfReason),
+    /// The session could not be read: answer as the session layer answers its failures.
+    Fail(crate::SessionFailure),
+}
 
-impl<S, B, ResBody> Service<Request<B>> for CsrfService<S>
-where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + From<Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    ResBody: From<String> + Send + 'static,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let config = self.config.clone();
-        if is_safe(req.method()) || config.exempt.iter().any(|p| under(req.uri().path(), p)) {
-            return Box::pin(inner.call(req));
+/// The check itself, framework-free: what the tower layer does, and what another
+/// framework's adapter (`coatcheck-actix`) calls in the same order: [`screen`](Self::screen),
+/// perhaps [`form_token`](Self::form_token), then [`judge`](Self::judge).
+impl CsrfLayer {
+    /// The first look at a request: its method, path, headers, the authority of its URI
+    /// (for the `Origin` check when there is no `Host` header), and its session (`None`:
+    /// no session layer around the check).
+    pub fn screen(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        authority: Option<&str>,
+        session: Option<&Session>,
+    ) -> Screen {
+        let config = &self.config;
+        if is_safe(method) || config.exempt.iter().any(|p| under(path, p)) {
+            return Screen::Pass;
         }
-        let Some(session) = req.extensions().get::<Session>().cloned() else {
+        let Some(session) = session else {
             tracing::error!(
-                "CsrfLayer without a SessionLayer around it: every unsafe request is refused"
+                "a CSRF check without a session layer around it: every unsafe request is refused"
             );
-            return Box::pin(async { Ok(refusal(CsrfReason::NoSession)) });
+            return Screen::Refuse(CsrfReason::NoSession);
         };
         if session.via_header() && !config.check_header_tokens {
-            return Box::pin(inner.call(req));
+            return Screen::Pass;
         }
-        Box::pin(async move {
-            let refuse = |reason: CsrfReason| {
-                tracing::info!(reason = reason.as_str(), "CSRF check refused a request");
-                // A forged request keeps nothing alive: no touch, no session created.
-                session.write_nothing();
-                session.emit(SessionEvent::CsrfRefused { reason });
-                Ok(refusal(reason))
-            };
-            if let Err(reason) = first_line(&config, &req) {
-                return refuse(reason);
-            }
-            let mut req = req;
-            let mut token = req
-                .headers()
-                .get(&config.header)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            if token.is_none() && is_form(&req) {
-                let (parts, body) = req.into_parts();
-                let bytes = match http_body_util::Limited::new(body, config.max_form_bytes)
-                    .collect()
-                    .await
-                {
-                    Ok(collected) => collected.to_bytes(),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "form body not read for the CSRF check");
-                        return refuse(CsrfReason::FormTooLarge);
-                    }
-                };
-                token = form_urlencoded::parse(&bytes)
-                    .find(|(k, _)| *k == config.field)
-                    .map(|(_, v)| v.into_owned());
-                req = Request::from_parts(parts, B::from(bytes));
-            }
-            let Some(token) = token else {
-                return refuse(CsrfReason::Missing);
-            };
-            let secret = match session.csrf_secret().await {
-                Ok(secret) => secret,
-                Err(e) => {
-                    // The session could not be read: answered as the session layer answers
-                    // its own failures (the status, `no-store`, the `SessionFailure` an
-                    // error page reads), with the message as the body. (It was a bare
-                    // status: found by the history checker under faults.)
-                    let failure = crate::SessionFailure::for_error(&e);
-                    let body = ResBody::from(failure.message.to_owned());
-                    return Ok(crate::layer::failure_response_with(failure, body));
-                }
-            };
-            let verdict = match secret {
-                Some(secret) => verify(&secret, &token),
-                None => match session.exists().await {
-                    Ok(true) => Err(CsrfReason::NotIssued),
-                    _ => Err(CsrfReason::NoSession),
-                },
-            };
-            match verdict {
-                Ok(()) => inner.call(req).await,
-                Err(reason) => refuse(reason),
-            }
-        })
+        if let Err(reason) = first_line(config, headers, authority) {
+            return Screen::Refuse(self.refuse(session, reason));
+        }
+        let header = headers
+            .get(&config.header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let form = header.is_none() && is_form(headers);
+        Screen::Token { header, form }
+    }
+
+    /// The largest form body read for the token.
+    pub fn form_limit(&self) -> usize {
+        self.config.max_form_bytes
+    }
+
+    /// The token in a form body (`application/x-www-form-urlencoded`).
+    pub fn form_token(&self, body: &[u8]) -> Option<String> {
+        form_urlencoded::parse(body)
+            .find(|(k, _)| *k == self.config.field)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// Records a refusal: logged, a [`SessionEvent::CsrfRefused`], and the session writes
+    /// nothing (a forged request keeps nothing alive: no touch, no session created).
+    pub fn refuse(&self, session: &Session, reason: CsrfReason) -> CsrfReason {
+        tracing::info!(reason = reason.as_str(), "CSRF check refused a request");
+        session.write_nothing();
+        session.emit(SessionEvent::CsrfRefused { reason });
+        reason
+    }
+
+    /// Whether `token` is one of this session's.
+    pub async fn judge(&self, session: &Session, token: Option<String>) -> Judgement {
+        let Some(token) = token else {
+            return Judgement::Refuse(self.refuse(session, CsrfReason::Missing));
+        };
+        let secret = match session.csrf_secret().await {
+            Ok(secret) => secret,
+            // The session could not be read: answered as the session layer answers its
+            // own failures (found by the history checker under faults).
+            Err(e) => return Judgement::Fail(crate::SessionFailure::for_error(&e)),
+        };
+        let verdict = match secret {
+            Some(secret) => verify(&secret, &token),
+            None => match session.exists().await {
+                Ok(true) => Err(CsrfReason::NotIssued),
+                _ => Err(CsrfReason::NoSession),
+            },
+        };
+        match verdict {
+            Ok(()) => Judgement::Pass,
+            Err(reason) => Judgement::Refuse(self.refuse(session, reason)),
+        }
     }
 }
 
