@@ -141,8 +141,16 @@ impl SessionFailure {
     }
 
     /// The failure for `e`: its status, and a message saying what a person can do about
-    /// it where there is something (too many sessions, data too large).
-    pub(crate) fn for_error(e: &SessionError) -> Self {
+    /// it where there is something (too many sessions, data too large). What a framework
+    /// adapter answers for a [`SessionError`].
+    ///
+    /// ```
+    /// use coatcheck::{SessionError, SessionFailure};
+    ///
+    /// let failure = SessionFailure::for_error(&SessionError::Ended);
+    /// assert_eq!(failure.status, http::StatusCode::CONFLICT);
+    /// ```
+    pub fn for_error(e: &SessionError) -> Self {
         let mut failure = SessionFailure::for_status(e.status());
         match e {
             SessionError::SessionLimit => {

@@ -50,7 +50,6 @@ mod error;
 mod events;
 #[cfg(feature = "axum")]
 mod extract;
-#[cfg(feature = "axum")]
 mod guard;
 mod layer;
 pub mod metrics;
@@ -71,8 +70,9 @@ pub use layer::{SessionLayer, SessionService};
 pub use session::{Flash, FlashLevel, Session, MAX_PENDING_FLASHES, REMEMBER_ME_KEY};
 pub use transport::{Transport, BEARER_RESPONSE_HEADER};
 
+pub use guard::{AuthRejection, Authenticated, ROLES_KEY};
 #[cfg(feature = "axum")]
-pub use guard::{AuthRejection, Authenticated, RequireRole, RequireRoleService, ROLES_KEY};
+pub use guard::{RequireRole, RequireRoleService};
 
 pub use coatcheck_core::{
     Clock, DataKeyError, DataKeys, Device, DeviceHandle, EncryptedCodec, ExpiryNotice,

@@ -1,9 +1,6 @@
-//! The tutorials' `requireAuth` and `requireRole`, axum-native: the [`Authenticated`]
-//! extractor (401 when nobody is logged in) and the [`RequireRole`] route layer (401, or
-//! 403 without the role). Roles are a list of strings under the session key [`ROLES_KEY`],
-//! written at login with [`Session::login_with`].
+//! The axum side of the guards: the extractor, the rejection as a response, and the
+//! [`RequireRole`] route layer.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,41 +9,12 @@ use std::task::{Context, Poll};
 use axum_core::extract::FromRequestParts;
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
-use http::{Request, StatusCode};
+use http::Request;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::{AuthRejection, Authenticated};
 use crate::{Session, SessionError};
-
-/// The session key holding the user's roles (a list of strings), as the Express tutorials
-/// keep them in `req.session.roles`.
-pub const ROLES_KEY: &str = "roles";
-
-/// Why a guard turned a request away.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuthRejection {
-    /// Nobody is logged in: `401 Unauthorized`.
-    #[error("log in first")]
-    Unauthenticated,
-    /// Logged in, without the role: `403 Forbidden`.
-    #[error("forbidden: the {0:?} role is required")]
-    Forbidden(String),
-    /// The session could not be read (its own status: 5xx, or 409).
-    #[error(transparent)]
-    Session(#[from] SessionError),
-}
-
-impl AuthRejection {
-    /// The HTTP status it answers.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AuthRejection::Unauthenticated => StatusCode::UNAUTHORIZED,
-            AuthRejection::Forbidden(_) => StatusCode::FORBIDDEN,
-            AuthRejection::Session(e) => e.status(),
-        }
-    }
-}
 
 impl IntoResponse for AuthRejection {
     fn into_response(self) -> Response {
@@ -57,69 +25,12 @@ impl IntoResponse for AuthRejection {
     }
 }
 
-/// The logged-in user: `requireAuth` as an extractor. A handler taking it only runs when
-/// the session has a principal; otherwise the request gets `401`.
-///
-/// ```
-/// use axum::{routing::get, Router};
-/// use coatcheck::{Authenticated, KeyRing, SessionLayer};
-/// use coatcheck::memory::MemoryStore;
-///
-/// async fn me(user: Authenticated) -> String {
-///     format!("hello {}", user.user_id)
-/// }
-///
-/// let keys = KeyRing::new(["a secret of at least thirty-two bytes!!"]).unwrap();
-/// let app: Router = Router::new()
-///     .route("/me", get(me))
-///     .layer(SessionLayer::builder(MemoryStore::new(), keys).build().unwrap());
-/// ```
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct Authenticated {
-    /// The principal ([`Session::login`]).
-    pub user_id: String,
-    /// The session, for anything else.
-    pub session: Session,
-}
-
-impl fmt::Debug for Authenticated {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Authenticated")
-            .field("user_id", &self.user_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Authenticated {
-    /// The user's roles (the list under [`ROLES_KEY`]; empty when none were stored).
-    pub async fn roles(&self) -> Result<Vec<String>, SessionError> {
-        Ok(self.session.get(ROLES_KEY).await?.unwrap_or_default())
-    }
-
-    /// `Ok` when the user has `role`, else [`AuthRejection::Forbidden`] (`403`).
-    pub async fn require_role(&self, role: &str) -> Result<(), AuthRejection> {
-        if self.roles().await?.iter().any(|r| r == role) {
-            Ok(())
-        } else {
-            Err(AuthRejection::Forbidden(role.to_owned()))
-        }
-    }
-
-    async fn of(session: Session) -> Result<Self, AuthRejection> {
-        match session.user_id().await? {
-            Some(user_id) => Ok(Authenticated { user_id, session }),
-            None => Err(AuthRejection::Unauthenticated),
-        }
-    }
-}
-
 impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AuthRejection> {
         let session = Session::from_request_parts(parts, state).await?;
-        Authenticated::of(session).await
+        Authenticated::from_session(session).await
     }
 }
 
@@ -191,7 +102,7 @@ where
         Box::pin(async move {
             let allowed = match session {
                 None => Err(AuthRejection::Session(SessionError::MissingLayer)),
-                Some(session) => match Authenticated::of(session).await {
+                Some(session) => match Authenticated::from_session(session).await {
                     Ok(user) => user.require_role(&role).await,
                     Err(e) => Err(e),
                 },
