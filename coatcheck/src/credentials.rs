@@ -107,7 +107,7 @@ impl CredentialCheck {
     }
 }
 
-impl SessionLayerBuilder {
+impl<T> SessionLayerBuilder<T> {
     /// Binds every signed-in session to its user's credentials. `lookup` answers, for a
     /// user id, a fingerprint of that user's current credentials — anything that changes
     /// when they do: the password hash, a credentials version, the time of the last

@@ -11,9 +11,10 @@ use std::time::Duration;
 use axum::extract::{Form, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use coatcheck::engine::Engine;
 use coatcheck::{
     CsrfLayer, FlashLevel, KeyRing, LimitPolicy, Session, SessionError, SessionEvent, SessionLayer,
-    SessionStore, Transport,
+    SessionLayerBuilder, SessionStore, Transport,
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -85,6 +86,15 @@ fn fingerprint(users: &Users, user: &str) -> String {
 }
 
 impl AppState {
+    pub(super) fn new(features: &Features, rng: StdRng, max_pause: Duration) -> Self {
+        AppState {
+            next_lineage: features.next_lineage.clone(),
+            rng: Arc::new(Mutex::new(rng)),
+            max_pause_us: max_pause.as_micros() as u64,
+            users: features.users.clone(),
+        }
+    }
+
     async fn pause(&self) {
         let us = {
             let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
@@ -133,12 +143,12 @@ pub struct Seen {
 #[derive(Deserialize)]
 pub struct Arg {
     #[serde(default)]
-    v: String,
+    pub(super) v: String,
     #[serde(default)]
-    secs: u64,
+    pub(super) secs: u64,
 }
 
-type Answer = Result<Json<Seen>, SessionError>;
+pub(super) type Answer = Result<Json<Seen>, SessionError>;
 
 /// The session's lineage, writing a fresh one if the session has none yet (it is being
 /// created by this request).
@@ -165,13 +175,13 @@ async fn seen(session: &Session) -> Result<Seen, SessionError> {
 
 /// Reads, then pauses like the other handlers: its end-of-request touch races what
 /// other requests wrote meanwhile (remember-me unticked, a rotation, a revocation).
-async fn read(State(st): State<AppState>, session: Session) -> Answer {
+pub(super) async fn read(State(st): State<AppState>, session: Session) -> Answer {
     let seen = seen(&session).await?;
     st.pause().await;
     Ok(Json(seen))
 }
 
-async fn incr(State(st): State<AppState>, session: Session) -> Answer {
+pub(super) async fn incr(State(st): State<AppState>, session: Session) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
     let n = session
@@ -187,7 +197,11 @@ async fn incr(State(st): State<AppState>, session: Session) -> Answer {
     }))
 }
 
-async fn put(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
+pub(super) async fn put(
+    State(st): State<AppState>,
+    Query(arg): Query<Arg>,
+    session: Session,
+) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
     session.insert("reg", &arg.v).await?;
@@ -198,7 +212,7 @@ async fn put(State(st): State<AppState>, Query(arg): Query<Arg>, session: Sessio
     }))
 }
 
-async fn remove(State(st): State<AppState>, session: Session) -> Answer {
+pub(super) async fn remove(State(st): State<AppState>, session: Session) -> Answer {
     let lineage = session.get::<String>("lineage").await?;
     st.pause().await;
     session.remove("reg").await?;
@@ -208,14 +222,18 @@ async fn remove(State(st): State<AppState>, session: Session) -> Answer {
     }))
 }
 
-async fn regenerate(State(st): State<AppState>, session: Session) -> Answer {
+pub(super) async fn regenerate(State(st): State<AppState>, session: Session) -> Answer {
     let before = seen(&session).await?;
     st.pause().await;
     session.regenerate().await?;
     Ok(Json(before))
 }
 
-async fn login(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
+pub(super) async fn login(
+    State(st): State<AppState>,
+    Query(arg): Query<Arg>,
+    session: Session,
+) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
     // Stamped with the credentials "verified" now, as an application does.
@@ -229,21 +247,21 @@ async fn login(State(st): State<AppState>, Query(arg): Query<Arg>, session: Sess
     }))
 }
 
-async fn destroy(State(st): State<AppState>, session: Session) -> Answer {
+pub(super) async fn destroy(State(st): State<AppState>, session: Session) -> Answer {
     let before = seen(&session).await?;
     st.pause().await;
     session.destroy().await?;
     Ok(Json(before))
 }
 
-async fn logout_everywhere(State(st): State<AppState>, session: Session) -> Answer {
+pub(super) async fn logout_everywhere(State(st): State<AppState>, session: Session) -> Answer {
     let mut before = seen(&session).await?;
     st.pause().await;
     before.count = Some(session.logout_everywhere().await?);
     Ok(Json(before))
 }
 
-async fn logout_others(State(st): State<AppState>, session: Session) -> Answer {
+pub(super) async fn logout_others(State(st): State<AppState>, session: Session) -> Answer {
     let mut before = seen(&session).await?;
     st.pause().await;
     before.count = Some(session.logout_other_devices().await?);
@@ -251,7 +269,7 @@ async fn logout_others(State(st): State<AppState>, session: Session) -> Answer {
 }
 
 /// Signs out one of the user's other devices, picked at random from the list.
-async fn revoke_device(State(st): State<AppState>, session: Session) -> Answer {
+pub(super) async fn revoke_device(State(st): State<AppState>, session: Session) -> Answer {
     let mut before = seen(&session).await?;
     let others: Vec<String> = session
         .list_user_sessions()
@@ -274,7 +292,11 @@ async fn revoke_device(State(st): State<AppState>, session: Session) -> Answer {
 
 /// Changes the credentials of user `v`; when this session is signed in as `v`, the user
 /// changed their own and this session is re-stamped (it stays signed in).
-async fn password(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
+pub(super) async fn password(
+    State(st): State<AppState>,
+    Query(arg): Query<Arg>,
+    session: Session,
+) -> Answer {
     let mut before = seen(&session).await?;
     st.pause().await;
     let new = {
@@ -291,7 +313,11 @@ async fn password(State(st): State<AppState>, Query(arg): Query<Arg>, session: S
 }
 
 /// Ticks (`v=true`) or unticks "remember me".
-async fn remember(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
+pub(super) async fn remember(
+    State(st): State<AppState>,
+    Query(arg): Query<Arg>,
+    session: Session,
+) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
     session.remember_me(arg.v == "true").await?;
@@ -301,7 +327,11 @@ async fn remember(State(st): State<AppState>, Query(arg): Query<Arg>, session: S
     }))
 }
 
-async fn flash(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
+pub(super) async fn flash(
+    State(st): State<AppState>,
+    Query(arg): Query<Arg>,
+    session: Session,
+) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
     session.flash(FlashLevel::Info, arg.v).await?;
@@ -311,7 +341,7 @@ async fn flash(State(st): State<AppState>, Query(arg): Query<Arg>, session: Sess
     }))
 }
 
-async fn take_flash(State(st): State<AppState>, session: Session) -> Answer {
+pub(super) async fn take_flash(State(st): State<AppState>, session: Session) -> Answer {
     let lineage = session.get::<String>("lineage").await?;
     st.pause().await;
     let shown = session.take_flash().await?;
@@ -322,7 +352,7 @@ async fn take_flash(State(st): State<AppState>, session: Session) -> Answer {
     }))
 }
 
-async fn csrf(State(st): State<AppState>, session: Session) -> Answer {
+pub(super) async fn csrf(State(st): State<AppState>, session: Session) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
     let token = session.csrf_token().await?;
@@ -334,7 +364,11 @@ async fn csrf(State(st): State<AppState>, session: Session) -> Answer {
 }
 
 /// Behind `CsrfLayer`: runs only if the check passed; writes the register from the form.
-async fn form(State(st): State<AppState>, session: Session, Form(arg): Form<Arg>) -> Answer {
+pub(super) async fn form(
+    State(st): State<AppState>,
+    session: Session,
+    Form(arg): Form<Arg>,
+) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
     session.insert("reg", &arg.v).await?;
@@ -347,7 +381,11 @@ async fn form(State(st): State<AppState>, session: Session, Form(arg): Form<Arg>
 
 /// Writes the register and a value past the size limit (64 KiB): the save must fail and
 /// store neither.
-async fn big(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
+pub(super) async fn big(
+    State(st): State<AppState>,
+    Query(arg): Query<Arg>,
+    session: Session,
+) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
     session.insert("reg", &arg.v).await?;
@@ -362,7 +400,7 @@ async fn big(State(st): State<AppState>, Query(arg): Query<Arg>, session: Sessio
 /// Behind a layer without a size limit: stores a session over it, as one stored before
 /// the limit existed (the application's data alone is 66,000 bytes, past the 64 KiB
 /// default). Every later request goes through the limited layer.
-async fn legacy(State(st): State<AppState>, session: Session) -> Answer {
+pub(super) async fn legacy(State(st): State<AppState>, session: Session) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
     session.insert("legacy", "l".repeat(66_000)).await?;
@@ -372,7 +410,11 @@ async fn legacy(State(st): State<AppState>, session: Session) -> Answer {
     }))
 }
 
-async fn expiry(State(st): State<AppState>, Query(arg): Query<Arg>, session: Session) -> Answer {
+pub(super) async fn expiry(
+    State(st): State<AppState>,
+    Query(arg): Query<Arg>,
+    session: Session,
+) -> Answer {
     let lineage = ensure_lineage(&st, &session).await?;
     st.pause().await;
     session.set_expiry_in(Duration::from_secs(arg.secs)).await?;
@@ -380,6 +422,46 @@ async fn expiry(State(st): State<AppState>, Query(arg): Query<Arg>, session: Ses
         lineage: Some(lineage),
         ..Seen::default()
     }))
+}
+
+/// The session options of every instance, whatever its framework: a credential check over
+/// `features.users`, remember-me, the token in a Bearer header for API clients and in the
+/// cookie for browsers, events into `features.events`, the session cap where the store
+/// enforces one, and `max_data_bytes`.
+pub(super) fn session_options<T: From<Engine>>(
+    store: &Arc<dyn SessionStore>,
+    express: bool,
+    idle: Duration,
+    features: &Features,
+    max_data_bytes: Option<usize>,
+) -> T {
+    let limited = store.capabilities().session_limit;
+    let keys = KeyRing::new([SECRET]).expect("long secret");
+    let (lookup_users, log) = (features.users.clone(), features.events.clone());
+    let mut builder = SessionLayerBuilder::<T>::for_product(store.clone(), keys)
+        .idle_timeout(idle)
+        // Every read that moves the expiry touches: the touch path races everything else.
+        .touch_after(Duration::ZERO)
+        .store_timeout(Some(features.store_timeout))
+        .transport(Transport::bearer().and_cookie())
+        .on_event(move |e| log.lock().unwrap_or_else(|p| p.into_inner()).push(e))
+        .credential_check(move |user: String| {
+            let fp = fingerprint(&lookup_users, &user);
+            async move { Ok::<_, std::convert::Infallible>(Some(fp.into_bytes())) }
+        });
+    if features.remember_policy {
+        builder = builder.remember_me(REMEMBER_IDLE, None);
+    }
+    if let (Some((max, policy)), true) = (features.limit, limited) {
+        builder = builder.max_sessions_per_user(max, policy);
+    }
+    if express {
+        builder = builder.express_compatible();
+    }
+    builder
+        .max_data_bytes(max_data_bytes)
+        .build()
+        .expect("valid config")
 }
 
 /// The app over `store`; `express` builds the layer in express-compatible mode. Every
@@ -394,43 +476,10 @@ pub fn app(
     idle: Duration,
     features: &Features,
 ) -> Router {
-    let limited = store.capabilities().session_limit;
-    let layer = |max_data_bytes| {
-        let keys = KeyRing::new([SECRET]).expect("long secret");
-        let (lookup_users, log) = (features.users.clone(), features.events.clone());
-        let mut builder = SessionLayer::builder_shared(store.clone(), keys)
-            .idle_timeout(idle)
-            // Every read that moves the expiry touches: the touch path races everything else.
-            .touch_after(Duration::ZERO)
-            .store_timeout(Some(features.store_timeout))
-            .transport(Transport::bearer().and_cookie())
-            .on_event(move |e| log.lock().unwrap_or_else(|p| p.into_inner()).push(e))
-            .credential_check(move |user: String| {
-                let fp = fingerprint(&lookup_users, &user);
-                async move { Ok::<_, std::convert::Infallible>(Some(fp.into_bytes())) }
-            });
-        if features.remember_policy {
-            builder = builder.remember_me(REMEMBER_IDLE, None);
-        }
-        if let (Some((max, policy)), true) = (features.limit, limited) {
-            builder = builder.max_sessions_per_user(max, policy);
-        }
-        if express {
-            builder = builder.express_compatible();
-        }
-        builder
-            .max_data_bytes(max_data_bytes)
-            .build()
-            .expect("valid config")
-    };
-    let unlimited = layer(None);
-    let layer = layer(Some(coatcheck::DEFAULT_MAX_DATA_BYTES));
-    let state = AppState {
-        next_lineage: features.next_lineage.clone(),
-        rng: Arc::new(Mutex::new(rng)),
-        max_pause_us: max_pause.as_micros() as u64,
-        users: features.users.clone(),
-    };
+    let layer = |max_data_bytes| session_options(&store, express, idle, features, max_data_bytes);
+    let unlimited: SessionLayer = layer(None);
+    let layer: SessionLayer = layer(Some(coatcheck::DEFAULT_MAX_DATA_BYTES));
+    let state = AppState::new(features, rng, max_pause);
     // Only `/form` is behind the CSRF check: the other operations stand for what a page's
     // script does with a token the workload does not model.
     let forms = Router::new()

@@ -53,6 +53,7 @@
 //! - `COATCHECK_NEMESIS` (`kill,pause,restart,failover`) and `COATCHECK_NEMESIS_GAP_MS` narrow the
 //!   faults of a history with a [`FaultTarget`].
 
+mod actix_app;
 mod app;
 mod check;
 mod delay;
@@ -330,7 +331,9 @@ where
         let mut features = app::Features::new(&users, limit, store_timeout);
         features.remember_policy = remember_policy;
         let idle = Duration::from_secs(600);
-        let app_for = |p: usize| -> Vec<axum::Router> {
+        // Each instance runs on one framework or the other, drawn from the seed: a fleet
+        // mixes tower and actix-web instances over one store (the engine is one).
+        let app_for = |p: usize| -> Vec<actix_app::Instance> {
             phases[p]
                 .iter()
                 .enumerate()
@@ -342,14 +345,26 @@ where
                             StdRng::seed_from_u64(seed ^ 0x5EED ^ salt),
                             profile.store_pause,
                         )));
-                    app::app(
-                        delayed,
-                        express,
-                        StdRng::seed_from_u64(seed ^ 0xA11 ^ salt),
-                        profile.handler_pause,
-                        idle,
-                        &features,
-                    )
+                    let rng = StdRng::seed_from_u64(seed ^ 0xA11 ^ salt);
+                    if (seed ^ salt.rotate_right(12)) % 2 == 1 {
+                        actix_app::instance(
+                            delayed,
+                            express,
+                            rng,
+                            profile.handler_pause,
+                            idle,
+                            &features,
+                        )
+                    } else {
+                        actix_app::Instance::Tower(app::app(
+                            delayed,
+                            express,
+                            rng,
+                            profile.handler_pause,
+                            idle,
+                            &features,
+                        ))
+                    }
                 })
                 .collect()
         };
@@ -369,8 +384,20 @@ where
             ..profile
         };
         let mut events = Vec::new();
+        let mut fleet = Vec::new();
+        // Every instance stays up until the history is checked: an actix instance's thread
+        // runs the tasks a store client spawned while serving it (a Redis connection's
+        // driver), which later phases and the final read still use.
+        let mut alive = Vec::new();
         for p in 0..phases.len() {
             let apps = app_for(p);
+            alive.extend(apps.iter().cloned());
+            fleet.push(
+                apps.iter()
+                    .map(|a| a.framework())
+                    .collect::<Vec<_>>()
+                    .join("+"),
+            );
             let phase_seed = seed.wrapping_add((p as u64) << 32);
             if !quiet.contains(&p) {
                 events.extend(run::run(&apps, per_phase, phase_seed, start, &jars).await);
@@ -412,6 +439,7 @@ where
             faulted: faults.is_some(),
         };
         let anomalies = check::check(&events, &fin, &setup);
+        drop(alive);
         drop(phases);
         drop(guard);
         if survey {
@@ -423,6 +451,7 @@ where
             }
             if !anomalies.is_empty() {
                 let report = check::report(label, seed, &events, &fault_log, &anomalies);
+                let report = format!("instances per phase: {}\n{report}", fleet.join(" | "));
                 keep_report(label, seed, &report);
                 if first_report.is_empty() {
                     first_report = report;
@@ -430,6 +459,7 @@ where
             }
         } else if !anomalies.is_empty() {
             let report = check::report(label, seed, &events, &fault_log, &anomalies);
+            let report = format!("instances per phase: {}\n{report}", fleet.join(" | "));
             let path = keep_report(label, seed, &report);
             panic!("{report}\n(this report is also in {path})");
         }

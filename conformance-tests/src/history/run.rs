@@ -6,15 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::Router;
 use coatcheck::{KeyRing, SessionId};
 use http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
 use http::Request;
 use http_body_util::BodyExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tower::ServiceExt;
 
+use crate::history::actix_app::Instance;
 use crate::history::app::{Seen, SECRET};
 
 /// The size and mix of one history.
@@ -260,7 +259,7 @@ pub fn jars(profile: &Profile) -> Jars {
 /// drawn from `seed`; times count from `start`. Events are sorted and numbered by
 /// [`number`].
 pub async fn run(
-    apps: &[Router],
+    apps: &[Instance],
     profile: Profile,
     seed: u64,
     start: Instant,
@@ -396,7 +395,7 @@ pub async fn run(
 /// Every device reads its session once, one after another, through instance 0: the
 /// window after a deploy in which every active session is used (in real time, one idle
 /// timeout; a session not used in it has expired).
-pub async fn sweep(apps: &[Router], start: Instant, jars: &Jars) -> Vec<Event> {
+pub async fn sweep(apps: &[Instance], start: Instant, jars: &Jars) -> Vec<Event> {
     let keys = KeyRing::new([SECRET]).expect("long secret");
     let mut events = Vec::new();
     for (device, jar) in jars.iter().enumerate() {
@@ -427,7 +426,7 @@ pub fn number(mut events: Vec<Event>) -> Vec<Event> {
 
 #[allow(clippy::too_many_arguments)]
 async fn request(
-    app: &Router,
+    app: &Instance,
     keys: &KeyRing,
     jar: &Mutex<Option<String>>,
     csrf: &mut Option<(String, SessionId)>,
@@ -522,12 +521,11 @@ async fn request(
     }
     let req = req.body(body).expect("request");
     let invoked = start.elapsed().as_micros() as u64;
-    let answer = tokio::spawn(app.clone().oneshot(req)).await;
+    let answer = app.call(req).await;
     let mut refused = None;
     let (status, body, out) = match answer {
-        Err(_) => (0, "panicked".to_string(), CookieOut::Untouched),
-        Ok(Err(never)) => match never {},
-        Ok(Ok(res)) => {
+        None => (0, "panicked".to_string(), CookieOut::Untouched),
+        Some(res) => {
             let status = res.status().as_u16();
             refused = res
                 .extensions()
