@@ -141,3 +141,53 @@ for store in memory redis postgres mongo mysql sqlite; do
     app=
     echo "examples-smoke: login example on $store: ok"
 done
+
+# The same examples on actix-web (coatcheck-actix, the same engine): the API client, then
+# the login example on every store (`cargo run -p coatcheck-actix --example login`).
+cargo build -q -p coatcheck-actix --example login --example api_client
+store=actix_api_client
+port=$(free_port)
+PORT=$port "$target/debug/examples/api_client" >"$jar/actix_api.log" 2>&1 &
+app=$!
+wait_port "$port" "$app" "$jar/actix_api.log"
+api=http://127.0.0.1:$port
+token=$(curl -s -D - -o /dev/null -H 'content-type: application/json' -d '{"username":"ada"}' "$api/login" \
+    | tr -d '\r' | sed -n 's/^x-session-token: //p')
+[ -n "$token" ] || { echo "examples-smoke: actix api_client: no token after login" >&2; exit 1; }
+expect "GET /me with the token" '{"user":"ada"}' "$(curl -s -H "authorization: Bearer $token" "$api/me")"
+expect "POST /logout" 204 "$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "authorization: Bearer $token" "$api/logout")"
+expect "GET /me after logout" 401 "$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" "$api/me")"
+kill "$app"; wait "$app" 2>/dev/null || true; app=
+echo "examples-smoke: actix api_client: ok"
+
+bin=$target/debug/examples/login
+export SQLITE_URL="sqlite://$jar/actix-sessions.db?mode=rwc"
+for store in memory redis postgres mongo mysql sqlite; do
+    port=$(free_port)
+    COATCHECK_STORE=$store PORT=$port "$bin" >"$jar/actix_$store.log" 2>&1 &
+    app=$!
+    wait_port "$port" "$app" "$jar/actix_$store.log"
+    base=http://127.0.0.1:$port
+    c="$jar/actix_$store.cookies"
+    code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+    tok() { curl -s -c "$1" -b "$1" "$base/csrf" | sed -n 's/.*"csrf_token":"\([^"]*\)".*/\1/p'; }
+    json=(-H 'content-type: application/json')
+    store="actix $store"
+    expect "GET /me logged out" 401 "$(code -b "$c" "$base/me")"
+    expect "POST /login without a CSRF token" 403 "$(code -c "$c" -b "$c" "${json[@]}" \
+        -d '{"username":"bob","password":"builder"}' "$base/login")"
+    expect "POST /login bob" 200 "$(code -c "$c" -b "$c" "${json[@]}" -H "x-csrf-token: $(tok "$c")" \
+        -d '{"username":"bob","password":"builder"}' "$base/login")"
+    expect "GET /admin as bob" 403 "$(code -b "$c" "$base/admin")"
+    expect "POST /login alice" 200 "$(code -c "$c" -b "$c" "${json[@]}" -H "x-csrf-token: $(tok "$c")" \
+        -d '{"username":"alice","password":"wonderland"}' "$base/login")"
+    expect "GET /admin as alice" 200 "$(code -b "$c" "$base/admin")"
+    expect "GET /sessions as alice" 200 "$(code -b "$c" "$base/sessions")"
+    expect "POST /logout-all cross-site" 403 "$(code -b "$c" -X POST -H 'sec-fetch-site: cross-site' \
+        -H "x-csrf-token: $(tok "$c")" "$base/logout-all")"
+    expect "POST /logout-all" 200 "$(code -c "$c" -b "$c" -X POST -H "x-csrf-token: $(tok "$c")" \
+        "$base/logout-all")"
+    expect "GET /me after logout-all" 401 "$(code -b "$c" "$base/me")"
+    kill "$app"; wait "$app" 2>/dev/null || true; app=
+    echo "examples-smoke: $store: ok"
+done
