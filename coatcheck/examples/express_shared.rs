@@ -149,14 +149,25 @@ pub async fn store(config: &Config) -> Result<Arc<dyn SessionStore>, BoxError> {
 
 /// The session layer matching the Node app's `express-session` options.
 pub fn layer(store: Arc<dyn SessionStore>, config: &Config) -> Result<SessionLayer, BoxError> {
+    options(store, config)
+}
+
+/// The Node app's `express-session` options, for the tower layer or another framework's
+/// middleware (`coatcheck-actix`'s, in its interop test).
+pub fn options<T: From<coatcheck::engine::Engine>>(
+    store: Arc<dyn SessionStore>,
+    config: &Config,
+) -> Result<T, BoxError> {
     // Node apps often have short secrets: accepted here on purpose (they are the Node app's).
     let keys = KeyRing::new_allowing_weak(config.secrets.iter().map(String::as_str))?;
-    Ok(SessionLayer::builder_shared(store, keys)
-        .express_compatible()
-        .secure(Secure::Never) // the Node app says `secure: false` (plain HTTP on loopback)
-        .same_site(SameSite::Lax)
-        .idle_timeout(Duration::from_secs(3600)) // cookie.maxAge: 3600000
-        .build()?)
+    Ok(
+        coatcheck::SessionLayerBuilder::<T>::for_product(store, keys)
+            .express_compatible()
+            .secure(Secure::Never) // the Node app says `secure: false` (plain HTTP on loopback)
+            .same_site(SameSite::Lax)
+            .idle_timeout(Duration::from_secs(3600)) // cookie.maxAge: 3600000
+            .build()?,
+    )
 }
 
 #[derive(Deserialize)]
