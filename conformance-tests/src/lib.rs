@@ -144,3 +144,9 @@ macro_rules! suite {
         )*
     };
 }
+
+/// The store author's guide (`docs/writing-a-store.md`), compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/writing-a-store.md")]
+pub struct WritingAStoreGuide;
+
