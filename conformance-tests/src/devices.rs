@@ -154,6 +154,34 @@ pub async fn delete_device_revokes_only_the_users_own<S: SessionStore>(store: S)
     assert_eq!(ids_of(&store, "bob").await, keys(&store, [&c.id]));
 }
 
+/// `delete_device` revokes **every** live session of the user under that handle, not the
+/// first one found (two records can share a handle: a rotation keeps the device's handle,
+/// and a store may hold the new record beside one not yet retired). A newcomer's store
+/// that removed only the first passed every other case.
+pub async fn delete_device_revokes_every_session_of_the_handle<S: SessionStore>(store: S) {
+    if !devices(&store, "delete_device_revokes_every_session_of_the_handle").await {
+        return;
+    }
+    let a = signed_in("alice", 0);
+    let mut b = signed_in("alice", 1);
+    let handle = a.device.as_ref().map(|d| d.handle.clone()).expect("device");
+    b.device = b.device.take().map(|d| d.with_handle(handle.clone()));
+    let other = signed_in("alice", 2);
+    for r in [&a, &b, &other] {
+        store.create(r).await.expect("create");
+    }
+    assert!(store
+        .delete_device("alice", handle.as_str())
+        .await
+        .expect("the shared handle"));
+    assert!(store.load(&a.id).await.expect("load").is_none());
+    assert!(
+        store.load(&b.id).await.expect("load").is_none(),
+        "every session under the handle is revoked, not only the first"
+    );
+    assert_eq!(ids_of(&store, "alice").await, keys(&store, [&other.id]));
+}
+
 /// At the limit, `Refuse` creates nothing and answers `LimitReached`; expired sessions
 /// and other users' sessions do not count.
 pub async fn session_limit_refuses_at_the_limit<S: SessionStore>(store: S) {

@@ -107,6 +107,7 @@ macro_rules! suite {
             $crate::suite!(@in devices, $req, $factory;
                 device_and_last_seen_round_trip,
                 delete_device_revokes_only_the_users_own,
+                delete_device_revokes_every_session_of_the_handle,
                 session_limit_refuses_at_the_limit,
                 session_limit_evicts_the_least_recently_seen,
                 session_limit_of_zero_acts_as_one,

@@ -216,7 +216,8 @@ impl Capabilities {
 #[async_trait]
 pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// Atomic insert-if-absent. `IdTaken` if a live record has this id; never overwrites
-    /// one. (An expired record still physically present counts as absent.)
+    /// one. (An expired record still physically present counts as absent: it is replaced,
+    /// and its index entries with it, so the old user's index does not keep the id.)
     async fn create(&self, record: &Record) -> Result<(), StoreError>;
 
     /// The live record with this id, or `None` when absent or `expires_at <= now`.
@@ -224,7 +225,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>, StoreError>;
 
     /// Compare-and-set on `version`: succeeds only if the stored version equals
-    /// `record.version`; stores the record (data, `expires_at`, `user_id`) with
+    /// `record.version`; stores the whole record (data, `expires_at`, `user_id`, device,
+    /// `last_seen`; `created_at` is kept as created) with
     /// `version + 1` and returns that new version. (A store with
     /// [`Capabilities::opaque_versions`] returns a new opaque version instead of a count.)
     ///
@@ -243,11 +245,16 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// and the save then finds it gone).
     async fn save(&self, record: &Record) -> Result<u64, StoreError>;
 
-    /// Moves `expires_at` of a live record; data and version are untouched. Returns whether
-    /// a live record was there.
+    /// Moves `expires_at` of a live record, and `last_seen` to the store's now for a store
+    /// with [`Capabilities::devices`]; data, user, device and version are untouched (a touch
+    /// is no write: a concurrent compare-and-set `save` still succeeds after it). Returns
+    /// whether a live record was there.
     async fn touch(&self, id: &SessionId, expires_at: Timestamp) -> Result<bool, StoreError>;
 
-    /// Removes the record. Idempotent; returns whether a live record was removed.
+    /// Removes the record **and its index entries** (the per-user index, the device
+    /// handle): an entry left behind is a leak that grows forever in a store whose readers
+    /// re-check the record, since no reader ever sees it. Idempotent; returns whether a live
+    /// record was removed.
     async fn delete(&self, id: &SessionId) -> Result<bool, StoreError>;
 
     /// Compare-and-delete: removes the record only if it is live and its version is
@@ -289,9 +296,10 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// may return 0.
     async fn delete_expired(&self) -> Result<u64, StoreError>;
 
-    /// Revokes the live session of `user_id` whose device handle is `handle`, in one round
-    /// trip. Returns whether one was removed: a handle of another user's session, or of no
-    /// session, removes nothing and answers `false`. Its index entry goes with it.
+    /// Revokes **every** live session of `user_id` whose device handle is `handle` (a
+    /// rotation keeps a device's handle, so two records may share one), in one round trip.
+    /// Returns whether one was removed: a handle of another user's session, or of no
+    /// session, removes nothing and answers `false`. Their index entries go with them.
     ///
     /// The provided implementation answers [`StoreError::Unsupported`]; stores with
     /// [`Capabilities::devices`] override it.
@@ -305,6 +313,14 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     /// never both get past the limit. When the user is at the limit, the policy either
     /// revokes the least recently seen sessions (their number is returned) or refuses with
     /// [`StoreError::LimitReached`], creating nothing.
+    ///
+    /// The count and the create are one atomic step (one transaction, one script, a lock
+    /// held across both): counting in one step and creating in another lets two logins of
+    /// one user both pass. Errors come in this order: an id that is live is
+    /// [`StoreError::IdTaken`] before the limit is looked at (nothing is revoked for a
+    /// create that cannot happen); then `LimitReached` under `Refuse`. An expired record
+    /// under the id counts as absent, and its index entries are replaced with the new
+    /// record's, as for [`create`](SessionStore::create).
     ///
     /// The provided implementation answers [`StoreError::Unsupported`]; stores with
     /// [`Capabilities::session_limit`] override it.
