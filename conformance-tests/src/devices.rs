@@ -249,6 +249,33 @@ pub async fn session_limit_evicts_the_least_recently_seen<S: SessionStore>(store
     ));
 }
 
+/// A limited create whose id is a live session's is `IdTaken` and revokes nobody: the
+/// evictions belong to a create that cannot happen (a store evicted, then found the id
+/// taken, and signed a device out for nothing).
+pub async fn session_limit_evicts_nobody_for_a_taken_id<S: SessionStore>(store: S) {
+    if !limited(&store, "session_limit_evicts_nobody_for_a_taken_id").await {
+        return;
+    }
+    let limit = SessionLimit::new(2, LimitPolicy::EvictLeastRecentlySeen);
+    let a = signed_in("gina", 1_000);
+    let b = signed_in("gina", 2_000);
+    let someone = signed_in("hal", 0);
+    for r in [&a, &b, &someone] {
+        store.create(r).await.expect("create");
+    }
+    let mut clash = signed_in("gina", 3_000);
+    clash.id = someone.id.clone();
+    assert!(matches!(
+        store.create_limited(&clash, limit).await,
+        Err(StoreError::IdTaken)
+    ));
+    assert_eq!(
+        ids_of(&store, "gina").await,
+        keys(&store, [&a.id, &b.id]),
+        "nobody evicted for a create that did not happen"
+    );
+}
+
 /// A `max` of 0, set on the public field after `SessionLimit::new`, acts as 1 under either
 /// policy: an error or an eviction, never a panic (a store sliced its live list with it).
 pub async fn session_limit_of_zero_acts_as_one<S: SessionStore>(store: S) {

@@ -110,6 +110,7 @@ macro_rules! suite {
                 delete_device_revokes_every_session_of_the_handle,
                 session_limit_refuses_at_the_limit,
                 session_limit_evicts_the_least_recently_seen,
+                session_limit_evicts_nobody_for_a_taken_id,
                 session_limit_of_zero_acts_as_one,
                 concurrent_limited_creates_never_pass_the_limit,
             );
@@ -150,4 +151,3 @@ macro_rules! suite {
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/writing-a-store.md")]
 pub struct WritingAStoreGuide;
-

@@ -316,11 +316,11 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// The count and the create are one atomic step (one transaction, one script, a lock
     /// held across both): counting in one step and creating in another lets two logins of
-    /// one user both pass. Errors come in this order: an id that is live is
-    /// [`StoreError::IdTaken`] before the limit is looked at (nothing is revoked for a
-    /// create that cannot happen); then `LimitReached` under `Refuse`. An expired record
-    /// under the id counts as absent, and its index entries are replaced with the new
-    /// record's, as for [`create`](SessionStore::create).
+    /// one user both pass. A create that cannot happen revokes nobody: an id that is live
+    /// is [`StoreError::IdTaken`] with nothing evicted (a transaction rolls the evictions
+    /// back), and `Refuse` at the limit is `LimitReached` with nothing written (a store may
+    /// check either first). An expired record under the id counts as absent, and its index
+    /// entries are replaced with the new record's, as for [`create`](SessionStore::create).
     ///
     /// The provided implementation answers [`StoreError::Unsupported`]; stores with
     /// [`Capabilities::session_limit`] override it.

@@ -149,6 +149,16 @@ impl MongoStore {
         limit: SessionLimit,
     ) -> Result<u64, StoreError> {
         let now = self.now();
+        // A create that cannot happen (its id is a live session's) evicts nobody.
+        let taken = self
+            .collection
+            .find_one(self.live(doc! { F_ID: record.id.as_str() }, now))
+            .projection(doc! { F_ID: 1 })
+            .await
+            .map_err(backend)?;
+        if taken.is_some() {
+            return Err(StoreError::IdTaken);
+        }
         let mut cursor = self
             .collection
             .find(self.live(doc! { F_USER: user }, now))

@@ -101,9 +101,13 @@ local evicted = ''
 /// Single node only. KEYS[1] session, KEYS[2] the user's index; ARGV as `CREATE` (has_user
 /// is '1'), then max, policy ('evict' or 'refuse'), session key prefix. The user's live sessions are counted
 /// (stale members pruned); at the limit the least recently seen are removed, or the create
-/// is refused ([`LIMIT_REACHED`]); then the `CREATE` body runs, all in one script.
+/// is refused ([`LIMIT_REACHED`]); then the `CREATE` body runs, all in one script. An id
+/// that is a live session's answers as `CREATE` does before anything is evicted.
 const LIMIT: &str = r#"
 local now, sp = tonumber(ARGV[1]), ARGV[11]
+-- A create that cannot happen (its id is a live session's) evicts nobody.
+local taken = read(KEYS[1])
+if type(taken) == 'table' and taken.e > now then return reply(0) end
 local user, max, evict = ARGV[6], tonumber(ARGV[9]), ARGV[10] == 'evict'
 local live = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do

@@ -66,6 +66,14 @@ impl Inner {
         // At least 1 (a `max` of 0, set on the public field, would evict past the end).
         let max = limit.max.max(1) as usize;
         let mut evicted = 0;
+        // A create that cannot happen (its id is a live session's) revokes nobody.
+        if self
+            .shard(&record.id)
+            .get(&record.id)
+            .is_some_and(|r| r.is_live(now))
+        {
+            return Err(StoreError::IdTaken);
+        }
         if live.len() >= max {
             if limit.policy == LimitPolicy::Refuse {
                 return Err(StoreError::LimitReached);

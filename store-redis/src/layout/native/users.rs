@@ -495,6 +495,10 @@ impl Native {
         limit: SessionLimit,
     ) -> Result<u64, StoreError> {
         let now = cx.now();
+        // A create that cannot happen (its id is a live session's) evicts nobody.
+        if self.load(cx, &r.id).await?.is_some() {
+            return Err(StoreError::IdTaken);
+        }
         let index = cx.index_key(user.as_bytes());
         let mut live = self.cluster_list(cx, user, &index, now).await?;
         live.sort_by(|a, b| {
