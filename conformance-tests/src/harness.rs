@@ -28,9 +28,38 @@ pub enum Backend {
     Mongo,
     /// MySQL or MariaDB: `MYSQL_URL` (e.g. `mysql://root@127.0.0.1:3306/test`).
     Mysql,
+    /// A store author's own server (DynamoDB, etcd, ...): its name in
+    /// `COATCHECK_REQUIRE_BACKENDS` and the variable holding its URL. No container is
+    /// started for it. Made with [`Backend::custom`].
+    Custom {
+        /// The name `COATCHECK_REQUIRE_BACKENDS` and skip messages use.
+        name: &'static str,
+        /// The environment variable holding the URL.
+        env_var: &'static str,
+    },
 }
 
 impl Backend {
+    /// A store author's own server, required in CI like the in-tree ones:
+    ///
+    /// ```no_run
+    /// use coatcheck_conformance::{harness, Backend};
+    ///
+    /// const DYNAMO: Backend = Backend::custom("dynamodb", "DYNAMODB_URL");
+    ///
+    /// # async fn f() {
+    /// // Skips visibly without DYNAMODB_URL; fails instead when
+    /// // COATCHECK_REQUIRE_BACKENDS names "dynamodb" (or "all").
+    /// if harness::require(Some(DYNAMO)).await {
+    ///     let url = harness::url(DYNAMO).await.expect("checked");
+    ///     # let _ = url;
+    /// }
+    /// # }
+    /// ```
+    pub const fn custom(name: &'static str, env_var: &'static str) -> Backend {
+        Backend::Custom { name, env_var }
+    }
+
     /// The name used in `COATCHECK_REQUIRE_BACKENDS` and in skip messages.
     pub fn name(self) -> &'static str {
         match self {
@@ -41,6 +70,7 @@ impl Backend {
             Backend::Postgres => "postgres",
             Backend::Mongo => "mongo",
             Backend::Mysql => "mysql",
+            Backend::Custom { name, .. } => name,
         }
     }
 
@@ -54,6 +84,7 @@ impl Backend {
             Backend::Postgres => "DATABASE_URL",
             Backend::Mongo => "MONGODB_URL",
             Backend::Mysql => "MYSQL_URL",
+            Backend::Custom { env_var, .. } => env_var,
         }
     }
 
@@ -228,6 +259,9 @@ mod containers {
             }
             Backend::RedisCluster => Err("no cluster image; set REDIS_CLUSTER_URLS".into()),
             Backend::ValkeyCluster => Err("no cluster image; set VALKEY_CLUSTER_URLS".into()),
+            Backend::Custom { env_var, .. } => {
+                Err(format!("no image for a custom backend; set {env_var}").into())
+            }
         }
     }
 
@@ -268,5 +302,23 @@ mod containers {
         };
         started.insert(backend, found.clone());
         found
+    }
+}
+
+#[cfg(test)]
+mod custom_backend_tests {
+    use super::*;
+
+    const MINE: Backend = Backend::custom("kvstore-under-test", "COATCHECK_TEST_KVSTORE_URL");
+
+    #[tokio::test]
+    async fn a_custom_backend_is_found_by_its_variable_and_named_in_skips() {
+        assert_eq!(MINE.name(), "kvstore-under-test");
+        assert_eq!(MINE.env_var(), "COATCHECK_TEST_KVSTORE_URL");
+        assert!(!MINE.is_required() || std::env::var("COATCHECK_REQUIRE_BACKENDS").is_ok());
+        // The variable is this test's own (nothing else reads or writes it).
+        std::env::set_var("COATCHECK_TEST_KVSTORE_URL", "kv://127.0.0.1:1");
+        assert_eq!(url(MINE).await.as_deref(), Some("kv://127.0.0.1:1"));
+        assert!(require(Some(MINE)).await);
     }
 }
