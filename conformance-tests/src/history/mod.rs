@@ -406,6 +406,16 @@ where
                 events.extend(run::sweep(&apps, start, &jars).await);
             }
         }
+        // Last, every device signs in as one user at once: the cap, pressed.
+        if profile.user_index && limit.is_some() {
+            if let Some(last) = alive.get(
+                alive
+                    .len()
+                    .saturating_sub(phases.last().map_or(0, Vec::len))..,
+            ) {
+                events.extend(run::burst(last, start, &jars, "u0").await);
+            }
+        }
         let events = run::number(events);
         let fault_log = match nemesis {
             Some(n) => n.stop().await,

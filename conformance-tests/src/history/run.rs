@@ -415,6 +415,33 @@ pub async fn sweep(apps: &[Instance], start: Instant, jars: &Jars) -> Vec<Event>
     events
 }
 
+/// The cap pressed: every device signs in as `user` at the same moment, each through an
+/// instance of its own choosing, after the last phase — so the final state's `cap` check
+/// sees what concurrent limited creates of one user left (a `create_limited` that counts
+/// and creates in two steps lets several pass; the histories' own logins, spread out,
+/// found it only at three times their seeds).
+pub async fn burst(apps: &[Instance], start: Instant, jars: &Jars, user: &str) -> Vec<Event> {
+    let keys = KeyRing::new([SECRET]).expect("long secret");
+    let logins = jars.iter().enumerate().map(|(device, jar)| {
+        let (keys, user) = (keys.clone(), user.to_owned());
+        let app = &apps[device % apps.len()];
+        async move {
+            request(
+                app,
+                &keys,
+                jar,
+                &mut None,
+                start,
+                (device, 8),
+                Op::Login,
+                user,
+            )
+            .await
+        }
+    });
+    futures_util::future::join_all(logins).await
+}
+
 /// Sorts events by invocation and numbers them.
 pub fn number(mut events: Vec<Event>) -> Vec<Event> {
     events.sort_by_key(|e| (e.invoked, e.completed));
