@@ -260,7 +260,7 @@ mod containers {
             Backend::RedisCluster => Err("no cluster image; set REDIS_CLUSTER_URLS".into()),
             Backend::ValkeyCluster => Err("no cluster image; set VALKEY_CLUSTER_URLS".into()),
             Backend::Custom { env_var, .. } => {
-                Err(format!("no image for a custom backend; set {env_var}").into())
+                Err(format!("no image for a custom backend; set {env_var}"))
             }
         }
     }
