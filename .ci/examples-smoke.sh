@@ -143,11 +143,14 @@ for store in memory redis postgres mongo mysql sqlite; do
 done
 
 # The same examples on actix-web (coatcheck-actix, the same engine): the API client, then
-# the login example on every store (`cargo run -p coatcheck-actix --example login`).
-cargo build -q -p coatcheck-actix --example login --example api_client
+# the login example on every store (`cargo run -p coatcheck-actix --example actix_login`).
+# Their names differ from the axum examples': two packages' examples of one name share one
+# output file, and a build of one replaced the other's binary (a CI run drove the actix
+# login example through the axum one's checks).
+cargo build -q -p coatcheck-actix --example actix_login --example actix_api_client
 store=actix_api_client
 port=$(free_port)
-PORT=$port "$target/debug/examples/api_client" >"$jar/actix_api.log" 2>&1 &
+PORT=$port "$target/debug/examples/actix_api_client" >"$jar/actix_api.log" 2>&1 &
 app=$!
 wait_port "$port" "$app" "$jar/actix_api.log"
 api=http://127.0.0.1:$port
@@ -160,7 +163,7 @@ expect "GET /me after logout" 401 "$(curl -s -o /dev/null -w '%{http_code}' -H "
 kill "$app"; wait "$app" 2>/dev/null || true; app=
 echo "examples-smoke: actix api_client: ok"
 
-bin=$target/debug/examples/login
+bin=$target/debug/examples/actix_login
 export SQLITE_URL="sqlite://$jar/actix-sessions.db?mode=rwc"
 for store in memory redis postgres mongo mysql sqlite; do
     port=$(free_port)

@@ -1,9 +1,11 @@
 //! The login example on actix-web: the same store choice and the same JSON routes as the
-//! axum one (`coatcheck/examples/login`), through `coatcheck-actix`.
+//! axum one (`coatcheck/examples/login`), through `coatcheck-actix`. (Named `actix_login`:
+//! examples of two packages with one name share one output file in the workspace's target
+//! directory, and a build of one silently replaces the other's binary.)
 //!
 //! ```sh
-//! cargo run -p coatcheck-actix --example login            # the in-memory store
-//! COATCHECK_STORE=redis cargo run -p coatcheck-actix --example login
+//! cargo run -p coatcheck-actix --example actix_login            # the in-memory store
+//! COATCHECK_STORE=redis cargo run -p coatcheck-actix --example actix_login
 //! ```
 //!
 //! `COATCHECK_STORE` is `memory` (default), `redis`, `postgres`, `mysql`, `sqlite` or

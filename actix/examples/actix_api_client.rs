@@ -2,7 +2,7 @@
 //! and comes back in `x-session-token` (no cookie), the same as the axum example.
 //!
 //! ```sh
-//! cargo run -p coatcheck-actix --example api_client
+//! cargo run -p coatcheck-actix --example actix_api_client
 //! t=$(curl -s -D - -o /dev/null -H 'content-type: application/json' -d '{"username":"ada"}' \
 //!     http://127.0.0.1:3000/login | sed -n 's/^x-session-token: //p' | tr -d '\r')
 //! curl -H "authorization: Bearer $t" http://127.0.0.1:3000/me
