@@ -5,30 +5,13 @@
 
 mod common;
 
-use std::time::Duration;
-
 use coatcheck_conformance::harness;
-use coatcheck_conformance::Backend;
-use coatcheck_core::{ExpressFormat, Record, SessionId, SessionStore, StoreError, Timestamp};
+use coatcheck_core::{ExpressFormat, SessionId, SessionStore, StoreError, Timestamp};
 use coatcheck_mysql::{MigrateError, MySqlStore};
 use common::scoped_with;
 use serde_json::{json, Value};
 
-const HOUR: Duration = Duration::from_secs(3600);
-
-macro_rules! require_mysql {
-    () => {
-        if !harness::require(Some(Backend::Mysql)).await {
-            return;
-        }
-    };
-}
-
-fn record_at(now: Timestamp, ttl: Duration) -> Record {
-    let mut r = Record::new(SessionId::generate(), now, now + ttl);
-    r.data.insert("views".into(), json!(1));
-    r
-}
+use common::{record_at, HOUR};
 
 /// A value nesting `levels` arrays deep.
 fn nested(levels: usize) -> Value {

@@ -7,30 +7,14 @@ mod common;
 use std::time::Duration;
 
 use coatcheck_conformance::harness;
-use coatcheck_conformance::Backend;
 use coatcheck_core::{
-    ExpressFormat, ManualClock, Record, SessionId, SessionStore, StoreError, StoreOptions,
-    Timestamp,
+    ExpressFormat, ManualClock, SessionId, SessionStore, StoreError, StoreOptions, Timestamp,
 };
 use coatcheck_mysql::{BuildError, MySqlStore, MAX_USER_ID_LEN};
 use common::{scoped_store, scoped_with};
 use serde_json::json;
 
-const HOUR: Duration = Duration::from_secs(3600);
-
-macro_rules! require_mysql {
-    () => {
-        if !harness::require(Some(Backend::Mysql)).await {
-            return;
-        }
-    };
-}
-
-fn record_at(now: Timestamp, ttl: Duration) -> Record {
-    let mut r = Record::new(SessionId::generate(), now, now + ttl);
-    r.data.insert("views".into(), json!(1));
-    r
-}
+use common::{record_at, HOUR};
 
 fn table(store: &MySqlStore) -> String {
     format!("`{}`", store.qualified_table_name())

@@ -10,6 +10,29 @@ use coatcheck_core::SessionStore;
 use coatcheck_mysql::{MySqlStore, MySqlStoreBuilder};
 use sqlx::Connection as _;
 
+/// An hour, the tests' usual time to live.
+pub const HOUR: Duration = Duration::from_secs(3600);
+
+/// Returns from the test (after a visible skip) when there is no MySQL server, unless
+/// `COATCHECK_REQUIRE_BACKENDS` requires it (then it fails).
+#[macro_export]
+macro_rules! require_mysql {
+    () => {
+        if !coatcheck_conformance::harness::require(Some(coatcheck_conformance::Backend::Mysql))
+            .await
+        {
+            return;
+        }
+    };
+}
+
+/// A live record expiring `ttl` after `now`, with one value.
+pub fn record_at(now: coatcheck_core::Timestamp, ttl: Duration) -> coatcheck_core::Record {
+    let mut r = coatcheck_core::Record::new(coatcheck_core::SessionId::generate(), now, now + ttl);
+    r.data.insert("views".into(), serde_json::json!(1));
+    r
+}
+
 /// The server's URL; the tests that call this have checked `harness::require` first.
 pub async fn url() -> String {
     harness::url(Backend::Mysql)
